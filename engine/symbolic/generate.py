@@ -1,0 +1,352 @@
+"""Writing pieces: NotaGen's patch-by-patch scheme with KV caches, batches, streaming and bounds.
+
+Stages, per step of a batch:
+  1. encode   - the patch-level decoder brings each piece's hidden state up to date: a prefill of
+                the whole context for a new (or re-encoded) piece, else one cached step for the
+                patch added last time;
+  2. sample   - the character-level decoder writes the next patch of every piece at once, with a
+                per-piece KV cache over the patch's characters, stopping at eos;
+  3. accept   - the patch's text is appended and reported; bounds are checked; a full context is
+                re-encoded from the metadata and the later half of the tune-body lines.
+The `reference` mode swaps stages 1-2 for NotaGen's original algorithm (engine.symbolic.reference).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from engine.errors import SettingsError
+from engine.symbolic.config import EOS_ID, PAD_ID
+from engine.symbolic.model import KVCache, NotaGenModel
+from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
+                                     split_tunebody)
+from engine.symbolic.prompts import Prompt
+from engine.symbolic.sampling import SamplingSettings, sample
+
+MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
+TUNEBODY_START = "[r:0/"  # NotaGen forces the first tune-body line to be numbered 0
+
+
+@dataclass
+class PieceRequest:
+    prompt: Prompt
+    seed: int = 0
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    max_patches: int = 4096  # patches to write at most (the prompt not counted)
+    max_seconds: float = 1200.0  # wall-clock bound for this piece
+    max_chars: int = MAX_CHARS  # bound on the piece's text
+    cancel: threading.Event | None = None  # set from another thread to stop after the current patch
+    prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
+
+    def check(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise SettingsError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}")
+        if isinstance(self.max_patches, bool) or not isinstance(self.max_patches, int) or not 1 <= self.max_patches <= 1_000_000:
+            raise SettingsError(f"max_patches must be a whole number from 1 to 1,000,000, got {self.max_patches!r}")
+        if not isinstance(self.max_seconds, (int, float)) or not 0 < self.max_seconds <= 86_400:
+            raise SettingsError(f"max_seconds must be more than 0 and at most a day (86400), got {self.max_seconds!r}")
+        if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
+            raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
+        bad = sorted({c for c in self.prefix if ord(c) > 127})
+        if bad:
+            raise SettingsError(f"the text to continue contains non-ASCII characters {bad[:5]}: the model reads ASCII only")
+
+
+@dataclass
+class PatchEvent:
+    """One patch of one piece: what it added and where the piece stands."""
+    index: int  # the piece's position in the batch
+    text: str  # the characters this patch added
+    patches: int  # patches written so far
+    chars: int  # characters written so far (prompt not counted)
+    bars: int  # complete tune-body lines so far (a line is one bar of every voice)
+    elapsed: float  # seconds since the piece started
+    ids: list[int] = field(default_factory=list)  # the patch as it entered the context (padded after eos)
+
+
+@dataclass
+class Piece:
+    index: int
+    prompt: Prompt
+    seed: int
+    sampling: SamplingSettings
+    text: str  # everything in the model's format: prompt lines, metadata, tune body
+    stop_reason: str  # eos | max_patches | max_seconds | max_chars | cancelled | context
+    patches: int
+    chars: int
+    bars: int
+    elapsed: float
+    context_resets: int  # times the context overflowed and was re-encoded
+
+    @property
+    def complete(self) -> bool:
+        return self.stop_reason == "eos"
+
+    @property
+    def cut_short(self) -> bool:
+        return not self.complete
+
+
+class PieceState:
+    """Where one piece stands: its text, its context in patches, its bounds."""
+
+    def __init__(self, index: int, req: PieceRequest, patch_length: int, patch_size: int, device):
+        self.index, self.req = index, req
+        self.patch_length, self.patch_size = patch_length, patch_size
+        self.prompt_text = "".join(req.prompt.lines())
+        self.text = self.prompt_text + req.prefix
+        self.generator = torch.Generator(device=device).manual_seed(req.seed)
+        self.start = time.monotonic()
+        self.patches = self.bars = self.resets = 0
+        self.epoch = 0  # bumped whenever the context is rebuilt, so caches know to prefill
+        self.stop_reason: str | None = None
+        meta, body = split_tunebody(self.text)
+        self.in_tunebody = bool(body)
+        self.body_start = 0  # first tune-body line inside the context
+        if not body and self.text and not self.text.endswith("\n"):
+            self.text += "\n"  # metadata lines are whole lines
+        self.context, self.tail = self._encode(meta, body)
+        if len(self.context) >= patch_length:
+            self._reencode()
+
+    def _encode(self, meta, body):
+        if not body:
+            return prompt_patches([ln for ln in meta], self.patch_size), []
+        return encode_for_generation(meta, body, self.patch_size)
+
+    @property
+    def chars(self) -> int:
+        return len(self.text) - len(self.prompt_text)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def check_bounds(self) -> None:
+        req = self.req
+        if req.cancel is not None and req.cancel.is_set():
+            self.stop_reason = "cancelled"
+        elif self.patches >= req.max_patches:
+            self.stop_reason = "max_patches"
+        elif self.elapsed >= req.max_seconds:
+            self.stop_reason = "max_seconds"
+        elif self.chars >= req.max_chars:
+            self.stop_reason = "max_chars"
+
+    def accept(self, ids: list[int]) -> PatchEvent | None:
+        """ids: the 16 ids of the next patch, the context's partial tail included."""
+        new = ids[len(self.tail):]
+        if is_eos_patch(new):
+            self.stop_reason = "eos"
+            return None
+        text = patch_text(new)
+        self.text += text
+        self.patches += 1
+        self.bars += text.count("\n") if self.in_tunebody else 0
+        full = list(ids)
+        if EOS_ID in full:
+            cut = full.index(EOS_ID) + 1
+            full[cut:] = [PAD_ID] * (len(full) - cut)
+        self.context.append(full)
+        self.tail = []
+        if len(self.context) >= self.patch_length:
+            self._reencode()
+        return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
+
+    def _reencode(self) -> None:
+        """Context full: keep the metadata and the later half of the tune-body lines in context."""
+        meta, body = split_tunebody(self.text)
+        in_context = len(body) - self.body_start
+        keep = in_context // 2
+        while keep > 0:
+            context, tail = encode_for_generation(meta, body[len(body) - keep:], self.patch_size)
+            if len(context) < self.patch_length:
+                self.context, self.tail = context, tail
+                self.body_start = len(body) - keep
+                self.epoch += 1
+                self.resets += 1
+                return
+            keep //= 2
+        self.stop_reason = "context"  # one line (or the metadata) alone fills the context
+
+    def result(self) -> Piece:
+        r = self.req
+        return Piece(self.index, r.prompt, r.seed, r.sampling, self.text, self.stop_reason or "eos",
+                     self.patches, self.chars, self.bars, self.elapsed, self.resets)
+
+
+class FastBackend:
+    """Stages 1-2 with KV caches in both decoders, a batch of pieces per forward pass."""
+
+    def __init__(self, model: NotaGenModel, rows: int):
+        self.model = model
+        cfg = model.config
+        dev, dt = model.device, model.dtype
+        self.patch_caches = model.patch_level_decoder.base.new_caches(rows, cfg.patch_length, dev, dt)
+        self.char_caches = model.char_level_decoder.base.transformer.new_caches(rows, cfg.patch_size + 1, dev, dt)
+        self.rows: list[PieceState] = []  # cache row i holds self.rows[i]
+        self.cached: dict[int, tuple[int, int]] = {}  # piece index -> (epoch, patches in cache)
+        # Early exit from a patch needs a host sync per character: worth it on CPU, where the
+        # skipped compute is the cost, not on a GPU, where the sync is.
+        self.early_exit = model.device.type == "cpu"
+
+    def retain(self, active: list[PieceState]) -> None:
+        """Drops the cache rows of pieces that ended (active keeps the order of self.rows)."""
+        if not self.rows:
+            self.rows = list(active)
+        if [s.index for s in active] == [s.index for s in self.rows]:
+            return
+        where = {s.index: i for i, s in enumerate(self.rows)}
+        keep = torch.tensor([where[s.index] for s in active], device=self.model.device)
+        for c in self.patch_caches:
+            c.keep_rows(keep)
+        self.rows = list(active)
+
+    def encode(self, states: list[PieceState]) -> torch.Tensor:
+        """Hidden state of each piece's last full patch: (rows, hidden)."""
+        self.retain(states)
+        dev = self.model.device
+        hidden: list[torch.Tensor | None] = [None] * len(states)
+        stepping = []
+        for r, s in enumerate(states):
+            epoch, n = self.cached.get(s.index, (-1, -1))
+            if epoch == s.epoch and n == len(s.context) - 1:
+                stepping.append(r)
+            else:
+                ids = torch.tensor(s.context, device=dev)[None]  # (1, n, patch_size)
+                hidden[r] = self.model.patch_level_decoder(ids, self.patch_caches, r)[0, -1]
+            self.cached[s.index] = (s.epoch, len(s.context))
+        if stepping:
+            out = self._step([states[r] for r in stepping], stepping)
+            for j, r in enumerate(stepping):
+                hidden[r] = out[j]
+        return torch.stack(hidden)
+
+    def _step(self, states: list[PieceState], rows: list[int]) -> torch.Tensor:
+        dev = self.model.device
+        pos_list = [len(s.context) - 1 for s in states]
+        patches = torch.tensor([s.context[-1] for s in states], device=dev)  # (rows, patch_size)
+        pos = torch.tensor(pos_list, device=dev)
+        kv_len = max(pos_list) + 1
+        mask = None
+        if min(pos_list) != kv_len - 1:
+            mask = (torch.arange(kv_len, device=dev)[None] <= pos[:, None])[:, None, None, :]
+        caches = self.patch_caches
+        if len(rows) != len(self.rows):  # only some rows step: work on a copy of theirs
+            idx = torch.tensor(rows, device=dev)
+            caches = [_sub_cache(c, idx) for c in caches]
+            out = self.model.patch_level_decoder.step(patches, caches, pos, kv_len, mask)
+            for full, sub in zip(self.patch_caches, caches):
+                full.k[idx], full.v[idx] = sub.k, sub.v
+            return out
+        return self.model.patch_level_decoder.step(patches, caches, pos, kv_len, mask)
+
+    def sample(self, hidden: torch.Tensor, states: list[PieceState], prefixes: list[list[int]]) -> list[list[int]]:
+        """Writes one patch per row (rows, hidden); each row's `prefix` characters are forced."""
+        cfg, dev = self.model.config, self.model.device
+        rows, size = hidden.shape[0], cfg.patch_size
+        char = self.model.char_level_decoder
+        caches = [_row_view(c, rows) for c in self.char_caches]
+        prefix = torch.tensor([p + [PAD_ID] * (size - len(p)) for p in prefixes], device=dev)
+        plen = torch.tensor([len(p) for p in prefixes], device=dev)
+        top_k, top_p, temp = _settings_tensors(states, dev)
+        u = torch.stack([torch.rand(size, generator=s.generator, device=dev) for s in states])  # (rows, size)
+        out = torch.full((rows, size), PAD_ID, dtype=torch.long, device=dev)
+        done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        x = hidden
+        for t in range(size):
+            probs = torch.softmax(char.step(x, caches, t).float(), dim=-1)
+            tok = sample(probs, top_k, top_p, temp, u[:, t])
+            tok = torch.where(t < plen, prefix[:, t], tok)
+            tok = torch.where(done, torch.full_like(tok, PAD_ID), tok)
+            out[:, t] = tok
+            done = done | (tok == EOS_ID)
+            if self.early_exit and bool(done.all()):
+                break
+            x = char.embed_chars(tok)
+        return out.tolist()
+
+
+def _sub_cache(c: KVCache, idx: torch.Tensor) -> KVCache:
+    sub = KVCache.__new__(KVCache)
+    sub.k, sub.v = c.k.index_select(0, idx), c.v.index_select(0, idx)
+    return sub
+
+
+def _row_view(c: KVCache, rows: int) -> KVCache:
+    view = KVCache.__new__(KVCache)
+    view.k, view.v = c.k[:rows], c.v[:rows]
+    return view
+
+
+def _settings_tensors(states: list[PieceState], dev):
+    s = [st.req.sampling for st in states]
+    return (torch.tensor([x.top_k for x in s], device=dev),
+            torch.tensor([float(x.top_p) for x in s], device=dev),
+            torch.tensor([float(x.temperature) for x in s], device=dev))
+
+
+def stream(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast") -> Iterator[PatchEvent | Piece]:
+    """Yields a PatchEvent for every patch written and a Piece when a piece ends, in the order they
+    happen. The batch runs until every piece has ended; each piece's bounds stop it within one patch."""
+    if mode not in ("fast", "reference"):
+        raise SettingsError(f"mode must be 'fast' or 'reference', got {mode!r}")
+    if not requests:
+        return
+    for r in requests:
+        r.check()
+    cfg = model.config
+    states = [PieceState(i, r, cfg.patch_length, cfg.patch_size, model.device) for i, r in enumerate(requests)]
+    if mode == "fast":
+        backend = FastBackend(model, len(states))
+    else:
+        from engine.symbolic.reference import ReferenceBackend
+        backend = ReferenceBackend(model)
+    active = states
+    with torch.inference_mode():
+        while True:
+            for s in active:
+                if s.stop_reason is None:
+                    s.check_bounds()
+            for s in active:
+                if s.stop_reason is not None:
+                    yield s.result()
+            active = [s for s in active if s.stop_reason is None]
+            if not active:
+                return
+            yield from _step(backend, active)
+
+
+def _step(backend, active: list[PieceState]) -> Iterator[PatchEvent]:
+    hidden = backend.encode(active)
+    patches = backend.sample(hidden, active, [s.tail for s in active])
+    # NotaGen numbers the first tune-body line 0: when a piece's first tune-body patch appears,
+    # it is written again with "[r:0/" forced.
+    redo = [i for i, s in enumerate(active)
+            if not s.in_tunebody and patch_text(patches[i][len(s.tail):]).startswith("[r:")]
+    if redo:
+        forced = [active[i].tail + [ord(c) for c in TUNEBODY_START] for i in redo]
+        again = backend.sample(hidden[redo], [active[i] for i in redo], forced)
+        for i, p in zip(redo, again):
+            patches[i] = p
+            active[i].in_tunebody = True
+    for s, ids in zip(active, patches):
+        event = s.accept(ids)
+        if event is not None:
+            yield event
+
+
+def generate(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast",
+             on_event: Callable[[PatchEvent], None] | None = None) -> list[Piece]:
+    """Runs `stream` to the end; returns the pieces in request order."""
+    pieces: dict[int, Piece] = {}
+    for ev in stream(model, requests, mode):
+        if isinstance(ev, Piece):
+            pieces[ev.index] = ev
+        elif on_event is not None:
+            on_event(ev)
+    return [pieces[i] for i in range(len(requests))]

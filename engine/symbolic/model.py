@@ -1,0 +1,227 @@
+"""NotaGen's hierarchical GPT-2 (arXiv 2502.18008), written for fast cached decoding.
+
+Module and parameter names follow NotaGen's own code (transformers' GPT2Model / GPT2LMHeadModel
+inside `patch_level_decoder.base` and `char_level_decoder.base`), and linear layers inside the
+blocks keep GPT-2's Conv1D layout (in, out), so NotaGen's checkpoints load without any renaming.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.symbolic.config import NotaGenConfig
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: weight stored as (in, out)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1] + (self.weight.shape[1],)
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+
+
+class KVCache:
+    """Keys and values of one attention layer for a batch of rows: (rows, heads, positions, head_dim)."""
+
+    def __init__(self, rows: int, heads: int, positions: int, head_dim: int, device, dtype):
+        self.k = torch.zeros(rows, heads, positions, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drops the rows of finished pieces so they stop costing compute."""
+        self.k = self.k.index_select(0, rows)
+        self.v = self.v.index_select(0, rows)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.c_attn = Conv1D(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.c_proj = Conv1D(cfg.hidden_size, cfg.hidden_size)
+
+    def _qkv(self, x: torch.Tensor):
+        b, t, h = x.shape
+        q, k, v = self.c_attn(x).split(h, dim=-1)
+        # (batch, heads, time, head_dim)
+        return [y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for y in (q, k, v)]
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = y.shape
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, row: int | None = None) -> torch.Tensor:
+        """Causal attention over the whole of x (training, prefill). With a cache, x is one row
+        starting at position 0 and its keys/values are written to cache row `row`."""
+        q, k, v = self._qkv(x)
+        if cache is not None:
+            t = x.shape[1]
+            cache.k[row, :, :t] = k[0]
+            cache.v[row, :, :t] = v[0]
+        return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def step(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, kv_len: int,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        """One new position per row: x (rows, 1, hidden) at positions `pos` (rows,); attends to
+        the first kv_len cached positions, `mask` (rows, 1, 1, kv_len) hides each row's future."""
+        q, k, v = self._qkv(x)
+        rows = torch.arange(x.shape[0], device=x.device)
+        cache.k[rows, :, pos] = k[:, :, 0]
+        cache.v[rows, :, pos] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=mask)
+        return self._out(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.c_fc = Conv1D(cfg.hidden_size, 4 * cfg.hidden_size)
+        self.c_proj = Conv1D(4 * cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None, row=None):
+        x = x + self.attn(self.ln_1(x), cache, row)
+        return x + self.mlp(self.ln_2(x))
+
+    def step(self, x, cache, pos, kv_len, mask):
+        x = x + self.attn.step(self.ln_1(x), cache, pos, kv_len, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Stack(nn.Module):
+    """GPT-2's transformer (wte, wpe, h, ln_f) driven by input embeddings."""
+
+    def __init__(self, cfg: NotaGenConfig, vocab: int, positions: int, layers: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, cfg.hidden_size)
+        self.wpe = nn.Embedding(positions, cfg.hidden_size)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+
+    def forward(self, embeds: torch.Tensor, caches: list[KVCache] | None = None, row: int | None = None):
+        """embeds (batch, time, hidden) from position 0 -> hidden states (batch, time, hidden)."""
+        x = embeds + self.wpe.weight[: embeds.shape[1]]
+        for i, block in enumerate(self.h):
+            x = block(x, None if caches is None else caches[i], row)
+        return self.ln_f(x)
+
+    def step(self, embeds: torch.Tensor, caches: list[KVCache], pos: torch.Tensor, kv_len: int,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds (rows, hidden) at positions pos (rows,) -> hidden states (rows, hidden)."""
+        x = (embeds + self.wpe(pos)).unsqueeze(1)
+        for block, cache in zip(self.h, caches):
+            x = block.step(x, cache, pos, kv_len, mask)
+        return self.ln_f(x).squeeze(1)
+
+    def new_caches(self, rows: int, positions: int, device, dtype) -> list[KVCache]:
+        a = self.h[0].attn if len(self.h) else None
+        heads, dim = (a.n_heads, a.head_dim) if a else (1, 64)
+        return [KVCache(rows, heads, positions, dim, device, dtype) for _ in self.h]
+
+
+class PatchLevelDecoder(nn.Module):
+    """GPT-2 over patches; a patch enters as the flattened one-hot of its characters (16 x 128)."""
+
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Linear(cfg.patch_size * cfg.vocab_size, cfg.hidden_size)
+        # vocab 1: NotaGen's GPT2Model has a one-row wte that inputs_embeds never uses.
+        self.base = GPT2Stack(cfg, 1, cfg.patch_length, cfg.patch_num_layers)
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (..., patch_size) ids -> (..., hidden). one_hot @ W.T is a sum of 16 columns of W;
+        gathering them skips a 2048-wide matmul that is almost all zeros."""
+        offsets = torch.arange(self.cfg.patch_size, device=patches.device) * self.cfg.vocab_size
+        cols = self.patch_embedding.weight.t()[patches + offsets]  # (..., patch_size, hidden)
+        return cols.sum(-2) + self.patch_embedding.bias
+
+    def forward(self, patches: torch.Tensor, caches=None, row=None) -> torch.Tensor:
+        """patches (batch, n, patch_size) -> last hidden states (batch, n, hidden)."""
+        return self.base(self.embed(patches), caches, row)
+
+    def step(self, patches: torch.Tensor, caches, pos, kv_len, mask=None) -> torch.Tensor:
+        """One new patch per row: patches (rows, patch_size) at positions pos -> (rows, hidden)."""
+        return self.base.step(self.embed(patches), caches, pos, kv_len, mask)
+
+
+class LMHeadStack(nn.Module):
+    """GPT2LMHeadModel's layout: `transformer` plus an `lm_head` tied to the character embedding."""
+
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.transformer = GPT2Stack(cfg, cfg.vocab_size, cfg.patch_size + 1, cfg.char_num_layers)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+
+class CharLevelDecoder(nn.Module):
+    """GPT-2 over the characters of one patch: position 0 is the patch-level hidden state, then the
+    patch's characters; predicts each next character."""
+
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.base = LMHeadStack(cfg)
+
+    def forward(self, hidden: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
+        """hidden (n, hidden), chars (n, t) -> logits (n, t + 1, vocab) for teacher forcing."""
+        embeds = torch.cat([hidden.unsqueeze(1), self.base.transformer.wte(chars)], dim=1)
+        return self.base.lm_head(self.base.transformer(embeds))
+
+    def step(self, embeds: torch.Tensor, caches, t: int) -> torch.Tensor:
+        """embeds (rows, hidden) at char position t for every row -> logits (rows, vocab)."""
+        pos = torch.full((embeds.shape[0],), t, device=embeds.device, dtype=torch.long)
+        return self.base.lm_head(self.base.transformer.step(embeds, caches, pos, t + 1))
+
+    def embed_chars(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.base.transformer.wte(ids)
+
+
+class NotaGenModel(nn.Module):
+    def __init__(self, cfg: NotaGenConfig):
+        super().__init__()
+        self.config = cfg
+        self.patch_level_decoder = PatchLevelDecoder(cfg)
+        self.char_level_decoder = CharLevelDecoder(cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_level_decoder.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_level_decoder.patch_embedding.weight.dtype
+
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> "NotaGenModel":
+        """GPT-2's initialisation, for training from scratch and for tests' random models."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+                    p.fill_(1.0)
+                elif p.dim() == 1:
+                    p.zero_()
+                else:
+                    scale = std / math.sqrt(2 * max(1, self.config.patch_num_layers)) if name.endswith("c_proj.weight") else std
+                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        return self
