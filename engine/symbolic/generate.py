@@ -21,7 +21,7 @@ import torch
 
 from engine.errors import SettingsError
 from engine.symbolic.config import EOS_ID, PAD_ID
-from engine.symbolic.model import KVCache, NotaGenModel
+from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
 from engine.symbolic.prompts import Prompt
@@ -41,6 +41,7 @@ class PieceRequest:
     max_chars: int = MAX_CHARS  # bound on the piece's text
     cancel: threading.Event | None = None  # set from another thread to stop after the current patch
     prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
+    stop_at_eos: bool = True  # False only for benchmarks that need a fixed number of patches
 
     def check(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -140,7 +141,7 @@ class PieceState:
     def accept(self, ids: list[int]) -> PatchEvent | None:
         """ids: the 16 ids of the next patch, the context's partial tail included."""
         new = ids[len(self.tail):]
-        if is_eos_patch(new):
+        if is_eos_patch(new) and self.req.stop_at_eos:
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
@@ -236,9 +237,11 @@ class FastBackend:
         if min(pos_list) != kv_len - 1:
             mask = (torch.arange(kv_len, device=dev)[None] <= pos[:, None])[:, None, None, :]
         caches = self.patch_caches
+        for c in caches:
+            c.ensure(kv_len)  # before any copy of rows, so the copies never outgrow the originals
         if len(rows) != len(self.rows):  # only some rows step: work on a copy of theirs
             idx = torch.tensor(rows, device=dev)
-            caches = [_sub_cache(c, idx) for c in caches]
+            caches = [c.rows(idx) for c in caches]
             out = self.model.patch_level_decoder.step(patches, caches, pos, kv_len, mask)
             for full, sub in zip(self.patch_caches, caches):
                 full.k[idx], full.v[idx] = sub.k, sub.v
@@ -250,7 +253,7 @@ class FastBackend:
         cfg, dev = self.model.config, self.model.device
         rows, size = hidden.shape[0], cfg.patch_size
         char = self.model.char_level_decoder
-        caches = [_row_view(c, rows) for c in self.char_caches]
+        caches = [c.rows(slice(0, rows)) for c in self.char_caches]
         prefix = torch.tensor([p + [PAD_ID] * (size - len(p)) for p in prefixes], device=dev)
         plen = torch.tensor([len(p) for p in prefixes], device=dev)
         top_k, top_p, temp = _settings_tensors(states, dev)
@@ -269,18 +272,6 @@ class FastBackend:
                 break
             x = char.embed_chars(tok)
         return out.tolist()
-
-
-def _sub_cache(c: KVCache, idx: torch.Tensor) -> KVCache:
-    sub = KVCache.__new__(KVCache)
-    sub.k, sub.v = c.k.index_select(0, idx), c.v.index_select(0, idx)
-    return sub
-
-
-def _row_view(c: KVCache, rows: int) -> KVCache:
-    view = KVCache.__new__(KVCache)
-    view.k, view.v = c.k[:rows], c.v[:rows]
-    return view
 
 
 def _settings_tensors(states: list[PieceState], dev):

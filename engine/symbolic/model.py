@@ -29,11 +29,35 @@ class Conv1D(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one attention layer for a batch of rows: (rows, heads, positions, head_dim)."""
+    """Keys and values of one attention layer for a batch of rows: (rows, heads, positions, head_dim).
+    Capacity grows by doubling up to `max_positions`, so a short piece never pays for a full
+    context (NotaGen-small's is 2048 patches)."""
 
-    def __init__(self, rows: int, heads: int, positions: int, head_dim: int, device, dtype):
-        self.k = torch.zeros(rows, heads, positions, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, max_positions: int):
+        self.k, self.v, self.max_positions = k, v, max_positions
+
+    @classmethod
+    def allocate(cls, rows: int, heads: int, max_positions: int, head_dim: int, device, dtype,
+                 initial: int = 256) -> "KVCache":
+        # zeros, not empty: masked positions still enter SDPA's matmul, and 0 * NaN garbage is NaN
+        k = torch.zeros(rows, heads, min(initial, max_positions), head_dim, device=device, dtype=dtype)
+        return cls(k, torch.zeros_like(k), max_positions)
+
+    def rows(self, index: torch.Tensor | slice) -> "KVCache":
+        """A cache of some rows: a view for a slice, a copy for an index tensor."""
+        if isinstance(index, slice):
+            return KVCache(self.k[index], self.v[index], self.max_positions)
+        return KVCache(self.k.index_select(0, index), self.v.index_select(0, index), self.max_positions)
+
+    def ensure(self, positions: int) -> None:
+        have = self.k.shape[2]
+        if positions <= have:
+            return
+        if positions > self.max_positions:
+            raise ValueError(f"{positions} positions asked of a cache of at most {self.max_positions}")
+        grow = min(max(positions, 2 * have), self.max_positions) - have
+        pad = self.k.new_zeros(self.k.shape[0], self.k.shape[1], grow, self.k.shape[3])
+        self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drops the rows of finished pieces so they stop costing compute."""
@@ -64,6 +88,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         if cache is not None:
             t = x.shape[1]
+            cache.ensure(t)
             cache.k[row, :, :t] = k[0]
             cache.v[row, :, :t] = v[0]
         return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
@@ -74,6 +99,7 @@ class Attention(nn.Module):
         the first kv_len cached positions, `mask` (rows, 1, 1, kv_len) hides each row's future."""
         q, k, v = self._qkv(x)
         rows = torch.arange(x.shape[0], device=x.device)
+        cache.ensure(kv_len)
         cache.k[rows, :, pos] = k[:, :, 0]
         cache.v[rows, :, pos] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=mask)
@@ -135,7 +161,7 @@ class GPT2Stack(nn.Module):
     def new_caches(self, rows: int, positions: int, device, dtype) -> list[KVCache]:
         a = self.h[0].attn if len(self.h) else None
         heads, dim = (a.n_heads, a.head_dim) if a else (1, 64)
-        return [KVCache(rows, heads, positions, dim, device, dtype) for _ in self.h]
+        return [KVCache.allocate(rows, heads, positions, dim, device, dtype) for _ in self.h]
 
 
 class PatchLevelDecoder(nn.Module):

@@ -1,0 +1,98 @@
+"""Fast (KV-cached, batched) generation against NotaGen's original algorithm (`reference` mode).
+
+Same random weights, prompt, seed and sampling settings for both; a fixed number of patches
+(the end-of-piece patch does not stop a run). Each measurement runs in its own process so the
+peak memory is its own. Prints a table, then one JSON line.
+
+    python -m bench.notagen_speed                      # CPU: NotaGen-small size, 256 patches, fp32
+    python -m bench.notagen_speed --size notagen-x     # GPU default: NotaGen-X size, 1024 patches, bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+
+
+def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype: str, seed: int) -> dict:
+    import torch
+
+    from engine.symbolic.config import PRESETS
+    from engine.symbolic.generate import PieceRequest, generate
+    from engine.symbolic.model import NotaGenModel
+    from engine.symbolic.prompts import Prompt
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = NotaGenModel(PRESETS[size]).init_weights(seed=0).to(device=device, dtype=dt).eval()
+    prompt = Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard")
+    reqs = [PieceRequest(prompt, seed=seed + i, max_patches=patches, stop_at_eos=False, max_seconds=86_400)
+            for i in range(batch)]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    pieces = generate(model, reqs, mode=mode)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    n_patches = sum(p.patches for p in pieces)
+    n_chars = sum(p.chars for p in pieces)
+    return {"mode": mode, "batch": batch, "seconds": seconds, "patches": n_patches, "chars": n_chars,
+            "patches_per_s": n_patches / seconds, "chars_per_s": n_chars / seconds,
+            "ms_per_patch": 1000 * seconds / n_patches * batch, "peak_bytes": peak,
+            "peak_kind": "cuda max allocated" if device.startswith("cuda") else "process max RSS",
+            "text": pieces[0].text}
+
+
+def in_child(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(run_case, args)
+
+
+def main() -> None:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="notagen-x" if gpu else "notagen-small")
+    p.add_argument("--patches", type=int, default=1024 if gpu else 256)
+    p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16" if gpu else "fp32")
+    p.add_argument("--batch", type=int, default=8, help="batch size compared with batch 1 (fast mode)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--skip-reference", action="store_true")
+    args = p.parse_args()
+
+    fast = in_child(args.size, "fast", args.patches, 1, args.device, args.dtype, args.seed)
+    ref = None if args.skip_reference else in_child(args.size, "reference", args.patches, 1, args.device, args.dtype, args.seed)
+    batched = in_child(args.size, "fast", args.patches, args.batch, args.device, args.dtype, args.seed) if args.batch > 1 else None
+
+    rows = [r for r in (ref, fast, batched) if r]
+    print(f"NotaGen generation speed: {args.size}, {args.patches} patches, {args.dtype} on {args.device}")
+    print(f"{'mode':10s} {'batch':>5s} {'patches/s':>10s} {'chars/s':>9s} {'ms/patch':>9s} {'peak MiB':>9s}")
+    for r in rows:
+        print(f"{r['mode']:10s} {r['batch']:5d} {r['patches_per_s']:10.2f} {r['chars_per_s']:9.1f} "
+              f"{r['ms_per_patch']:9.2f} {r['peak_bytes'] / 2**20:9.0f}")
+    result = {"bench": "notagen_speed", "size": args.size, "patches": args.patches, "device": args.device,
+              "device_name": torch.cuda.get_device_name(0) if gpu and args.device.startswith("cuda") else "cpu",
+              "dtype": args.dtype, "fast_patches_per_s": fast["patches_per_s"], "fast_ms_per_patch": fast["ms_per_patch"],
+              "fast_chars_per_s": fast["chars_per_s"], "fast_peak_bytes": fast["peak_bytes"]}
+    if ref:
+        result |= {"reference_patches_per_s": ref["patches_per_s"], "reference_chars_per_s": ref["chars_per_s"],
+                   "reference_peak_bytes": ref["peak_bytes"], "speedup_fast_over_reference": ref["seconds"] / fast["seconds"],
+                   "same_text": ref["text"] == fast["text"]}
+        print(f"fast / reference: {result['speedup_fast_over_reference']:.2f}x (same text: {result['same_text']})")
+    if batched:
+        result |= {"batch": args.batch, "batch_patches_per_s": batched["patches_per_s"],
+                   "batch_throughput_ratio": batched["patches_per_s"] / fast["patches_per_s"]}
+        print(f"batch {args.batch} / batch 1 throughput: {result['batch_throughput_ratio']:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""`python -m engine ...`: compose, prompts, doctor."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import threading
+from pathlib import Path
+
+from engine.errors import CadenzaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="Cadenza: compose sheet music with NotaGen-style models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compose", help="write a piece for a period, composer and instrumentation")
+    c.add_argument("--period", required=True, help="e.g. Baroque")
+    c.add_argument("--composer", required=True, help="e.g. 'Bach, Johann Sebastian'")
+    c.add_argument("--instrumentation", required=True, help="e.g. Keyboard")
+    _model_args(c)
+    c.add_argument("--seed", type=int, default=None, help="repeat a piece with the same seed (default: random, printed)")
+    c.add_argument("--top-k", type=int, default=9, help="keep the k most likely characters (default 9; 0 = off)")
+    c.add_argument("--top-p", type=float, default=0.9, help="nucleus mass kept after top-k (default 0.9)")
+    c.add_argument("--temperature", type=float, default=1.2, help="applied after top-k and top-p (default 1.2; 0 = greedy)")
+    c.add_argument("--max-patches", type=int, default=4096, help="stop after this many patches (default 4096)")
+    c.add_argument("--max-seconds", type=float, default=1200.0, help="stop after this many seconds (default 1200)")
+    c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")
+    c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
+    c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
+    c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
+
+    pr = sub.add_parser("prompts", help="list the period / composer / instrumentation combinations a model knows")
+    _model_args(pr)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a list")
+
+    sub.add_parser("doctor", help="report Python, torch, GPUs and the model files found")
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="NotaGen .pth checkpoint or Cadenza model folder (default: the bundled model)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"compose": cmd_compose, "prompts": cmd_prompts, "doctor": cmd_doctor}[args.command](args)
+    except CadenzaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_compose(args) -> int:
+    from tqdm import tqdm
+
+    from engine import api
+    from engine.files import slug, unique_path, write_atomic
+
+    print("loading model ...", file=sys.stderr)
+    lm = api.load(args.model, device=args.device)
+    for w in lm.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    cancel = threading.Event()
+    bar = tqdm(total=args.max_patches, unit="patch", file=sys.stderr, dynamic_ncols=True, leave=False)
+    stream_text = not args.quiet and args.variations == 1
+
+    def on_event(ev) -> None:
+        if ev.index == 0:
+            bar.update(1)
+            bar.set_postfix(bars=ev.bars, chars=ev.chars)
+            if stream_text:
+                bar.clear()
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+                bar.refresh()
+
+    try:
+        results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
+                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                              max_patches=args.max_patches, max_seconds=args.max_seconds,
+                              variations=args.variations, cancel=cancel, on_event=on_event, mode=args.mode)
+    finally:
+        bar.close()
+    if stream_text:
+        print()
+    out = Path(args.out)
+    for r in results:
+        p = r.piece
+        stem = f"{slug(p.prompt.composer.split(',')[0])}-{slug(p.prompt.instrumentation)}-seed{p.seed}"
+        path = unique_path(out, stem, ".abc")
+        write_atomic(path, r.abc.abc)
+        print(f"wrote {path}  ({p.bars} bars, {r.abc.alignment}, {p.patches} patches in {p.elapsed:.1f}s, "
+              f"{'complete' if p.complete else 'cut short: ' + p.stop_reason})", file=sys.stderr)
+        for w in r.warnings:
+            print(f"  note: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_prompts(args) -> int:
+    from engine import api
+
+    lm = api.load(args.model, device="cpu")
+    table = lm.prompts
+    if table is None:
+        print(f"{lm.name} has no prompt table: it accepts any period / composer / instrumentation", file=sys.stderr)
+        return 0
+    if args.json:
+        print(json.dumps([p.__dict__ for p in table.prompts], indent=1))
+        return 0
+    for period in table.periods():
+        print(period)
+        for composer in table.composers(period):
+            print(f"  {composer}: {', '.join(table.instrumentations(period, composer))}")
+    print(f"{len(table)} combinations", file=sys.stderr)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import importlib.metadata as md
+
+    import torch
+
+    from engine import __version__, api
+
+    print(f"Cadenza engine {__version__}")
+    print(f"Python {platform.python_version()} on {platform.platform()}")
+    print(f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            print(f"  cuda:{i} {torch.cuda.get_device_name(i)}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+    else:
+        print("  no CUDA GPU: models run on the CPU (fp32)")
+    mps = getattr(torch.backends, "mps", None)
+    print(f"  Apple MPS: {'available' if mps is not None and mps.is_available() else 'not available'}")
+    print(f"  CPU threads: {torch.get_num_threads()}")
+    bundled = api.bundled_model()
+    print(f"bundled model: {bundled if bundled else 'none yet (assets/models is empty): pass --model'}")
+    print("packages:")
+    parts = {
+        "transformers": "reference mode and MusicGen", "accelerate": "multi-GPU placement",
+        "safetensors": "Cadenza model folders", "huggingface_hub": "downloading NotaGen / MusicGen weights",
+        "abctoolkit": "bar durations (voice restoration, alignment check)", "music21": "scores from music21's corpus",
+    }
+    for name, why in parts.items():
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            version = "MISSING (run ./run.sh to install)"
+        print(f"  {name:16s} {version:12s} {why}")
+    return 0

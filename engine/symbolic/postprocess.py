@@ -1,0 +1,153 @@
+"""From the model's text to a valid ABC file, and the bar-alignment check.
+
+The model writes NotaGen's training format: prompt comment lines, header, then tune-body lines
+`[r:i/j][V:1]...|[V:2]...|` holding one bar of every voice that plays (voices that only rest are
+left out). Post-processing undoes that so any ABC reader sees every voice in every bar.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from abctoolkit.duration import calculate_bartext_duration
+
+from engine.symbolic.patches import split_tunebody
+
+R_MARKER = re.compile(r"^\[r:[^\]]*\]")
+VOICE_SEGMENT = re.compile(r"\[V:(\d+)\](.*?)(?=\[V:|$)")
+BARLINE = re.compile(r"(\|\|:|:\|\||\[\|:|:\|\]|\|\]:|:\[\||\|:|::|:\||\[\||\|\||\|\]|\|)")
+OPENERS, CLOSERS = "({[", ")}]"
+
+
+@dataclass
+class Alignment:
+    aligned: int  # tune-body lines whose voices all last the same
+    total: int  # tune-body lines checked
+    misaligned_lines: list[int] = field(default_factory=list)  # 1-based tune-body line numbers
+
+    @property
+    def ratio(self) -> float:
+        return self.aligned / self.total if self.total else 1.0
+
+    def __str__(self) -> str:
+        return f"{self.aligned}/{self.total} bars aligned"
+
+
+@dataclass
+class AbcResult:
+    abc: str  # a complete ABC file: X:1, header, every voice in every bar
+    alignment: Alignment
+    warnings: list[str] = field(default_factory=list)
+
+
+def bar_duration(text: str) -> Fraction | None:
+    """Length of one bar's notes in units of L; None when the text cannot be measured."""
+    try:
+        return Fraction(calculate_bartext_duration(text))
+    except Exception:  # abctoolkit raises bare Exceptions on notation it cannot measure
+        return None
+
+
+def split_right_barline(bartext: str) -> tuple[str, str]:
+    """('notes', 'closing barline and anything after it')."""
+    parts = BARLINE.split(bartext)
+    if len(parts) < 3:
+        return bartext, ""
+    right = "".join(parts[-2:])
+    return bartext[: len(bartext) - len(right)], right
+
+
+def voice_groups(metadata: list[str]) -> tuple[list[str], set[str]]:
+    """All voice ids in number order, and those that rest with x (later voices of a %%score group)."""
+    groups: list[list[str]] = []
+    voices: list[str] = []
+    for line in metadata:
+        if line.startswith("%%score"):
+            groups += [g.split() for g in re.findall(r"\((.*?)\)", line)]
+    grouped = {v for g in groups for v in g}
+    for line in metadata:
+        m = re.match(r"V:\s*(\d+)", line)
+        if m and m.group(1) not in voices:
+            voices.append(m.group(1))
+            if m.group(1) not in grouped:
+                groups.append([m.group(1)])
+    x_voices = {v for g in groups for v in g[1:]}
+    return sorted(voices, key=int), x_voices
+
+
+def close_brackets(line: str) -> str:
+    """Closes the brackets a cut-short %%score line leaves open, innermost first."""
+    stack = []
+    for c in line.rstrip("\n"):
+        if c in OPENERS:
+            stack.append(CLOSERS[OPENERS.index(c)])
+        elif c in CLOSERS and stack and stack[-1] == c:
+            stack.pop()
+    return line.rstrip("\n") + "".join(f" {c}" for c in reversed(stack)) + "\n"
+
+
+def line_segments(line: str) -> dict[str, str]:
+    return {v: text for v, text in VOICE_SEGMENT.findall(R_MARKER.sub("", line.rstrip("\n")))}
+
+
+def check_alignment(body_lines: list[str]) -> Alignment:
+    """Every voice of a line must last as long as the others (bar by bar)."""
+    aligned, bad = 0, []
+    for n, line in enumerate(body_lines, 1):
+        per_voice = []
+        for text in line_segments(line).values():
+            bars = [b for b in BARLINE.split(text) if b and not BARLINE.fullmatch(b)]
+            per_voice.append([bar_duration(b) for b in bars])
+        ok = bool(per_voice) and all(None not in d for d in per_voice) and all(d == per_voice[0] for d in per_voice)
+        if ok:
+            aligned += 1
+        else:
+            bad.append(n)
+    return Alignment(aligned, len(body_lines), bad)
+
+
+def restore_voices(metadata: list[str], body: list[str]) -> list[str]:
+    """Puts back the voices a line leaves out, as a rest as long as the line's usual bar."""
+    voices, x_voices = voice_groups(metadata)
+    out, ref_dur = [], None
+    for i, line in enumerate(body):
+        line = R_MARKER.sub("", line.rstrip("\n"))
+        segments = line_segments(line)
+        durations = Counter()
+        right = "|"
+        for text in segments.values():
+            notes, right = split_right_barline(text)
+            d = bar_duration(notes)
+            if d is not None:
+                durations[d] += 1
+        if durations:
+            ref_dur = durations.most_common(1)[0][0]
+        left = line.split("[V:")[0] if i == 0 else ""
+        parts = []
+        for v in voices or list(segments):
+            if v in segments:
+                parts.append(f"[V:{v}]{segments[v]}")
+            elif ref_dur is not None:
+                rest = "x" if v in x_voices else "z"
+                parts.append(f"[V:{v}]{left}{rest}{ref_dur}{right or '|'}")
+        out.append("".join(parts) + "\n")
+    return out
+
+
+def to_abc(text: str) -> AbcResult:
+    """The model's text -> ABC file. An unfinished last line (a piece cut short) is left out."""
+    metadata, body = split_tunebody(text)
+    warnings = []
+    if body and not body[-1].endswith("\n"):
+        body = body[:-1]
+        warnings.append("the last bar was unfinished and is left out of the ABC")
+    header = [ln if ln.endswith("\n") else ln + "\n" for ln in metadata if not (ln.startswith("%") and not ln.startswith("%%"))]
+    header = [close_brackets(ln) if ln.startswith("%%score") else ln for ln in header]
+    header = [ln for ln in header if not ln.startswith("X:")]
+    if not body:
+        warnings.append("the piece has no complete bar")
+    alignment = check_alignment(body)
+    restored = restore_voices(metadata, body)
+    return AbcResult("X:1\n" + "".join(header) + "".join(restored), alignment, warnings)
