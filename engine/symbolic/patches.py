@@ -39,7 +39,8 @@ def split_bars(lines: list[str]) -> list[str]:
         else:
             line_bars = [parts[0]] + ["".join(parts[i:i + 2]) for i in range(1, len(parts), 2)]
         if len(line_bars) > 1 and "V" not in line_bars[-1]:
-            line_bars[-2] += line_bars.pop()
+            last = line_bars.pop()
+            line_bars[-1] += last
         bars += line_bars
     return bars
 

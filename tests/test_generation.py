@@ -1,0 +1,184 @@
+"""Fast generation against NotaGen's reference algorithm, seeds, batches, bounds, streaming."""
+import threading
+
+import pytest
+
+from conftest import BACH, TINY_SIZES, tiny_model
+from engine.errors import SettingsError
+from engine.symbolic import generate as gen_mod
+from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, PieceState, generate, stream
+from engine.symbolic.prompts import Prompt
+from engine.symbolic.sampling import SamplingSettings
+
+GREEDY = SamplingSettings(top_k=1, top_p=1.0, temperature=1.0)
+
+# A real-looking two-voice piece in the model's format (a prefix to continue).
+HEADER = "%%score { 1 | 2 }\nL:1/8\nM:4/4\nK:G\nV:1 treble nm=\"Piano\"\nV:2 bass\n"
+BODY = "".join(f"[r:{i}/{19 - i}][V:1]GABc d2 B2|[V:2]G,,2 D,2 G,2 B,,2|\n" for i in range(20))
+
+
+def run(model, reqs, mode="fast"):
+    events, pieces = [], {}
+    for ev in stream(model, reqs, mode=mode):
+        if isinstance(ev, Piece):
+            pieces[ev.index] = ev
+        else:
+            events.append(ev)
+    return events, [pieces[i] for i in range(len(reqs))]
+
+
+@pytest.mark.parametrize("size", TINY_SIZES)
+def test_fast_equals_reference_greedy(size):
+    model = tiny_model(*size, seed=sum(size))
+    req = lambda: PieceRequest(BACH, sampling=GREEDY, max_patches=40)  # noqa: E731
+    ev_fast, (fast,) = run(model, [req()], "fast")
+    ev_ref, (ref,) = run(model, [req()], "reference")
+    # 40 patches, or fewer when metadata alone fills a small context (nothing left to cut)
+    assert fast.stop_reason == ("max_patches" if size[0] > 40 + 5 else "context") == ref.stop_reason
+    assert fast.patches == ref.patches >= min(40, size[0] - 6)
+    assert [e.ids for e in ev_fast] == [e.ids for e in ev_ref]
+    assert fast.text == ref.text
+
+
+@pytest.mark.parametrize("size", TINY_SIZES[:2])
+def test_fast_equals_reference_across_context_overflow(size):
+    """A tune body nearly filling the context: generation must re-encode (metadata + later half of
+    the tune-body lines), more than once, and both modes must agree on every patch."""
+    model = tiny_model(*size, seed=7)
+    req = lambda: PieceRequest(BACH, sampling=GREEDY, max_patches=3 * size[0], prefix=HEADER + BODY)  # noqa: E731
+    ev_fast, (fast,) = run(model, [req()], "fast")
+    ev_ref, (ref,) = run(model, [req()], "reference")
+    assert fast.context_resets >= 1
+    assert fast.context_resets == ref.context_resets
+    assert [e.ids for e in ev_fast] == [e.ids for e in ev_ref]
+    assert fast.text == ref.text and fast.stop_reason == ref.stop_reason
+
+
+def test_context_reencode_keeps_metadata_and_later_half():
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER + BODY), patch_length=40, patch_size=16, device="cpu")
+    assert state.resets >= 1  # the prefix alone overflows 40 patches
+    text = "".join(chr(c) for p in state.context for c in p if c > 2) + "".join(chr(c) for c in state.tail)
+    assert text.startswith("%Baroque\n%Bach, Johann Sebastian\n%Choral\n%%score")
+    assert "[r:19/0]" in text and "[r:0/19]" not in text
+    assert len(state.context) < 40
+
+
+def test_same_seed_same_piece_and_seeds_differ():
+    model = tiny_model(seed=3)
+    a = generate(model, [PieceRequest(BACH, seed=11, max_patches=30)])[0]
+    b = generate(model, [PieceRequest(BACH, seed=11, max_patches=30)])[0]
+    c = generate(model, [PieceRequest(BACH, seed=12, max_patches=30)])[0]
+    assert a.text == b.text
+    assert a.text != c.text
+
+
+def test_sampling_matches_reference_for_the_same_seed():
+    """Both modes draw the same uniforms per piece, so sampled pieces agree too."""
+    model = tiny_model(seed=5)
+    for seed in (1, 2):
+        fast = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], mode="fast")[0]
+        ref = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], mode="reference")[0]
+        assert fast.text == ref.text
+
+
+def test_batch_equals_pieces_alone_and_pieces_end_independently():
+    model = tiny_model(seed=9)
+    other = Prompt("Romantic", "Chopin, Frederic", "Keyboard")
+    reqs = lambda: [PieceRequest(BACH, seed=1, max_patches=8),  # noqa: E731
+                    PieceRequest(other, seed=2, max_patches=20),
+                    PieceRequest(BACH, seed=3, max_patches=14, sampling=GREEDY)]
+    events, batch = run(model, reqs())
+    alone = [generate(model, [r])[0] for r in reqs()]
+    assert [p.text for p in batch] == [p.text for p in alone]
+    assert [p.patches for p in batch] == [8, 20, 14]
+    last_event = {i: max(n for n, e in enumerate(events) if e.index == i) for i in range(3)}
+    assert last_event[0] < last_event[2] < last_event[1]  # the shorter ones stopped first
+
+
+def test_finished_pieces_leave_the_batch(monkeypatch):
+    """Rows of finished pieces are dropped from the caches: later steps run on fewer rows."""
+    model = tiny_model(seed=9)
+    rows_seen = []
+    original = gen_mod.FastBackend.sample
+
+    def spy(self, hidden, states, prefixes):
+        rows_seen.append(hidden.shape[0])
+        return original(self, hidden, states, prefixes)
+
+    monkeypatch.setattr(gen_mod.FastBackend, "sample", spy)
+    generate(model, [PieceRequest(BACH, seed=i, max_patches=n) for i, n in enumerate([2, 5, 9])])
+    assert rows_seen == [3, 3, 2, 2, 2, 1, 1, 1, 1]
+
+
+def test_stream_reports_counts():
+    model = tiny_model(seed=2)
+    events, (piece,) = run(model, [PieceRequest(BACH, seed=4, max_patches=12, prefix=HEADER + BODY[:200])])
+    assert [e.patches for e in events] == list(range(1, 13))
+    assert "".join(e.text for e in events) == piece.text[len("".join(BACH.lines())) + 200 + len(HEADER):]
+    assert all(a.elapsed <= b.elapsed for a, b in zip(events, events[1:]))
+    assert events[-1].chars == piece.chars
+
+
+def test_cancel_from_another_thread_stops_within_one_patch():
+    model = tiny_model(seed=1)
+    cancel = threading.Event()
+    seen_at_cancel = []
+
+    def on_event(ev: PatchEvent):
+        if ev.patches == 5 and not cancel.is_set():
+            threading.Thread(target=cancel.set).start()
+            seen_at_cancel.append(ev.patches)
+            threading.Event().wait(0.05)  # let the other thread set it before the next patch
+
+    piece = generate(model, [PieceRequest(BACH, max_patches=500, cancel=cancel)], on_event=on_event)[0]
+    assert piece.stop_reason == "cancelled" and piece.cut_short
+    assert piece.patches - seen_at_cancel[0] <= 1
+
+
+def test_cancel_one_piece_of_a_batch_keeps_the_others():
+    model = tiny_model(seed=1)
+    cancel = threading.Event()
+    reqs = [PieceRequest(BACH, seed=1, max_patches=30, cancel=cancel), PieceRequest(BACH, seed=2, max_patches=30)]
+    pieces = generate(model, reqs, on_event=lambda ev: ev.patches == 3 and ev.index == 0 and cancel.set())
+    assert pieces[0].stop_reason == "cancelled" and pieces[0].patches == 3
+    assert pieces[1].stop_reason == "max_patches" and pieces[1].patches == 30
+
+
+def test_max_seconds_stops_within_one_patch(monkeypatch):
+    clock = iter(range(0, 10_000))  # every reading of the clock is one second later
+    monkeypatch.setattr(gen_mod.time, "monotonic", lambda: float(next(clock)))
+    piece = generate(tiny_model(), [PieceRequest(BACH, max_patches=500, max_seconds=10)])[0]
+    assert piece.stop_reason == "max_seconds"
+    assert 1 <= piece.patches <= 10
+
+
+def test_max_chars_and_partial_piece_is_kept():
+    piece = generate(tiny_model(), [PieceRequest(BACH, max_patches=500, max_chars=100)])[0]
+    assert piece.stop_reason == "max_chars" and 100 <= piece.chars < 100 + 16
+    assert piece.text.startswith("".join(BACH.lines()))
+
+
+def test_eos_patch_ends_a_piece():
+    state = PieceState(0, PieceRequest(BACH), patch_length=64, patch_size=16, device="cpu")
+    assert state.accept([1] + [2] * 15) is None and state.stop_reason == "eos"
+    bench = PieceState(0, PieceRequest(BACH, stop_at_eos=False), patch_length=64, patch_size=16, device="cpu")
+    assert bench.accept([1] + [2] * 15) is not None and bench.stop_reason is None
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=-1), dict(seed="7"), dict(max_patches=0), dict(max_patches=10**9),
+                                    dict(max_seconds=0), dict(max_seconds=float("nan")), dict(prefix="caf\u00e9")])
+def test_bad_bounds_are_rejected(kwargs):
+    with pytest.raises(SettingsError):
+        generate(tiny_model(), [PieceRequest(BACH, **kwargs)])
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_k=-1), dict(top_k=500), dict(top_p=0), dict(top_p=1.5),
+                                    dict(temperature=-0.1), dict(temperature=float("inf"))])
+def test_bad_sampling_settings_are_rejected(kwargs):
+    with pytest.raises(SettingsError, match="must be"):
+        SamplingSettings(**kwargs)
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(SettingsError, match="mode"):
+        list(stream(tiny_model(), [PieceRequest(BACH)], mode="turbo"))
