@@ -1,0 +1,90 @@
+"""The command line end to end, in a child process like a user runs it."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import NOTAGEN_SHARED, ROOT, tiny_model
+
+TINY_PTH = NOTAGEN_SHARED / "notagen_tiny_reference.pth"
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": tiny_model(seed=1).state_dict()}, path)
+    (path.parent / "prompts.txt").write_text("Baroque_Bach, Johann Sebastian_Choral\nBaroque_Bach, Johann Sebastian_Keyboard\n")
+    return path
+
+
+def test_compose_writes_abc_and_streams(checkpoint, tmp_path):
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--model", checkpoint, "--seed", 42, "--max-patches", 12, "-o", tmp_path, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == ["bach-choral-seed42.abc"]
+    assert files[0].read_text().startswith("X:1\n")
+    assert "cut short: max_patches" in r.stderr and "12 patches" in r.stderr
+    assert len(r.stdout) > 12  # the piece's text was streamed
+    again = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+                "--model", checkpoint, "--seed", 42, "--max-patches", 12, "-o", tmp_path, "--quiet")
+    assert again.returncode == 0 and again.stdout == ""
+    assert (tmp_path / "bach-choral-seed42-2.abc").read_text() == files[0].read_text()  # same seed, same piece
+
+
+def test_compose_variations(checkpoint, tmp_path):
+    r = cli("compose", "--period", "baroque", "--composer", "bach, johann sebastian", "--instrumentation", "keyboard",
+            "--model", checkpoint, "--seed", 7, "--max-patches", 5, "--variations", 3, "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f"bach-keyboard-seed{s}.abc" for s in (7, 8, 9)]
+
+
+def test_prompts_lists_the_table(checkpoint):
+    r = cli("prompts", "--model", checkpoint)
+    assert r.returncode == 0 and "Bach, Johann Sebastian: Choral, Keyboard" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Art Song"],
+     "Nearest valid combinations: Baroque / Bach, Johann Sebastian"),
+    (["--period", "Baroque", "--composer", "B\u00e4ch", "--instrumentation", "Choral"], "7-bit ASCII"),
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--top-p", "2"],
+     "top_p must be in (0, 1]"),
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--max-patches", "0"],
+     "max_patches must be"),
+])
+def test_bad_input_gets_a_clear_error_not_a_traceback(checkpoint, args, message):
+    r = cli("compose", *args, "--model", checkpoint)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_model_paths(tmp_path):
+    common = ["compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral"]
+    r = cli(*common)
+    assert r.returncode == 2 and "pass a NotaGen checkpoint" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    r = cli(*common, "--model", tmp_path / "junk.pth")
+    assert r.returncode == 2 and "not a readable PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
+    r = cli(*common, "--model", tmp_path / "missing.pth")
+    assert r.returncode == 2 and "no checkpoint at" in r.stderr
+
+
+def test_doctor():
+    r = cli("doctor")
+    assert r.returncode == 0
+    assert f"torch {torch.__version__}" in r.stdout and "Python 3." in r.stdout
+    assert "abctoolkit" in r.stdout
+
+
+@pytest.mark.skipif(not TINY_PTH.is_file(), reason="../shared/notagen reference files not present")
+def test_reference_checkpoint_without_table_composes_with_a_warning(tmp_path):
+    r = cli("compose", "--period", "Folk", "--composer", "Traditional, Irish", "--instrumentation", "Melody",
+            "--model", TINY_PTH, "--max-patches", 3, "-o", tmp_path, "--quiet")
+    assert r.returncode == 0 and "any prompt is accepted" in r.stderr

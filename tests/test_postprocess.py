@@ -1,0 +1,109 @@
+"""Model text -> valid ABC: hand-made cases and real scores from music21's corpus."""
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+
+from engine.symbolic.abcformat import interleave, musicxml_to_abc, to_model_text
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import (bar_duration, check_alignment, close_brackets, line_segments,
+                                         split_right_barline, to_abc)
+
+PROMPT = "%Classical\n%Haydn, Joseph\n%Chamber\n"
+HEADER = "%%score { ( 1 2 ) | 3 }\nL:1/8\nM:3/4\nK:D\nV:1 treble nm=\"Piano\"\nV:2 treble\nV:3 bass\n"
+
+
+def test_prompt_lines_and_markers_removed_and_voices_restored():
+    text = PROMPT + HEADER + (
+        "[r:0/2][V:1]d2 f2 a2|[V:2]A6|[V:3]D,6|\n"
+        "[r:1/1][V:1]a3 g f2|\n"  # voices 2 and 3 rest: left out by the model
+        "[r:2/0][V:2]F6|]\n")  # voice 1 and 3 left out, final barline
+    result = to_abc(text)
+    lines = result.abc.splitlines()
+    assert lines[0] == "X:1" and "%Classical" not in result.abc and "[r:" not in result.abc
+    body = lines[-3:]
+    assert body[0] == "[V:1]d2 f2 a2|[V:2]A6|[V:3]D,6|"
+    # voice 2 shares a group with voice 1: invisible rest x; voice 3 leads its group: z
+    assert body[1] == "[V:1]a3 g f2|[V:2]x6|[V:3]z6|"
+    assert body[2] == "[V:1]z6|][V:2]F6|][V:3]z6|]"
+    assert result.alignment.aligned == result.alignment.total == 3
+
+
+def test_alignment_flags_a_voice_of_another_length():
+    body = ["[r:0/1][V:1]d2 f2 a2|[V:2]A6|\n", "[r:1/0][V:1]d2 f2|[V:2]A6|\n"]
+    a = check_alignment(body)
+    assert (a.aligned, a.total, a.misaligned_lines) == (1, 2, [2])
+    assert str(a) == "1/2 bars aligned"
+
+
+def test_unfinished_last_line_and_score_brackets_are_mended():
+    text = PROMPT + "%%score { ( 1 2 ) | 3\nL:1/8\nM:3/4\nK:D\nV:1 treble\nV:2 treble\nV:3 bass\n" \
+        "[r:0/5][V:1]d6|[V:2]A6|[V:3]D,6|\n[r:1/4][V:1]d2 f"
+    result = to_abc(text)
+    assert "%%score { ( 1 2 ) | 3 }" in result.abc
+    assert result.abc.rstrip().endswith("[V:3]D,6|")
+    assert any("unfinished" in w for w in result.warnings)
+    assert close_brackets("%%score [ ( 1 2 | 3\n") == "%%score [ ( 1 2 | 3 ) ]\n"
+
+
+def test_piece_without_tune_body():
+    result = to_abc(PROMPT + "%%score 1\nL:1/8\n")
+    assert result.abc == "X:1\n%%score 1\nL:1/8\n"
+    assert result.alignment.total == 0 and any("no complete bar" in w for w in result.warnings)
+
+
+def test_bar_helpers():
+    assert bar_duration("A2B2 c/d/e f") == Fraction(7)
+    assert bar_duration("[CEG]4 (3ABc z") == Fraction(7)
+    assert split_right_barline("abc d2:|") == ("abc d2", ":|")
+    assert line_segments("[r:3/4][V:1]ab|[V:12]c2|") == {"1": "ab|", "12": "c2|"}
+
+
+def _music21_score(abc_text, tmp_path):
+    """Our ABC through abc2xml (abctoolkit, as NotaGen does) and music21's MusicXML reader."""
+    from music21 import converter
+
+    (tmp_path / "p.abc").write_text(abc_text)
+    subprocess.run([sys.executable, "-m", "abctoolkit.abc2xml", str(tmp_path / "p.abc"), "-o", str(tmp_path)],
+                   check=True, capture_output=True)
+    return converter.parse(str(tmp_path / "p.xml"))
+
+
+@pytest.mark.parametrize("work,parts", [("bach/bwv66.6", 4), ("haydn/opus74no1/movement3", 4),
+                                        ("mozart/k80/movement1", 4)])
+def test_real_scores_round_trip(work, parts, tmp_path):
+    """A corpus score in the model's format (rest-only voices left out) comes back with every
+    voice of every bar, bar durations as in the score, and the same notes."""
+    from music21 import corpus
+
+    path = corpus.getWork(work)
+    original = corpus.parse(work)
+    lines = interleave(musicxml_to_abc(path))
+    model_text = to_model_text(lines, [PROMPT])
+    _, reduced = split_tunebody(model_text)
+    result = to_abc(model_text)
+    voices = lambda body: sum(ln.count("[V:") for ln in body)  # noqa: E731
+
+    _, full_body = split_tunebody("".join(lines))
+    assert result.alignment == check_alignment(full_body)  # restoring voices never breaks alignment
+    assert result.alignment.ratio > 0.95
+    restored = split_tunebody(result.abc)[1]
+    assert len(restored) == len(full_body)
+    if parts > 1 and not work.startswith("bach"):  # quartets rest whole bars: the model's format leaves them out
+        assert voices(reduced) < voices(full_body) == voices(restored)
+    for mine, theirs in zip(restored, full_body):
+        a, b = line_segments(mine), line_segments(theirs)
+        assert list(a) == list(b)
+        for v in a:
+            if a[v] != b[v]:  # a voice that was left out: now a rest of the bar's length
+                assert set(split_right_barline(a[v])[0]) <= set("zx0123456789/")
+                assert bar_duration(split_right_barline(a[v])[0]) == bar_duration(split_right_barline(b[v])[0])
+
+    score = _music21_score(result.abc, tmp_path)
+    assert len(score.parts) == parts
+    measures = [len(p.getElementsByClass("Measure")) for p in score.parts]
+    assert measures == [len(full_body)] * parts
+    if work.startswith("bach"):  # same soprano line as the chorale
+        pitches = lambda s: [n.pitch.midi for n in s.parts[0].recurse().notes]  # noqa: E731
+        assert pitches(score) == pitches(original)
