@@ -231,10 +231,10 @@ class FastBackend:
         dev = self.model.device
         pos_list = [len(s.context) - 1 for s in states]
         patches = torch.tensor([s.context[-1] for s in states], device=dev)  # (rows, patch_size)
-        pos = torch.tensor(pos_list, device=dev)
         kv_len = max(pos_list) + 1
-        mask = None
-        if min(pos_list) != kv_len - 1:
+        pos, mask = kv_len - 1, None
+        if min(pos_list) != kv_len - 1:  # rows at different positions: scatter writes and a mask
+            pos = torch.tensor(pos_list, device=dev)
             mask = (torch.arange(kv_len, device=dev)[None] <= pos[:, None])[:, None, None, :]
         caches = self.patch_caches
         for c in caches:

@@ -93,15 +93,20 @@ class Attention(nn.Module):
             cache.v[row, :, :t] = v[0]
         return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def step(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, kv_len: int,
+    def step(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor | int, kv_len: int,
              mask: torch.Tensor | None) -> torch.Tensor:
-        """One new position per row: x (rows, 1, hidden) at positions `pos` (rows,); attends to
-        the first kv_len cached positions, `mask` (rows, 1, 1, kv_len) hides each row's future."""
+        """One new position per row: x (rows, 1, hidden) at positions `pos` (an int when every row is
+        at the same position, else a (rows,) tensor); attends to the first kv_len cached positions,
+        `mask` (rows, 1, 1, kv_len) hiding each row's future."""
         q, k, v = self._qkv(x)
-        rows = torch.arange(x.shape[0], device=x.device)
         cache.ensure(kv_len)
-        cache.k[rows, :, pos] = k[:, :, 0]
-        cache.v[rows, :, pos] = v[:, :, 0]
+        if isinstance(pos, int):  # the common case: a plain slice write, no scatter
+            cache.k[:, :, pos] = k[:, :, 0]
+            cache.v[:, :, pos] = v[:, :, 0]
+        else:
+            rows = torch.arange(x.shape[0], device=x.device)
+            cache.k[rows, :, pos] = k[:, :, 0]
+            cache.v[rows, :, pos] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=mask)
         return self._out(y)
 
@@ -150,10 +155,10 @@ class GPT2Stack(nn.Module):
             x = block(x, None if caches is None else caches[i], row)
         return self.ln_f(x)
 
-    def step(self, embeds: torch.Tensor, caches: list[KVCache], pos: torch.Tensor, kv_len: int,
+    def step(self, embeds: torch.Tensor, caches: list[KVCache], pos: torch.Tensor | int, kv_len: int,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        """embeds (rows, hidden) at positions pos (rows,) -> hidden states (rows, hidden)."""
-        x = (embeds + self.wpe(pos)).unsqueeze(1)
+        """embeds (rows, hidden) at positions pos (an int, or (rows,)) -> hidden states (rows, hidden)."""
+        x = (embeds + (self.wpe.weight[pos] if isinstance(pos, int) else self.wpe(pos))).unsqueeze(1)
         for block, cache in zip(self.h, caches):
             x = block.step(x, cache, pos, kv_len, mask)
         return self.ln_f(x).squeeze(1)
@@ -216,8 +221,7 @@ class CharLevelDecoder(nn.Module):
 
     def step(self, embeds: torch.Tensor, caches, t: int) -> torch.Tensor:
         """embeds (rows, hidden) at char position t for every row -> logits (rows, vocab)."""
-        pos = torch.full((embeds.shape[0],), t, device=embeds.device, dtype=torch.long)
-        return self.base.lm_head(self.base.transformer.step(embeds, caches, pos, t + 1))
+        return self.base.lm_head(self.base.transformer.step(embeds, caches, t, t + 1))
 
     def embed_chars(self, ids: torch.Tensor) -> torch.Tensor:
         return self.base.transformer.wte(ids)
