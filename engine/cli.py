@@ -121,6 +121,19 @@ def cmd_prompts(args) -> int:
     return 0
 
 
+def _cached_models() -> list[str]:
+    """NotaGen / MusicGen repos already in the standard Hugging Face cache (no network)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = scan_cache_dir().repos
+    except (CacheNotFound, OSError):
+        return []
+    return sorted(f"{r.repo_id} ({r.size_on_disk / 2**30:.1f} GiB)" for r in repos
+                  if any(k in r.repo_id.lower() for k in ("notagen", "musicgen")))
+
+
 def cmd_doctor(args) -> int:
     import importlib.metadata as md
 
@@ -142,6 +155,7 @@ def cmd_doctor(args) -> int:
     print(f"  CPU threads: {torch.get_num_threads()}")
     bundled = api.bundled_model()
     print(f"bundled model: {bundled if bundled else 'none yet (assets/models is empty): pass --model'}")
+    print(f"models in the Hugging Face cache: {', '.join(_cached_models()) or 'none'}")
     print("packages:")
     parts = {
         "transformers": "reference mode and MusicGen", "accelerate": "multi-GPU placement",

@@ -182,3 +182,32 @@ def test_bad_sampling_settings_are_rejected(kwargs):
 def test_unknown_mode_is_rejected():
     with pytest.raises(SettingsError, match="mode"):
         list(stream(tiny_model(), [PieceRequest(BACH)], mode="turbo"))
+
+
+class ScriptedBackend:
+    """Stands in for the model: writes a first tune-body line numbered 5, as an untrained model might."""
+
+    def __init__(self):
+        self.prefixes = []
+
+    def encode(self, states):
+        import torch
+        return torch.zeros(len(states), 4)
+
+    def sample(self, hidden, states, prefixes):
+        self.prefixes.append(["".join(map(chr, p)) for p in prefixes])
+        out = []
+        for p in prefixes:
+            text = "".join(map(chr, p))
+            full = "[r:5/3][V:1]ab|" if text == "" else text + "3][V:1]ab|\n"
+            out.append([ord(c) for c in full[:16]] + [2] * (16 - len(full[:16])))
+        return out
+
+
+def test_first_tune_body_line_is_rewritten_from_r0():
+    """NotaGen's rule: when the tune body starts, the patch is written again with '[r:0/' forced."""
+    state = PieceState(0, PieceRequest(BACH), patch_length=64, patch_size=16, device="cpu")
+    backend = ScriptedBackend()
+    events = list(gen_mod._step(backend, [state]))
+    assert backend.prefixes == [[""], ["[r:0/"]]
+    assert events[0].text == "[r:0/3][V:1]ab|\n" and state.in_tunebody and state.bars == 1
