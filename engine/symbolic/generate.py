@@ -24,7 +24,7 @@ from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
-from engine.symbolic.prompts import Prompt
+from engine.symbolic.prompts import Prompt, check_field
 from engine.symbolic.sampling import SamplingSettings, sample
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
@@ -52,6 +52,8 @@ class PieceRequest:
             raise SettingsError(f"max_seconds must be more than 0 and at most a day (86400), got {self.max_seconds!r}")
         if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
             raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
+        for name in ("period", "composer", "instrumentation"):
+            check_field(name, getattr(self.prompt, name))
         bad = sorted({c for c in self.prefix if ord(c) > 127})
         if bad:
             raise SettingsError(f"the text to continue contains non-ASCII characters {bad[:5]}: the model reads ASCII only")
@@ -116,7 +118,7 @@ class PieceState:
 
     def _encode(self, meta, body):
         if not body:
-            return prompt_patches([ln for ln in meta], self.patch_size), []
+            return prompt_patches(meta, self.patch_size), []
         return encode_for_generation(meta, body, self.patch_size)
 
     @property
