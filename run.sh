@@ -18,10 +18,11 @@ setup() {
         echo "run.sh: creating $VENV with $PYTHON" >&2
         "$PYTHON" -m venv "$VENV"
     fi
-    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
     if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
         echo "run.sh: installing pinned requirements (no model weights are downloaded)" >&2
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
         echo "$want" > "$STAMP"
     fi
 }

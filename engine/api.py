@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from engine.errors import CheckpointError, SettingsError
+from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, generate
 from engine.symbolic.postprocess import AbcResult, to_abc
@@ -63,6 +64,36 @@ class Composition:
     piece: Piece
     abc: AbcResult
     warnings: list[str] = field(default_factory=list)
+    rendered: RenderResult | None = None  # set by export()
+
+    def stem(self) -> str:
+        """A file name that says what the piece is: bach-choral-seed1234."""
+        from engine.files import slug
+
+        p = self.piece.prompt
+        return f"{slug(p.composer.split(',')[0])}-{slug(p.instrumentation)}-seed{self.piece.seed}"
+
+    def manifest(self, lm: LoadedModel) -> dict:
+        p = self.piece
+        return {
+            "prompt": {"period": p.prompt.period, "composer": p.prompt.composer, "instrumentation": p.prompt.instrumentation},
+            "seed": p.seed,
+            "sampling": {"top_k": p.sampling.top_k, "top_p": p.sampling.top_p, "temperature": p.sampling.temperature},
+            "model": {"name": lm.name, "checksum": lm.checksum(), "config": lm.model.config.to_dict()},
+            "generation": {"stop_reason": p.stop_reason, "complete": p.complete, "patches": p.patches, "chars": p.chars,
+                           "bars": p.bars, "seconds": round(p.elapsed, 3), "context_resets": p.context_resets},
+            "bar_alignment": {"aligned": self.abc.alignment.aligned, "total": self.abc.alignment.total,
+                              "misaligned_bars": self.abc.alignment.misaligned_lines},
+            "generation_warnings": self.warnings,
+        }
+
+
+def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
+           options: RenderOptions | None = None) -> RenderResult:
+    """Writes every export of a composed piece, with a manifest of how it was made."""
+    result = render(composition.abc.abc, out_dir, formats, composition.stem(), composition.manifest(lm), options)
+    composition.rendered = result
+    return result
 
 
 def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,

@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
+    _format_args(c)
+
+    r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
+    r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml or FILE.mxl")
+    r.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
+    _format_args(r)
 
     pr = sub.add_parser("prompts", help="list the period / composer / instrumentation combinations a model knows")
     _model_args(pr)
@@ -37,6 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="report Python, torch, GPUs and the model files found")
     return p
+
+
+def _format_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--formats", default="all",
+                   help="comma-separated: abc,musicxml,midi,wav,svg,pdf,png,zip (default all)")
+    p.add_argument("--soundfont", default=None, help="a .sf2 SoundFont for the WAV (default: $CADENZA_SOUNDFONT or TimGM6mb)")
+
+
+def _formats(args) -> tuple[str, ...]:
+    from engine.render.pipeline import FORMATS
+
+    if args.formats == "all":
+        return FORMATS
+    wanted = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    return tuple(dict.fromkeys(("abc",) + wanted))  # the ABC is always kept
+
+
+def _print_render(result) -> None:
+    for fmt, st in result.status.items():
+        if st.ok:
+            print(f"  {fmt:8s} {', '.join(str(result.out_dir / f) for f in st.files)}", file=sys.stderr)
+        else:
+            print(f"  {fmt:8s} FAILED: {st.error}", file=sys.stderr)
+    for w in result.warnings:
+        print(f"  note: {w}", file=sys.stderr)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +78,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"compose": cmd_compose, "prompts": cmd_prompts, "doctor": cmd_doctor}[args.command](args)
+        return {"compose": cmd_compose, "render": cmd_render, "prompts": cmd_prompts,
+                "doctor": cmd_doctor}[args.command](args)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -60,7 +92,6 @@ def cmd_compose(args) -> int:
     from tqdm import tqdm
 
     from engine import api
-    from engine.files import slug, unique_path, write_atomic
 
     print("loading model ...", file=sys.stderr)
     lm = api.load(args.model, device=args.device)
@@ -89,17 +120,26 @@ def cmd_compose(args) -> int:
         bar.close()
     if stream_text:
         print()
-    out = Path(args.out)
+    formats = _formats(args)
+    options = api.RenderOptions(soundfont=args.soundfont)
     for r in results:
         p = r.piece
-        stem = f"{slug(p.prompt.composer.split(',')[0])}-{slug(p.prompt.instrumentation)}-seed{p.seed}"
-        path = unique_path(out, stem, ".abc")
-        write_atomic(path, r.abc.abc)
-        print(f"wrote {path}  ({p.bars} bars, {r.abc.alignment}, {p.patches} patches in {p.elapsed:.1f}s, "
-              f"{'complete' if p.complete else 'cut short: ' + p.stop_reason})", file=sys.stderr)
+        rendered = api.export(lm, r, Path(args.out), formats, options)
+        print(f"{r.stem()}: {p.bars} bars, {r.abc.alignment}, {p.patches} patches in {p.elapsed:.1f}s, "
+              f"{'complete' if p.complete else 'cut short: ' + p.stop_reason}", file=sys.stderr)
         for w in r.warnings:
             print(f"  note: {w}", file=sys.stderr)
+        _print_render(rendered)
     return 0
+
+
+def cmd_render(args) -> int:
+    from engine import api
+
+    result = api.render_file(args.file, Path(args.out), _formats(args), options=api.RenderOptions(soundfont=args.soundfont))
+    print(f"{args.file}:", file=sys.stderr)
+    _print_render(result)
+    return 0 if not result.failed else 1
 
 
 def cmd_prompts(args) -> int:
@@ -158,6 +198,9 @@ def cmd_doctor(args) -> int:
     print(f"models in the Hugging Face cache: {', '.join(_cached_models()) or 'none'}")
     print("packages:")
     parts = {
+        "verovio": "sheet music (SVG pages)", "cairosvg": "PDF and PNG from the SVG pages",
+        "pypdf": "joining PDF pages", "tinysoundfont": "MIDI -> WAV synthesis", "pretty_midi": "ships the default SoundFont",
+        "mido": "MIDI lengths", "defusedxml": "safe reading of uploaded MusicXML", "lxml": "MusicXML schema checks",
         "transformers": "reference mode and MusicGen", "accelerate": "multi-GPU placement",
         "safetensors": "Cadenza model folders", "huggingface_hub": "downloading NotaGen / MusicGen weights",
         "abctoolkit": "bar durations (voice restoration, alignment check)", "music21": "scores from music21's corpus",
@@ -168,4 +211,8 @@ def cmd_doctor(args) -> int:
         except md.PackageNotFoundError:
             version = "MISSING (run ./run.sh to install)"
         print(f"  {name:16s} {version:12s} {why}")
+    from engine.render.pipeline import RenderOptions
+
+    sf = RenderOptions().soundfont_path()
+    print(f"SoundFont: {sf} ({'found' if sf.is_file() else 'MISSING'}; set CADENZA_SOUNDFONT or --soundfont for another)")
     return 0

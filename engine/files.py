@@ -25,6 +25,15 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
     return path
 
 
+def unique_stem(folder: Path, stem: str) -> str:
+    """stem, or stem-2, stem-3, ... so that no file of this stem exists in folder yet."""
+    candidate, n = stem, 2
+    while any(folder.glob(f"{candidate}.*")) or any(folder.glob(f"{candidate}-page*")):
+        candidate = f"{stem}-{n}"
+        n += 1
+    return candidate
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,14 @@ class LoadedModel:
     name: str  # what the user called it: a file or folder name
     source: Path
     warnings: list[str] = field(default_factory=list)
+    _checksum: str | None = None
+
+    def checksum(self) -> str:
+        """sha256 of the weights file (computed once, on first use: a 2 GB file takes seconds)."""
+        if self._checksum is None:
+            from engine.render.pipeline import file_checksum
+            self._checksum = file_checksum(self.source / WEIGHTS_FILE if self.source.is_dir() else self.source)
+        return self._checksum
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> NotaGenConfig:

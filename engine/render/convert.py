@@ -1,0 +1,249 @@
+"""The conversions themselves. They run inside a worker process (engine.render.worker), never in
+the server, because user-supplied scores can be arbitrarily slow or large to convert."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import wave
+import zipfile
+from pathlib import Path
+
+SAMPLE_RATE = 44_100
+TARGET_DBFS = -16.0  # gated RMS loudness the WAV is normalised to
+PEAK_DBFS = -1.0  # no sample above this: no clipping
+MAX_XML_BYTES = 50 * 2**20  # a MusicXML file (or an .mxl's score) larger than this is refused
+MAX_UNZIPPED_BYTES = 100 * 2**20
+PAGE_OPTIONS = {"pageWidth": 2100, "pageHeight": 2970, "pageMarginLeft": 100, "pageMarginRight": 100,
+                "pageMarginTop": 80, "pageMarginBottom": 120, "scale": 45, "footer": "none", "header": "auto",
+                "breaks": "auto", "adjustPageHeight": False}  # A4 in tenths of a millimetre
+# SMuFL glyphs verovio writes inside text (tempo marks, dynamics) -> Unicode the PDF/PNG fonts have.
+SMUFL_TEXT = {"\ue1d2": "\U0001D15D", "\ue1d3": "\U0001D15E", "\ue1d5": "\u2669", "\ue1d7": "\u266A",
+              "\ue1e7": ".", "\ue520": "p", "\ue521": "m", "\ue522": "f", "\ue523": "r", "\ue524": "s",
+              "\ue525": "z", "\ue526": "n"}
+
+
+class ConversionError(Exception):
+    """A score that cannot be converted; the message says where and why."""
+
+
+# ---- ABC -> MusicXML ---------------------------------------------------------------------------
+
+def abc_to_musicxml(abc_text: str) -> tuple[str, list[str]]:
+    """abctoolkit's abc2xml (NotaGen's converter; handles interleaved voices) -> MusicXML 4.0 text."""
+    from abctoolkit import abc2xml
+
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        docs = abc2xml.getXmlDocs(abc_text)
+    messages = [m.strip() for m in log.getvalue().splitlines() if m.strip() and not m.startswith("-- skipped header")]
+    if not docs:
+        raise ConversionError("the ABC could not be read" + (f": {locate(abc_text, messages)}" if messages else ""))
+    root = docs[0]
+    root.set("version", "4.0")
+    xml = abc2xml.fixDoctype(root).replace("MusicXML 3.0 Partwise", "MusicXML 4.0 Partwise")
+    return xml, [locate(abc_text, [m]) for m in messages][:20]
+
+
+def locate(abc_text: str, messages: list[str]) -> str:
+    """abc2xml reports 'line N'; say which bar of the tune body that is."""
+    text = "; ".join(messages)[-500:]
+    m = re.search(r"line (\d+)", text)
+    if m:
+        lines = abc_text.splitlines()
+        n = int(m.group(1))
+        body_start = next((i for i, ln in enumerate(lines) if ln.startswith("[V:") or ln.startswith("V:") and "]" in ln), None)
+        if body_start is not None and n - 1 >= body_start:
+            text += f" (bar {n - body_start} of the tune body)"
+    return text
+
+
+# ---- MusicXML input ----------------------------------------------------------------------------
+
+def read_musicxml(path: Path) -> bytes:
+    """A .musicxml/.xml file or the score inside an .mxl, size-limited and refused if it declares
+    entities (a 'billion laughs' file expands without bound)."""
+    from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+    from defusedxml.ElementTree import ParseError, fromstring
+
+    data = _read_mxl(path) if zipfile.is_zipfile(path) else path.read_bytes()
+    if len(data) > MAX_XML_BYTES:
+        raise ConversionError(f"the MusicXML is {len(data) / 2**20:.0f} MB: at most {MAX_XML_BYTES // 2**20} MB is accepted")
+    try:
+        root = fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except (EntitiesForbidden, ExternalReferenceForbidden, DTDForbidden) as e:
+        raise ConversionError(f"the MusicXML declares entities ({type(e).__name__}): refused, such files can "
+                              "expand without bound; export it again from your notation program") from e
+    except ParseError as e:
+        raise ConversionError(f"the file is not well-formed XML ({e})") from e
+    tag = root.tag.split("}")[-1]
+    if tag not in ("score-partwise", "score-timewise"):
+        raise ConversionError(f"the XML is not a MusicXML score: its root is <{tag}>, expected <score-partwise>")
+    return data
+
+
+def _read_mxl(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        infos = [i for i in z.infolist() if not i.filename.startswith("META-INF/")]
+        if sum(i.file_size for i in z.infolist()) > MAX_UNZIPPED_BYTES:
+            raise ConversionError(f"the .mxl unpacks to more than {MAX_UNZIPPED_BYTES // 2**20} MB")
+        root = None
+        if "META-INF/container.xml" in z.namelist():
+            m = re.search(rb'full-path="([^"]+)"', z.read("META-INF/container.xml"))
+            root = m.group(1).decode() if m else None
+        if root is None:
+            root = next((i.filename for i in infos if i.filename.endswith((".xml", ".musicxml"))), None)
+        if root is None or root not in z.namelist():
+            raise ConversionError("the .mxl holds no MusicXML score")
+        return z.read(root)
+
+
+# ---- MusicXML -> MIDI --------------------------------------------------------------------------
+
+def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
+    """music21: a track and channel per part, a GM program that fits the part's name, the score's tempo."""
+    import mido
+    from music21 import converter, instrument, midi
+
+    from engine.render.instruments import gm_program
+
+    score = converter.parse(str(xml_path), format="musicxml")
+    parts = []
+    channels = [c for c in range(16) if c != 9]  # channel 10 is drums
+    for i, part in enumerate(score.parts):
+        for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
+            old.activeSite.remove(old)
+        name = part.partName or f"Part {i + 1}"
+        inst = instrument.Instrument()
+        inst.partName, inst.instrumentName = name, name
+        inst.midiProgram = gm_program(name)
+        inst.midiChannel = channels[i % len(channels)]
+        part.insert(0, inst)
+        parts.append({"name": name, "program": inst.midiProgram, "channel": inst.midiChannel,
+                      "notes": sum(len(n.pitches) for n in part.recurse().notes)})
+    mf = midi.translate.streamToMidiFile(score)
+    mf.open(str(midi_path), "wb")
+    try:
+        mf.write()
+    finally:
+        mf.close()
+    seconds = mido.MidiFile(str(midi_path)).length
+    return {"parts": parts, "seconds": seconds}
+
+
+# ---- MIDI -> WAV -------------------------------------------------------------------------------
+
+def default_soundfont() -> Path:
+    import pretty_midi
+
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def midi_to_wav(midi_path: Path, wav_path: Path, soundfont: Path, max_seconds: float) -> dict:
+    """tinysoundfont renders the MIDI offline; loudness normalised, peaks limited; 44.1 kHz 16-bit stereo."""
+    import mido
+    import numpy as np
+    import tinysoundfont
+
+    length = mido.MidiFile(str(midi_path)).length
+    if length > max_seconds:
+        raise ConversionError(f"the score lasts {length / 60:.0f} minutes: the WAV is limited to "
+                              f"{max_seconds / 60:.0f} minutes (a note of absurd length?)")
+    if not soundfont.is_file():
+        raise ConversionError(f"SoundFont not found: {soundfont}")
+    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+    try:
+        synth.sfload(str(soundfont))
+    except tinysoundfont.SoundFontException as e:
+        raise ConversionError(f"{soundfont} is not a usable SoundFont ({e})") from e
+    seq = tinysoundfont.Sequencer(synth)
+    seq.midi_load(str(midi_path))
+    total = int((length + 1.5) * SAMPLE_RATE)  # 1.5 s for the last notes to ring out
+    block = 8192
+    out = np.empty((total + block) * 2, dtype=np.float32)
+    for done in range(0, total, block):  # bounded: total samples were fixed above
+        out[2 * done: 2 * (done + block)] = np.frombuffer(synth.generate(block), dtype=np.float32)
+    audio = out[: 2 * total].reshape(-1, 2)
+    audio, gain_db = normalise(audio)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(wav_path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    return {"seconds": total / SAMPLE_RATE, "score_seconds": length, "gain_db": gain_db,
+            "peak_dbfs": float(20 * np.log10(max(np.abs(audio).max(), 1e-9)))}
+
+
+def normalise(audio):
+    """Gated RMS loudness (400 ms blocks, silence and quiet blocks gated out, as in BS.1770 but
+    without K-weighting) brought to TARGET_DBFS, then the gain lowered if a peak would pass PEAK_DBFS."""
+    import numpy as np
+
+    mono = audio.mean(axis=1)
+    n = len(mono) // (SAMPLE_RATE * 4 // 10)
+    if n == 0 or not np.any(mono):
+        return audio, 0.0
+    blocks = mono[: n * (SAMPLE_RATE * 4 // 10)].reshape(n, -1)
+    power = (blocks ** 2).mean(axis=1)
+    loud = power[power > 10 ** (-70 / 10)]
+    if loud.size == 0:
+        return audio, 0.0
+    loud = loud[loud > loud.mean() * 10 ** (-10 / 10)]
+    level = 10 * np.log10(loud.mean())
+    gain_db = TARGET_DBFS - level
+    peak = np.abs(audio).max()
+    gain_db = min(gain_db, PEAK_DBFS - 20 * np.log10(peak))
+    return audio * 10 ** (gain_db / 20), float(gain_db)
+
+
+# ---- MusicXML -> SVG pages, PDF, PNG -----------------------------------------------------------
+
+def musicxml_to_svg(xml_text: str) -> list[str]:
+    """verovio: A4 pages with part names; page numbers added at the foot of every page."""
+    import verovio
+
+    tk = verovio.toolkit()
+    tk.setOptions(PAGE_OPTIONS)
+    if not tk.loadData(xml_text):
+        raise ConversionError("verovio could not read the MusicXML")
+    count = tk.getPageCount()
+    if count == 0:
+        raise ConversionError("verovio laid out no page: the score has no music")
+    return [add_page_number(tk.renderToSVG(i), i, count) for i in range(1, count + 1)]
+
+
+def add_page_number(svg: str, page: int, pages: int) -> str:
+    m = re.search(r'<svg[^>]*width="(\d+(?:\.\d+)?)px"[^>]*height="(\d+(?:\.\d+)?)px"', svg)
+    if not m:
+        return svg
+    w, h = float(m.group(1)), float(m.group(2))
+    label = (f'<text x="{w / 2:.0f}" y="{h - h * 0.02:.0f}" font-family="Times, serif" font-size="{h * 0.012:.0f}" '
+             f'text-anchor="middle" class="page-number">{page} / {pages}</text>')
+    return svg[: svg.rfind("</svg>")] + label + "</svg>"
+
+
+def printable(svg: str) -> bytes:
+    """The SVG with SMuFL text glyphs swapped for Unicode ones a system font has (cairo cannot use
+    the web font verovio embeds)."""
+    for smufl, uni in SMUFL_TEXT.items():
+        svg = svg.replace(smufl, uni)
+    return svg.replace('font-family="Leipzig"', 'font-family="DejaVu Sans"').encode()
+
+
+def svg_to_pdf(svgs: list[str], pdf_path: Path) -> int:
+    import cairosvg
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for svg in svgs:
+        writer.append(io.BytesIO(cairosvg.svg2pdf(bytestring=printable(svg))))
+    with open(pdf_path, "wb") as f:
+        writer.write(f)
+    return len(writer.pages)
+
+
+def svg_to_png(svg: str, png_path: Path, width: int = 800) -> None:
+    import cairosvg
+
+    cairosvg.svg2png(bytestring=printable(svg), write_to=str(png_path), output_width=width, background_color="white")

@@ -1,0 +1,307 @@
+"""render(): a score -> every export, each independent, each in a bounded child process.
+
+Stages: ABC -> MusicXML, then two chains side by side: MusicXML -> MIDI -> WAV, and
+MusicXML -> SVG pages -> PDF + PNG. Then manifest.json and a ZIP of everything. A failed stage
+fails only the exports that need it; the reason is kept in plain words."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import __version__
+from engine.errors import CadenzaError
+from engine.files import unique_stem, write_atomic
+
+FORMATS = ("abc", "musicxml", "midi", "wav", "svg", "pdf", "png", "zip")
+ROOT = Path(__file__).resolve().parents[2]
+MAX_ABC_CHARS = 2_000_000  # a score's text; NotaGen's own pieces stay under 102,400
+
+
+@dataclass
+class RenderOptions:
+    formats: tuple[str, ...] = FORMATS
+    soundfont: str | None = None  # None: $CADENZA_SOUNDFONT, else pretty_midi's TimGM6mb.sf2
+    timeout_s: float = 60.0  # per conversion stage
+    memory_mb: int = 3072  # per conversion stage (address space of the child)
+    max_audio_seconds: float = 1200.0  # longer scores get no WAV
+
+    def check(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise CadenzaError(f"unknown format(s) {', '.join(unknown)}: expected some of {', '.join(FORMATS)}")
+
+    def soundfont_path(self) -> Path:
+        if self.soundfont or os.environ.get("CADENZA_SOUNDFONT"):
+            return Path(self.soundfont or os.environ["CADENZA_SOUNDFONT"]).expanduser()
+        from engine.render.convert import default_soundfont
+        return default_soundfont()
+
+
+@dataclass
+class ExportStatus:
+    ok: bool
+    files: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RenderResult:
+    out_dir: Path
+    stem: str
+    status: dict[str, ExportStatus]
+    warnings: list[str]
+    manifest: dict
+
+    def paths(self, fmt: str) -> list[Path]:
+        return [self.out_dir / f for f in self.status[fmt].files] if fmt in self.status else []
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {f: s.error for f, s in self.status.items() if not s.ok}
+
+
+class StageError(Exception):
+    pass
+
+
+def run_stage(stage: str, args: dict, opts: RenderOptions) -> dict:
+    """One worker process; its time and memory are bounded whatever the score does."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    payload = json.dumps({**args, "memory_mb": opts.memory_mb, "timeout": opts.timeout_s})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "engine.render.worker", stage, payload], capture_output=True,
+                              text=True, timeout=opts.timeout_s, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise StageError(f"took longer than its {opts.timeout_s:.0f} s limit and was stopped") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0 or "MemoryError" in proc.stderr or "std::bad_alloc" in proc.stderr:
+            raise StageError(f"stopped: it needed more than its {opts.memory_mb} MB memory limit ({tail[:200]})")
+        raise StageError(f"failed ({tail[:300]})")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise StageError(result["error"])
+    return result
+
+
+def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "score", meta: dict | None = None,
+           options: RenderOptions | None = None) -> RenderResult:
+    """ABC text (generated or the user's own) -> the chosen exports in out_dir. Never raises for a
+    bad score: each export's status says what went wrong; the ABC is always written."""
+    opts = options or RenderOptions()
+    opts.formats = tuple(formats)
+    opts.check()
+    if not isinstance(abc_text, str) or not abc_text.strip():
+        raise CadenzaError("the score is empty: expected ABC text with at least a K: line and some notes")
+    if len(abc_text) > MAX_ABC_CHARS:
+        raise CadenzaError(f"the score is {len(abc_text):,} characters: at most {MAX_ABC_CHARS:,} are accepted")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = unique_stem(out, stem)
+    abc_path = out / f"{stem}.abc"
+    write_atomic(abc_path, abc_text)
+    run = _Run(out, stem, opts)
+    run.done("abc", ExportStatus(True, [abc_path.name]))
+    run.warnings += _abc_warnings(abc_text)
+    run.stage_musicxml(abc_path)
+    return run.finish(meta or {}, {"kind": "abc"})
+
+
+def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: str | None = None,
+                meta: dict | None = None, options: RenderOptions | None = None) -> RenderResult:
+    """A file the user has: .abc, or MusicXML (.musicxml, .xml, .mxl)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CadenzaError(f"no file at {path}")
+    suffix = path.suffix.lower()
+    from engine.files import slug
+    stem = stem or slug(path.stem)
+    if suffix == ".abc":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CadenzaError(f"{path.name} is not UTF-8 text ({e})") from e
+        return render(text, out_dir, formats, stem, meta, options)
+    if suffix not in (".musicxml", ".xml", ".mxl"):
+        raise CadenzaError(f"{path.name}: expected an .abc, .musicxml, .xml or .mxl file")
+    opts = options or RenderOptions()
+    opts.formats = tuple(formats)
+    opts.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = unique_stem(out, stem)
+    run = _Run(out, stem, opts)
+    t = time.monotonic()
+    try:
+        run_stage("import", {"src": str(path), "xml": str(out / f"{stem}.musicxml"), "abc": str(out / f"{stem}.abc")}, opts)
+    except StageError as e:
+        for fmt in opts.formats:
+            if fmt != "zip":
+                run.done(fmt, ExportStatus(False, error=f"reading {path.name}: {e}"))
+        return run.finish(meta or {}, {"kind": suffix.lstrip("."), "name": path.name})
+    run.done("abc", ExportStatus(True, [f"{stem}.abc"], seconds=time.monotonic() - t))
+    run.done("musicxml", ExportStatus(True, [f"{stem}.musicxml"]))
+    run.after_musicxml()
+    return run.finish(meta or {}, {"kind": suffix.lstrip("."), "name": path.name})
+
+
+def _abc_warnings(abc_text: str) -> list[str]:
+    from engine.symbolic.postprocess import close_brackets
+
+    warnings = []
+    for line in abc_text.splitlines():
+        if line.startswith("%%score") and close_brackets(line + "\n").rstrip("\n") != line.rstrip():
+            warnings.append(f"'{line.strip()}' leaves a bracket open; it was closed for the conversion")
+    return warnings
+
+
+class _Run:
+    """The exports of one render, filled in stage by stage (two chains run side by side)."""
+
+    def __init__(self, out: Path, stem: str, opts: RenderOptions):
+        self.out, self.stem, self.opts = out, stem, opts
+        self.status: dict[str, ExportStatus] = {}
+        self.warnings: list[str] = []
+        self.info: dict = {}
+        self.lock = threading.Lock()
+
+    def want(self, *fmts: str) -> bool:
+        return any(f in self.opts.formats for f in fmts)
+
+    def done(self, fmt: str, status: ExportStatus) -> None:
+        if fmt in self.opts.formats:
+            with self.lock:
+                self.status[fmt] = status
+
+    def fail(self, fmts, message: str) -> None:
+        for f in fmts:
+            self.done(f, ExportStatus(False, error=message))
+
+    def stage_musicxml(self, abc_path: Path) -> None:
+        if not self.want("musicxml", "midi", "wav", "svg", "pdf", "png"):
+            return
+        abc = abc_path.read_text()
+        fixed = _close_score_brackets(abc)
+        src = abc_path
+        if fixed != abc:
+            src = self.out / f".{self.stem}.closed.abc"
+            src.write_text(fixed)
+        t = time.monotonic()
+        try:
+            res = run_stage("musicxml", {"abc": str(src), "out": str(self.out / f"{self.stem}.musicxml")}, self.opts)
+        except StageError as e:
+            self.fail(("musicxml", "midi", "wav", "svg", "pdf", "png"), f"ABC -> MusicXML: {e}")
+            return
+        finally:
+            if src != abc_path:
+                src.unlink(missing_ok=True)
+        self.warnings += [f"ABC -> MusicXML: {w}" for w in res.get("warnings", [])]
+        self.done("musicxml", ExportStatus(True, [f"{self.stem}.musicxml"], seconds=time.monotonic() - t))
+        self.after_musicxml()
+
+    def after_musicxml(self) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            jobs = []
+            if self.want("midi", "wav"):
+                jobs.append(pool.submit(self.chain_audio))
+            if self.want("svg", "pdf", "png"):
+                jobs.append(pool.submit(self.chain_sheet))
+            for j in jobs:
+                j.result()
+
+    def chain_audio(self) -> None:
+        xml, midi = self.out / f"{self.stem}.musicxml", self.out / f"{self.stem}.mid"
+        t = time.monotonic()
+        try:
+            res = run_stage("midi", {"xml": str(xml), "out": str(midi)}, self.opts)
+        except StageError as e:
+            self.fail(("midi", "wav"), f"MusicXML -> MIDI: {e}")
+            return
+        self.info["parts"], self.info["score_seconds"] = res["parts"], res["seconds"]
+        self.done("midi", ExportStatus(True, [midi.name], seconds=time.monotonic() - t))
+        if not self.want("wav"):
+            return
+        t = time.monotonic()
+        wav = self.out / f"{self.stem}.wav"
+        try:
+            res = run_stage("wav", {"midi": str(midi), "out": str(wav), "soundfont": str(self.opts.soundfont_path()),
+                                    "max_seconds": self.opts.max_audio_seconds}, self.opts)
+        except StageError as e:
+            self.fail(("wav",), f"MIDI -> WAV: {e}")
+            return
+        self.info["audio"] = {k: res[k] for k in ("seconds", "gain_db", "peak_dbfs")}
+        self.done("wav", ExportStatus(True, [wav.name], seconds=time.monotonic() - t))
+        if "midi" not in self.opts.formats:
+            midi.unlink(missing_ok=True)
+
+    def chain_sheet(self) -> None:
+        t = time.monotonic()
+        formats = [f for f in ("svg", "pdf", "png") if f in self.opts.formats]
+        try:
+            res = run_stage("sheet", {"xml": str(self.out / f"{self.stem}.musicxml"), "stem": str(self.out / self.stem),
+                                      "formats": formats}, self.opts)
+        except StageError as e:
+            self.fail(formats, f"sheet music: {e}")
+            return
+        seconds = time.monotonic() - t
+        self.info["pages"], self.info["notes_drawn"] = res["pages"], res["notes_drawn"]
+        for f in formats:
+            self.done(f, ExportStatus(True, [Path(p).name for p in res["files"][f]], seconds=seconds))
+        if "svg" not in self.opts.formats:
+            for p in res["files"]["svg"]:
+                Path(p).unlink(missing_ok=True)
+
+    def finish(self, meta: dict, source: dict) -> RenderResult:
+        manifest = {
+            "engine_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stem": self.stem,
+            "source": source,
+            **meta,
+            "score": self.info,
+            "exports": {f: {"ok": s.ok, "files": s.files, "error": s.error, "seconds": round(s.seconds, 3)}
+                        for f, s in self.status.items()},
+            "warnings": self.warnings,
+        }
+        if "zip" in self.opts.formats:
+            manifest["exports"]["zip"] = {"ok": True, "files": [f"{self.stem}.zip"], "error": None, "seconds": 0.0}
+        write_atomic(self.out / f"{self.stem}.manifest.json", json.dumps(manifest, indent=2) + "\n")
+        if "zip" in self.opts.formats:
+            self._zip(manifest)
+            self.status["zip"] = ExportStatus(True, [f"{self.stem}.zip"])
+        return RenderResult(self.out, self.stem, self.status, self.warnings, manifest)
+
+    def _zip(self, manifest: dict) -> None:
+        tmp = self.out / f".{self.stem}.zip.tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for f, s in self.status.items():
+                for name in s.files:
+                    z.write(self.out / name, name)
+            z.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, self.out / f"{self.stem}.zip")
+
+
+def _close_score_brackets(abc: str) -> str:
+    from engine.symbolic.postprocess import close_brackets
+
+    lines = abc.splitlines(keepends=True)
+    return "".join(close_brackets(ln) if ln.startswith("%%score") else ln for ln in lines)
+
+
+def file_checksum(path: str | Path, chunk: int = 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return "sha256:" + h.hexdigest()

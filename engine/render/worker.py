@@ -1,0 +1,79 @@
+"""One conversion stage in a child process: `python -m engine.render.worker STAGE ARGS_JSON`.
+
+The child limits its own memory (RLIMIT_AS) before importing anything heavy; the parent bounds
+its time. The last line of stdout is a JSON object: the stage's result, or {"error": "..."}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+
+def limit_memory(megabytes: int) -> None:
+    limit = megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_stage(stage: str, a: dict) -> dict:
+    from engine.render import convert
+
+    if stage == "musicxml":
+        xml, warnings = convert.abc_to_musicxml(Path(a["abc"]).read_text())
+        Path(a["out"]).write_text(xml, encoding="utf-8")
+        return {"files": [a["out"]], "warnings": warnings}
+    if stage == "import":
+        data = convert.read_musicxml(Path(a["src"]))
+        Path(a["xml"]).write_bytes(data)
+        from engine.symbolic.abcformat import musicxml_to_abc
+        Path(a["abc"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
+        return {"files": [a["xml"], a["abc"]]}
+    if stage == "midi":
+        info = convert.musicxml_to_midi(Path(a["xml"]), Path(a["out"]))
+        return {"files": [a["out"]], **info}
+    if stage == "wav":
+        info = convert.midi_to_wav(Path(a["midi"]), Path(a["out"]), Path(a["soundfont"]), a["max_seconds"])
+        return {"files": [a["out"]], **info}
+    if stage == "sheet":
+        svgs = convert.musicxml_to_svg(Path(a["xml"]).read_text(encoding="utf-8"))
+        files: dict[str, list[str]] = {"svg": [], "pdf": [], "png": []}
+        for i, svg in enumerate(svgs, 1):
+            path = f"{a['stem']}-page{i}.svg"
+            Path(path).write_text(svg, encoding="utf-8")
+            files["svg"].append(path)
+        if "pdf" in a["formats"]:
+            convert.svg_to_pdf(svgs, Path(a["stem"] + ".pdf"))
+            files["pdf"].append(a["stem"] + ".pdf")
+        if "png" in a["formats"]:
+            convert.svg_to_png(svgs[0], Path(a["stem"] + ".png"))
+            files["png"].append(a["stem"] + ".png")
+        notes = sum(svg.count('class="note"') for svg in svgs)
+        return {"files": files, "pages": len(svgs), "notes_drawn": notes}
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def main() -> int:
+    stage, args = sys.argv[1], json.loads(sys.argv[2])
+    limit_memory(int(args.get("memory_mb", 3072)))
+    from engine.render.convert import ConversionError
+
+    try:
+        result = run_stage(stage, args)
+        code = 0
+    except ConversionError as e:
+        result, code = {"error": str(e)}, 3
+    except MemoryError:
+        result, code = {"error": f"the conversion needed more than its {args.get('memory_mb', 3072)} MB memory limit"}, 4
+    except RecursionError:
+        result, code = {"error": "the score is nested too deeply to convert (e.g. tuplets inside tuplets)"}, 4
+    except Exception as e:  # a converter's own bug on odd input: report it, never crash the server
+        result, code = {"error": f"{type(e).__name__}: {str(e)[:300]}"}, 4
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(code)  # skip interpreter teardown of big libraries
+
+
+if __name__ == "__main__":
+    sys.exit(main())
