@@ -109,7 +109,6 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
 
     score = converter.parse(str(xml_path), format="musicxml")
     parts = []
-    channels = [c for c in range(16) if c != 9]  # channel 10 is drums
     for i, part in enumerate(score.parts):
         for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
             old.activeSite.remove(old)
@@ -117,9 +116,8 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
         inst = instrument.Instrument()
         inst.partName, inst.instrumentName = name, name
         inst.midiProgram = gm_program(name)
-        inst.midiChannel = channels[i % len(channels)]
         part.insert(0, inst)
-        parts.append({"name": name, "program": inst.midiProgram, "channel": inst.midiChannel,
+        parts.append({"name": name, "program": inst.midiProgram,
                       "notes": sum(len(n.pitches) for n in part.recurse().notes)})
     mf = midi.translate.streamToMidiFile(score)
     mf.open(str(midi_path), "wb")
@@ -127,8 +125,27 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
         mf.write()
     finally:
         mf.close()
-    seconds = mido.MidiFile(str(midi_path)).length
-    return {"parts": parts, "seconds": seconds}
+    _one_channel_per_part(midi_path, parts, mido)
+    return {"parts": parts, "seconds": mido.MidiFile(str(midi_path)).length}
+
+
+def _one_channel_per_part(midi_path: Path, parts: list[dict], mido) -> None:
+    """music21 shares a channel between parts with the same instrument; give each part its own
+    (skipping channel 10, drums) with its program at the start, so players can mix them."""
+    mf = mido.MidiFile(str(midi_path))
+    channels = [c for c in range(16) if c != 9]
+    note_tracks = [t for t in mf.tracks if any(m.type == "note_on" for m in t)]
+    for i, (track, part) in enumerate(zip(note_tracks, parts)):
+        ch = channels[i % len(channels)]
+        part["channel"] = ch
+        for j, msg in enumerate(track):
+            if hasattr(msg, "channel"):
+                track[j] = msg.copy(channel=ch)
+            if msg.type == "program_change":
+                track[j] = track[j].copy(program=part["program"])
+        if not any(m.type == "program_change" for m in track):
+            track.insert(0, mido.Message("program_change", channel=ch, program=part["program"], time=0))
+    mf.save(str(midi_path))
 
 
 # ---- MIDI -> WAV -------------------------------------------------------------------------------

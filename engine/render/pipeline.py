@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ class RenderOptions:
     timeout_s: float = 60.0  # per conversion stage
     memory_mb: int = 3072  # per conversion stage (address space of the child)
     max_audio_seconds: float = 1200.0  # longer scores get no WAV
+    parallel: bool = True  # audio and sheet-music chains side by side (False: one after the other)
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -106,6 +108,9 @@ def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "sco
         raise CadenzaError("the score is empty: expected ABC text with at least a K: line and some notes")
     if len(abc_text) > MAX_ABC_CHARS:
         raise CadenzaError(f"the score is {len(abc_text):,} characters: at most {MAX_ABC_CHARS:,} are accepted")
+    if not re.search(r"^\s*K:", abc_text, flags=re.M):
+        raise CadenzaError("the text is not ABC notation: expected header lines such as X:1, M:4/4, L:1/8 and "
+                           "a K: line (the key) before the notes")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = unique_stem(out, stem)
@@ -211,7 +216,7 @@ class _Run:
         self.after_musicxml()
 
     def after_musicxml(self) -> None:
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2 if self.opts.parallel else 1) as pool:
             jobs = []
             if self.want("midi", "wav"):
                 jobs.append(pool.submit(self.chain_audio))

@@ -1,0 +1,266 @@
+"""Every export from real scores of music21's corpus, and bad input that must fail cleanly."""
+import json
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SHARED
+from engine.errors import CadenzaError
+from engine.render.convert import SAMPLE_RATE
+from engine.render.instruments import gm_program
+from engine.render.pipeline import FORMATS, RenderOptions, render, render_file
+from engine.symbolic.abcformat import interleave, musicxml_to_abc, to_model_text
+from engine.symbolic.postprocess import to_abc
+
+SCHEMA = SHARED / "musicxml" / "musicxml.xsd"
+TAIL_SECONDS = 1.5  # the WAV lets the last notes ring this long
+WORKS = {  # name: (corpus path, tune number in a collection)
+    "chorale": ("bach/bwv66.6", None),
+    "quartet": ("mozart/k80/movement1", None),
+    "keyboard": ("schoenberg/opus19/movement2", None),
+    "folk": ("oneills1850/0001-0050.abc", 3),
+}
+
+
+def corpus_musicxml(name: str, tmp: Path) -> Path:
+    from music21 import corpus
+
+    work, number = WORKS[name]
+    if number is None and not work.endswith(".abc"):
+        return Path(corpus.getWork(work))
+    score = corpus.parse(work, number=number)
+    return Path(score.write("musicxml", fp=str(tmp / f"{name}.musicxml")))
+
+
+def training_style_abc(xml: Path) -> str:
+    """As the training data is made: xml2abc -d 8 -x, bar comments out, voices interleaved, then
+    the model's format, then back to ABC as generated pieces are."""
+    return to_abc(to_model_text(interleave(musicxml_to_abc(xml)))).abc
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = {}
+    for name in WORKS:
+        tmp = tmp_path_factory.mktemp(name)
+        xml = corpus_musicxml(name, tmp)
+        abc = training_style_abc(xml)
+        t = time.monotonic()
+        result = render(abc, tmp / "out", stem=f"{name}-seed1", meta={"prompt": {"test": name}})
+        out[name] = (xml, result, time.monotonic() - t)
+    return out
+
+
+def notes_per_part(score):
+    return [sum(len(n.pitches) for n in p.recurse().notes) for p in score.parts]
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_every_export_succeeds(rendered, name):
+    _, result, _ = rendered[name]
+    assert result.failed == {}
+    assert set(result.status) == set(FORMATS)
+    for fmt in FORMATS:
+        for p in result.paths(fmt):
+            assert p.is_file() and p.stat().st_size > 0 and p.name.startswith(f"{name}-seed1")
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_musicxml_is_valid_and_keeps_parts_and_notes(rendered, name):
+    from lxml import etree
+    from music21 import converter
+
+    xml, result, _ = rendered[name]
+    (path,) = result.paths("musicxml")
+    if SCHEMA.is_file():
+        schema = etree.XMLSchema(etree.parse(str(SCHEMA)))
+        doc = etree.parse(str(path))
+        assert schema.validate(doc), schema.error_log.last_error
+        assert doc.getroot().get("version") == "4.0"
+    original, ours = converter.parse(str(xml)), converter.parse(str(path))
+    assert len(ours.parts) == len(original.parts)
+    assert notes_per_part(ours) == notes_per_part(original)
+    assert [p.partName for p in ours.parts] == [p.partName for p in original.parts] or name == "folk"
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_midi_has_a_track_and_program_per_part(rendered, name):
+    import mido
+
+    _, result, _ = rendered[name]
+    (path,) = result.paths("midi")
+    parts = result.manifest["score"]["parts"]
+    tracks = [t for t in mido.MidiFile(str(path)).tracks if any(m.type == "note_on" for m in t)]
+    assert len(tracks) == len(parts)
+    for track, part in zip(tracks, parts):
+        programs = {m.program for m in track if m.type == "program_change"}
+        channels = {m.channel for m in track if m.type == "note_on"}
+        assert programs == {gm_program(part["name"])} == {part["program"]}
+        assert channels == {part["channel"]}
+    assert len({p["channel"] for p in parts}) == len(parts)
+
+
+def test_programs_fit_the_parts(rendered):
+    programs = {n: [p["program"] for p in rendered[n][1].manifest["score"]["parts"]] for n in WORKS}
+    assert programs["chorale"] == [52] * 4  # choir
+    assert programs["quartet"] == [40, 40, 41, 42]  # violins, viola, cello
+    assert set(programs["keyboard"]) == {0}  # piano
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_wav_is_audible_and_as_long_as_the_score(rendered, name):
+    from music21 import converter
+
+    xml, result, _ = rendered[name]
+    (path,) = result.paths("wav")
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (SAMPLE_RATE, 2, 2)
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+        seconds = w.getnframes() / SAMPLE_RATE
+    assert np.sqrt(np.mean(audio ** 2)) > 0.01  # not silent
+    assert np.abs(audio).max() <= 10 ** (-1 / 20) + 1e-3  # peaks limited at -1 dBFS: no clipping
+    expected = performed_seconds(converter.parse(str(xml)))
+    assert abs((seconds - TAIL_SECONDS) - expected) <= 0.05 * expected
+
+
+def performed_seconds(score) -> float:
+    """The score's length with its repeats played, at its (constant) tempo; 120 when it has none."""
+    from music21 import repeat, tempo
+
+    marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
+    bpm = marks[0].getQuarterBPM() if marks else 120.0
+    try:
+        score = score.expandRepeats()
+    except repeat.ExpanderException:
+        pass
+    return score.highestTime * 60 / bpm
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_sheet_music_pages(rendered, name):
+    from pypdf import PdfReader
+
+    _, result, _ = rendered[name]
+    svgs = result.paths("svg")
+    assert svgs and all('class="note"' in p.read_text() for p in svgs[:1])
+    assert all(f">{i} / {len(svgs)}<" in p.read_text() for i, p in enumerate(svgs, 1))  # page numbers
+    assert len(PdfReader(str(result.paths("pdf")[0])).pages) == len(svgs)
+    assert result.paths("png")[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", list(WORKS))
+def test_manifest_and_bundle_are_complete(rendered, name):
+    import zipfile
+
+    _, result, _ = rendered[name]
+    manifest = json.loads((result.out_dir / f"{result.stem}.manifest.json").read_text())
+    for key in ("engine_version", "created", "source", "prompt", "score", "exports", "warnings"):
+        assert key in manifest
+    assert all(manifest["exports"][f]["ok"] for f in FORMATS)
+    assert all("seconds" in manifest["exports"][f] for f in FORMATS)
+    with zipfile.ZipFile(result.paths("zip")[0]) as z:
+        names = set(z.namelist())
+    expected = {p.name for f in FORMATS if f != "zip" for p in result.paths(f)} | {"manifest.json"}
+    assert names == expected
+
+
+def test_file_names_are_unique(tmp_path):
+    abc = "X:1\nL:1/8\nM:2/4\nK:C\nCDEF|G4|]\n"
+    a = render(abc, tmp_path, formats=("abc", "musicxml"), stem="tune")
+    b = render(abc, tmp_path, formats=("abc", "musicxml"), stem="tune")
+    assert (a.stem, b.stem) == ("tune", "tune-2")
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+FAST_LIMITS = RenderOptions(timeout_s=30, memory_mb=2048, max_audio_seconds=600)
+GOOD = "X:1\nL:1/8\nM:4/4\nK:G\nGABc d2 B2|c2 A2 G4|]\n"
+
+
+def _opts():
+    return RenderOptions(timeout_s=FAST_LIMITS.timeout_s, memory_mb=FAST_LIMITS.memory_mb,
+                         max_audio_seconds=FAST_LIMITS.max_audio_seconds)
+
+
+def _next_render_works(tmp_path):
+    result = render(GOOD, tmp_path / "next", options=_opts())
+    assert result.failed == {}
+
+
+def test_empty_text(tmp_path):
+    with pytest.raises(CadenzaError, match="empty"):
+        render("  \n", tmp_path)
+    with pytest.raises(CadenzaError, match="unknown format"):
+        render(GOOD, tmp_path, formats=("abc", "mp3"))
+
+
+def test_text_that_is_not_abc(tmp_path):
+    with pytest.raises(CadenzaError, match="not ABC notation"):
+        render("Dear composer, this is a letter, not a score.", tmp_path)
+    _next_render_works(tmp_path)
+
+
+BAD_SCORES = {
+    "absurd duration": "X:1\nL:1/8\nM:4/4\nK:C\nC99999999|]\n",
+    "L:1/1 huge notes": "X:1\nL:1/1\nM:4/4\nK:C\nC9999 D9999|E9999|]\n",
+    "nested tuplets": "X:1\nL:1/8\nM:4/4\nK:C\n" + "(3" * 60 + "ABC|]\n",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SCORES))
+def test_bad_scores_fail_cleanly(tmp_path, case):
+    t = time.monotonic()
+    result = render(BAD_SCORES[case], tmp_path, stem="bad", options=_opts())
+    assert time.monotonic() - t < 4 * FAST_LIMITS.timeout_s  # each stage is bounded
+    assert (tmp_path / "bad.abc").read_text() == BAD_SCORES[case]  # the ABC survives
+    assert result.status["abc"].ok and result.status["zip"].ok
+    manifest = json.loads((tmp_path / "bad.manifest.json").read_text())
+    for fmt, err in result.failed.items():
+        assert err and "Traceback" not in err and manifest["exports"][fmt]["error"] == err
+    if case != "nested tuplets":  # abc2xml flattens these; absurd lengths cannot all succeed
+        assert result.failed, f"{case}: expected at least one export to fail"
+        assert any("minutes" in e or "limit" in e for e in result.failed.values()), result.failed
+    _next_render_works(tmp_path)
+
+
+def test_unclosed_score_bracket_is_closed_with_a_warning(tmp_path):
+    abc = "X:1\n%%score { ( 1 2 ) | 3\nL:1/8\nM:2/4\nK:C\nV:1\nV:2\nV:3 bass\n[V:1]CDEF|[V:2]C4|[V:3]C,4|]\n"
+    result = render(abc, tmp_path, formats=("abc", "musicxml", "midi"), options=_opts())
+    assert result.failed == {}
+    assert any("bracket open" in w for w in result.warnings)
+
+
+def test_billion_laughs_musicxml_is_refused(tmp_path):
+    lol = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+           + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+           + ']>\n<score-partwise version="4.0"><work><work-title>&lol9;</work-title></work></score-partwise>\n')
+    path = tmp_path / "lol.musicxml"
+    path.write_text(lol)
+    t = time.monotonic()
+    result = render_file(path, tmp_path / "out", options=_opts())
+    assert time.monotonic() - t < FAST_LIMITS.timeout_s
+    assert "declares entities" in result.failed["musicxml"]
+    assert set(result.failed) == set(FORMATS) - {"zip"}
+    _next_render_works(tmp_path)
+
+
+def test_user_musicxml_and_mxl_render(tmp_path):
+    from music21 import corpus
+
+    result = render_file(corpus.getWork("bach/bwv66.6"), tmp_path, formats=("abc", "musicxml", "midi", "pdf"),
+                         options=_opts())
+    assert result.failed == {}
+    assert "K:" in result.paths("abc")[0].read_text()
+    with pytest.raises(CadenzaError, match="expected an .abc"):
+        (tmp_path / "x.doc").write_text("hi")
+        render_file(tmp_path / "x.doc", tmp_path)
+
+
+def test_a_missing_soundfont_fails_only_the_wav(tmp_path):
+    opts = _opts()
+    opts.soundfont = str(tmp_path / "none.sf2")
+    result = render(GOOD, tmp_path, options=opts)
+    assert set(result.failed) == {"wav"} and "SoundFont not found" in result.failed["wav"]
