@@ -91,7 +91,8 @@ class Composition:
 def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
            options: RenderOptions | None = None) -> RenderResult:
     """Writes every export of a composed piece, with a manifest of how it was made."""
-    result = render(composition.abc.abc, out_dir, formats, composition.stem(), composition.manifest(lm), options)
+    result = render(composition.abc.abc, out_dir, formats, composition.stem(), composition.manifest(lm), options,
+                    strict=False)
     composition.rendered = result
     return result
 

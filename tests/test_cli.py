@@ -27,9 +27,12 @@ def test_compose_writes_abc_and_streams(checkpoint, tmp_path):
     r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
             "--model", checkpoint, "--seed", 42, "--max-patches", 12, "-o", tmp_path, "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    files = list(tmp_path.iterdir())
-    assert [f.name for f in files] == ["bach-choral-seed42.abc"]
-    assert files[0].read_text().startswith("X:1\n")
+    abc = tmp_path / "bach-choral-seed42.abc"
+    assert abc.read_text().startswith("X:1\n")
+    files = [abc]
+    # a random model writes no bar in 12 patches: the ABC and manifest are kept, the rest explained
+    assert (tmp_path / "bach-choral-seed42.manifest.json").is_file()
+    assert "musicxml FAILED: the text is not ABC notation" in r.stderr or "no notes" in r.stderr
     assert "cut short: max_patches" in r.stderr and "12 patches" in r.stderr
     assert len(r.stdout) > 12  # the piece's text was streamed
     again = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
@@ -40,9 +43,9 @@ def test_compose_writes_abc_and_streams(checkpoint, tmp_path):
 
 def test_compose_variations(checkpoint, tmp_path):
     r = cli("compose", "--period", "baroque", "--composer", "bach, johann sebastian", "--instrumentation", "keyboard",
-            "--model", checkpoint, "--seed", 7, "--max-patches", 5, "--variations", 3, "-o", tmp_path)
+            "--model", checkpoint, "--seed", 7, "--max-patches", 5, "--variations", 3, "-o", tmp_path, "--formats", "abc")
     assert r.returncode == 0, r.stderr
-    assert sorted(f.name for f in tmp_path.iterdir()) == [f"bach-keyboard-seed{s}.abc" for s in (7, 8, 9)]
+    assert sorted(f.name for f in tmp_path.glob("*.abc")) == [f"bach-keyboard-seed{s}.abc" for s in (7, 8, 9)]
 
 
 def test_prompts_lists_the_table(checkpoint):
@@ -76,11 +79,24 @@ def test_bad_model_paths(tmp_path):
     assert r.returncode == 2 and "no checkpoint at" in r.stderr
 
 
+def test_render_command_writes_every_export(tmp_path):
+    from music21 import corpus
+
+    r = cli("render", corpus.getWork("bach/bwv66.6"), "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    for suffix in (".abc", ".musicxml", ".mid", ".wav", "-page1.svg", ".pdf", ".png", ".zip", ".manifest.json"):
+        assert (tmp_path / f"bwv66-6{suffix}").is_file(), suffix
+    bad = tmp_path / "bad.abc"
+    bad.write_text("no music here")
+    r = cli("render", bad, "-o", tmp_path)
+    assert r.returncode == 2 and "not ABC notation" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_doctor():
     r = cli("doctor")
     assert r.returncode == 0
     assert f"torch {torch.__version__}" in r.stdout and "Python 3." in r.stdout
-    assert "abctoolkit" in r.stdout
+    assert "abctoolkit" in r.stdout and "verovio" in r.stdout and "TimGM6mb.sf2 (found" in r.stdout
 
 
 @pytest.mark.skipif(not TINY_PTH.is_file(), reason="../shared/notagen reference files not present")

@@ -264,3 +264,74 @@ def test_a_missing_soundfont_fails_only_the_wav(tmp_path):
     opts.soundfont = str(tmp_path / "none.sf2")
     result = render(GOOD, tmp_path, options=opts)
     assert set(result.failed) == {"wav"} and "SoundFont not found" in result.failed["wav"]
+
+
+FEATURES = """X:1
+T:Features
+%%score 1 2
+L:1/8
+Q:1/4=88
+M:3/4
+K:Bb
+V:1 treble nm="Soprano"
+V:2 bass nm="Cello"
+[V:1]!p! .B c (3def g2-|[V:2]B,,6|
+[V:1]g2 !f! !accent!f2 Hd2|][V:2]B,,2 F,2 B,,2|]
+w: Glo-ri-a in ex-cel-sis
+"""
+
+
+def test_notation_survives_into_musicxml(tmp_path):
+    """Part names, clefs, keys, metres, tempo, ties, tuplets, dynamics, articulations, lyrics."""
+    from lxml import etree
+
+    result = render(FEATURES, tmp_path, formats=("abc", "musicxml"), options=_opts())
+    doc = etree.parse(str(result.paths("musicxml")[0]))
+    if SCHEMA.is_file():
+        assert etree.XMLSchema(etree.parse(str(SCHEMA))).validate(doc)
+    count = lambda xpath: len(doc.xpath(xpath))  # noqa: E731
+    assert [e.text for e in doc.xpath("//part-name")] == ["Soprano", "Cello"]
+    assert sorted(e.text for e in doc.xpath("//clef/sign")) == ["F", "G"]
+    assert {e.text for e in doc.xpath("//key/fifths")} == {"-2"}
+    assert {(t.findtext("beats"), t.findtext("beat-type")) for t in doc.xpath("//time")} == {("3", "4")}
+    assert [float(t) for t in doc.xpath("//sound/@tempo")] == [88.0]
+    assert count("//tie[@type='start']") == 1 and count("//time-modification") == 3
+    assert count("//dynamics/p") == 1 and count("//dynamics/f") == 1
+    assert count("//articulations/staccato") == 1 and count("//articulations/accent") == 1
+    assert count("//fermata") == 1 and count("//lyric") >= 4
+
+
+def test_a_stage_over_its_memory_limit_fails_cleanly(tmp_path):
+    opts = _opts()
+    opts.memory_mb = 64  # far too little for music21
+    result = render(GOOD, tmp_path, formats=("abc", "musicxml", "midi"), options=opts)
+    assert result.status["abc"].ok and result.status["musicxml"].ok  # abc2xml fits in 64 MB
+    assert "more than its 64 MB memory limit" in result.failed["midi"]
+    _next_render_works(tmp_path)
+
+
+def test_compose_manifest_says_how_the_piece_was_made(tmp_path):
+    """export() of a composed piece: prompt, seed, sampling, model and checksum, timings, alignment."""
+    import torch
+    from music21 import corpus
+
+    from conftest import BACH, tiny_model
+    from engine import api
+    from engine.symbolic.checkpoint import load_model
+    from engine.symbolic.generate import Piece
+    from engine.symbolic.sampling import SamplingSettings
+
+    torch.save({"model": tiny_model().state_dict()}, tmp_path / "m.pth")
+    lm = load_model(tmp_path / "m.pth")
+    text = to_model_text(interleave(musicxml_to_abc(corpus.getWork("bach/bwv66.6"))), BACH.lines())
+    piece = Piece(0, BACH, 1234, SamplingSettings(), text, "eos", 90, len(text), 10, 3.2, 0)
+    comp = api.Composition(piece, to_abc(text))
+    result = api.export(lm, comp, tmp_path / "out", options=_opts())
+    assert result.stem == "bach-choral-seed1234" and result.failed == {}
+    m = json.loads((tmp_path / "out" / "bach-choral-seed1234.manifest.json").read_text())
+    assert m["prompt"] == {"period": "Baroque", "composer": "Bach, Johann Sebastian", "instrumentation": "Choral"}
+    assert m["seed"] == 1234 and m["sampling"] == {"top_k": 9, "top_p": 0.9, "temperature": 1.2}
+    assert m["model"]["name"] == "m.pth" and m["model"]["checksum"].startswith("sha256:")
+    assert m["bar_alignment"] == {"aligned": 10, "total": 10, "misaligned_bars": []}
+    assert m["generation"]["seconds"] == 3.2 and m["engine_version"]
+    assert all(e["ok"] for e in m["exports"].values())

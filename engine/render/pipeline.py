@@ -98,19 +98,17 @@ def run_stage(stage: str, args: dict, opts: RenderOptions) -> dict:
 
 
 def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "score", meta: dict | None = None,
-           options: RenderOptions | None = None) -> RenderResult:
-    """ABC text (generated or the user's own) -> the chosen exports in out_dir. Never raises for a
-    bad score: each export's status says what went wrong; the ABC is always written."""
+           options: RenderOptions | None = None, strict: bool = True) -> RenderResult:
+    """ABC text (generated or the user's own) -> the chosen exports in out_dir. Text that is not ABC
+    raises CadenzaError (strict) or, for a generated piece (strict=False), keeps the ABC and marks
+    every conversion failed. A score that is ABC never raises: each export's status says what went
+    wrong, and the ABC is always written."""
     opts = options or RenderOptions()
     opts.formats = tuple(formats)
     opts.check()
-    if not isinstance(abc_text, str) or not abc_text.strip():
-        raise CadenzaError("the score is empty: expected ABC text with at least a K: line and some notes")
-    if len(abc_text) > MAX_ABC_CHARS:
-        raise CadenzaError(f"the score is {len(abc_text):,} characters: at most {MAX_ABC_CHARS:,} are accepted")
-    if not re.search(r"^\s*K:", abc_text, flags=re.M):
-        raise CadenzaError("the text is not ABC notation: expected header lines such as X:1, M:4/4, L:1/8 and "
-                           "a K: line (the key) before the notes")
+    problem = _not_abc(abc_text)
+    if problem and (strict or not isinstance(abc_text, str)):
+        raise CadenzaError(problem)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = unique_stem(out, stem)
@@ -118,9 +116,25 @@ def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "sco
     write_atomic(abc_path, abc_text)
     run = _Run(out, stem, opts)
     run.done("abc", ExportStatus(True, [abc_path.name]))
-    run.warnings += _abc_warnings(abc_text)
-    run.stage_musicxml(abc_path)
+    if problem:
+        run.fail([f for f in opts.formats if f not in ("abc", "zip")], problem)
+    else:
+        run.warnings += _abc_warnings(abc_text)
+        run.stage_musicxml(abc_path)
     return run.finish(meta or {}, {"kind": "abc"})
+
+
+def _not_abc(abc_text) -> str | None:
+    if not isinstance(abc_text, str) or not abc_text.strip():
+        return "the score is empty: expected ABC text with at least a K: line and some notes"
+    if len(abc_text) > MAX_ABC_CHARS:
+        return f"the score is {len(abc_text):,} characters: at most {MAX_ABC_CHARS:,} are accepted"
+    if not re.search(r"^\s*K:", abc_text, flags=re.M):
+        return ("the text is not ABC notation: expected header lines such as X:1, M:4/4, L:1/8 and "
+                "a K: line (the key) before the notes")
+    if not re.search(r"^\s*K:.*\n(?s:.*)[A-Ga-gzx]", abc_text, flags=re.M):
+        return "the score has no notes after its header: nothing to engrave or play"
+    return None
 
 
 def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: str | None = None,
