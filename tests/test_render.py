@@ -223,6 +223,7 @@ def test_bad_scores_fail_cleanly(tmp_path, case):
     if case != "nested tuplets":  # abc2xml flattens these; absurd lengths cannot all succeed
         assert result.failed, f"{case}: expected at least one export to fail"
         assert any("minutes" in e or "limit" in e for e in result.failed.values()), result.failed
+        assert "longest note is in bar 1" in result.failed.get("wav", ""), result.failed
     _next_render_works(tmp_path)
 
 

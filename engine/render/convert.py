@@ -126,7 +126,18 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
     finally:
         mf.close()
     _one_channel_per_part(midi_path, parts, mido)
-    return {"parts": parts, "seconds": mido.MidiFile(str(midi_path)).length}
+    return {"parts": parts, "seconds": mido.MidiFile(str(midi_path)).length, "longest_note": _longest_note(score)}
+
+
+def _longest_note(score) -> dict | None:
+    """Where the longest note is: the first suspect when a score lasts absurdly long."""
+    best = None
+    for part in score.parts:
+        for n in part.recurse().notesAndRests:
+            q = float(n.quarterLength)
+            if best is None or q > best["quarters"]:
+                best = {"quarters": q, "bar": n.measureNumber, "part": part.partName or "?"}
+    return best
 
 
 def _one_channel_per_part(midi_path: Path, parts: list[dict], mido) -> None:

@@ -243,11 +243,11 @@ class _Run:
         xml, midi = self.out / f"{self.stem}.musicxml", self.out / f"{self.stem}.mid"
         t = time.monotonic()
         try:
-            res = run_stage("midi", {"xml": str(xml), "out": str(midi)}, self.opts)
+            midi_res = run_stage("midi", {"xml": str(xml), "out": str(midi)}, self.opts)
         except StageError as e:
             self.fail(("midi", "wav"), f"MusicXML -> MIDI: {e}")
             return
-        self.info["parts"], self.info["score_seconds"] = res["parts"], res["seconds"]
+        self.info["parts"], self.info["score_seconds"] = midi_res["parts"], midi_res["seconds"]
         self.done("midi", ExportStatus(True, [midi.name], seconds=time.monotonic() - t))
         if not self.want("wav"):
             return
@@ -257,7 +257,12 @@ class _Run:
             res = run_stage("wav", {"midi": str(midi), "out": str(wav), "soundfont": str(self.opts.soundfont_path()),
                                     "max_seconds": self.opts.max_audio_seconds}, self.opts)
         except StageError as e:
-            self.fail(("wav",), f"MIDI -> WAV: {e}")
+            where = ""
+            longest = midi_res.get("longest_note")
+            if "minutes" in str(e) and longest and longest["quarters"] > 64:
+                where = (f"; the longest note is in bar {longest['bar']} of {longest['part']}, "
+                         f"{longest['quarters']:,.0f} quarter notes long")
+            self.fail(("wav",), f"MIDI -> WAV: {e}{where}")
             return
         self.info["audio"] = {k: res[k] for k in ("seconds", "gain_db", "peak_dbfs")}
         self.done("wav", ExportStatus(True, [wav.name], seconds=time.monotonic() - t))
