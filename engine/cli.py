@@ -42,6 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of a list")
 
     sub.add_parser("doctor", help="report Python, torch, GPUs and the model files found")
+
+    d = sub.add_parser("dataset", help="build training data in NotaGen's format")
+    d.add_argument("action", choices=["build", "folder"], help="build: music21's corpus; folder: your own scores")
+    d.add_argument("folder", nargs="?", help="(folder) a folder of .musicxml/.mxl/.xml/.abc files")
+    d.add_argument("--out", default="data/corpus", help="where the dataset goes (default data/corpus)")
+    d.add_argument("--workers", type=int, default=2, help="parallel conversions (default 2)")
+    d.add_argument("--transpose", default="-2,2", help="semitone shifts added to the training split (default -2,2; '' for none)")
+    d.add_argument("--cap-scale", type=float, default=1.0, help="(build) scale the per-folder caps of assets/corpus_labels.json")
+    d.add_argument("--period", help="(folder) label for every piece, e.g. Romantic")
+    d.add_argument("--composer", help="(folder) label for every piece, e.g. 'Hensel, Fanny'")
+    d.add_argument("--instrumentation", help="(folder) label for every piece (default: decided from the parts)")
+
+    t = sub.add_parser("train", help="train a model from scratch or from a checkpoint (ours or NotaGen's)")
+    t.add_argument("--data", required=True, help="a dataset folder (train.jsonl.gz, val.jsonl.gz)")
+    t.add_argument("--out", required=True, help="model folder to write (and resume from)")
+    t.add_argument("--init", default=None, help="start from this model (Cadenza folder or NotaGen .pth)")
+    t.add_argument("--hidden", type=int, default=256, help="(from scratch) hidden size, a multiple of 64")
+    t.add_argument("--patch-layers", type=int, default=6, help="(from scratch) patch-level decoder layers")
+    t.add_argument("--char-layers", type=int, default=2, help="(from scratch) character-level decoder layers")
+    t.add_argument("--patch-length", type=int, default=512, help="(from scratch) context in patches")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=8, help="pieces per step")
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--fresh", action="store_true", help="ignore a checkpoint already in --out")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--name", default=None, help="the model's name in manifests")
+
+    f = sub.add_parser("finetune", help="teach a model a new composer from your folder of scores")
+    f.add_argument("folder", help="a folder of .musicxml/.mxl/.xml/.abc files")
+    f.add_argument("--period", required=True)
+    f.add_argument("--composer", required=True, help="NotaGen's form: 'Last, First'")
+    f.add_argument("--instrumentation", default=None, help="default: decided from the parts")
+    f.add_argument("--model", default=None, help="model to start from (default: the bundled model)")
+    f.add_argument("--out", required=True, help="the new model folder")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--device", default="auto")
     return p
 
 
@@ -79,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"compose": cmd_compose, "render": cmd_render, "prompts": cmd_prompts,
-                "doctor": cmd_doctor}[args.command](args)
+                "doctor": cmd_doctor, "dataset": cmd_dataset, "train": cmd_train,
+                "finetune": cmd_finetune}[args.command](args)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,6 +197,108 @@ def cmd_prompts(args) -> int:
             print(f"  {composer}: {', '.join(table.instrumentations(period, composer))}")
     print(f"{len(table)} combinations", file=sys.stderr)
     return 0
+
+
+def cmd_dataset(args) -> int:
+    from tqdm import tqdm
+
+    from engine.data import build as data
+    from engine.symbolic.prompts import check_field
+
+    transpose = tuple(int(x) for x in args.transpose.split(",") if x.strip())
+    if args.action == "build":
+        sources, skipped = data.corpus_sources(cap_scale=args.cap_scale)
+    else:
+        if not args.folder or not args.period or not args.composer:
+            print("error: dataset folder needs FOLDER, --period and --composer", file=sys.stderr)
+            return 2
+        labels = [check_field(n, v) for n, v in (("period", args.period), ("composer", args.composer))]
+        inst = check_field("instrumentation", args.instrumentation) if args.instrumentation else None
+        sources, skipped = data.folder_sources(args.folder, labels[0], labels[1], inst), []
+    bar = tqdm(total=len(sources), unit="piece", file=sys.stderr, desc="converting")
+    report = data.build(sources, args.out, args.workers, transpose, skipped=skipped,
+                        progress=lambda i, n: (setattr(bar, "total", n), bar.update(1)))
+    bar.close()
+    data.print_report(report)
+    print(f"wrote {args.out}/train.jsonl.gz, val.jsonl.gz and report.json", file=sys.stderr)
+    return 0
+
+
+def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name) -> dict:
+    from tqdm import tqdm
+
+    from engine.symbolic.train import train
+
+    bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def on_step(r):
+        bar.n = r["step"]
+        post = {"loss": f"{r['loss']:.3f}", "patch/s": f"{r['patches_per_s']:.0f}"}
+        if "val_bpc" in r:
+            post["val_bpc"] = f"{r['val_bpc']:.3f}"
+        bar.set_postfix(post)
+        bar.refresh()
+
+    try:
+        return train(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name, on_step)
+    finally:
+        bar.close()
+
+
+def cmd_train(args) -> int:
+    from engine import api
+    from engine.data.build import read_split
+    from engine.symbolic.config import NotaGenConfig
+    from engine.symbolic.train import TrainConfig, new_model
+
+    device = api.pick_device(args.device)
+    base = None
+    if args.init:
+        lm = api.load(args.init, device=device, dtype=torch_float32())
+        model, base = lm.model, lm.prompts
+    else:
+        cfg = NotaGenConfig(patch_length=args.patch_length, patch_num_layers=args.patch_layers,
+                            char_num_layers=args.char_layers, hidden_size=args.hidden)
+        model = new_model(cfg).to(device)
+    train_pieces, val_pieces = read_split(args.data, "train"), read_split(args.data, "val")
+    cfg = TrainConfig(steps=args.steps, batch_pieces=args.batch, lr=args.lr, eval_every=args.eval_every)
+    history = _train_loop(model, train_pieces, val_pieces, args.out, cfg, base, not args.fresh,
+                          args.name or Path(args.out).name)
+    last = history["val_bpc"][-1]["bpc"] if history["val_bpc"] else float("nan")
+    print(f"wrote {args.out}: {cfg.steps} steps, validation {last:.3f} bits per character", file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import tempfile
+
+    from engine import api
+    from engine.data import build as data
+    from engine.symbolic.prompts import check_field
+    from engine.symbolic.train import TrainConfig
+
+    period, composer = check_field("period", args.period), check_field("composer", args.composer)
+    inst = check_field("instrumentation", args.instrumentation) if args.instrumentation else None
+    lm = api.load(args.model, device=args.device, dtype=torch_float32())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = data.build(data.folder_sources(args.folder, period, composer, inst), tmp, workers=2)
+        data.print_report(report, file=sys.stderr)
+        pieces = data.read_split(tmp, "train") + data.read_split(tmp, "val")
+    if not pieces:
+        print("error: none of the scores in the folder could be converted (see the report above)", file=sys.stderr)
+        return 2
+    labels = sorted({"_".join(p["labels"]) for p in pieces})
+    cfg = TrainConfig(steps=args.steps, batch_pieces=min(8, len(pieces)), lr=1e-4, warmup=min(50, args.steps // 5),
+                      eval_every=max(1, args.steps), always_prompts=labels)
+    _train_loop(lm.model, pieces, [], args.out, cfg, lm.prompts, False, Path(args.out).name)
+    print(f"wrote {args.out}; its prompt table now has {', '.join(labels)}", file=sys.stderr)
+    return 0
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
 
 
 def _cached_models() -> list[str]:

@@ -1,0 +1,130 @@
+"""Quality of a model's pieces: for every prompt in its table, k pieces with default sampling.
+
+Per prompt and overall: converts to MusicXML without error; bars aligned across voices; voices
+as the instrumentation was trained (the usual voice count of that label's training pieces);
+ends with eos before the patch limit; median length in bars; pieces differ from each other and
+from the training set (the longest run of bars copied from a training piece); held-out bits per
+character. Prints a table, then one JSON line.
+
+    python -m bench.notagen_quality [--model assets/models/...] [--k 4] [--data assets/data/corpus]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import Counter, defaultdict
+
+from engine import api
+from engine.data.build import read_split
+from engine.render.convert import ConversionError, abc_to_musicxml
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import R_MARKER
+from engine.symbolic.train import evaluate
+
+
+def body_lines(text: str) -> list[str]:
+    return [R_MARKER.sub("", ln).rstrip("\n") for ln in split_tunebody(text)[1]]
+
+
+def voice_count(text: str) -> int:
+    meta, body = split_tunebody(text)
+    declared = len([ln for ln in meta if ln.startswith("V:")])
+    return declared or (1 if body else 0)
+
+
+class CopyFinder:
+    """Longest run of consecutive bars a piece shares with any training piece."""
+
+    def __init__(self, texts: list[str]):
+        self.where: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for p, t in enumerate(texts):
+            for j, line in enumerate(body_lines(t)):
+                self.where[line].append((p, j))
+
+    def longest(self, text: str) -> int:
+        best, prev = 0, {}
+        for line in body_lines(text):
+            cur = {}
+            for p, j in self.where.get(line, ()):
+                cur[(p, j)] = prev.get((p, j - 1), 0) + 1
+            best = max([best, *cur.values()])
+            prev = cur
+        return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", default="assets/data/corpus")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-patches", type=int, default=1536)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    lm = api.load(args.model)
+    train = [p for p in read_split(args.data, "train") if "@t" not in p["id"]]
+    val = read_split(args.data, "val")
+    copies = CopyFinder([p["text"] for p in train])
+    usual_voices = {}
+    for label, group in _group(train).items():
+        usual_voices[label] = Counter(voice_count(p["text"]) for p in group).most_common(1)[0][0]
+
+    rows, t0 = [], time.monotonic()
+    for prompt in lm.prompts.prompts:
+        label = (prompt.period, prompt.composer, prompt.instrumentation)
+        comps = api.compose(lm, *label, seed=args.seed, variations=args.k, max_patches=args.max_patches)
+        stats = {"prompt": " / ".join(label), "n": len(comps), "converts": 0, "aligned": 0, "bars": 0,
+                 "voices_ok": 0, "eos": 0, "lengths": [], "longest_copy": 0,
+                 "distinct": len({c.abc.abc for c in comps}) == len(comps)}
+        for c in comps:
+            try:
+                abc_to_musicxml(c.abc.abc)
+                stats["converts"] += 1 if c.abc.alignment.total else 0
+            except ConversionError:
+                pass
+            stats["aligned"] += c.abc.alignment.aligned
+            stats["bars"] += c.abc.alignment.total
+            stats["voices_ok"] += voice_count(c.piece.text) == usual_voices.get(label, -1)
+            stats["eos"] += c.piece.complete
+            stats["lengths"].append(c.abc.alignment.total)
+            stats["longest_copy"] = max(stats["longest_copy"], copies.longest(c.piece.text))
+        rows.append(stats)
+    gen_seconds = time.monotonic() - t0
+    bpc = evaluate(lm.model, val[:256])
+
+    n = sum(r["n"] for r in rows)
+    overall = {
+        "bench": "notagen_quality", "model": lm.name, "parameters": lm.model.config.num_parameters(),
+        "prompts": len(rows), "pieces": n,
+        "converts_pct": 100 * sum(r["converts"] for r in rows) / n,
+        "aligned_bars_pct": 100 * sum(r["aligned"] for r in rows) / max(1, sum(r["bars"] for r in rows)),
+        "voices_as_trained_pct": 100 * sum(r["voices_ok"] for r in rows) / n,
+        "eos_pct": 100 * sum(r["eos"] for r in rows) / n,
+        "median_bars": statistics.median(x for r in rows for x in r["lengths"]),
+        "all_variations_distinct": all(r["distinct"] for r in rows),
+        "longest_copied_bars": max(r["longest_copy"] for r in rows),
+        "heldout_bits_per_char": bpc, "generation_seconds": gen_seconds,
+    }
+    print(f"{'prompt':58s} {'conv':>5s} {'align':>6s} {'voices':>6s} {'eos':>4s} {'bars':>5s} {'copy':>5s}")
+    for r in rows:
+        print(f"{r['prompt'][:58]:58s} {r['converts']:>3d}/{r['n']} {100 * r['aligned'] / max(1, r['bars']):5.0f}% "
+              f"{r['voices_ok']:>4d}/{r['n']} {r['eos']:>2d}/{r['n']} {statistics.median(r['lengths']):5.0f} "
+              f"{r['longest_copy']:5d}")
+    print(f"overall: converts {overall['converts_pct']:.0f}%, aligned bars {overall['aligned_bars_pct']:.0f}%, "
+          f"voices as trained {overall['voices_as_trained_pct']:.0f}%, eos {overall['eos_pct']:.0f}%, "
+          f"median {overall['median_bars']} bars, longest copy {overall['longest_copied_bars']} bars, "
+          f"held-out {bpc:.3f} bits/char")
+    print(json.dumps(overall))
+
+
+def _group(pieces):
+    out = defaultdict(list)
+    for p in pieces:
+        out[tuple(p["labels"])].append(p)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Training and fine-tuning NotaGen-architecture models (`python -m engine train ...`).
+
+NotaGen's recipe: pieces cut into patches (metadata by line, tune body by bar, bos and eos
+patches around), cropped at a tune-body line when longer than the context; the patch-level
+decoder runs over every patch, the character-level decoder over a random sample of them (patch
+sampling); AdamW with warm-up then cosine decay, gradient clipping, bf16 autocast on a GPU.
+Checkpoints are Cadenza model folders plus the optimizer state, so a run resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import CadenzaError
+from engine.symbolic.config import EOS_ID, PAD_ID, NotaGenConfig
+from engine.symbolic.model import NotaGenModel
+from engine.symbolic.patches import bos_patch, split_bars, split_patches, split_tunebody, to_ids
+from engine.symbolic.prompts import Prompt, PromptTable
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000  # optimizer steps in all (a resumed run continues to this count)
+    batch_pieces: int = 8  # pieces per step
+    patch_sampling: int = 128  # patches the character decoder learns from per step (NotaGen's patch sampling)
+    lr: float = 5e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup: int = 100  # linear warm-up steps
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250  # steps between validation losses (and checkpoints)
+    eval_pieces: int = 64  # validation pieces per evaluation
+    seed: int = 0
+    min_prompt_pieces: int = 10  # a label needs this many training pieces to enter the prompt table
+    always_prompts: list[str] = field(default_factory=list)  # labels kept whatever their count (fine-tuning)
+
+
+def piece_patches(text: str, patch_size: int = 16) -> list[list[int]]:
+    """NotaGen's training encoding: bos, metadata lines, tune-body bars, eos patch."""
+    meta, body = split_tunebody(text)
+    patches = [bos_patch(patch_size)]
+    for line in meta:
+        patches += [to_ids(p, patch_size) for p in split_patches(line, patch_size)]
+    for bar in split_bars(body):
+        patches += [to_ids(p, patch_size) for p in split_patches(bar, patch_size)]
+    return patches + [[1] + [EOS_ID] * (patch_size - 1)]
+
+
+def crop(text: str, patch_length: int, rng: random.Random, patch_size: int = 16) -> list[list[int]]:
+    """A piece longer than the context keeps its metadata and starts at a random tune-body line."""
+    patches = piece_patches(text, patch_size)
+    if len(patches) <= patch_length:
+        return patches
+    meta, body = split_tunebody(text)
+    starts = list(range(len(body)))
+    rng.shuffle(starts)
+    for start in starts[:8]:  # bounded tries; the head is the fallback
+        p = piece_patches("".join(meta + body[start:]), patch_size)
+        if len(p) <= patch_length:
+            return p
+    return patches[:patch_length]
+
+
+def batch_tensor(pieces: list[list[list[int]]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> patches (B, N, 16) padded with PAD, mask (B, N) of real patches."""
+    n = max(len(p) for p in pieces)
+    size = len(pieces[0][0])
+    ids = torch.full((len(pieces), n, size), PAD_ID, dtype=torch.long)
+    mask = torch.zeros(len(pieces), n, dtype=torch.bool)
+    for i, p in enumerate(pieces):
+        ids[i, : len(p)] = torch.tensor(p)
+        mask[i, : len(p)] = True
+    return ids.to(device), mask.to(device)
+
+
+def loss_on(model: NotaGenModel, ids: torch.Tensor, mask: torch.Tensor, sample: int | None,
+            gen: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy (nats) per character over the next patches; returns (loss, characters)."""
+    hidden = model.patch_level_decoder(ids)  # (B, N, h)
+    target_mask = mask[:, 1:]  # patch t+1 is predicted from the hidden state at t
+    src = hidden[:, :-1][target_mask]  # (M, h)
+    tgt = ids[:, 1:][target_mask]  # (M, 16)
+    if sample is not None and src.shape[0] > sample:
+        pick = torch.randperm(src.shape[0], generator=gen)[:sample].to(src.device)
+        src, tgt = src[pick], tgt[pick]
+    logits = model.char_level_decoder(src, tgt)[:, : tgt.shape[1]]  # (M, 16, vocab)
+    chars = int((tgt != PAD_ID).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=PAD_ID)
+    return loss, chars
+
+
+@torch.no_grad()
+def evaluate(model: NotaGenModel, pieces: list[dict], batch: int = 8) -> float:
+    """Held-out bits per character (every patch, no sampling)."""
+    model.eval()
+    rng = random.Random(0)
+    total, chars = 0.0, 0
+    for i in range(0, len(pieces), batch):
+        encoded = [crop(p["text"], model.config.patch_length, rng) for p in pieces[i: i + batch]]
+        ids, mask = batch_tensor(encoded, model.device)
+        loss, n = loss_on(model, ids, mask, None)
+        total += float(loss) * n
+        chars += n
+    model.train()
+    return total / max(chars, 1) / math.log(2)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def prompt_table(pieces: list[dict], cfg: TrainConfig, base: PromptTable | None = None) -> PromptTable:
+    counts: dict[tuple, int] = {}
+    for p in pieces:
+        if "@t" not in p["id"]:  # transposed copies do not count as more pieces
+            counts[tuple(p["labels"])] = counts.get(tuple(p["labels"]), 0) + 1
+    keep = [Prompt(*k) for k, n in counts.items()
+            if n >= cfg.min_prompt_pieces or "_".join(k) in cfg.always_prompts]
+    return PromptTable(keep + (base.prompts if base else []))
+
+
+def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict], out: str | Path, cfg: TrainConfig,
+          base_prompts: PromptTable | None = None, resume: bool = True, name: str = "cadenza-notagen",
+          on_step: Callable[[dict], None] | None = None) -> dict:
+    """Trains in place; checkpoints to `out` every eval_every steps and at the end. Returns the
+    history (losses, validation bits per character, throughput)."""
+    from engine.symbolic.checkpoint import save_model
+
+    if not train_pieces:
+        raise CadenzaError("no training pieces: build a dataset first (python -m engine dataset ...)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = model.device
+    model.train().requires_grad_(True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    history = {"config": asdict(cfg), "model": model.config.to_dict(), "steps": [], "val_bpc": []}
+    step = 0
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    table = prompt_table(train_pieces, cfg, base_prompts)
+    t0, seen_patches = time.monotonic(), 0
+    while step < cfg.steps:  # bounded by cfg.steps
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        encoded = [crop(p["text"], model.config.patch_length, rng) for p in rng.sample(train_pieces, min(cfg.batch_pieces, len(train_pieces)))]
+        ids, mask = batch_tensor(encoded, device)
+        with autocast:
+            loss, _ = loss_on(model, ids, mask, cfg.patch_sampling, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen_patches += int(mask.sum())
+        record = {"step": step, "loss": float(loss), "lr": lr_at(step - 1, cfg), "grad_norm": float(norm),
+                  "patches_per_s": seen_patches / (time.monotonic() - t0)}
+        history["steps"].append(record)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            if val_pieces:
+                record["val_bpc"] = evaluate(model, val_pieces[: cfg.eval_pieces])
+                history["val_bpc"].append({"step": step, "bpc": record["val_bpc"]})
+            _checkpoint(model, opt, step, history, rng, gen, out, table, name, save_model)
+        if on_step:
+            on_step(record)
+    model.eval().requires_grad_(False)
+    return history
+
+
+def _checkpoint(model, opt, step, history, rng, gen, out: Path, table, name, save_model) -> None:
+    save_model(model, out, prompts=table, extra_config={"name": name, "trained_steps": step})
+    (out / "history.json").write_text(json.dumps(history) + "\n")
+    tmp = out / (STATE_FILE + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+                "rng": rng.getstate(), "gen": gen.get_state()}, tmp)
+    tmp.replace(out / STATE_FILE)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def new_model(cfg: NotaGenConfig, seed: int = 0) -> NotaGenModel:
+    return NotaGenModel(cfg).init_weights(seed=seed)
