@@ -24,7 +24,7 @@ def corpus_source(source_id: str) -> data.Source:
 @pytest.mark.parametrize("source_id,labels,voices", [
     ("bach/bwv66.6.mxl", ["Baroque", "Bach, Johann Sebastian", "Choral"], 4),
     ("mozart/k80/movement1.mxl", ["Classical", "Mozart, Wolfgang Amadeus", "Chamber"], 4),
-    ("schoenberg/opus19/movement2.mxl", ["20th century", "Schoenberg, Arnold", "Keyboard"], 2),
+    ("schoenberg/opus19/movement2.mxl", ["20th century", "Schoenberg, Arnold", "Keyboard"], 3),  # 2 staves, 3 voices
     ("oneills1850/0001-0050.abc#3", ["Folk", "Traditional, Irish", "Melody"], 1),
 ])
 def test_corpus_pieces_become_the_models_format(source_id, labels, voices):

@@ -177,7 +177,7 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
         opt.step()
         step += 1
         seen_patches += int(mask.sum())
-        record = {"step": step, "loss": float(loss), "lr": lr_at(step - 1, cfg), "grad_norm": float(norm),
+        record = {"step": step, "loss": loss.detach().item(), "lr": lr_at(step - 1, cfg), "grad_norm": float(norm),
                   "patches_per_s": seen_patches / (time.monotonic() - t0)}
         history["steps"].append(record)
         if step % cfg.eval_every == 0 or step == cfg.steps:
