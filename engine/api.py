@@ -40,10 +40,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def bundled_model() -> Path | None:
-    """The model shipped in assets/models (the first folder with a config.json), if any."""
-    if not MODELS_DIR.is_dir():
+    """The model shipped in assets/models (or $CADENZA_MODELS_DIR): the first folder with a config.json."""
+    import os
+
+    folder = Path(os.environ.get("CADENZA_MODELS_DIR", MODELS_DIR))
+    if not folder.is_dir():
         return None
-    found = sorted(p.parent for p in MODELS_DIR.glob("*/config.json"))
+    found = sorted(p.parent for p in folder.glob("*/config.json"))
     return found[0] if found else None
 
 
@@ -53,7 +56,7 @@ def load(path: str | Path | None = None, device=None, dtype: torch.dtype | None 
         path = bundled_model()
         if path is None:
             raise CheckpointError(
-                "no model given and no bundled model in assets/models yet: pass a NotaGen checkpoint "
+                "no model given and no bundled model in assets/models: pass a NotaGen checkpoint "
                 "(.pth, e.g. NotaGen-X from huggingface.co/ElectricAlexis/NotaGen) or a Cadenza model folder")
     dev = pick_device(device)
     return load_model(path, device=dev, dtype=dtype or default_dtype(dev))

@@ -10,9 +10,11 @@ from conftest import NOTAGEN_SHARED, ROOT, tiny_model
 TINY_PTH = NOTAGEN_SHARED / "notagen_tiny_reference.pth"
 
 
-def cli(*args, timeout=300):
+def cli(*args, timeout=300, env=None):
+    import os
+
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(checkpoint, args, message)
 
 def test_bad_model_paths(tmp_path):
     common = ["compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral"]
-    r = cli(*common)
+    r = cli(*common, env={"CADENZA_MODELS_DIR": str(tmp_path / "no-models")})
     assert r.returncode == 2 and "pass a NotaGen checkpoint" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "junk.pth").write_bytes(b"junk")
     r = cli(*common, "--model", tmp_path / "junk.pth")

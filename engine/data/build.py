@@ -117,7 +117,7 @@ def _convert(src: Source, transpose: tuple[int, ...]) -> dict:
     from engine.symbolic.patches import split_tunebody
     from engine.symbolic.prompts import Prompt
 
-    abc = _source_abc(src)
+    abc = ascii_only(_source_abc(src))
     lines = interleave(abc)
     meta, body = split_tunebody("".join(lines))
     if not body or not any(re.search(r"[A-Ga-g]", ln) for ln in body):
@@ -133,6 +133,13 @@ def _convert(src: Source, transpose: tuple[int, ...]) -> dict:
     voices = len([ln for ln in meta if ln.startswith("V:")]) or 1
     return {"id": src.id, "labels": [src.period, src.composer, instrumentation], "text": text,
             "augmented": augmented, "bars": len(body), "voices": voices}
+
+
+def ascii_only(text: str) -> str:
+    """The model reads 7-bit ASCII: accents transliterated (as NotaGen's data is), the rest dropped."""
+    from unidecode import unidecode
+
+    return "".join(c for c in unidecode(text) if ord(c) < 128)
 
 
 def _source_abc(src: Source) -> str:
@@ -255,12 +262,12 @@ def assemble(sources: list[Source], out: Path, val_fraction: float, skipped: lis
             continue
         seen[key] = s.id
         held_out = int(key[:8], 16) / 16**8 < val_fraction
-        piece = {"id": s.id, "labels": entry["labels"], "text": entry["text"], "bars": entry["bars"]}
+        piece = {"id": s.id, "labels": entry["labels"], "text": ascii_only(entry["text"]), "bars": entry["bars"]}
         if held_out:
             val.append(piece)
         else:
             train.append(piece)
-            train += [{**piece, "id": f"{s.id}@t{i + 1}", "text": t} for i, t in enumerate(entry["augmented"])]
+            train += [{**piece, "id": f"{s.id}@t{i + 1}", "text": ascii_only(t)} for i, t in enumerate(entry["augmented"])]
     for name, rows in (("train", train), ("val", val)):
         with gzip.open(out / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
             for row in rows:

@@ -141,6 +141,10 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
 
     if not train_pieces:
         raise CadenzaError("no training pieces: build a dataset first (python -m engine dataset ...)")
+    for p in train_pieces + val_pieces:
+        bad = {c for c in p["text"] if ord(c) > 127}
+        if bad:
+            raise CadenzaError(f"piece {p['id']} has non-ASCII characters {sorted(bad)[:5]}: rebuild the dataset")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = model.device
