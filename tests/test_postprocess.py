@@ -107,3 +107,12 @@ def test_real_scores_round_trip(work, parts, tmp_path):
     if work.startswith("bach"):  # same soprano line as the chorale
         pitches = lambda s: [n.pitch.midi for n in s.parts[0].recurse().notes]  # noqa: E731
         assert pitches(score) == pitches(original)
+
+
+def test_missing_unit_length_and_key_are_supplied():
+    text = PROMPT + "%%score 1\nM:4/4\nV:1 treble\n[r:0/0][V:1]CDEF GABc|\n"
+    result = to_abc(text)
+    lines = result.abc.splitlines()
+    assert lines[:5] == ["X:1", "L:1/8", "%%score 1", "M:4/4", "K:C"]
+    assert any("no key" in w for w in result.warnings) and any("L:1/8" in w for w in result.warnings)
+    assert to_abc(PROMPT + HEADER + "[r:0/0][V:1]d6|[V:2]A6|[V:3]D,6|\n").warnings == []

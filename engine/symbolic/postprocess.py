@@ -146,6 +146,14 @@ def to_abc(text: str) -> AbcResult:
     header = [ln if ln.endswith("\n") else ln + "\n" for ln in metadata if not (ln.startswith("%") and not ln.startswith("%%"))]
     header = [close_brackets(ln) if ln.startswith("%%score") else ln for ln in header]
     header = [ln for ln in header if not ln.startswith("X:")]
+    # NotaGen's format always has L:1/8 and a key; a small or unlucky model may leave them out.
+    if not any(ln.startswith("L:") for ln in header):
+        header.insert(0, "L:1/8\n")
+        warnings.append("the model wrote no unit length (L:); NotaGen's L:1/8 assumed")
+    if body and not any(ln.startswith("K:") for ln in header):
+        last_field = max((i for i, ln in enumerate(header) if re.match(r"[A-Z]:", ln) and not ln.startswith("V:")), default=-1)
+        header.insert(last_field + 1, "K:C\n")
+        warnings.append("the model wrote no key (K:); C major assumed")
     if not body:
         warnings.append("the piece has no complete bar")
     alignment = check_alignment(body)
