@@ -6,6 +6,8 @@ left out). Post-processing undoes that so any ABC reader sees every voice in eve
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +47,8 @@ class AbcResult:
 def bar_duration(text: str) -> Fraction | None:
     """Length of one bar's notes in units of L; None when the text cannot be measured."""
     try:
-        return Fraction(calculate_bartext_duration(text))
+        with contextlib.redirect_stdout(io.StringIO()):  # abctoolkit prints its parse failures
+            return Fraction(calculate_bartext_duration(text))
     except Exception:  # abctoolkit raises bare Exceptions on notation it cannot measure
         return None
 
