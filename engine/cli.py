@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -149,12 +150,19 @@ def cmd_compose(args) -> int:
                 sys.stdout.flush()
                 bar.refresh()
 
+    def stop(*_):  # first Ctrl+C: finish the current patch and keep the piece; second: quit
+        print("\nstopping after this patch (Ctrl+C again to quit) ...", file=sys.stderr)
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
         results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                               max_patches=args.max_patches, max_seconds=args.max_seconds,
                               variations=args.variations, cancel=cancel, on_event=on_event, mode=args.mode)
     finally:
+        signal.signal(signal.SIGINT, previous)
         bar.close()
     if stream_text:
         print()

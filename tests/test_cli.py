@@ -43,6 +43,30 @@ def test_compose_writes_abc_and_streams(checkpoint, tmp_path):
     assert (tmp_path / "bach-choral-seed42-2.abc").read_text() == files[0].read_text()  # same seed, same piece
 
 
+def test_ctrl_c_stops_composing_and_keeps_the_piece(checkpoint, tmp_path):
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "compose", "--period", "Baroque", "--composer",
+                             "Bach, Johann Sebastian", "--instrumentation", "Choral", "--model", str(checkpoint),
+                             "--seed", "1", "--max-patches", "100000", "-o", str(tmp_path), "--formats", "abc"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    import select
+
+    seen, deadline = "", time.monotonic() + 120
+    while time.monotonic() < deadline and "patch/s" not in seen:  # the progress bar: generation is under way
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if ready:
+            seen += os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode == 0, err
+    assert "cut short: cancelled" in err
+    assert (tmp_path / "bach-choral-seed1.abc").is_file()
+
+
 def test_compose_variations(checkpoint, tmp_path):
     r = cli("compose", "--period", "baroque", "--composer", "bach, johann sebastian", "--instrumentation", "keyboard",
             "--model", checkpoint, "--seed", 7, "--max-patches", 5, "--variations", 3, "-o", tmp_path, "--formats", "abc")
