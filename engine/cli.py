@@ -137,6 +137,13 @@ def cmd_compose(args) -> int:
     for w in lm.warnings:
         print(f"warning: {w}", file=sys.stderr)
     cancel = threading.Event()
+
+    def stop(*_):  # first Ctrl+C: finish the current patch and keep the piece; second: quit
+        print("\nstopping after this patch (Ctrl+C again to quit) ...", file=sys.stderr)
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, stop)
     bar = tqdm(total=args.max_patches, unit="patch", file=sys.stderr, dynamic_ncols=True, leave=False)
     stream_text = not args.quiet and args.variations == 1
 
@@ -150,12 +157,6 @@ def cmd_compose(args) -> int:
                 sys.stdout.flush()
                 bar.refresh()
 
-    def stop(*_):  # first Ctrl+C: finish the current patch and keep the piece; second: quit
-        print("\nstopping after this patch (Ctrl+C again to quit) ...", file=sys.stderr)
-        cancel.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = signal.signal(signal.SIGINT, stop)
     try:
         results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
