@@ -255,6 +255,8 @@ def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume,
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from engine import api
     from engine.data.build import read_split
     from engine.symbolic.config import NotaGenConfig
@@ -263,7 +265,7 @@ def cmd_train(args) -> int:
     device = api.pick_device(args.device)
     base = None
     if args.init:
-        lm = api.load(args.init, device=device, dtype=torch_float32())
+        lm = api.load(args.init, device=device, dtype=torch.float32)
         model, base = lm.model, lm.prompts
     else:
         cfg = NotaGenConfig(patch_length=args.patch_length, patch_num_layers=args.patch_layers,
@@ -281,6 +283,8 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     import tempfile
 
+    import torch
+
     from engine import api
     from engine.data import build as data
     from engine.symbolic.prompts import check_field
@@ -288,7 +292,7 @@ def cmd_finetune(args) -> int:
 
     period, composer = check_field("period", args.period), check_field("composer", args.composer)
     inst = check_field("instrumentation", args.instrumentation) if args.instrumentation else None
-    lm = api.load(args.model, device=args.device, dtype=torch_float32())
+    lm = api.load(args.model, device=args.device, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         report = data.build(data.folder_sources(args.folder, period, composer, inst), tmp, workers=2)
         data.print_report(report, file=sys.stderr)
@@ -302,12 +306,6 @@ def cmd_finetune(args) -> int:
     _train_loop(lm.model, pieces, [], args.out, cfg, lm.prompts, False, Path(args.out).name)
     print(f"wrote {args.out}; its prompt table now has {', '.join(labels)}", file=sys.stderr)
     return 0
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
 
 
 def _cached_models() -> list[str]:

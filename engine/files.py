@@ -1,6 +1,7 @@
 """Safe, unique, descriptive output file names."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -13,16 +14,6 @@ def slug(text: str, max_len: int = 40) -> str:
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     text = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
     return text[:max_len].rstrip("-") or "piece"
-
-
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """folder/stem.suffix, or stem-2, stem-3, ... if taken."""
-    path = folder / f"{stem}{suffix}"
-    n = 2
-    while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
 
 
 def unique_stem(folder: Path, stem: str) -> str:
@@ -45,3 +36,12 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_checksum(path: str | Path, chunk: int = 2**20) -> str:
+    """sha256 of a file, read in chunks (model weights can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return "sha256:" + h.hexdigest()

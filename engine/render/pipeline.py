@@ -5,7 +5,6 @@ MusicXML -> SVG pages -> PDF + PNG. Then manifest.json and a ZIP of everything. 
 fails only the exports that need it; the reason is kept in plain words."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -321,11 +320,3 @@ def _close_score_brackets(abc: str) -> str:
 
     lines = abc.splitlines(keepends=True)
     return "".join(close_brackets(ln) if ln.startswith("%%score") else ln for ln in lines)
-
-
-def file_checksum(path: str | Path, chunk: int = 2**20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return "sha256:" + h.hexdigest()

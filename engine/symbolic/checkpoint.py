@@ -41,7 +41,7 @@ class LoadedModel:
     def checksum(self) -> str:
         """sha256 of the weights file (computed once, on first use: a 2 GB file takes seconds)."""
         if self._checksum is None:
-            from engine.render.pipeline import file_checksum
+            from engine.files import file_checksum
             self._checksum = file_checksum(self.source / WEIGHTS_FILE if self.source.is_dir() else self.source)
         return self._checksum
 
