@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-patches", type=int, default=1536)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bar-retries", type=int, default=16, help="0: NotaGen's own sampling")
+    ap.add_argument("--header-retries", type=int, default=8, help="0: NotaGen's own sampling")
     args = ap.parse_args()
 
     lm = api.load(args.model)
@@ -74,9 +76,11 @@ def main() -> None:
     rows, t0 = [], time.monotonic()
     for prompt in lm.prompts.prompts:
         label = (prompt.period, prompt.composer, prompt.instrumentation)
-        comps = api.compose(lm, *label, seed=args.seed, variations=args.k, max_patches=args.max_patches)
+        comps = api.compose(lm, *label, seed=args.seed, variations=args.k, max_patches=args.max_patches,
+                            bar_retries=args.bar_retries, header_retries=args.header_retries)
         stats = {"prompt": " / ".join(label), "n": len(comps), "converts": 0, "aligned": 0, "bars": 0,
                  "voices_ok": 0, "eos": 0, "lengths": [], "longest_copy": 0,
+                 "rewritten": sum(c.piece.lines_rewritten for c in comps),
                  "distinct": len({c.abc.abc for c in comps}) == len(comps)}
         for c in comps:
             try:
@@ -106,6 +110,8 @@ def main() -> None:
         "all_variations_distinct": all(r["distinct"] for r in rows),
         "longest_copied_bars": max(r["longest_copy"] for r in rows),
         "heldout_bits_per_char": bpc, "generation_seconds": gen_seconds,
+        "bar_retries": args.bar_retries, "header_retries": args.header_retries,
+        "lines_rewritten": sum(r["rewritten"] for r in rows),
     }
     print(f"{'prompt':58s} {'conv':>5s} {'align':>6s} {'voices':>6s} {'eos':>4s} {'bars':>5s} {'copy':>5s}")
     for r in rows:

@@ -103,9 +103,14 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
 def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,
             top_k: int = 9, top_p: float = 0.9, temperature: float = 1.2, max_patches: int = 4096,
             max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
-            on_event: Callable[[PatchEvent], None] | None = None, mode: str = "fast") -> list[Composition]:
+            on_event: Callable[[PatchEvent], None] | None = None, mode: str = "fast",
+            bar_retries: int = 16, header_retries: int = 8, prefix: str = "") -> list[Composition]:
     """Writes `variations` pieces for one prompt in one batch; variation i uses seed + i.
-    The seed used is always in the result (a random one when none is given)."""
+    The seed used is always in the result (a random one when none is given).
+
+    bar_retries: times a bar whose voices disagree in length is written again; header_retries:
+    times a header with another number of voices than the prompt's training pieces is written
+    again (both 0: NotaGen's own sampling). prefix: text in the model's format to continue."""
     prompt, warnings = make_prompt(period, composer, instrumentation, lm.prompts)
     if seed is None:
         seed = random.randrange(2**31)
@@ -113,7 +118,9 @@ def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *
     if isinstance(variations, bool) or not isinstance(variations, int) or not 1 <= variations <= 64:
         raise SettingsError(f"variations must be a whole number from 1 to 64, got {variations!r}")
     requests = [PieceRequest(prompt, seed=seed + i, sampling=settings, max_patches=max_patches,
-                             max_seconds=max_seconds, cancel=cancel) for i in range(variations)]
+                             max_seconds=max_seconds, cancel=cancel, prefix=prefix, bar_retries=bar_retries,
+                             voices=lm.voices.get(prompt.key()), header_retries=header_retries)
+                for i in range(variations)]
     pieces = generate(lm.model, requests, mode=mode, on_event=on_event)
     out = []
     for piece in pieces:

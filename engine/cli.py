@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-patches", type=int, default=4096, help="stop after this many patches (default 4096)")
     c.add_argument("--max-seconds", type=float, default=1200.0, help="stop after this many seconds (default 1200)")
     c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")
+    c.add_argument("--bar-retries", type=int, default=16,
+                   help="times a bar whose voices disagree in length is written again (default 16; 0 = NotaGen's sampling)")
+    c.add_argument("--header-retries", type=int, default=8,
+                   help="times a header with an unusual number of voices for the prompt is written again (default 8)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -149,10 +153,12 @@ def cmd_compose(args) -> int:
 
     def on_event(ev) -> None:
         if ev.index == 0:
-            bar.update(1)
+            bar.n = ev.patches
             bar.set_postfix(bars=ev.bars, chars=ev.chars)
             if stream_text:
                 bar.clear()
+                # The terminal cannot take text back: mark the spot, the file holds the rewrite.
+                sys.stdout.write(f" % ({ev.retract} characters taken back)\n" if ev.retract else "")
                 sys.stdout.write(ev.text)
                 sys.stdout.flush()
                 bar.refresh()
@@ -161,7 +167,8 @@ def cmd_compose(args) -> int:
         results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                               max_patches=args.max_patches, max_seconds=args.max_seconds,
-                              variations=args.variations, cancel=cancel, on_event=on_event, mode=args.mode)
+                              variations=args.variations, cancel=cancel, on_event=on_event, mode=args.mode,
+                              bar_retries=args.bar_retries, header_retries=args.header_retries)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()

@@ -40,11 +40,30 @@ def test_seeded_pieces_convert_to_musicxml(lm, prompt):
     assert abc.alignment.total >= 4, comp.piece.text[-300:]
     xml, _ = abc_to_musicxml(abc.abc)
     assert "<note" in xml
-    if prompt.instrumentation == "Melody":
-        assert abc.alignment.ratio >= 0.9
-    # Several voices: this small CPU-trained model aligns about half of the bars (MODEL_CARD.md);
-    # bench.notagen_quality measures it, the test only keeps it from getting worse.
-    assert abc.alignment.ratio >= 0.2
+    # With the default bar retries a misaligned bar is written again (up to 16 times), so nearly
+    # every bar lines up; bench.notagen_quality measures it over every prompt.
+    assert abc.alignment.ratio >= 0.8, abc.alignment.misaligned_lines
+    assert comp.abc.abc.count("\nV:") == lm.voices[prompt.key()]
+
+
+def test_retries_take_back_bars_alike_in_fast_and_reference_modes(lm):
+    """Taking back a bar rewinds the patch-level KV cache: the fast path must still match
+    NotaGen's recompute-everything algorithm patch for patch."""
+    from engine.symbolic.generate import Piece, PieceRequest, stream
+
+    prompt = Prompt("Classical", "Beethoven, Ludwig van", "Chamber")
+    results = {}
+    for mode in ("fast", "reference"):
+        req = PieceRequest(prompt, seed=1, max_patches=60, bar_retries=4, voices=lm.voices[prompt.key()], header_retries=2)
+        text = "".join(prompt.lines())
+        for ev in stream(lm.model, [req], mode=mode):
+            if isinstance(ev, Piece):
+                results[mode] = ev
+            else:
+                text = text[: len(text) - ev.retract] + ev.text
+        assert text == results[mode].text  # the stream, retractions applied, is the piece
+    assert results["fast"].text == results["reference"].text
+    assert results["fast"].lines_rewritten == results["reference"].lines_rewritten > 0
 
 
 def test_offline_compose_with_the_default_model_writes_every_export(tmp_path):

@@ -211,3 +211,73 @@ def test_first_tune_body_line_is_rewritten_from_r0():
     events = list(gen_mod._step(backend, [state]))
     assert backend.prefixes == [[""], ["[r:0/"]]
     assert events[0].text == "[r:0/3][V:1]ab|\n" and state.in_tunebody and state.bars == 1
+
+
+# --- taking back misaligned bars and headers with the wrong number of voices ----------------------
+
+def _feed(state, text):
+    """Feeds `text` as the model would write it (16-character patches, eos after a short one)."""
+    events = []
+    for chunk in [text[i:i + 16] for i in range(0, len(text), 16)]:
+        ids = [ord(c) for c in chunk] + ([2] if len(chunk) < 16 else [])
+        events.append(state.accept(ids + [0] * (16 - len(ids))))
+    return events
+
+
+def _replay(prompt_text, events):
+    text = prompt_text
+    for ev in events:
+        text = text[: len(text) - ev.retract] + ev.text
+    return text
+
+
+MISALIGNED = "[r:0/1][V:1]GABc d2 B2|[V:2]G,,2 D,2|\n"  # 8 eighths against 4
+ALIGNED = "[r:0/1][V:1]GABc d2 B2|[V:2]G,,2 D,2 G,2 B,,2|\n"
+
+
+def test_a_misaligned_bar_is_taken_back_and_written_again():
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1), patch_length=128, patch_size=16, device="cpu")
+    start, context = state.text, len(state.context)
+    state.in_tunebody = True
+    events = _feed(state, MISALIGNED)
+    assert state.text == start and len(state.context) == context and state.bars == 0 and state.patches == 0
+    assert events[-1].retract == len(MISALIGNED) - len(MISALIGNED[32:])  # what earlier events had added
+    assert _replay(start, events) == start
+    assert not state.in_tunebody  # so the "[r:0/" rule applies to the line written again
+    state.in_tunebody = True
+    events += _feed(state, MISALIGNED)  # the one retry is used up: this line stays
+    assert state.text == start + MISALIGNED and state.bars == 1 and state.rewritten == 1
+    assert _replay(start, events) == state.text
+    assert state.retries == 0  # a new line starts with its own retries
+
+
+def test_an_aligned_bar_is_kept_and_no_retries_is_notagens_algorithm():
+    for retries, line in ((1, ALIGNED), (0, MISALIGNED)):
+        state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=retries), 128, 16, "cpu")
+        state.in_tunebody = True
+        _feed(state, line)
+        assert state.text.endswith(line) and state.rewritten == 0
+
+
+def test_a_header_with_the_wrong_number_of_voices_is_written_again():
+    state = PieceState(0, PieceRequest(BACH, voices=1, header_retries=1), 128, 16, "cpu")
+    start, context = state.text, len(state.context)
+    header = "L:1/8\nM:4/4\nK:G\nV:1 treble\nV:2 bass\n"
+    events = _feed(state, header)
+    state.in_tunebody = True  # as the "[r:0/" rule sets it when the tune body begins
+    events += _feed(state, ALIGNED[:16])
+    assert state.text == start and not state.in_tunebody and state.rewritten == 1
+    assert events[-1].retract == len(header) and len(state.context) == context
+    assert _replay(start, events) == start
+    events += _feed(state, header)  # retries used up: this header stays
+    state.in_tunebody = True
+    events += _feed(state, ALIGNED)
+    assert state.text == start + header + ALIGNED
+    assert _replay(start, events) == state.text
+
+
+@pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),
+                                         ("voices", 0), ("voices", True)])
+def test_retry_settings_are_checked(field, value):
+    with pytest.raises(SettingsError, match=field):
+        PieceRequest(BACH, **{field: value}).check()

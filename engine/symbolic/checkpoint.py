@@ -36,6 +36,9 @@ class LoadedModel:
     name: str  # what the user called it: a file or folder name
     source: Path
     warnings: list[str] = field(default_factory=list)
+    # Usual number of voices of each prompt's training pieces ("period_composer_instrumentation"):
+    # generation writes a header again when it declares another number (see PieceRequest.voices).
+    voices: dict[str, int] = field(default_factory=dict)
     _checksum: str | None = None
 
     def checksum(self) -> str:
@@ -169,7 +172,8 @@ def load_model_folder(folder: str | Path, device=None, dtype=None) -> LoadedMode
     prompts = PromptTable.load(folder / PROMPTS_FILE) if (folder / PROMPTS_FILE).is_file() else None
     if prompts is None:
         warnings.append(f"{folder} has no {PROMPTS_FILE}: any prompt is accepted")
-    return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings)
+    voices = {str(k): int(v) for k, v in config.get("prompt_voices", {}).items()}
+    return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings, voices)
 
 
 def load_model(path: str | Path, device=None, dtype=None) -> LoadedModel:

@@ -7,7 +7,9 @@ Stages, per step of a batch:
   2. sample   - the character-level decoder writes the next patch of every piece at once, with a
                 per-piece KV cache over the patch's characters, stopping at eos;
   3. accept   - the patch's text is appended and reported; bounds are checked; a full context is
-                re-encoded from the metadata and the later half of the tune-body lines.
+                re-encoded from the metadata and the later half of the tune-body lines. With
+                `bar_retries`, a finished tune-body line whose voices disagree in length is taken
+                back (context and text return to the line's start) and written again.
 The `reference` mode swaps stages 1-2 for NotaGen's original algorithm (engine.symbolic.reference).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
+from engine.symbolic.postprocess import count_voices, line_aligned
 from engine.symbolic.prompts import Prompt, check_field
 from engine.symbolic.sampling import SamplingSettings, sample
 
@@ -42,6 +45,14 @@ class PieceRequest:
     cancel: threading.Event | None = None  # set from another thread to stop after the current patch
     prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
     stop_at_eos: bool = True  # False only for benchmarks that need a fixed number of patches
+    # Times one tune-body line whose voices disagree in length is written again (then kept as it
+    # is). 0 is NotaGen's own algorithm; rewritten patches count towards max_patches.
+    bar_retries: int = 0
+    # The number of voices the header should declare (the prompt's usual count in training), and
+    # how many times a header that declares another number is written again. Only for new pieces
+    # (no prefix); None or 0 retries is NotaGen's own algorithm.
+    voices: int | None = None
+    header_retries: int = 0
 
     def check(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -52,6 +63,12 @@ class PieceRequest:
             raise SettingsError(f"max_seconds must be more than 0 and at most a day (86400), got {self.max_seconds!r}")
         if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
             raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
+        for name in ("bar_retries", "header_retries"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 32:
+                raise SettingsError(f"{name} must be a whole number from 0 to 32, got {v!r}")
+        if self.voices is not None and (isinstance(self.voices, bool) or not isinstance(self.voices, int) or not 1 <= self.voices <= 64):
+            raise SettingsError(f"voices must be a whole number from 1 to 64 or None, got {self.voices!r}")
         for name in ("period", "composer", "instrumentation"):
             check_field(name, getattr(self.prompt, name))
         bad = sorted({c for c in self.prefix if ord(c) > 127})
@@ -69,6 +86,9 @@ class PatchEvent:
     bars: int  # complete tune-body lines so far (a line is one bar of every voice)
     elapsed: float  # seconds since the piece started
     ids: list[int] = field(default_factory=list)  # the patch as it entered the context (padded after eos)
+    # Characters to take off the end of the text reported so far before adding `text`: a line
+    # taken back to be written again (bar_retries).
+    retract: int = 0
 
 
 @dataclass
@@ -84,6 +104,7 @@ class Piece:
     bars: int
     elapsed: float
     context_resets: int  # times the context overflowed and was re-encoded
+    lines_rewritten: int = 0  # tune-body lines taken back and written again (bar_retries)
 
     @property
     def complete(self) -> bool:
@@ -104,7 +125,7 @@ class PieceState:
         self.text = self.prompt_text + req.prefix
         self.generator = torch.Generator(device=device).manual_seed(req.seed)
         self.start = time.monotonic()
-        self.patches = self.bars = self.resets = 0
+        self.patches = self.bars = self.resets = self.rewritten = 0
         self.epoch = 0  # bumped whenever the context is rebuilt, so caches know to prefill
         self.stop_reason: str | None = None
         meta, body = split_tunebody(self.text)
@@ -113,8 +134,14 @@ class PieceState:
         if not body and self.text and not self.text.endswith("\n"):
             self.text += "\n"  # metadata lines are whole lines
         self.context, self.tail = self._encode(meta, body)
+        self.line_start: tuple | None = None  # where the current line began (see _mark_line)
+        self.retries = 0  # retries used on the current line
+        self.header_tries = 0  # headers taken back so far
+        # Where the header begins (just after the prompt lines), when the header is the model's.
+        self.header_start = self._mark() if not req.prefix and not self.tail else None
         if len(self.context) >= patch_length:
             self._reencode()
+        self._mark_line()
 
     def _encode(self, meta, body):
         if not body:
@@ -147,6 +174,11 @@ class PieceState:
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
+        if self.in_tunebody and self.header_start is not None:
+            retract = self._take_back_header(text)
+            if retract:
+                return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
+                                  retract=retract)
         self.text += text
         self.patches += 1
         self.bars += text.count("\n") if self.in_tunebody else 0
@@ -156,9 +188,59 @@ class PieceState:
             full[cut:] = [PAD_ID] * (len(full) - cut)
         self.context.append(full)
         self.tail = []
+        retract = 0
+        if text.endswith("\n"):
+            retract = self._take_back_misaligned_line()
+            if not retract:
+                self._mark_line()
         if len(self.context) >= self.patch_length:
             self._reencode()
+        if retract:
+            return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, full,
+                              retract=retract - len(text))
         return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
+
+    def _mark_line(self) -> None:
+        """Remembers the start of the next line, when it falls on a patch boundary."""
+        self.retries = 0
+        self.line_start = None
+        if not self.tail and (not self.text or self.text.endswith("\n")):
+            self.line_start = self._mark()
+
+    def _mark(self) -> tuple:
+        return len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch
+
+    def _return_to(self, mark: tuple) -> None:
+        n_text, n_context, self.patches, self.bars, self.in_tunebody, _ = mark
+        self.text, self.context, self.tail = self.text[:n_text], self.context[:n_context], []
+
+    def _take_back_header(self, text: str) -> int:
+        """The tune body begins with `text`: if the header declares a number of voices other than
+        the request's and retries are left, returns to the header's start (characters taken back)."""
+        meta = self.text[self.header_start[0]:]
+        wanted, tries = self.req.voices, self.req.header_retries
+        if (wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch
+                or count_voices(meta.splitlines()) == wanted):
+            self.header_start = None  # checked once: the header stays
+            return 0
+        self._return_to(self.header_start)
+        self.header_tries += 1
+        self.rewritten += 1
+        self._mark_line()
+        return len(meta)
+
+    def _take_back_misaligned_line(self) -> int:
+        """A tune-body line just ended: if its voices disagree and retries are left, returns the
+        text and context to the line's start and gives the number of characters taken back."""
+        if self.line_start is None or not self.in_tunebody or self.retries >= self.req.bar_retries:
+            return 0
+        line = self.text[self.line_start[0]:]
+        if self.line_start[-1] != self.epoch or line.count("\n") != 1 or line_aligned(line):
+            return 0
+        self._return_to(self.line_start)
+        self.retries += 1
+        self.rewritten += 1
+        return len(line)
 
     def _reencode(self) -> None:
         """Context full: keep the metadata and the later half of the tune-body lines in context."""
@@ -179,7 +261,7 @@ class PieceState:
     def result(self) -> Piece:
         r = self.req
         return Piece(self.index, r.prompt, r.seed, r.sampling, self.text, self.stop_reason or "eos",
-                     self.patches, self.chars, self.bars, self.elapsed, self.resets)
+                     self.patches, self.chars, self.bars, self.elapsed, self.resets, self.rewritten)
 
 
 class FastBackend:
@@ -217,7 +299,9 @@ class FastBackend:
         stepping = []
         for r, s in enumerate(states):
             epoch, n = self.cached.get(s.index, (-1, -1))
-            if epoch == s.epoch and n == len(s.context) - 1:
+            # n >= len(context) after a line was taken back: the cache still holds the kept
+            # patches' keys and values, and the step rewrites the last one's in place.
+            if epoch == s.epoch and n >= len(s.context) - 1:
                 stepping.append(r)
             else:
                 ids = torch.tensor(s.context, device=dev)[None]  # (1, n, patch_size)

@@ -95,16 +95,25 @@ def line_segments(line: str) -> dict[str, str]:
     return {v: text for v, text in VOICE_SEGMENT.findall(R_MARKER.sub("", line.rstrip("\n")))}
 
 
+def count_voices(metadata: list[str]) -> int:
+    """Voices a header declares (V: lines); a header with none is one voice."""
+    return len([ln for ln in metadata if ln.startswith("V:")]) or 1
+
+
+def line_aligned(line: str) -> bool:
+    """True when every voice of a tune-body line lasts as long as the others, bar by bar."""
+    per_voice = []
+    for text in line_segments(line).values():
+        bars = [b for b in BARLINE.split(text) if b and not BARLINE.fullmatch(b)]
+        per_voice.append([bar_duration(b) for b in bars])
+    return bool(per_voice) and all(None not in d for d in per_voice) and all(d == per_voice[0] for d in per_voice)
+
+
 def check_alignment(body_lines: list[str]) -> Alignment:
     """Every voice of a line must last as long as the others (bar by bar)."""
     aligned, bad = 0, []
     for n, line in enumerate(body_lines, 1):
-        per_voice = []
-        for text in line_segments(line).values():
-            bars = [b for b in BARLINE.split(text) if b and not BARLINE.fullmatch(b)]
-            per_voice.append([bar_duration(b) for b in bars])
-        ok = bool(per_voice) and all(None not in d for d in per_voice) and all(d == per_voice[0] for d in per_voice)
-        if ok:
+        if line_aligned(line):
             aligned += 1
         else:
             bad.append(n)

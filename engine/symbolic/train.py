@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -132,6 +133,17 @@ def prompt_table(pieces: list[dict], cfg: TrainConfig, base: PromptTable | None 
     return PromptTable(keep + (base.prompts if base else []))
 
 
+def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, int]:
+    """The usual (most common) voice count of each prompt's training pieces."""
+    from engine.symbolic.postprocess import count_voices
+
+    counts: dict[str, Counter] = {}
+    for p in pieces:
+        if "@t" not in p["id"]:
+            counts.setdefault("_".join(p["labels"]), Counter())[count_voices(split_tunebody(p["text"])[0])] += 1
+    return {pr.key(): counts[pr.key()].most_common(1)[0][0] for pr in table.prompts if pr.key() in counts}
+
+
 def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict], out: str | Path, cfg: TrainConfig,
           base_prompts: PromptTable | None = None, resume: bool = True, name: str = "cadenza-notagen",
           on_step: Callable[[dict], None] | None = None) -> dict:
@@ -167,6 +179,7 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
         gen.set_state(state["gen"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     table = prompt_table(train_pieces, cfg, base_prompts)
+    voices = prompt_voices(train_pieces, table)
     t0, seen_patches = time.monotonic(), 0
     while step < cfg.steps:  # bounded by cfg.steps
         for g in opt.param_groups:
@@ -188,15 +201,15 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
             if val_pieces:
                 record["val_bpc"] = evaluate(model, val_pieces[: cfg.eval_pieces])
                 history["val_bpc"].append({"step": step, "bpc": record["val_bpc"]})
-            _checkpoint(model, opt, step, history, rng, gen, out, table, name, save_model)
+            _checkpoint(model, opt, step, history, rng, gen, out, table, voices, name, save_model)
         if on_step:
             on_step(record)
     model.eval().requires_grad_(False)
     return history
 
 
-def _checkpoint(model, opt, step, history, rng, gen, out: Path, table, name, save_model) -> None:
-    save_model(model, out, prompts=table, extra_config={"name": name, "trained_steps": step})
+def _checkpoint(model, opt, step, history, rng, gen, out: Path, table, voices, name, save_model) -> None:
+    save_model(model, out, prompts=table, extra_config={"name": name, "trained_steps": step, "prompt_voices": voices})
     (out / "history.json").write_text(json.dumps(history) + "\n")
     tmp = out / (STATE_FILE + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
