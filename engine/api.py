@@ -6,14 +6,14 @@ import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from engine.errors import CheckpointError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
 from engine.symbolic.checkpoint import LoadedModel, load_model
-from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, generate
+from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.postprocess import AbcResult, to_abc
 from engine.symbolic.prompts import make_prompt
 from engine.symbolic.sampling import SamplingSettings
@@ -100,17 +100,19 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
     return result
 
 
-def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,
-            top_k: int = 9, top_p: float = 0.9, temperature: float = 1.2, max_patches: int = 4096,
-            max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
-            on_event: Callable[[PatchEvent], None] | None = None, mode: str = "fast",
-            bar_retries: int = 16, header_retries: int = 8, prefix: str = "") -> list[Composition]:
-    """Writes `variations` pieces for one prompt in one batch; variation i uses seed + i.
-    The seed used is always in the result (a random one when none is given).
+def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,
+                   top_k: int = 9, top_p: float = 0.9, temperature: float = 1.2, max_patches: int = 4096,
+                   max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
+                   mode: str = "fast", bar_retries: int = 16, header_retries: int = 8,
+                   prefix: str = "") -> Iterator[PatchEvent | Composition]:
+    """Writes `variations` pieces for one prompt in one batch, yielding a PatchEvent per patch and
+    a Composition as each piece ends. Variation i uses seed + i; the seed used is always in the
+    result (a random one when none is given). Closing the iterator stops the batch within a patch.
 
     bar_retries: times a bar whose voices disagree in length is written again; header_retries:
     times a header with another number of voices than the prompt's training pieces is written
-    again (both 0: NotaGen's own sampling). prefix: text in the model's format to continue."""
+    again (both 0: NotaGen's own sampling). prefix: text in the model's format to continue
+    (see continuation_prefix)."""
     prompt, warnings = make_prompt(period, composer, instrumentation, lm.prompts)
     if seed is None:
         seed = random.randrange(2**31)
@@ -121,12 +123,45 @@ def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *
                              max_seconds=max_seconds, cancel=cancel, prefix=prefix, bar_retries=bar_retries,
                              voices=lm.voices.get(prompt.key()), header_retries=header_retries)
                 for i in range(variations)]
-    pieces = generate(lm.model, requests, mode=mode, on_event=on_event)
-    out = []
-    for piece in pieces:
-        notes = list(lm.warnings) + warnings
-        if piece.cut_short:
-            notes.append(f"cut short ({piece.stop_reason}) after {piece.patches} patches")
-        result = to_abc(piece.text)
-        out.append(Composition(piece, result, notes + result.warnings))
-    return out
+    for ev in stream(lm.model, requests, mode=mode):
+        if isinstance(ev, Piece):
+            notes = list(lm.warnings) + warnings
+            if ev.cut_short:
+                notes.append(f"cut short ({ev.stop_reason}) after {ev.patches} patches")
+            result = to_abc(ev.text)
+            yield Composition(ev, result, notes + result.warnings)
+        else:
+            yield ev
+
+
+def compose(lm: LoadedModel, period: str, composer: str, instrumentation: str, *,
+            on_event: Callable[[PatchEvent], None] | None = None, **kwargs) -> list[Composition]:
+    """compose_stream run to the end: the pieces in variation order (same keyword arguments)."""
+    done = []
+    for ev in compose_stream(lm, period, composer, instrumentation, **kwargs):
+        if isinstance(ev, Composition):
+            done.append(ev)
+        elif on_event is not None:
+            on_event(ev)
+    return sorted(done, key=lambda c: c.piece.index)
+
+
+def continuation_prefix(abc_text: str, more_bars: int = 32) -> str:
+    """A score in ABC (the user's, or a piece cut short) -> the model's format, ready to continue.
+    The bar markers count `more_bars` bars still to come, so the model does not read the score
+    as finished. Goes through MusicXML, so any voice layout ABC allows comes out interleaved."""
+    from unidecode import unidecode
+
+    from engine.render.convert import abc_to_musicxml
+    from engine.symbolic.abcformat import interleave, reduce_rests, xml_to_abc
+    from engine.symbolic.patches import split_tunebody
+
+    if isinstance(more_bars, bool) or not isinstance(more_bars, int) or not 1 <= more_bars <= 10_000:
+        raise SettingsError(f"more_bars must be a whole number from 1 to 10000, got {more_bars!r}")
+    xml, _ = abc_to_musicxml(abc_text)
+    meta, body = split_tunebody("".join(interleave(xml_to_abc(xml.encode()))))
+    if not body:
+        raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")
+    n = len(body) + more_bars
+    text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
+    return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)

@@ -259,10 +259,10 @@ def test_an_aligned_bar_is_kept_and_no_retries_is_notagens_algorithm():
         assert state.text.endswith(line) and state.rewritten == 0
 
 
-def test_a_header_with_the_wrong_number_of_voices_is_written_again():
-    state = PieceState(0, PieceRequest(BACH, voices=1, header_retries=1), 128, 16, "cpu")
+def test_a_header_with_too_few_voices_is_written_again_when_the_tune_body_begins():
+    state = PieceState(0, PieceRequest(BACH, voices=2, header_retries=1), 128, 16, "cpu")
     start, context = state.text, len(state.context)
-    header = "L:1/8\nM:4/4\nK:G\nV:1 treble\nV:2 bass\n"
+    header = "L:1/8\nM:4/4\nK:G\nV:1 treble\n"
     events = _feed(state, header)
     state.in_tunebody = True  # as the "[r:0/" rule sets it when the tune body begins
     events += _feed(state, ALIGNED[:16])
@@ -274,6 +274,18 @@ def test_a_header_with_the_wrong_number_of_voices_is_written_again():
     events += _feed(state, ALIGNED)
     assert state.text == start + header + ALIGNED
     assert _replay(start, events) == state.text
+
+
+def test_a_header_is_taken_back_as_soon_as_it_declares_too_many_voices():
+    state = PieceState(0, PieceRequest(BACH, voices=1, header_retries=2), 128, 16, "cpu")
+    start = state.text
+    events = _feed(state, "L:1/8\nK:G\nV:1 treble\n")
+    assert state.text.endswith("V:1 treble\n")  # one voice so far: fine
+    events += _feed(state, "V:2 bass\n")
+    assert state.text == start and state.rewritten == 1
+    events += _feed(state, "L:1/8\n[V:1]abc|\n")  # a bar without its [r:] marker is no header line
+    assert state.text == start and state.rewritten == 2
+    assert _replay(start, events) == start
 
 
 @pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),

@@ -14,6 +14,7 @@ The `reference` mode swaps stages 1-2 for NotaGen's original algorithm (engine.s
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from engine.symbolic.prompts import Prompt, check_field
 from engine.symbolic.sampling import SamplingSettings, sample
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
-TUNEBODY_START = "[r:0/"  # NotaGen forces the first tune-body line to be numbered 0
+TUNEBODY_START = "[r:0/"
+HEADER_LINE = re.compile(r"^(%|[A-Za-z]:)")  # NotaGen forces the first tune-body line to be numbered 0
 
 
 @dataclass
@@ -175,7 +177,7 @@ class PieceState:
             return None
         text = patch_text(new)
         if self.in_tunebody and self.header_start is not None:
-            retract = self._take_back_header(text)
+            retract = self._take_back_header(finished=True)
             if retract:
                 return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
                                   retract=retract)
@@ -190,7 +192,10 @@ class PieceState:
         self.tail = []
         retract = 0
         if text.endswith("\n"):
-            retract = self._take_back_misaligned_line()
+            if not self.in_tunebody and self.header_start is not None:
+                retract = self._take_back_header(finished=False)
+            else:
+                retract = self._take_back_misaligned_line()
             if not retract:
                 self._mark_line()
         if len(self.context) >= self.patch_length:
@@ -214,14 +219,23 @@ class PieceState:
         n_text, n_context, self.patches, self.bars, self.in_tunebody, _ = mark
         self.text, self.context, self.tail = self.text[:n_text], self.context[:n_context], []
 
-    def _take_back_header(self, text: str) -> int:
-        """The tune body begins with `text`: if the header declares a number of voices other than
-        the request's and retries are left, returns to the header's start (characters taken back)."""
+    def _take_back_header(self, finished: bool) -> int:
+        """When the tune body begins (finished) the header must declare the request's number of
+        voices; while it is written, it must not declare more. Otherwise, while retries are left,
+        returns to the header's start and gives the number of characters taken back."""
         meta = self.text[self.header_start[0]:]
         wanted, tries = self.req.voices, self.req.header_retries
-        if (wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch
-                or count_voices(meta.splitlines()) == wanted):
-            self.header_start = None  # checked once: the header stays
+        if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
+            self.header_start = None  # no (more) checks: the header stays
+            return 0
+        lines = meta.splitlines()
+        voices = count_voices(lines)
+        # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
+        # without its [r:] marker, so the header never ended properly.
+        header_like = all(HEADER_LINE.match(ln) for ln in lines)
+        if header_like and (voices == wanted or (not finished and voices < wanted)):
+            if finished:
+                self.header_start = None  # checked: the header stays
             return 0
         self._return_to(self.header_start)
         self.header_tries += 1

@@ -1,0 +1,128 @@
+"""Where the studio keeps people's pieces: one outputs directory, a folder per session, a folder
+per piece holding its files and a record.json written last (atomically), so a closed browser or a
+restarted server loses nothing and a half-written piece never shows up in a history.
+
+A session is named by a secret key the browser keeps; its folder is named by a hash of the key,
+so folder names (which appear in manifests and logs) never give the key away, and nobody can
+reach a session's files without its key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engine.errors import CadenzaError
+from engine.files import slug, write_atomic
+
+RECORD_FILE = "record.json"
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+MAX_HISTORY = 500  # pieces listed at most (newest first); older ones stay on disk
+
+
+@dataclass
+class PieceRecord:
+    id: str  # the piece's folder name inside its session
+    created: str  # ISO 8601, UTC
+    kind: str  # composed | continued | rendered | uploaded
+    title: str  # what the history shows: "Bach, Johann Sebastian / Choral"
+    prompt: dict = field(default_factory=dict)  # period, composer, instrumentation
+    seed: int | None = None
+    model: str = ""
+    bars: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+    alignment: str = ""  # "12/12 bars aligned"
+    files: dict[str, list[str]] = field(default_factory=dict)  # format -> file names in the folder
+    errors: dict[str, str] = field(default_factory=dict)  # format -> why it failed
+    warnings: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # sampling and bounds as asked
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PieceRecord":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class Session:
+    """One person's pieces."""
+
+    def __init__(self, root: Path, key: str):
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            raise CadenzaError("invalid session key: expected 16 to 128 letters, digits, '-' or '_'")
+        self.id = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.folder = root / self.id
+
+    def new_piece(self, name: str) -> tuple[str, Path]:
+        """A fresh folder for a piece: 20261122-153012-bach-choral-seed7 (-2, -3 ... if taken)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{slug(name)}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):  # bounded: a thousand pieces of one name in one second is absurd
+            piece_id = base if n == 1 else f"{base}-{n}"
+            try:
+                (self.folder / piece_id).mkdir()
+                return piece_id, self.folder / piece_id
+            except FileExistsError:
+                continue
+        raise CadenzaError(f"could not make a folder for {name!r}")
+
+    def save(self, record: PieceRecord) -> None:
+        write_atomic(self.piece_folder(record.id) / RECORD_FILE, json.dumps(asdict(record), indent=1) + "\n")
+
+    def piece_folder(self, piece_id: str) -> Path:
+        if not isinstance(piece_id, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,120}", piece_id):
+            raise CadenzaError(f"no piece {piece_id!r} in this session")
+        return self.folder / piece_id
+
+    def record(self, piece_id: str) -> PieceRecord:
+        path = self.piece_folder(piece_id) / RECORD_FILE
+        try:
+            return PieceRecord.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise CadenzaError(f"no piece {piece_id!r} in this session") from e
+
+    def history(self, limit: int = MAX_HISTORY) -> list[PieceRecord]:
+        """This session's pieces, newest first."""
+        if not self.folder.is_dir():
+            return []
+        folders = sorted((p for p in self.folder.iterdir() if (p / RECORD_FILE).is_file()), reverse=True)
+        out = []
+        for p in folders[:limit]:
+            try:
+                out.append(self.record(p.name))
+            except CadenzaError:
+                continue  # a record damaged on disk hides that piece, not the whole history
+        return out
+
+    def file(self, piece_id: str, name: str) -> Path:
+        """A file of one of this session's pieces; never a path outside the piece's folder."""
+        folder = self.piece_folder(piece_id)
+        path = (folder / name).resolve()
+        if path.parent != folder.resolve() or name == RECORD_FILE or not path.is_file():
+            raise CadenzaError(f"no file {name!r} in piece {piece_id!r}")
+        return path
+
+
+class OutputStore:
+    """The outputs directory: sessions by key."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+
+    def session(self, key: str) -> Session:
+        return Session(self.root, key)
+
+    def secret(self) -> str:
+        """A secret kept in the outputs directory (created once): it encrypts the session key the
+        browser stores, and survives restarts so that browsers keep their sessions."""
+        path = self.root / ".secret"
+        if not path.is_file():
+            import secrets
+
+            write_atomic(path, secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
