@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cadenza's one entry point.
-#   ./run.sh            set up (if needed) and start the main job
+#   ./run.sh [--host H --port N --auth user:pw ...]   set up (if needed) and start the studio
 #   ./run.sh test       set up (if needed) and run the whole test suite
-#   ./run.sh <args>     set up (if needed) and run `python -m engine <args>`
+#   ./run.sh <command>  set up (if needed) and run `python -m engine <command> ...` (compose, render, ...)
 # Set-up creates .venv with Python 3.11 and installs requirements.txt; it is skipped when
 # requirements.txt has not changed since the last successful install (a stamp file holds its hash).
 set -euo pipefail
@@ -34,11 +34,9 @@ case "${1:-}" in
         shift
         exec "$PY" -m pytest -q tests "$@"
         ;;
-    "")
-        # Until the web app exists, the main job is the command line's help and a check of the machine.
-        "$PY" -m engine doctor
-        echo
-        exec "$PY" -m engine --help
+    ""|-*)
+        # The studio: http://127.0.0.1:7860 by default, offline, on the bundled model.
+        exec "$PY" -m webui "$@"
         ;;
     *)
         exec "$PY" -m engine "$@"

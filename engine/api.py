@@ -165,3 +165,28 @@ def continuation_prefix(abc_text: str, more_bars: int = 32) -> str:
     n = len(body) + more_bars
     text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
+
+
+def fetch_checkpoint(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """A checkpoint from the Hugging Face Hub into the standard cache (huggingface_hub; progress
+    bars through tqdm). Offline or unreachable: a CadenzaError saying what to do instead."""
+    import re
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id.strip()):
+        raise SettingsError(f"expected a Hugging Face repo id like 'ElectricAlexis/NotaGen', got {repo_id!r}")
+    if not isinstance(filename, str) or not filename.strip() or ".." in filename:
+        raise SettingsError("expected the checkpoint's file name in that repo, e.g. a .pth file")
+    try:
+        return Path(hf_hub_download(repo_id.strip(), filename.strip(), revision=revision))
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"could not download {filename} from {repo_id}: no network and not in the cache. Download it on a "
+            f"machine with network (huggingface-cli download {repo_id} {filename}) and copy the file here, then "
+            "give its path as the model") from e
+    except (RepositoryNotFoundError, EntryNotFoundError) as e:
+        raise CheckpointError(f"{repo_id} has no file {filename}") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"downloading {filename} from {repo_id} failed: {e}") from e

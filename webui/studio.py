@@ -19,6 +19,7 @@ from engine.store import OutputStore, PieceRecord, Session
 from webui.config import StudioConfig
 
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
+MAX_MODELS = 3  # models held at once (each costs memory); the bundled one counts
 
 
 @dataclass
@@ -109,8 +110,12 @@ class Studio:
 
     # --- models ------------------------------------------------------------------------------------
     def model(self, spec: str | None = None) -> ModelSlot:
+        """The model `spec` names (a path), or the server's default when spec is empty."""
+        spec = spec or self.config.model
         key = spec or ""
         with self._lock:
+            if key not in self.models and len(self.models) >= MAX_MODELS:
+                raise CadenzaError(f"{MAX_MODELS} models are loaded already: use one of them or restart the server")
             if key not in self.models:
                 self.models[key] = ModelSlot(spec, self.config.device).start()
             return self.models[key]
@@ -123,6 +128,17 @@ class Studio:
 
     def surprise(self, spec: str | None = None, rng: random.Random | None = None):
         return (rng or random).choice(self.prompts(spec).prompts)
+
+    def choices(self, spec: str | None, period: str | None, composer: str | None = None):
+        """The cascade: composers valid for `period`, instrumentations valid for both; a value not
+        in the table falls back to the first valid one. Returns (period, composers, composer,
+        instrumentations)."""
+        table = self.prompts(spec)
+        periods = table.periods()
+        period = period if period in periods else periods[0]
+        composers = table.composers(period)
+        composer = composer if composer in composers else composers[0]
+        return period, composers, composer, table.instrumentations(period, composer)
 
     # --- composing ---------------------------------------------------------------------------------
     def check_settings(self, s: ComposeSettings) -> ComposeSettings:
@@ -162,6 +178,7 @@ class Studio:
                                     max_patches=int(s.max_patches), max_seconds=self.config.max_seconds,
                                     variations=int(s.variations), cancel=cancel, bar_retries=int(s.bar_retries),
                                     prefix=prefix)
+        closed = False
         try:
             for ev in stream:
                 if isinstance(ev, api.Composition):
@@ -176,12 +193,41 @@ class Studio:
                     last_preview = ev.bars
                     preview = self.preview(prefix + texts[0])
                 yield Progress(prefix + texts[0], ev.patches, ev.bars, ev.elapsed, seed, preview)
+        except GeneratorExit:
+            closed = True
+            raise
         finally:
             cancel.set()  # a closed iterator (tab closed, request cancelled) stops the batch
             stream.close()
             self._cancels.pop(session.id, None)
+            if closed:  # nobody is listening any more: keep the text written so far, quickly
+                self._keep_unfinished(session, lm, period, composer, instrumentation, seed, prefix, texts, done)
         kind = "continued" if prefix else "composed"
         yield [self._keep(session, lm, c, kind, s) for c in sorted(done, key=lambda c: c.piece.index)]
+
+    def _keep_unfinished(self, session: Session, lm, period, composer, instrumentation, seed, prefix, texts,
+                         done) -> None:
+        from engine.files import write_atomic
+        from engine.symbolic.prompts import Prompt
+        from engine.symbolic.postprocess import to_abc
+
+        finished = {c.piece.index for c in done}
+        for i, text in sorted(texts.items()):
+            if i in finished or not text:
+                continue
+            prompt = Prompt(period, composer, instrumentation)
+            result = to_abc("".join(prompt.lines()) + prefix + text)
+            name = f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}"
+            piece_id, folder = session.new_piece(name)
+            write_atomic(folder / "score.abc", result.abc)
+            session.save(PieceRecord(
+                id=piece_id, created=_now(), kind="continued" if prefix else "composed",
+                title=f"{composer} / {instrumentation}", prompt={"period": period, "composer": composer,
+                                                                 "instrumentation": instrumentation},
+                seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason="closed",
+                alignment=str(result.alignment), files={"abc": ["score.abc"]},
+                warnings=["the page was closed or the request cancelled: the piece was kept as written so far, "
+                          "not rendered (open it and press Render)"]))
 
     def preview(self, model_text: str) -> str | None:
         """The first page of the sheet music so far (None when it cannot be drawn yet)."""
@@ -212,7 +258,8 @@ class Studio:
             settings={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
                       "max_patches": s.max_patches, "bar_retries": s.bar_retries})
         session.save(record)
-        return Outcome(record, folder, comp.abc.abc)
+        saved = [folder / f for f in record.files.get("abc", [])]
+        return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
 
     # --- rendering and uploads ---------------------------------------------------------------------
     def render(self, key: str, abc_text: str, title: str = "my score") -> Outcome:

@@ -1,0 +1,242 @@
+"""The studio served for real on localhost, driven by gradio_client as a script or a second user
+would: streaming, stop and cancel, uploads, downloads, sessions kept apart, bad input."""
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import BACH, ROOT, tiny_model
+from engine import api
+from engine.symbolic.checkpoint import save_model
+from engine.symbolic.prompts import Prompt, PromptTable
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from webui.app import build_app  # noqa: E402
+from webui.config import StudioConfig, from_args, parse_auth  # noqa: E402
+from webui.studio import Studio  # noqa: E402
+
+PROMPTS = [BACH, Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard"), Prompt("Romantic", "Chopin, Frederic", "Keyboard")]
+KEY_A, KEY_B = "a" * 20 + "-session-A", "b" * 20 + "-session-B"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_folder(tmp: Path) -> Path:
+    return save_model(tiny_model(seed=1), tmp / "tiny-model", prompts=PromptTable(PROMPTS))
+
+
+def serve(config: StudioConfig):
+    studio = Studio(config)
+    studio.model(config.model)
+    demo = build_app(config, studio)
+    demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True, quiet=True,
+                max_file_size=f"{config.max_upload_mb}mb")
+    return demo, studio, f"http://127.0.0.1:{config.port}/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("studio")
+    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), model=str(tiny_folder(tmp)),
+                          concurrency=2, max_upload_mb=1, max_patches=4096)
+    demo, studio, url = serve(config)
+    studio.model(config.model).get()
+    yield url, studio, tmp
+    demo.close()
+
+
+def client(url, tmp: Path, name: str) -> Client:
+    folder = tmp / f"downloads-{name}"
+    folder.mkdir(exist_ok=True)
+    return Client(url, verbose=False, download_files=str(folder))
+
+
+def compose_args(key, prompt=BACH, seed=1, max_patches=40, variations=1, model=""):
+    return (key, model, prompt.period, prompt.composer, prompt.instrumentation, seed, 1.2, 9, 0.9, max_patches, variations)
+
+
+# --- building without serving ---------------------------------------------------------------------
+
+def test_the_page_builds_without_launching_and_names_its_endpoints(tmp_path):
+    config = StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)))
+    demo = build_app(config)
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
+    assert {"prompts", "compose", "render", "upload", "history", "piece"} <= names
+
+
+def test_the_cascade_offers_only_combinations_in_the_table(tmp_path):
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
+    table = studio.prompts(studio.config.model)
+    offered = set()
+    for period in table.periods():
+        p, composers, _, _ = studio.choices(studio.config.model, period)
+        for c in composers:
+            _, _, c2, instrumentations = studio.choices(studio.config.model, p, c)
+            offered |= {(p, c2, i) for i in instrumentations}
+    assert offered == {(x.period, x.composer, x.instrumentation) for x in PROMPTS}
+    # a stale or made-up choice falls back to a valid one
+    p, _, c, ins = studio.choices(studio.config.model, "Atonal", "Nobody")
+    assert Prompt(p, c, ins[0]) in table
+
+
+def test_command_line_and_environment_configure_serving(monkeypatch):
+    monkeypatch.setenv("CADENZA_PORT", "7999")
+    cfg = from_args(["--host", "0.0.0.0", "--auth", "ann:secret"])
+    assert (cfg.host, cfg.port, cfg.auth, cfg.share) == ("0.0.0.0", 7999, ("ann", "secret"), False)
+    with pytest.raises(Exception, match="user:password"):
+        parse_auth("no-colon")
+
+
+# --- served ---------------------------------------------------------------------------------------
+
+def test_compose_streams_updates_then_gives_every_file(server):
+    url, studio, tmp = server
+    c = client(url, tmp, "a")
+    job = c.submit(*compose_args(KEY_A, max_patches=48), api_name="/compose")
+    info, files = job.result(timeout=300)
+    updates = [o[0] for o in job.outputs() if o and o[0] and o[0].get("status") == "writing"]
+    assert len(updates) >= 5  # one per patch (the queue may merge a few)
+    assert updates[-1]["patches"] > updates[0]["patches"]
+    piece = info["pieces"][0]
+    assert info["status"] == "done" and piece["seed"] == 1 and piece["prompt"]["composer"] == BACH.composer
+    assert files and all(Path(f).stat().st_size > 0 for f in files)
+    assert any(f.endswith(".abc") for f in files) and any(f.endswith(".zip") for f in files)
+    history = c.predict(KEY_A, api_name="/history")["pieces"]
+    assert piece["id"] in [p["id"] for p in history]
+    again, _ = c.predict(KEY_A, piece["id"], api_name="/piece")
+    assert again["pieces"][0]["abc"] == piece["abc"]
+
+
+def test_stop_keeps_and_renders_what_was_written(server):
+    url, studio, tmp = server
+    c = client(url, tmp, "stop")
+    key = "s" * 20 + "-stop"
+    job = c.submit(*compose_args(key, max_patches=4000, seed=5), api_name="/compose")
+    _wait_for_updates(job, 3)
+    assert studio.stop(key)
+    info, files = job.result(timeout=120)
+    piece = info["pieces"][0]
+    assert piece["stop_reason"] == "cancelled" and piece["abc"].startswith("X:1")
+    assert any(f.endswith(".abc") for f in files)
+
+
+def test_cancelling_a_request_stops_the_generation_and_keeps_the_text(server):
+    url, studio, tmp = server
+    c = client(url, tmp, "cancel")
+    key = "c" * 20 + "-cancel"
+    job = c.submit(*compose_args(key, max_patches=4000, seed=6), api_name="/compose")
+    _wait_for_updates(job, 3)
+    job.cancel()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and studio._cancels:
+        time.sleep(0.2)
+    assert not studio._cancels  # the engine loop ended, well before its 4000 patches
+    history = studio.history(key)
+    assert history and history[0].stop_reason == "closed" and history[0].files["abc"]
+
+
+def test_two_users_at_once_get_separate_results_and_cannot_reach_each_other(server):
+    url, studio, tmp = server
+    a, b = client(url, tmp, "two-a"), client(url, tmp, "two-b")
+    ka, kb = "x" * 20 + "-two-A", "y" * 20 + "-two-B"
+    ja = a.submit(*compose_args(ka, seed=11), api_name="/compose")
+    jb = b.submit(*compose_args(kb, seed=12, prompt=PROMPTS[2]), api_name="/compose")
+    (ia, fa), (ib, fb) = ja.result(timeout=300), jb.result(timeout=300)
+    assert ia["pieces"][0]["seed"] == 11 and ib["pieces"][0]["seed"] == 12
+    ha = [p["id"] for p in a.predict(ka, api_name="/history")["pieces"]]
+    hb = [p["id"] for p in b.predict(kb, api_name="/history")["pieces"]]
+    assert ia["pieces"][0]["id"] in ha and ib["pieces"][0]["id"] in hb and not set(ha) & set(hb)
+    with pytest.raises(Exception, match="no piece"):
+        b.predict(kb, ia["pieces"][0]["id"], api_name="/piece")
+    # A's files on the server, asked for by path through Gradio's file route: refused
+    a_file = studio.store.session(ka).piece_folder(ia["pieces"][0]["id"])
+    target = next(a_file.glob("*.abc"))
+    for route in ("gradio_api/file=", "file="):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + route + urllib.parse.quote(str(target)), timeout=10)
+        assert e.value.code in (403, 404)
+
+
+def test_an_uploaded_real_score_is_rendered(server):
+    from music21 import corpus
+
+    url, studio, tmp = server
+    c = client(url, tmp, "upload")
+    path = corpus.getWork("bach/bwv66.6")
+    info, files = c.predict(KEY_A, handle_file(str(path)), api_name="/upload")
+    piece = info["pieces"][0]
+    assert piece["kind"] == "uploaded" and "V:1" in piece["abc"]
+    kinds = {Path(f).suffix for f in files}
+    assert {".abc", ".musicxml", ".mid", ".pdf", ".wav"} <= kinds, (kinds, piece["errors"])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c: c.predict(*compose_args(KEY_B, prompt=Prompt("Baroque", "Nobody, Jane", "Choral")), api_name="/compose"),
+     "not in|prompt"),
+    (lambda c: c.predict(*compose_args(KEY_B, max_patches=10**7), api_name="/compose"), "maximum length"),
+    (lambda c: c.predict(*compose_args("short"), api_name="/compose"), "session"),
+    (lambda c: c.predict(KEY_B, "hello, this is not music", api_name="/render"), "not ABC"),
+    (lambda c: c.predict(KEY_B, "", api_name="/render"), "empty"),
+])
+def test_bad_input_gets_a_clear_message_and_the_server_goes_on(server, call, message):
+    url, studio, tmp = server
+    c = client(url, tmp, "bad")
+    with pytest.raises(Exception, match=message):
+        call(c)
+    assert c.predict("", api_name="/prompts")["prompts"]  # still serving
+
+
+def test_uploads_that_are_not_scores_or_too_big_are_refused(server):
+    url, studio, tmp = server
+    c = client(url, tmp, "bad-upload")
+    text = tmp / "notes.txt"
+    text.write_text("shopping list")
+    with pytest.raises(Exception, match="not a score"):
+        c.predict(KEY_B, handle_file(str(text)), api_name="/upload")
+    broken = tmp / "broken.musicxml"
+    broken.write_text("<score-partwise><part>")
+    with pytest.raises(Exception, match="broken.musicxml|MusicXML|read"):
+        c.predict(KEY_B, handle_file(str(broken)), api_name="/upload")
+    big = tmp / "big.abc"
+    big.write_text("X:1\nK:C\n" + "C" * (2 * 2**20))
+    with pytest.raises(Exception, match="(?i)size|large|MB|limit"):
+        c.predict(KEY_B, handle_file(str(big)), api_name="/upload")
+    assert c.predict("", api_name="/prompts")["prompts"]
+
+
+def test_the_bundled_model_composes_a_seeded_piece_through_the_server(server):
+    bundled = api.bundled_model()
+    if bundled is None:
+        pytest.skip("no bundled model")
+    url, studio, tmp = server
+    c = client(url, tmp, "bundled")
+    info, files = c.predict(*compose_args(KEY_A, seed=0, max_patches=400, model=str(bundled)), api_name="/compose")
+    piece = info["pieces"][0]
+    assert piece["model"] == bundled.name and piece["bars"] >= 4
+    assert not piece["errors"], piece["errors"]
+    assert {Path(f).suffix for f in files} >= {".abc", ".musicxml", ".mid", ".pdf", ".wav", ".zip"}
+
+
+def _wait_for_updates(job, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for o in job.outputs() if o and o[0] and o[0].get("status") == "writing") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no streamed updates")
+
+
+def test_threads_are_not_left_behind():
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "model-loader" and t.is_alive()]

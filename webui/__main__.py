@@ -1,0 +1,20 @@
+"""python -m webui [--host 0.0.0.0] [--port N] [--auth user:password] ... (what ./run.sh runs)."""
+import sys
+
+from engine.errors import CadenzaError
+
+
+def main(argv=None) -> int:
+    from webui.app import launch
+    from webui.config import from_args
+
+    try:
+        launch(from_args(argv))
+    except CadenzaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The Cadenza studio page (Gradio). Thin: every button calls a Studio method (webui/studio.py),
+which calls the engine. Per-user data comes in through the session key the browser keeps
+(gr.BrowserState) and lives on disk under the outputs directory, never in module globals."""
+from __future__ import annotations
+
+import html
+import json
+import random
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from engine.errors import CadenzaError
+from engine.store import KEY_PATTERN
+from webui.config import StudioConfig
+from webui.studio import ComposeSettings, Outcome, Progress, Studio
+
+HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
+CSS = """
+#score-page { background: white; overflow-x: auto; max-height: 80vh; }
+#score-page svg { width: 100%; height: auto; }
+"""
+
+
+def _fail(e: Exception):
+    """Bad input or a failed step: a clear message in the page; the session goes on."""
+    raise gr.Error(str(e), duration=None)
+
+
+def _check_key(key) -> str:
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise gr.Error("this page has no session yet: reload it")
+    return key
+
+
+def _servable(path: Path) -> str:
+    """Gradio copies returned files into its cache from the working or temp directory only; an
+    outputs directory elsewhere is copied to a temp folder first (never added to allowed_paths,
+    which would make every session's files fetchable by URL)."""
+    p = str(path.resolve())
+    if p.startswith(str(Path.cwd().resolve())) or p.startswith(tempfile.gettempdir()):
+        return p
+    out = Path(tempfile.mkdtemp(prefix="cadenza-")) / path.name
+    shutil.copy2(path, out)
+    return str(out)
+
+
+def _page_html(svg: str | None, page: int = 0, pages: int = 0) -> str:
+    if not svg:
+        return "<p><i>The sheet music appears here.</i></p>"
+    label = f"<p>page {page + 1} of {pages}</p>" if pages > 1 else ""
+    return f"{label}<div id='score-page'>{svg}</div>"
+
+
+def _history_rows(studio: Studio, key: str) -> list[list]:
+    return [[r.created.replace("T", " ")[:19], r.title, r.kind, r.seed if r.seed is not None else "", r.model,
+             r.bars, r.seconds, r.id] for r in studio.history(key)]
+
+
+def _summary(o: Outcome) -> str:
+    r = o.record
+    lines = [f"**{html.escape(r.title)}** - {r.kind}"]
+    if r.seed is not None:
+        lines.append(f"seed **{r.seed}** (use it to write this piece again), model {r.model}, stop: {r.stop_reason}")
+    if r.alignment:
+        lines.append(f"bar alignment: {r.alignment}")
+    lines += [f"- {fmt} failed: {html.escape(err)}" for fmt, err in r.errors.items()]
+    lines += [f"- note: {html.escape(w)}" for w in r.warnings[:8]]
+    return "\n\n".join(lines)
+
+
+def _show(studio: Studio, key: str, o: Outcome):
+    """Everything the page shows of a finished piece."""
+    pages = [str(p) for p in o.paths("svg")]
+    first = Path(pages[0]).read_text() if pages else None
+    wav = o.paths("wav")
+    return (o.abc, _summary(o), _page_html(first, 0, len(pages)), pages, 0,
+            _servable(wav[0]) if wav else None, [_servable(p) for p in o.downloads()],
+            _history_rows(studio, key), o.record.id)
+
+
+def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
+    studio = studio or Studio(config)
+    with gr.Blocks(title="Cadenza") as demo:
+        key = gr.BrowserState("", storage_key="cadenza-session", secret=studio.store.secret())
+        pages = gr.State([])
+        piece_id = gr.State("")
+        filled = gr.State(False)
+        gr.Markdown("# Cadenza\nCompose with a NotaGen-style model: pick a style, generate, read, listen, download.")
+        status = gr.Markdown("loading the model ...")
+        with gr.Tab("Score"):
+            with gr.Row():
+                period = gr.Dropdown(label="Period", choices=[], interactive=True)
+                composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
+                instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
+                surprise = gr.Button("Surprise me", scale=0)
+            with gr.Accordion("Model", open=False):
+                model = gr.Textbox(label="Model", value=config.model or "", placeholder="empty: the bundled model; or a path to a NotaGen .pth / Cadenza folder")
+                with gr.Row():
+                    repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
+                    repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
+                    fetch = gr.Button("Download", scale=0)
+                use_model = gr.Button("Use this model")
+            with gr.Accordion("Advanced settings", open=False):
+                with gr.Row():
+                    temperature = gr.Slider(0.1, 2.0, value=1.2, step=0.05, label="Temperature")
+                    top_k = gr.Slider(0, 128, value=9, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.01, label="Top-p")
+                with gr.Row():
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                    max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
+                                            label="Maximum length (patches of 16 characters)")
+                    variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
+                    bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+                render = gr.Button("Render my edits")
+                cont = gr.Button("Continue this score")
+            progress = gr.Markdown("")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    score = gr.HTML(_page_html(None), elem_id="score")
+                    with gr.Row():
+                        prev_page = gr.Button("< page", scale=0)
+                        next_page = gr.Button("page >", scale=0)
+                    audio = gr.Audio(label="Listen", type="filepath", interactive=False)
+                    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
+                with gr.Column(scale=2):
+                    abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
+                    upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
+                                     type="filepath")
+        with gr.Tab("History"):
+            gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
+            history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+        with gr.Tab("System"):
+            system = gr.JSON(label="Devices, models, queue")
+            refresh = gr.Button("Refresh")
+
+        shown = [abc, progress, score, pages, gr.State(0), audio, downloads, history, piece_id]
+        page_no = shown[4]
+
+        # --- session and prompts ---------------------------------------------------------------
+        def init(k):
+            if not isinstance(k, str) or not KEY_PATTERN.match(k):
+                k = secrets.token_urlsafe(24)
+            return k, _history_rows(studio, k), studio.model(config.model).status()
+
+        def tick(done, spec):
+            slot = studio.model(spec or None)
+            if done or not slot._ready.is_set():
+                return slot.status(), gr.skip(), gr.skip(), gr.skip(), done
+            try:
+                table = studio.prompts(spec or None)
+            except CadenzaError as e:
+                return str(e), gr.skip(), gr.skip(), gr.skip(), True
+            p = table.prompts[0]
+            return (slot.status(), gr.update(choices=table.periods(), value=p.period),
+                    gr.update(choices=table.composers(p.period), value=p.composer),
+                    gr.update(choices=table.instrumentations(p.period, p.composer), value=p.instrumentation), True)
+
+        demo.load(init, [key], [key, history, status], api_visibility="private")
+        timer = gr.Timer(1.0)
+        timer.tick(tick, [filled, model], [status, period, composer, instrumentation, filled], api_visibility="private",
+                   queue=False)
+
+        def on_period(spec, p):
+            try:
+                _, comps, c, ins = studio.choices(spec or None, p)
+            except CadenzaError:
+                return gr.skip(), gr.skip()
+            return gr.update(choices=comps, value=c), gr.update(choices=ins, value=ins[0])
+
+        def on_composer(spec, p, c):
+            try:
+                _, _, _, ins = studio.choices(spec or None, p, c)
+            except CadenzaError:
+                return gr.skip()
+            return gr.update(choices=ins, value=ins[0])
+
+        period.input(on_period, [model, period], [composer, instrumentation], api_visibility="private", queue=False)
+        composer.input(on_composer, [model, period, composer], [instrumentation], api_visibility="private", queue=False)
+
+        def on_surprise(spec):
+            try:
+                table = studio.prompts(spec or None)
+            except CadenzaError as e:
+                _fail(e)
+            p = random.choice(table.prompts)
+            return (gr.update(choices=table.periods(), value=p.period),
+                    gr.update(choices=table.composers(p.period), value=p.composer),
+                    gr.update(choices=table.instrumentations(p.period, p.composer), value=p.instrumentation))
+
+        surprise.click(on_surprise, [model], [period, composer, instrumentation], api_visibility="private", queue=False)
+
+        def on_use_model(spec):
+            studio.model(spec or None)
+            return f"loading {spec or 'the bundled model'} ...", False
+
+        use_model.click(on_use_model, [model], [status, filled], api_visibility="private")
+
+        def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
+            from engine import api
+
+            try:
+                path = api.fetch_checkpoint(r, f)
+            except CadenzaError as e:
+                _fail(e)
+            return str(path), f"downloaded to {path}: press 'Use this model'"
+
+        fetch.click(on_fetch, [repo, repo_file], [model, status], api_visibility="private", concurrency_id="download")
+
+        # --- composing -------------------------------------------------------------------------
+        def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
+            k = _check_key(k)
+            settings = ComposeSettings(temperature=temp, top_k=int(tk), top_p=tp, seed=None if sd is None else int(sd),
+                                       max_patches=int(mp), variations=int(var), bar_retries=int(br))
+            try:
+                for item in studio.compose(k, p, c, i, settings, model=spec or None, continue_abc=cont_abc):
+                    if isinstance(item, Progress):
+                        line = (f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, "
+                                f"{item.elapsed:.1f}s")
+                        score_html = _page_html(item.preview_svg) if item.preview_svg else gr.skip()
+                        yield (item.abc, line, score_html) + (gr.skip(),) * 6
+                    elif item:
+                        yield _show(studio, k, item[0])
+            except CadenzaError as e:
+                _fail(e)
+
+        inputs = [key, model, period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
+                  variations, bar_retries]
+        gen_event = generate.click(run, inputs, shown, api_visibility="private", concurrency_id="model",
+                                   concurrency_limit=config.concurrency)
+
+        def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
+            if not text or not text.strip():
+                raise gr.Error("there is no score to continue: write or upload some ABC first")
+            yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
+
+        cont_event = cont.click(run_continue, inputs + [abc], shown, api_visibility="private", concurrency_id="model",
+                                concurrency_limit=config.concurrency)
+
+        def on_stop(k):
+            if isinstance(k, str) and KEY_PATTERN.match(k) and studio.stop(k):
+                return "stopping after this patch ..."
+            return gr.skip()
+
+        stop.click(on_stop, [key], [progress], api_visibility="private", queue=False)
+        del gen_event, cont_event
+
+        # --- rendering, uploads, pages, history ------------------------------------------------
+        def on_render(k, text):
+            k = _check_key(k)
+            try:
+                return _show(studio, k, studio.render(k, text))
+            except CadenzaError as e:
+                _fail(e)
+
+        render.click(on_render, [key, abc], shown, api_visibility="private", concurrency_id="render", concurrency_limit=2)
+
+        def on_upload(k, path):
+            k = _check_key(k)
+            if not path:
+                return (gr.skip(),) * len(shown)
+            try:
+                return _show(studio, k, studio.upload(k, path))
+            except CadenzaError as e:
+                _fail(e)
+
+        upload.upload(on_upload, [key, upload], shown, api_visibility="private", concurrency_id="render",
+                      concurrency_limit=2)
+
+        def turn(paths, n, step):
+            if not paths:
+                return gr.skip(), n
+            n = max(0, min(len(paths) - 1, n + step))
+            return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
+
+        prev_page.click(lambda ps, n: turn(ps, n, -1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
+        next_page.click(lambda ps, n: turn(ps, n, 1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
+
+        def on_history(k, evt: gr.SelectData):
+            k = _check_key(k)
+            rows = _history_rows(studio, k)
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if not isinstance(row, int) or not 0 <= row < len(rows):
+                return (gr.skip(),) * len(shown)
+            try:
+                return _show(studio, k, studio.outcome(k, rows[row][-1]))
+            except CadenzaError as e:
+                _fail(e)
+
+        history.select(on_history, [key], shown, api_visibility="private", queue=False)
+        refresh.click(lambda: studio.system(), None, [system], api_visibility="private", queue=False)
+        demo.load(lambda: studio.system(), None, [system], api_visibility="private")
+
+        _api_endpoints(studio, config)
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    return demo
+
+
+def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
+    """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece.
+    They go through the same queue and limits as the page."""
+    with gr.Row(visible=False):
+        session = gr.Textbox(label="session_key")
+        text_in = gr.Textbox(label="text")
+        model_in = gr.Textbox(label="model")
+        p_in, c_in, i_in = gr.Textbox(label="period"), gr.Textbox(label="composer"), gr.Textbox(label="instrumentation")
+        seed_in = gr.Number(label="seed", value=-1, precision=0)
+        temp_in = gr.Number(label="temperature", value=1.2)
+        tk_in = gr.Number(label="top_k", value=9, precision=0)
+        tp_in = gr.Number(label="top_p", value=0.9)
+        mp_in = gr.Number(label="max_patches", value=1024, precision=0)
+        var_in = gr.Number(label="variations", value=1, precision=0)
+        info_out = gr.JSON(label="result")
+        files_out = gr.File(label="files", file_count="multiple")
+        file_in = gr.File(label="score", type="filepath")
+        b_prompts, b_compose, b_render, b_history, b_piece, b_upload = (gr.Button(visible=False) for _ in range(6))
+
+    def prompts(spec):
+        try:
+            table = studio.prompts(spec or None)
+        except CadenzaError as e:
+            _fail(e)
+        return {"prompts": [{"period": p.period, "composer": p.composer, "instrumentation": p.instrumentation}
+                            for p in table.prompts]}
+
+    def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var):
+        k = _check_key(k)
+        settings = ComposeSettings(temperature=temp, top_k=int(tk), top_p=tp, seed=None if sd is None else int(sd),
+                                   max_patches=int(mp), variations=int(var))
+        try:
+            for item in studio.compose(k, p, c, i, settings, model=spec or None):
+                if isinstance(item, Progress):
+                    yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
+                           "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
+                else:
+                    yield _result(item), [_servable(p) for o in item for p in o.downloads()]
+        except CadenzaError as e:
+            _fail(e)
+
+    def render(k, text):
+        k = _check_key(k)
+        try:
+            o = studio.render(k, text)
+        except CadenzaError as e:
+            _fail(e)
+        return _result([o]), [_servable(p) for p in o.downloads()]
+
+    def upload(k, path):
+        k = _check_key(k)
+        if not path:
+            raise gr.Error("no file: expected an .abc, .musicxml, .xml or .mxl score")
+        try:
+            o = studio.upload(k, path)
+        except CadenzaError as e:
+            _fail(e)
+        return _result([o]), [_servable(p) for p in o.downloads()]
+
+    def history(k):
+        return {"pieces": [json.loads(json.dumps(r.__dict__)) for r in studio.history(_check_key(k))]}
+
+    def piece(k, pid):
+        k = _check_key(k)
+        try:
+            o = studio.outcome(k, pid)
+        except CadenzaError as e:
+            _fail(e)
+        return _result([o]), [_servable(p) for p in o.downloads()]
+
+    b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", queue=False)
+    b_compose.click(compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
+                    [info_out, files_out], api_name="compose", concurrency_id="model",
+                    concurrency_limit=config.concurrency)
+    b_render.click(render, [session, text_in], [info_out, files_out], api_name="render", concurrency_id="render",
+                   concurrency_limit=2)
+    b_upload.click(upload, [session, file_in], [info_out, files_out], api_name="upload", concurrency_id="render",
+                   concurrency_limit=2)
+    b_history.click(history, [session], [info_out], api_name="history")
+    b_piece.click(piece, [session, text_in], [info_out, files_out], api_name="piece")
+
+
+def _result(outcomes: list[Outcome]) -> dict:
+    return {"status": "done", "pieces": [{**o.record.__dict__, "abc": o.abc} for o in outcomes]}
+
+
+def launch(config: StudioConfig) -> None:
+    studio = Studio(config)
+    studio.model(config.model)  # starts loading now; the page is up meanwhile
+    demo = build_app(config, studio)
+    print(f"Cadenza studio on http://{config.host}:{config.port}  (outputs in {studio.store.root})", flush=True)
+    demo.launch(server_name=config.host, server_port=config.port, auth=config.auth, share=config.share,
+                max_file_size=f"{config.max_upload_mb}mb", css=CSS, show_error=True)
