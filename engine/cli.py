@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")
     c.add_argument("--bar-retries", type=int, default=16,
                    help="times a bar whose voices disagree in length is written again (default 16; 0 = NotaGen's sampling)")
-    c.add_argument("--header-retries", type=int, default=8,
-                   help="times a header with an unusual number of voices for the prompt is written again (default 8)")
+    c.add_argument("--header-retries", type=int, default=32,
+                   help="times a header with an unusual number of voices for the prompt is written again (default 32)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")

@@ -139,8 +139,10 @@ class PieceState:
         self.line_start: tuple | None = None  # where the current line began (see _mark_line)
         self.retries = 0  # retries used on the current line
         self.header_tries = 0  # headers taken back so far
-        # Where the header begins (just after the prompt lines), when the header is the model's.
+        # Where the header begins (just after the prompt lines), when the header is the model's,
+        # and whether it is being checked (until the tune body begins with a header that passes).
         self.header_start = self._mark() if not req.prefix and not self.tail else None
+        self.header_open = self.header_start is not None
         if len(self.context) >= patch_length:
             self._reencode()
         self._mark_line()
@@ -176,7 +178,7 @@ class PieceState:
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
-        if self.in_tunebody and self.header_start is not None:
+        if self.in_tunebody and self.header_open:
             retract = self._take_back_header(finished=True)
             if retract:
                 return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
@@ -192,7 +194,7 @@ class PieceState:
         self.tail = []
         retract = 0
         if text.endswith("\n"):
-            if not self.in_tunebody and self.header_start is not None:
+            if not self.in_tunebody and self.header_open:
                 retract = self._take_back_header(finished=False)
             else:
                 retract = self._take_back_misaligned_line()
@@ -218,6 +220,8 @@ class PieceState:
     def _return_to(self, mark: tuple) -> None:
         n_text, n_context, self.patches, self.bars, self.in_tunebody, _ = mark
         self.text, self.context, self.tail = self.text[:n_text], self.context[:n_context], []
+        if not self.in_tunebody and self.header_start is not None:
+            self.header_open = True  # back before the tune body: the header is being written again
 
     def _take_back_header(self, finished: bool) -> int:
         """When the tune body begins (finished) the header must declare the request's number of
@@ -226,7 +230,7 @@ class PieceState:
         meta = self.text[self.header_start[0]:]
         wanted, tries = self.req.voices, self.req.header_retries
         if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
-            self.header_start = None  # no (more) checks: the header stays
+            self.header_open = False  # no (more) checks: the header stays
             return 0
         lines = meta.splitlines()
         voices = count_voices(lines)
@@ -235,7 +239,7 @@ class PieceState:
         header_like = all(HEADER_LINE.match(ln) for ln in lines)
         if header_like and (voices == wanted or (not finished and voices < wanted)):
             if finished:
-                self.header_start = None  # checked: the header stays
+                self.header_open = False  # checked: the header stays
             return 0
         self._return_to(self.header_start)
         self.header_tries += 1
