@@ -293,3 +293,22 @@ def test_a_header_is_taken_back_as_soon_as_it_declares_too_many_voices():
 def test_retry_settings_are_checked(field, value):
     with pytest.raises(SettingsError, match=field):
         PieceRequest(BACH, **{field: value}).check()
+
+
+def test_the_stream_can_be_resumed_from_other_threads():
+    """Gradio runs each step of a generator in whichever worker thread is free."""
+    model = tiny_model(seed=3)
+    reqs = lambda: [PieceRequest(BACH, seed=4 + i, max_patches=10 + 15 * i) for i in range(3)]  # noqa: E731
+    it = stream(model, reqs())
+    seen = [next(it) for _ in range(8)]  # here first, then each step on a fresh thread
+    for _ in range(200):  # bounded: 75 patches and 3 pieces
+        box = []
+        t = threading.Thread(target=lambda: box.append(next(it, None)))
+        t.start()
+        t.join()
+        assert box, "the step raised"
+        if box[0] is None:
+            break
+        seen.append(box[0])
+    pieces = sorted((e for e in seen if isinstance(e, Piece)), key=lambda p: p.index)
+    assert [p.text for p in pieces] == [p.text for p in generate(model, reqs())]

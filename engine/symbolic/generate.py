@@ -396,24 +396,28 @@ def stream(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast"
         r.check()
     cfg = model.config
     states = [PieceState(i, r, cfg.patch_length, cfg.patch_size, model.device) for i, r in enumerate(requests)]
-    if mode == "fast":
-        backend = FastBackend(model, len(states))
-    else:
-        from engine.symbolic.reference import ReferenceBackend
-        backend = ReferenceBackend(model)
-    active = states
+    # Inference mode is entered per step, never across a yield: a consumer may resume this
+    # generator from another thread (Gradio does), and the mode belongs to the thread.
     with torch.inference_mode():
-        while True:
-            for s in active:
-                if s.stop_reason is None:
-                    s.check_bounds()
-            for s in active:
-                if s.stop_reason is not None:
-                    yield s.result()
-            active = [s for s in active if s.stop_reason is None]
-            if not active:
-                return
-            yield from _step(backend, active)
+        if mode == "fast":
+            backend = FastBackend(model, len(states))
+        else:
+            from engine.symbolic.reference import ReferenceBackend
+            backend = ReferenceBackend(model)
+    active = states
+    while True:  # bounded: every piece stops at its max_patches, max_seconds or max_chars
+        for s in active:
+            if s.stop_reason is None:
+                s.check_bounds()
+        for s in active:
+            if s.stop_reason is not None:
+                yield s.result()
+        active = [s for s in active if s.stop_reason is None]
+        if not active:
+            return
+        with torch.inference_mode():
+            events = list(_step(backend, active))
+        yield from events
 
 
 def _step(backend, active: list[PieceState]) -> Iterator[PatchEvent]:
