@@ -27,7 +27,7 @@ from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
-from engine.symbolic.postprocess import count_voices, line_aligned
+from engine.symbolic.postprocess import bar_well_formed, count_voices, line_aligned, line_segments
 from engine.symbolic.prompts import Prompt, check_field
 from engine.symbolic.sampling import SamplingSettings, sample
 
@@ -47,8 +47,8 @@ class PieceRequest:
     cancel: threading.Event | None = None  # set from another thread to stop after the current patch
     prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
     stop_at_eos: bool = True  # False only for benchmarks that need a fixed number of patches
-    # Times one tune-body line whose voices disagree in length is written again (then kept as it
-    # is). 0 is NotaGen's own algorithm; rewritten patches count towards max_patches.
+    # Times one tune-body line whose voices disagree in length (or that leaves a chord, grace
+    # note group or annotation open) is written again (then kept as it is). 0 is NotaGen's own algorithm; rewritten patches count towards max_patches.
     bar_retries: int = 0
     # The number of voices the header should declare (the prompt's usual count in training), and
     # how many times a header that declares another number is written again. Only for new pieces
@@ -253,7 +253,8 @@ class PieceState:
         if self.line_start is None or not self.in_tunebody or self.retries >= self.req.bar_retries:
             return 0
         line = self.text[self.line_start[0]:]
-        if self.line_start[-1] != self.epoch or line.count("\n") != 1 or line_aligned(line):
+        if self.line_start[-1] != self.epoch or line.count("\n") != 1 or (
+                line_aligned(line) and all(bar_well_formed(t) for t in line_segments(line).values())):
             return 0
         self._return_to(self.line_start)
         self.retries += 1

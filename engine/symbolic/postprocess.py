@@ -100,6 +100,23 @@ def count_voices(metadata: list[str]) -> int:
     return len([ln for ln in metadata if ln.startswith("V:")]) or 1
 
 
+def bar_well_formed(text: str) -> bool:
+    """Chords [..], grace notes {..} and quoted annotations ".." open and close inside one bar of
+    one voice (slurs may cross bars, so parentheses are not checked)."""
+    if text.count('"') % 2:
+        return False
+    depth = {"[": 0, "{": 0}
+    closer = {"]": "[", "}": "{"}
+    for c in re.sub(r'"[^"]*"|![^!]*!', "", text):  # annotations and decorations may hold anything
+        if c in depth:
+            depth[c] += 1
+        elif c in closer:
+            depth[closer[c]] -= 1
+            if depth[closer[c]] < 0:
+                return False
+    return not any(depth.values())
+
+
 def line_aligned(line: str) -> bool:
     """True when every voice of a tune-body line lasts as long as the others, bar by bar."""
     per_voice = []
