@@ -36,7 +36,7 @@ def page(tmp_path_factory):
     if api.bundled_model() is None:
         pytest.skip("no bundled model")
     tmp = tmp_path_factory.mktemp("browser")
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=512)
+    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128)  # a short piece: quick on 2 cores
     studio = Studio(config)
     studio.model(None)
     demo = build_app(config, studio)
@@ -54,7 +54,7 @@ def page(tmp_path_factory):
     demo.close()
 
 
-def wait_for(driver, condition, timeout=180.0, what="the page"):
+def wait_for(driver, condition, timeout=300.0, what="the page"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -93,3 +93,22 @@ def test_pick_a_prompt_generate_see_the_score_hear_it_download_it(page):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_bad_abc_gets_a_clear_message_in_the_page_and_the_page_goes_on(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, studio = page
+    editor = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".cm-content"), what="the ABC editor")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys("this is not music")
+    driver.find_element(By.XPATH, "//button[normalize-space()='Render my edits']").click()
+    wait_for(driver, lambda d: "not ABC notation" in d.find_element(By.TAG_NAME, "body").text,
+             timeout=60, what="the error message")
+    driver.save_screenshot(str(SCREENSHOT.with_name("bad-abc.png")))
+    # the session goes on: Surprise me still answers
+    driver.find_element(By.XPATH, "//button[normalize-space()='Surprise me']").click()
+    assert "ready" in driver.find_element(By.TAG_NAME, "body").text

@@ -126,3 +126,14 @@ def test_finetune_command_adds_the_composer(tmp_path):
     assert "Baroque_Bach, Johann Sebastian_Choral" in [p.key() for p in table.prompts]
     history = json.loads((tmp_path / "ft" / "history.json").read_text())
     assert history["steps"][-1]["loss"] < history["steps"][0]["loss"]
+
+
+def test_part_names_with_line_breaks_become_plain_words():
+    """MusicXML names like "\\n\\t\\t\\t:Violin I" (75 pieces of the v1 dataset) must not reach the model."""
+    from engine.symbolic.abcformat import clean_part_names, to_model_text
+
+    line = 'V:1 treble nm="\\n\t\t\t:Violin I" snm="\\n\t\t\t:Vln. I"\n'  # a literal backslash-n, as xml2abc writes
+    assert clean_part_names(line) == 'V:1 treble nm="Violin I" snm="Vln. I"\n'
+    assert clean_part_names('V:2 bass nm="Cello"\n') == 'V:2 bass nm="Cello"\n'
+    text = to_model_text(["L:1/8\n", "K:C\n", line, "[V:1]C8|\n"])
+    assert 'nm="Violin I"' in text and "\t" not in text

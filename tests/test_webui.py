@@ -240,3 +240,16 @@ def _wait_for_updates(job, n: int, timeout: float = 120) -> None:
 def test_threads_are_not_left_behind():
     time.sleep(0.1)
     assert not [t for t in threading.enumerate() if t.name == "model-loader" and t.is_alive()]
+
+
+def test_downloading_weights_offline_says_what_to_do_instead(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    from engine.errors import CadenzaError
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CadenzaError, match="no network and not in the cache.*copy the file here"):
+        api.fetch_checkpoint("ElectricAlexis/NotaGen", "weights_notagenx.pth")
+    with pytest.raises(CadenzaError, match="repo id"):
+        api.fetch_checkpoint("not a repo", "x.pth")

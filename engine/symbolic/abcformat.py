@@ -101,9 +101,27 @@ def reduce_rests(line: str) -> str:
     return "".join(f"[V:{v}]{t}" for v, t in kept.items()) + "\n"
 
 
+PART_NAME = re.compile(r'\b(nm|snm)="([^"]*)"')
+NAME_JUNK = re.compile(r"(?:\\n|\s)+")  # a literal backslash-n, or any whitespace
+
+
+def clean_part_names(line: str) -> str:
+    """A V: line's nm="..."/snm="..." as plain words: MusicXML part names often hold line breaks
+    and tabs, which xml2abc writes as a literal backslash-n and raw tabs."""
+    if not line.startswith("V:"):
+        return line
+
+    def tidy(m: re.Match) -> str:
+        return f'{m.group(1)}="{NAME_JUNK.sub(" ", m.group(2)).strip(" :")}"'
+
+    end = "\n" if line.endswith("\n") else ""
+    return PART_NAME.sub(tidy, line.rstrip("\n")) + end
+
+
 def to_model_text(abc_lines: list[str], prompt_lines: list[str] | None = None) -> str:
     """Interleaved ABC lines -> the model's format, optionally with the three prompt lines in front."""
     metadata, body = split_tunebody("".join(abc_lines))
+    metadata = [clean_part_names(ln) for ln in metadata]
     n = len(body)
     body = [f"[r:{i}/{n - i - 1}]" + reduce_rests(line) for i, line in enumerate(body)]
     return "".join(prompt_lines or []) + "".join(metadata) + "".join(body)
