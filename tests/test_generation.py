@@ -325,3 +325,11 @@ def test_a_bar_that_leaves_an_annotation_or_chord_open_is_written_again():
     state.in_tunebody = True
     _feed(state, broken)
     assert state.text == start and state.rewritten == 1
+
+
+def test_header_lines_must_be_readable():
+    from engine.symbolic.generate import header_line_ok
+
+    assert header_line_ok('V:1 treble nm="Violin I" snm="Vl."') and header_line_ok("%%score [ ( 1 2 ) | 3 ]")
+    assert not header_line_ok('V:2 treble nm="1nspose') and not header_line_ok("%%score [ ( 1 2 ) 3 | 4 ) ]")
+    assert not header_line_ok("[V:1]abc|")

@@ -294,8 +294,14 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 _fail(e)
 
         history.select(on_history, [key], shown, api_visibility="private", queue=False)
-        refresh.click(lambda: studio.system(), None, [system], api_visibility="private", queue=False)
-        demo.load(lambda: studio.system(), None, [system], api_visibility="private")
+        def system_info():
+            # Gradio has no public call for the queue's length; read it if this version has it.
+            queue = getattr(demo, "_queue", None)
+            waiting = len(queue) if queue is not None and hasattr(queue, "__len__") else None
+            return {**studio.system(), "waiting_in_queue": waiting}
+
+        refresh.click(system_info, None, [system], api_visibility="private", queue=False)
+        demo.load(system_info, None, [system], api_visibility="private")
 
         _api_endpoints(studio, config)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
@@ -372,7 +378,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
             _fail(e)
         return _result([o]), [_servable(p) for p in o.downloads()]
 
-    b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", queue=False)
+    b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
     b_compose.click(compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
                     [info_out, files_out], api_name="compose", concurrency_id="model",
                     concurrency_limit=config.concurrency)

@@ -236,7 +236,7 @@ class PieceState:
         voices = count_voices(lines)
         # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
         # without its [r:] marker, so the header never ended properly.
-        header_like = all(HEADER_LINE.match(ln) for ln in lines)
+        header_like = all(header_line_ok(ln) for ln in lines)
         if header_like and (voices == wanted or (not finished and voices < wanted)):
             if finished:
                 self.header_open = False  # checked: the header stays
@@ -377,6 +377,22 @@ class FastBackend:
                 break
             x = char.embed_chars(tok)
         return out.tolist()
+
+
+def header_line_ok(line: str) -> bool:
+    """A field (K:, V:1 ...) or a comment, with its quotes closed (part names) and, for %%score,
+    its brackets balanced: a header that ABC readers can take."""
+    if not HEADER_LINE.match(line) or line.count('"') % 2:
+        return False
+    if line.startswith("%%score"):
+        stack = []
+        for c in line:
+            if c in "([{":
+                stack.append(")]}"["([{".index(c)])
+            elif c in ")]}" and (not stack or stack.pop() != c):
+                return False
+        return not stack
+    return True
 
 
 def _settings_tensors(states: list[PieceState], dev):
