@@ -253,3 +253,29 @@ def test_downloading_weights_offline_says_what_to_do_instead(monkeypatch, tmp_pa
         api.fetch_checkpoint("ElectricAlexis/NotaGen", "weights_notagenx.pth")
     with pytest.raises(CadenzaError, match="repo id"):
         api.fetch_checkpoint("not a repo", "x.pth")
+
+
+def test_continue_carries_on_from_the_users_score(server):
+    """Continue: a real chorale's first bars (as the ABC box would hold them) are the start of
+    the new piece, and the model's bars follow."""
+    from music21 import corpus
+
+    from engine.symbolic.abcformat import musicxml_to_abc
+    from webui.studio import ComposeSettings
+
+    url, studio, tmp = server
+    abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
+    prefix = api.continuation_prefix(abc, more_bars=8)
+    assert prefix.count("[r:") >= 8 and "[r:0/" in prefix
+    key = "k" * 20 + "-continue"
+    items = list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation,
+                                ComposeSettings(max_patches=24, seed=3), continue_abc=abc))
+    (outcome,) = items[-1]
+    assert outcome.record.kind == "continued"
+    from engine.symbolic.postprocess import to_abc
+
+    opening = to_abc("".join(BACH.lines()) + prefix).abc.splitlines()[:14]  # header and first bars
+    assert outcome.abc.splitlines()[:14] == opening  # the user's opening is kept as it was
+    with pytest.raises(Exception, match="no bars|ABC|read"):
+        list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, ComposeSettings(),
+                            continue_abc="X:1\nK:C\n"))
