@@ -30,6 +30,13 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None)
 
 
+def _keep_page(message: str, n: int) -> tuple:
+    """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
+    the score and the downloads already shown all stay."""
+    gr.Warning(message, duration=None)
+    return (gr.skip(),) * n
+
+
 def _check_key(key) -> str:
     if not isinstance(key, str) or not KEY_PATTERN.match(key):
         raise gr.Error("this page has no session yet: reload it")
@@ -215,7 +222,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         # --- composing -------------------------------------------------------------------------
         def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
-            k = _check_key(k)
+            if not isinstance(k, str) or not KEY_PATTERN.match(k):
+                yield _keep_page("this page has no session yet: reload it", len(shown))
+                return
             settings = ComposeSettings(temperature=temp, top_k=int(tk), top_p=tp, seed=None if sd is None else int(sd),
                                        max_patches=int(mp), variations=int(var), bar_retries=int(br))
             try:
@@ -228,7 +237,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     elif item:
                         yield _show(studio, k, item[0])
             except CadenzaError as e:
-                _fail(e)
+                yield _keep_page(str(e), len(shown))
 
         inputs = [key, model, period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
                   variations, bar_retries]
@@ -237,7 +246,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
             if not text or not text.strip():
-                raise gr.Error("there is no score to continue: write or upload some ABC first")
+                yield _keep_page("there is no score to continue: write or upload some ABC first", len(shown))
+                return
             yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
 
         cont_event = cont.click(run_continue, inputs + [abc], shown, api_visibility="private", concurrency_id="model",
@@ -253,22 +263,20 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         # --- rendering, uploads, pages, history ------------------------------------------------
         def on_render(k, text):
-            k = _check_key(k)
             try:
-                return _show(studio, k, studio.render(k, text))
-            except CadenzaError as e:
-                _fail(e)
+                return _show(studio, _check_key(k), studio.render(k, text))
+            except (CadenzaError, gr.Error) as e:
+                return _keep_page(getattr(e, "message", None) or str(e), len(shown))
 
         render.click(on_render, [key, abc], shown, api_visibility="private", concurrency_id="render", concurrency_limit=2)
 
         def on_upload(k, path):
-            k = _check_key(k)
             if not path:
                 return (gr.skip(),) * len(shown)
             try:
-                return _show(studio, k, studio.upload(k, path))
-            except CadenzaError as e:
-                _fail(e)
+                return _show(studio, _check_key(k), studio.upload(k, path))
+            except (CadenzaError, gr.Error) as e:
+                return _keep_page(getattr(e, "message", None) or str(e), len(shown))
 
         upload.upload(on_upload, [key, upload], shown, api_visibility="private", concurrency_id="render",
                       concurrency_limit=2)
@@ -291,7 +299,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             try:
                 return _show(studio, k, studio.outcome(k, rows[row][-1]))
             except CadenzaError as e:
-                _fail(e)
+                return _keep_page(str(e), len(shown))
 
         history.select(on_history, [key], shown, api_visibility="private", queue=False)
         def system_info():
