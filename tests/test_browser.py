@@ -6,7 +6,6 @@ locally (and CI, which installs it, runs it)."""
 import shutil
 import socket
 import time
-from pathlib import Path
 
 import pytest
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACH, ROOT, tiny_model
+from conftest import BACH, tiny_model
 from engine import api
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.prompts import Prompt, PromptTable
@@ -154,6 +154,7 @@ def test_two_users_at_once_get_separate_results_and_cannot_reach_each_other(serv
     jb = b.submit(*compose_args(kb, seed=12, prompt=PROMPTS[2]), api_name="/compose")
     (ia, fa), (ib, fb) = ja.result(timeout=300), jb.result(timeout=300)
     assert ia["pieces"][0]["seed"] == 11 and ib["pieces"][0]["seed"] == 12
+    assert fa and fb and {Path(f).name for f in fa}.isdisjoint(Path(f).name for f in fb)
     ha = [p["id"] for p in a.predict(ka, api_name="/history")["pieces"]]
     hb = [p["id"] for p in b.predict(kb, api_name="/history")["pieces"]]
     assert ia["pieces"][0]["id"] in ha and ib["pieces"][0]["id"] in hb and not set(ha) & set(hb)

@@ -4,11 +4,11 @@ which calls the engine. Per-user data comes in through the session key the brows
 from __future__ import annotations
 
 import html
-import json
 import random
 import secrets
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -357,34 +357,28 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         except CadenzaError as e:
             _fail(e)
 
-    def render(k, text):
+    def one_piece(step, k, arg):
+        """A Studio call that keeps one piece -> (its record and ABC, its files)."""
         k = _check_key(k)
         try:
-            o = studio.render(k, text)
+            o = step(k, arg)
         except CadenzaError as e:
             _fail(e)
         return _result([o]), [_servable(p) for p in o.downloads()]
+
+    def render(k, text):
+        return one_piece(studio.render, k, text)
 
     def upload(k, path):
-        k = _check_key(k)
         if not path:
             raise gr.Error("no file: expected an .abc, .musicxml, .xml or .mxl score")
-        try:
-            o = studio.upload(k, path)
-        except CadenzaError as e:
-            _fail(e)
-        return _result([o]), [_servable(p) for p in o.downloads()]
+        return one_piece(studio.upload, k, path)
 
     def history(k):
-        return {"pieces": [json.loads(json.dumps(r.__dict__)) for r in studio.history(_check_key(k))]}
+        return {"pieces": [asdict(r) for r in studio.history(_check_key(k))]}
 
     def piece(k, pid):
-        k = _check_key(k)
-        try:
-            o = studio.outcome(k, pid)
-        except CadenzaError as e:
-            _fail(e)
-        return _result([o]), [_servable(p) for p in o.downloads()]
+        return one_piece(studio.outcome, k, pid)
 
     b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
     b_compose.click(compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
@@ -399,7 +393,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
 
 
 def _result(outcomes: list[Outcome]) -> dict:
-    return {"status": "done", "pieces": [{**o.record.__dict__, "abc": o.abc} for o in outcomes]}
+    return {"status": "done", "pieces": [{**asdict(o.record), "abc": o.abc} for o in outcomes]}
 
 
 def launch(config: StudioConfig) -> None:

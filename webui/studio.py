@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -355,6 +355,3 @@ def _now() -> str:
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def record_dict(r: PieceRecord) -> dict:
-    return asdict(r)
