@@ -3,6 +3,7 @@ Selenium) opens the page, picks a prompt, generates with the bundled model, and 
 music SVG, the audio player and the download links. A screenshot is saved to
 outputs/test-screenshots/studio.png. .ci/run installs chromium; without it the test is skipped
 locally (and CI, which installs it, runs it)."""
+import json
 import shutil
 import socket
 import time
@@ -114,3 +115,26 @@ def test_bad_abc_gets_a_clear_message_in_the_page_and_the_page_goes_on(page):
     # the session goes on: Surprise me still answers
     driver.find_element(By.XPATH, "//button[normalize-space()='Surprise me']").click()
     assert "ready" in driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_closing_the_page_stops_that_users_generation(page):
+    """A tab closed mid-piece: Gradio drops the request, the generator is closed, the engine loop
+    ends within a patch and the text written so far is kept in the session."""
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    driver.get(driver.current_url)  # a fresh page load (same browser session key)
+    wait_for(driver, lambda d: "ready" in d.find_element(By.TAG_NAME, "body").text, what="the model to load")
+    wait_for(driver, lambda d: all(e.get_attribute("value") for e in d.find_elements(
+        By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]), what="the prompt lists")
+    driver.find_element(By.XPATH, "//button[normalize-space()='Generate']").click()
+    wait_for(driver, lambda d: studio._cancels, timeout=60, what="the generation to start")
+    wait_for(driver, lambda d: "writing" in d.find_element(By.TAG_NAME, "body").text, timeout=60, what="progress")
+    driver.get("about:blank")  # the tab leaves the studio
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and studio._cancels:
+        time.sleep(0.2)
+    assert not studio._cancels, "the generation went on after the page was closed"
+    records = sorted((p for p in studio.store.root.glob("*/*/record.json")), key=lambda p: p.parent.name)
+    newest = json.loads(records[-1].read_text())
+    assert newest["stop_reason"] == "closed" and newest["files"]["abc"]  # stopped, not finished; text kept
