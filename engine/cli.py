@@ -1,4 +1,4 @@
-"""`python -m engine ...`: compose, prompts, doctor."""
+"""`python -m engine ...`: compose, render, prompts, doctor, dataset, train, finetune, audio."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="the new model folder")
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--device", default="auto")
+
+    a = sub.add_parser("audio", help="text to audio with MusicGen (weights: Hugging Face cache or a local folder)")
+    a.add_argument("prompt", help="what the music is like, e.g. 'warm string quartet, slow'")
+    a.add_argument("--model", default=None, help="hub id or local folder (default facebook/musicgen-small)")
+    a.add_argument("--duration", type=float, default=10.0, help="seconds, up to 30 (default 10)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    a.add_argument("--top-k", type=int, default=250)
+    a.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
+    a.add_argument("--temperature", type=float, default=1.0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("-o", "--out", required=True, help="the WAV file to write")
     return p
 
 
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"compose": cmd_compose, "render": cmd_render, "prompts": cmd_prompts,
                 "doctor": cmd_doctor, "dataset": cmd_dataset, "train": cmd_train,
-                "finetune": cmd_finetune}[args.command](args)
+                "finetune": cmd_finetune, "audio": cmd_audio}[args.command](args)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -369,4 +381,35 @@ def cmd_doctor(args) -> int:
 
     sf = RenderOptions().soundfont_path()
     print(f"SoundFont: {sf} ({'found' if sf.is_file() else 'MISSING'}; set CADENZA_SOUNDFONT or --soundfont for another)")
+    return 0
+
+
+def cmd_audio(args) -> int:
+    from tqdm import tqdm
+
+    from engine.audio import musicgen
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".wav":
+        raise CadenzaError(f"--out must name a .wav file, got {out}")
+    settings = musicgen.AudioSettings(duration=args.duration, guidance_scale=args.guidance, top_k=args.top_k,
+                                      top_p=args.top_p, temperature=args.temperature, seed=args.seed)
+    settings.check()
+    print("loading MusicGen ...", file=sys.stderr)
+    am = musicgen.load(args.model, device=args.device)
+    bar = tqdm(unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = musicgen.generate(am, args.prompt, settings, on_progress=progress)
+    finally:
+        bar.close()
+    musicgen.write_wav(out, result.audio[0], result.sampling_rate)
+    out.with_suffix(".manifest.json").write_text(json.dumps(result.manifest(), indent=1) + "\n")
+    print(f"{out}: {result.audio.shape[-1] / result.sampling_rate:.1f} s at {result.sampling_rate} Hz, "
+          f"{result.loudness_lufs[0]:.1f} LUFS, seed {settings.seed}, {result.seconds:.1f} s to compute", file=sys.stderr)
     return 0
