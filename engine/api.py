@@ -152,13 +152,16 @@ def continuation_prefix(abc_text: str, more_bars: int = 32) -> str:
     as finished. Goes through MusicXML, so any voice layout ABC allows comes out interleaved."""
     from unidecode import unidecode
 
-    from engine.render.convert import abc_to_musicxml
+    from engine.render.convert import ConversionError, abc_to_musicxml
     from engine.symbolic.abcformat import interleave, reduce_rests, xml_to_abc
     from engine.symbolic.patches import split_tunebody
 
     if isinstance(more_bars, bool) or not isinstance(more_bars, int) or not 1 <= more_bars <= 10_000:
         raise SettingsError(f"more_bars must be a whole number from 1 to 10000, got {more_bars!r}")
-    xml, _ = abc_to_musicxml(abc_text)
+    try:
+        xml, _ = abc_to_musicxml(abc_text)
+    except ConversionError as e:
+        raise SettingsError(f"the score to continue cannot be read: {e}") from e
     meta, body = split_tunebody("".join(interleave(xml_to_abc(xml.encode()))))
     if not body:
         raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")

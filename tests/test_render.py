@@ -336,3 +336,14 @@ def test_compose_manifest_says_how_the_piece_was_made(tmp_path):
     assert m["bar_alignment"] == {"aligned": 10, "total": 10, "misaligned_bars": []}
     assert m["generation"]["seconds"] == 3.2 and m["engine_version"]
     assert all(e["ok"] for e in m["exports"].values())
+
+
+@pytest.mark.parametrize("body", ["|: CDEF GABc |: cdef gabc :| CDEF GABc |]", "CDEF GABc |: cdef gabc |]",
+                                  "|: CDEF GABc |1 cdef gabc :|2 |: CDEF GABc |]"])
+def test_repeats_that_do_not_pair_up_are_played_as_written(tmp_path, body):
+    """Generated pieces often open a repeat they never close: the audio must still come out."""
+    r = render("X:1\nL:1/8\nM:4/4\nK:C\n" + body + "\n", tmp_path, ("abc", "musicxml", "midi", "wav"), "t")
+    assert not r.failed, r.failed
+    assert any("repeats could not be followed" in w for w in r.warnings)
+    with wave.open(str(r.paths("wav")[0])) as w:
+        assert w.getnframes() > SAMPLE_RATE  # three bars of music, not silence or nothing

@@ -277,6 +277,9 @@ def test_continue_carries_on_from_the_users_score(server):
 
     opening = to_abc("".join(BACH.lines()) + prefix).abc.splitlines()[:14]  # header and first bars
     assert outcome.abc.splitlines()[:14] == opening  # the user's opening is kept as it was
-    with pytest.raises(Exception, match="no bars|ABC|read"):
-        list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, ComposeSettings(),
-                            continue_abc="X:1\nK:C\n"))
+    from engine.errors import CadenzaError
+
+    for bad in ("X:1\nK:C\n", "X:1\nK:C\n[V:1 ((( ]]] |"):  # no bars; unreadable
+        with pytest.raises(CadenzaError, match="no bars|cannot be read|could not convert"):  # shown in the page
+            list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, ComposeSettings(),
+                                continue_abc=bad))

@@ -103,7 +103,7 @@ def _read_mxl(path: Path) -> bytes:
 def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
     """music21: a track and channel per part, a GM program that fits the part's name, the score's tempo."""
     import mido
-    from music21 import converter, instrument, midi
+    from music21 import converter, instrument, midi, repeat
 
     from engine.render.instruments import gm_program
 
@@ -119,14 +119,38 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
         part.insert(0, inst)
         parts.append({"name": name, "program": inst.midiProgram,
                       "notes": sum(len(n.pitches) for n in part.recurse().notes)})
-    mf = midi.translate.streamToMidiFile(score)
+    warnings = []
+    try:
+        mf = midi.translate.streamToMidiFile(score)
+    except repeat.ExpanderException as e:
+        # Repeats that do not pair up (common in generated pieces): play the music as written.
+        _drop_repeats(score)
+        mf = midi.translate.streamToMidiFile(score)
+        warnings.append(f"the repeats could not be followed ({e}); the audio plays the score as written")
     mf.open(str(midi_path), "wb")
     try:
         mf.write()
     finally:
         mf.close()
     _one_channel_per_part(midi_path, parts, mido)
-    return {"parts": parts, "seconds": mido.MidiFile(str(midi_path)).length, "longest_note": _longest_note(score)}
+    return {"parts": parts, "seconds": mido.MidiFile(str(midi_path)).length, "longest_note": _longest_note(score),
+            "warnings": warnings}
+
+
+def _drop_repeats(score) -> None:
+    """Repeat barlines become plain ones; repeat expressions (D.C., segno, coda) are removed."""
+    from music21 import bar, repeat
+
+    for b in list(score.recurse().getElementsByClass(bar.Repeat)):
+        site = b.activeSite
+        plain = bar.Barline("regular")
+        if site is not None and getattr(site, "rightBarline", None) is b:
+            site.rightBarline = plain
+        elif site is not None and getattr(site, "leftBarline", None) is b:
+            site.leftBarline = None
+    for r in list(score.recurse().getElementsByClass(repeat.RepeatExpression)):
+        if r.activeSite is not None:
+            r.activeSite.remove(r)
 
 
 def _longest_note(score) -> dict | None:

@@ -247,6 +247,7 @@ class _Run:
             self.fail(("midi", "wav"), f"MusicXML -> MIDI: {e}")
             return
         self.info["parts"], self.info["score_seconds"] = midi_res["parts"], midi_res["seconds"]
+        self.warnings += [f"MusicXML -> MIDI: {w}" for w in midi_res.get("warnings", [])]
         self.done("midi", ExportStatus(True, [midi.name], seconds=time.monotonic() - t))
         if not self.want("wav"):
             return
