@@ -147,8 +147,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             system = gr.JSON(label="Devices, models, queue")
             refresh = gr.Button("Refresh")
 
-        shown = [abc, progress, score, pages, gr.State(0), audio, downloads, history, piece_id]
-        page_no = shown[4]
+        page_no = gr.State(0)
+        shown = [abc, progress, score, pages, page_no, audio, downloads, history, piece_id]
 
         # --- session and prompts ---------------------------------------------------------------
         def init(k):
@@ -158,7 +158,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         def tick(done, spec):
             slot = studio.model(spec or None)
-            if done or not slot._ready.is_set():
+            if done or not slot.ready:
                 return slot.status(), gr.skip(), gr.skip(), gr.skip(), done
             try:
                 table = studio.prompts(spec or None)
@@ -241,8 +241,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         inputs = [key, model, period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
                   variations, bar_retries]
-        gen_event = generate.click(run, inputs, shown, api_visibility="private", concurrency_id="model",
-                                   concurrency_limit=config.concurrency)
+        generate.click(run, inputs, shown, api_visibility="private", concurrency_id="model",
+                       concurrency_limit=config.concurrency)
 
         def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
             if not text or not text.strip():
@@ -250,8 +250,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 return
             yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
 
-        cont_event = cont.click(run_continue, inputs + [abc], shown, api_visibility="private", concurrency_id="model",
-                                concurrency_limit=config.concurrency)
+        cont.click(run_continue, inputs + [abc], shown, api_visibility="private", concurrency_id="model",
+                   concurrency_limit=config.concurrency)
 
         def on_stop(k):
             if isinstance(k, str) and KEY_PATTERN.match(k) and studio.stop(k):
@@ -259,7 +259,6 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             return gr.skip()
 
         stop.click(on_stop, [key], [progress], api_visibility="private", queue=False)
-        del gen_event, cont_event
 
         # --- rendering, uploads, pages, history ------------------------------------------------
         def on_render(k, text):

@@ -72,6 +72,11 @@ class ModelSlot:
         finally:
             self._ready.set()
 
+    @property
+    def ready(self) -> bool:
+        """Loading has finished (well or not)."""
+        return self._ready.is_set()
+
     def get(self, wait: float = 120.0):
         if not self._ready.wait(wait):
             raise CadenzaError("the model is still loading: try again in a moment")

@@ -5,6 +5,7 @@ its time. The last line of stdout is a JSON object: the stage's result, or {"err
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -64,8 +65,11 @@ def main() -> int:
         code = 0
     except ConversionError as e:
         result, code = {"error": str(e)}, 3
-    except MemoryError:
-        result, code = {"error": f"the conversion needed more than its {args.get('memory_mb', 3072)} MB memory limit"}, 4
+    except (MemoryError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:  # the limit can also surface as an OS call refused
+            result, code = {"error": f"{type(e).__name__}: {str(e)[:300]}"}, 4
+        else:
+            result, code = {"error": f"the conversion needed more than its {args.get('memory_mb', 3072)} MB memory limit"}, 4
     except RecursionError:
         result, code = {"error": "the score is nested too deeply to convert (e.g. tuplets inside tuplets)"}, 4
     except Exception as e:  # a converter's own bug on odd input: report it, never crash the server
