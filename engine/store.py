@@ -98,14 +98,6 @@ class Session:
                 continue  # a record damaged on disk hides that piece, not the whole history
         return out
 
-    def file(self, piece_id: str, name: str) -> Path:
-        """A file of one of this session's pieces; never a path outside the piece's folder."""
-        folder = self.piece_folder(piece_id)
-        path = (folder / name).resolve()
-        if path.parent != folder.resolve() or name == RECORD_FILE or not path.is_file():
-            raise CadenzaError(f"no file {name!r} in piece {piece_id!r}")
-        return path
-
 
 class OutputStore:
     """The outputs directory: sessions by key."""

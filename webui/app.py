@@ -4,7 +4,6 @@ which calls the engine. Per-user data comes in through the session key the brows
 from __future__ import annotations
 
 import html
-import random
 import secrets
 import shutil
 import tempfile
@@ -156,18 +155,22 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 k = secrets.token_urlsafe(24)
             return k, _history_rows(studio, k), studio.model(config.model).status()
 
+        def lists(spec, prompt):
+            """The three dropdowns showing `prompt`, each offering what the cascade allows."""
+            _, composers, _, instrumentations = studio.choices(spec or None, prompt.period, prompt.composer)
+            return (gr.update(choices=studio.prompts(spec or None).periods(), value=prompt.period),
+                    gr.update(choices=composers, value=prompt.composer),
+                    gr.update(choices=instrumentations, value=prompt.instrumentation))
+
         def tick(done, spec):
             slot = studio.model(spec or None)
             if done or not slot.ready:
                 return slot.status(), gr.skip(), gr.skip(), gr.skip(), done
             try:
-                table = studio.prompts(spec or None)
+                first = studio.prompts(spec or None).prompts[0]
             except CadenzaError as e:
                 return str(e), gr.skip(), gr.skip(), gr.skip(), True
-            p = table.prompts[0]
-            return (slot.status(), gr.update(choices=table.periods(), value=p.period),
-                    gr.update(choices=table.composers(p.period), value=p.composer),
-                    gr.update(choices=table.instrumentations(p.period, p.composer), value=p.instrumentation), True)
+            return (slot.status(), *lists(spec, first), True)
 
         demo.load(init, [key], [key, history, status], api_visibility="private")
         timer = gr.Timer(1.0)
@@ -193,13 +196,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         def on_surprise(spec):
             try:
-                table = studio.prompts(spec or None)
+                return lists(spec, studio.surprise(spec or None))
             except CadenzaError as e:
                 _fail(e)
-            p = random.choice(table.prompts)
-            return (gr.update(choices=table.periods(), value=p.period),
-                    gr.update(choices=table.composers(p.period), value=p.composer),
-                    gr.update(choices=table.instrumentations(p.period, p.composer), value=p.instrumentation))
 
         surprise.click(on_surprise, [model], [period, composer, instrumentation], api_visibility="private", queue=False)
 

@@ -327,9 +327,6 @@ class Studio:
         abc = (folder / abc_files[0]).read_text() if abc_files else ""
         return Outcome(record, folder, abc)
 
-    def file(self, key: str, piece_id: str, name: str) -> Path:
-        return self.store.session(key).file(piece_id, name)
-
     # --- system ----------------------------------------------------------------------------------
     def system(self) -> dict:
         import torch

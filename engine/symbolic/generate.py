@@ -9,7 +9,8 @@ Stages, per step of a batch:
   3. accept   - the patch's text is appended and reported; bounds are checked; a full context is
                 re-encoded from the metadata and the later half of the tune-body lines. With
                 `bar_retries`, a finished tune-body line whose voices disagree in length is taken
-                back (context and text return to the line's start) and written again.
+                back (context and text return to the line's start) and written again; with
+                `header_retries`, so is a header with another number of voices than `voices`.
 The `reference` mode swaps stages 1-2 for NotaGen's original algorithm (engine.symbolic.reference).
 """
 from __future__ import annotations
@@ -27,13 +28,14 @@ from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
-from engine.symbolic.postprocess import bar_well_formed, count_voices, line_aligned, line_segments
+from engine.symbolic.postprocess import (CLOSERS, OPENERS, bar_well_formed, count_voices, line_aligned,
+                                         line_segments)
 from engine.symbolic.prompts import Prompt, check_field
 from engine.symbolic.sampling import SamplingSettings, sample
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
-TUNEBODY_START = "[r:0/"
-HEADER_LINE = re.compile(r"^(%|[A-Za-z]:)")  # NotaGen forces the first tune-body line to be numbered 0
+TUNEBODY_START = "[r:0/"  # NotaGen forces the first tune-body line to be numbered 0
+HEADER_LINE = re.compile(r"^(%|[A-Za-z]:)")  # a header field (K:, V:1 ...) or a comment
 
 
 @dataclass
@@ -48,7 +50,9 @@ class PieceRequest:
     prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
     stop_at_eos: bool = True  # False only for benchmarks that need a fixed number of patches
     # Times one tune-body line whose voices disagree in length (or that leaves a chord, grace
-    # note group or annotation open) is written again (then kept as it is). 0 is NotaGen's own algorithm; rewritten patches count towards max_patches.
+    # note group or annotation open) is written again (then kept as it is). 0 is NotaGen's own
+    # algorithm. Patches taken back do not count towards max_patches: the work is bounded by the
+    # retries per line (and max_seconds).
     bar_retries: int = 0
     # The number of voices the header should declare (the prompt's usual count in training), and
     # how many times a header that declares another number is written again. Only for new pieces
@@ -106,7 +110,7 @@ class Piece:
     bars: int
     elapsed: float
     context_resets: int  # times the context overflowed and was re-encoded
-    lines_rewritten: int = 0  # tune-body lines taken back and written again (bar_retries)
+    lines_rewritten: int = 0  # bars and headers taken back and written again (bar/header retries)
 
     @property
     def complete(self) -> bool:
@@ -387,9 +391,9 @@ def header_line_ok(line: str) -> bool:
     if line.startswith("%%score"):
         stack = []
         for c in line:
-            if c in "([{":
-                stack.append(")]}"["([{".index(c)])
-            elif c in ")]}" and (not stack or stack.pop() != c):
+            if c in OPENERS:
+                stack.append(CLOSERS[OPENERS.index(c)])
+            elif c in CLOSERS and (not stack or stack.pop() != c):
                 return False
         return not stack
     return True
