@@ -12,10 +12,14 @@ from engine.audio.musicgen import AudioSettings
 from engine.errors import CheckpointError, SettingsError
 
 
-def tiny_musicgen(folder):
+def tiny_musicgen(folder, melody: bool = False, stereo: bool = False):
+    """A MusicGen (or MusicGen-Melody) model small enough to run in milliseconds, saved with its
+    processor as a local folder, exactly as save_pretrained would leave a downloaded one."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (EncodecConfig, EncodecFeatureExtractor, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, MusicgenProcessor, PreTrainedTokenizerFast, T5Config)
+                              MusicgenForConditionalGeneration, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                              MusicgenMelodyFeatureExtractor, MusicgenMelodyForConditionalGeneration,
+                              MusicgenMelodyProcessor, MusicgenProcessor, PreTrainedTokenizerFast, T5Config)
 
     words = ["<pad>", "</s>", "<unk>", "warm", "string", "quartet", "slow", "fast", "piano", "jazz"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -24,11 +28,16 @@ def tiny_musicgen(folder):
     t5 = T5Config(vocab_size=len(words), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
     enc = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, codebook_size=16, codebook_dim=8,
                         hidden_size=8, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2], num_lstm_layers=1)
-    dec = MusicgenDecoderConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
-                                num_codebooks=4, max_position_embeddings=2048, pad_token_id=16, bos_token_id=16)
+    dec_cls = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    dec = dec_cls(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
+                  num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
+                  max_position_embeddings=2048, pad_token_id=16, bos_token_id=16)
     torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(),
-                                                            decoder=dec.to_dict()))
+    parts = dict(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(), decoder=dec.to_dict())
+    if melody:
+        model = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(**parts, num_chroma=12, chroma_length=235))
+    else:
+        model = MusicgenForConditionalGeneration(MusicgenConfig(**parts))
     model.generation_config.decoder_start_token_id = model.generation_config.pad_token_id = 16
     # EnCodec's codebooks start at zero and its biases swamp the rest: with random weights every
     # code would sound alike. Spread the codebooks and drop the biases so the codes are heard.
@@ -37,8 +46,14 @@ def tiny_musicgen(folder):
     for name, p in model.audio_encoder.decoder.named_parameters():
         if name.endswith("bias"):
             p.data.zero_()
+    if melody:  # make the chroma matter enough to change what is sampled
+        model.audio_enc_to_dec_proj.weight.data.normal_(std=3.0)
     model.save_pretrained(folder)
-    MusicgenProcessor(EncodecFeatureExtractor(sampling_rate=32000), tokenizer).save_pretrained(folder)
+    if melody:
+        MusicgenMelodyProcessor(MusicgenMelodyFeatureExtractor(), tokenizer).save_pretrained(folder)
+    else:
+        MusicgenProcessor(EncodecFeatureExtractor(sampling_rate=32000, feature_size=2 if stereo else 1),
+                          tokenizer).save_pretrained(folder)
     return folder
 
 
@@ -141,3 +156,161 @@ def test_the_command_line_writes_a_wav_and_a_manifest(tmp_path, am):
     bad = subprocess.run([sys.executable, "-m", "engine", "audio", "x", "--duration", "999", "-o", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "duration" in bad.stderr
+
+
+# --- windows past 30 s -------------------------------------------------------------------------------
+def test_windows_plan_covers_the_duration_with_context():
+    plan = musicgen._windows(3500, 1500, 500)
+    assert plan[0] == (0, 1500) and all(p == 500 for p, _ in plan[1:])
+    assert sum(new for _, new in plan) == 3500 and len(plan) == 3
+    assert musicgen._windows(100, 1500, 500) == [(0, 100)]
+
+
+@pytest.fixture
+def short_windows(monkeypatch):
+    """Windows of 1 s continuing from the last 0.4 s: the same code path as 30 s / 10 s, fast."""
+    monkeypatch.setattr(musicgen, "WINDOW_SECONDS", 1.0)
+    monkeypatch.setattr(musicgen, "CONTEXT_SECONDS", 0.4)
+
+
+def test_several_windows_give_the_duration_asked_and_reuse_the_first_window(am, short_windows):
+    s = AudioSettings(duration=2.5, seed=5, variations=2)
+    steps = []
+    codes, reason, windows = musicgen.generate_codes(am, "warm string quartet", s, on_progress=lambda d, t: steps.append((d, t)))
+    assert (reason, windows, tuple(codes.shape)) == ("done", 4, (2, 4, 125))
+    assert steps[-1] == (125 + 4 * 3, 125 + 4 * 3)  # each new frame once, plus 3 delay steps per window
+    first, _, _ = musicgen.generate_codes(am, "warm string quartet", AudioSettings(duration=1.0, seed=5, variations=2))
+    assert torch.equal(codes[..., :50], first)  # the first window is a plain one-window run
+    r = musicgen.generate(am, "warm string quartet", s)
+    assert r.audio.shape == (2, 1, 80000) and r.windows == 4 and r.stop_reason == "done"
+
+
+def test_a_later_window_continues_from_the_codes_before_it(am, short_windows):
+    """Window 2 is transformers' generate prompted with the last 0.4 s of window 1's codes: the
+    same codes come out when we call generate ourselves with that prompt and the same RNG state."""
+    from transformers import StoppingCriteriaList
+
+    s = AudioSettings(duration=1.6, seed=8)
+    codes, _, windows = musicgen.generate_codes(am, "slow piano", s)
+    assert windows == 2 and codes.shape[-1] == 80
+    torch.manual_seed(8)
+    first, _, _ = musicgen.generate_codes(am, "slow piano", AudioSettings(duration=1.0, seed=8))
+    # generate_codes re-seeds; replay window 1's sampling to reach the RNG state window 2 started from
+    torch.manual_seed(8)
+    inputs = am.processor(text=["slow piano"], padding=True, return_tensors="pt")
+    stepper = musicgen._Steps(1 + 50 + 3, 0, 10**6, None, None)
+    with pytest.raises(musicgen._Stop):
+        am.model.generate(**inputs, do_sample=True, guidance_scale=3.0, top_k=250, top_p=1.0, max_new_tokens=53,
+                          stopping_criteria=StoppingCriteriaList([stepper]))
+    prompt = first[..., -20:]
+    stepper = musicgen._Steps(1 + 20 + 33, 0, 10**6, None, None)
+    try:
+        am.model.generate(**inputs, decoder_input_ids=prompt.reshape(-1, 20), do_sample=True, guidance_scale=3.0,
+                          top_k=250, top_p=1.0, max_new_tokens=33, stopping_criteria=StoppingCriteriaList([stepper]))
+    except musicgen._Stop as stop:
+        second = musicgen._codes(am, stop.ids, prompt)
+    assert torch.equal(second[..., :20], codes[..., 30:50]) and torch.equal(second[..., 20:], codes[..., 50:])
+
+
+def test_cancel_in_a_later_window_keeps_the_earlier_windows(am, short_windows):
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done == 60:  # inside window 2 (window 1 takes 53 steps)
+            cancel.set()
+
+    r = musicgen.generate(am, "jazz", AudioSettings(duration=2.5), on_progress=progress, cancel=cancel)
+    assert r.stop_reason == "cancelled" and r.windows == 2
+    assert r.audio.shape[-1] == (50 + 7 - 3) * 640  # window 1's 50 frames and the 4 more every codebook reached
+
+
+# --- stereo and melody models ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stereo(tmp_path_factory):
+    return musicgen.load(tiny_musicgen(tmp_path_factory.mktemp("tiny-stereo"), stereo=True), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def melody_am(tmp_path_factory):
+    return musicgen.load(tiny_musicgen(tmp_path_factory.mktemp("tiny-melody"), melody=True), device="cpu")
+
+
+def test_stereo_model_matches_transformers_and_writes_two_channels(stereo, tmp_path):
+    assert stereo.delays == [0, 0, 1, 1, 2, 2, 3, 3]
+    ours = musicgen.generate(stereo, "warm piano", AudioSettings(duration=0.7, seed=4))
+    inputs = stereo.processor(text=["warm piano"], padding=True, return_tensors="pt")
+    torch.manual_seed(4)
+    plain = stereo.model.generate(**inputs, do_sample=True, guidance_scale=3.0, top_k=250, top_p=1.0,
+                                  max_new_tokens=35 + 3)[..., :22400].numpy()
+    np.testing.assert_allclose(ours.audio, musicgen.normalise(plain.astype(np.float32), 32000)[0], atol=1e-6)
+    path = musicgen.write_wav(tmp_path / "s.wav", ours.audio[0], 32000)
+    with wave.open(str(path)) as w:
+        assert w.getnchannels() == 2 and w.getnframes() == 22400
+
+
+def write_tone(path, seconds, sr=44100, channels=2, freq=440.0, subtype="PCM_16"):
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t)
+    sf.write(str(path), np.stack([x] * channels, axis=1), sr, subtype=subtype)
+    return path
+
+
+def test_melody_is_probed_decoded_mixed_resampled_and_trimmed(tmp_path):
+    x = musicgen.load_melody(write_tone(tmp_path / "a.wav", 40.0), 32000)
+    assert x.ndim == 1 and x.dtype == np.float32 and x.shape[0] == 30 * 32000  # trimmed to one window
+    y = musicgen.load_melody(write_tone(tmp_path / "b.flac", 2.0, sr=22050, channels=1), 32000)
+    assert abs(y.shape[0] - 64000) <= 2
+    spectrum = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spectrum) * 32000 / len(y) - 440) < 2  # still the same note after resampling
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_text("not audio at all") and p, "not an audio file"),
+    (lambda p: write_tone(p, 601, sr=4000, channels=1), "at most 600"),
+    (lambda p: write_tone(p, 0.1), "at least half a second"),
+    (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 3) and p, "not an audio file"),
+])
+def test_bad_melody_files_are_refused_clearly(tmp_path, make, message):
+    path = make(tmp_path / "m.wav")
+    with pytest.raises(SettingsError, match=message):
+        musicgen.load_melody(path, 32000)
+
+
+def test_an_enormous_melody_file_is_refused_before_decoding(tmp_path):
+    path = write_tone(tmp_path / "big.wav", 12.0)  # about 2 MB
+    with pytest.raises(SettingsError, match="at most 1 MB"):
+        musicgen.load_melody(path, 32000, max_mb=1)
+
+
+def test_melody_model_follows_the_melody_and_matches_transformers(melody_am, tmp_path):
+    a = musicgen.load_melody(write_tone(tmp_path / "a.wav", 3.0, freq=220.0), 32000)
+    b = musicgen.load_melody(write_tone(tmp_path / "b.wav", 3.0, freq=330.0), 32000)
+    s = AudioSettings(duration=0.8, seed=2)
+    ra = musicgen.generate(melody_am, "string quartet", s, melody=a, melody_name="a.wav")
+    rb = musicgen.generate(melody_am, "string quartet", s, melody=b)
+    assert ra.audio.shape == (1, 1, 25600) and not np.array_equal(ra.audio, rb.audio)
+    assert ra.manifest()["melody"] == "a.wav"
+    # equals transformers' own generate given the same melody (its window, as we cut it)
+    inputs = melody_am.processor(text=["string quartet"], audio=[a[: 30 * 32000]], sampling_rate=32000,
+                                 padding=True, return_tensors="pt")
+    torch.manual_seed(2)
+    plain = melody_am.model.generate(**inputs, do_sample=True, guidance_scale=3.0, top_k=250, top_p=1.0,
+                                     max_new_tokens=40 + 3)[..., :25600].numpy()
+    np.testing.assert_allclose(ra.audio, musicgen.normalise(plain.astype(np.float32), 32000)[0], atol=1e-6)
+
+
+def test_a_text_model_refuses_a_melody_clearly(am):
+    with pytest.raises(SettingsError, match="melody model"):
+        musicgen.generate(am, "jazz", AudioSettings(duration=0.5), melody=np.zeros(32000, np.float32))
+
+
+def test_the_picture_shows_waveform_and_spectrogram(am, tmp_path):
+    from PIL import Image
+
+    r = musicgen.generate(am, "jazz", AudioSettings(duration=1.0))
+    path = musicgen.write_picture(tmp_path / "p.png", r.audio[0], r.sampling_rate, "jazz")
+    img = np.asarray(Image.open(path).convert("L"))
+    assert img.shape == (420, 1000)
+    assert img.std() > 20  # not a blank canvas
