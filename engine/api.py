@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from engine.errors import CheckpointError, SettingsError
+from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, stream
@@ -193,3 +193,79 @@ def fetch_checkpoint(repo_id: str, filename: str, revision: str | None = None) -
         raise CheckpointError(f"{repo_id} has no file {filename}") from e
     except (HfHubHTTPError, OSError) as e:
         raise CheckpointError(f"downloading {filename} from {repo_id} failed: {e}") from e
+
+
+# --- audio (MusicGen) ----------------------------------------------------------------------------------
+@dataclass
+class AudioOutput:
+    """What an audio request left on disk: a WAV and a picture per variation, and a manifest."""
+    result: "musicgen.AudioResult"  # noqa: F821 - imported lazily (transformers is slow to import)
+    wavs: list[Path]
+    pictures: list[Path]
+    manifest: Path
+
+
+def load_audio_model(spec: str | Path | None = None, device=None):
+    """A MusicGen model (default facebook/musicgen-small) from a folder or the Hugging Face cache."""
+    from engine.audio import musicgen
+
+    dev = pick_device(device)
+    return musicgen.load(spec, device=dev)
+
+
+def make_audio(am, prompt: str, settings, out_dir, stem: str = "audio", melody: str | Path | None = None,
+               on_progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+               extra: dict | None = None) -> AudioOutput:
+    """A text prompt (and, for melody models, a melody file) -> WAVs, pictures and a manifest in
+    out_dir. Bad input is refused before any work; a cancelled run writes what was made."""
+    import json
+
+    from engine.audio import musicgen
+    from engine.files import slug, write_atomic
+
+    settings.check()
+    prompt = musicgen.check_prompt(prompt)
+    wave = None
+    if melody is not None:
+        if not am.melody:
+            raise SettingsError(f"{am.name} cannot follow a melody: choose a melody model such as "
+                                f"{musicgen.DEFAULT_MELODY_MODEL}")
+        wave = musicgen.load_melody(melody, am.sampling_rate, max_seconds=max(musicgen.WINDOW_SECONDS, settings.duration))
+    result = musicgen.generate(am, prompt, settings, on_progress=on_progress, cancel=cancel, melody=wave,
+                               melody_name=Path(melody).name if melody is not None else None)
+    out_dir = Path(out_dir)
+    stem = slug(stem)
+    wavs, pictures = [], []
+    for i, clip in enumerate(result.audio):
+        name = stem if len(result.audio) == 1 else f"{stem}-{i + 1}"
+        wavs.append(musicgen.write_wav(out_dir / f"{name}.wav", clip, result.sampling_rate))
+        if clip.shape[-1] > 0:
+            pictures.append(musicgen.write_picture(out_dir / f"{name}.png", clip, result.sampling_rate, prompt))
+    manifest = out_dir / f"{stem}.manifest.json"
+    write_atomic(manifest, json.dumps({**result.manifest(), **(extra or {})}, indent=1) + "\n")
+    return AudioOutput(result, wavs, pictures, manifest)
+
+
+def perform(am, abc_text: str, style: str, settings, out_dir, stem: str = "performance",
+            on_progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+            options: RenderOptions | None = None) -> AudioOutput:
+    """A score played by MusicGen: the ABC is rendered to audio with the SoundFont, and a melody
+    model plays it again in `style` ("string quartet, warm hall"), following that melody. The
+    piece lasts as long as the score, up to settings.duration. The SoundFont WAV is kept beside it."""
+    import dataclasses
+    import soundfile as sf
+
+    from engine.audio import musicgen
+
+    if not am.melody:
+        raise SettingsError(f"performing a score needs a melody model ({musicgen.DEFAULT_MELODY_MODEL} or "
+                            f"-melody-large); {am.name} follows text only")
+    out_dir = Path(out_dir)
+    rendered = render(abc_text, out_dir, ("wav",), f"{stem}-soundfont", options=options, strict=True)
+    if not rendered.paths("wav"):
+        raise CadenzaError(f"the score could not be played to give the melody: {rendered.failed.get('wav', 'no audio')}")
+    sf_wav = rendered.paths("wav")[0]
+    seconds = sf.info(str(sf_wav)).duration
+    settings = dataclasses.replace(settings, duration=round(max(0.5, min(settings.duration, seconds)), 2))
+    return make_audio(am, style, settings, out_dir, stem, melody=sf_wav, on_progress=on_progress, cancel=cancel,
+                      extra={"score_seconds": round(seconds, 2), "soundfont_wav": sf_wav.name})

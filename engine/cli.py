@@ -85,18 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--device", default="auto")
 
-    a = sub.add_parser("audio", help="text to audio with MusicGen (weights: Hugging Face cache or a local folder)")
+    a = sub.add_parser("audio", help="text (and a melody) to audio with MusicGen (weights: Hugging Face cache or a folder)")
     a.add_argument("prompt", help="what the music is like, e.g. 'warm string quartet, slow'")
-    a.add_argument("--model", default=None, help="hub id or local folder (default facebook/musicgen-small)")
-    a.add_argument("--duration", type=float, default=10.0, help="seconds, up to 30 (default 10)")
+    a.add_argument("--melody", default=None, help="an audio file to follow (WAV, FLAC, OGG, MP3); needs a melody model")
+    _audio_options(a)
+    pf = sub.add_parser("perform", help="a score (ABC or MusicXML) played by a MusicGen melody model in a style")
+    pf.add_argument("score", help="the score: .abc, .musicxml, .xml or .mxl")
+    pf.add_argument("style", help="how it is played, e.g. 'string quartet, warm hall'")
+    _audio_options(pf, default_model="facebook/musicgen-melody", default_duration=30.0)
+    return p
+
+
+def _audio_options(a, default_model: str = "facebook/musicgen-small", default_duration: float = 10.0) -> None:
+    a.add_argument("--model", default=default_model, help=f"hub id or local folder (default {default_model})")
+    a.add_argument("--duration", type=float, default=default_duration,
+                   help=f"seconds, up to 300; past 30 s the piece is made in overlapping windows (default {default_duration:g})")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--variations", type=int, default=1, help="pieces made together as one batch (1-8)")
     a.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     a.add_argument("--top-k", type=int, default=250)
     a.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
     a.add_argument("--temperature", type=float, default=1.0)
     a.add_argument("--device", default="auto")
-    a.add_argument("-o", "--out", required=True, help="the WAV file to write")
-    return p
+    a.add_argument("-o", "--out", required=True, help="the WAV file to write (variations get -2, -3, ...)")
 
 
 def _format_args(p: argparse.ArgumentParser) -> None:
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"compose": cmd_compose, "render": cmd_render, "prompts": cmd_prompts,
                 "doctor": cmd_doctor, "dataset": cmd_dataset, "train": cmd_train,
-                "finetune": cmd_finetune, "audio": cmd_audio}[args.command](args)
+                "finetune": cmd_finetune, "audio": cmd_audio,
+                "perform": cmd_audio}[args.command](args)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -385,18 +397,26 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_audio(args) -> int:
+    """`audio` and `perform`: MusicGen with a progress bar; WAV, picture and manifest beside -o."""
     from tqdm import tqdm
 
+    from engine import api
     from engine.audio import musicgen
 
     out = Path(args.out)
     if out.suffix.lower() != ".wav":
         raise CadenzaError(f"--out must name a .wav file, got {out}")
     settings = musicgen.AudioSettings(duration=args.duration, guidance_scale=args.guidance, top_k=args.top_k,
-                                      top_p=args.top_p, temperature=args.temperature, seed=args.seed)
+                                      top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                                      variations=args.variations)
     settings.check()
-    print("loading MusicGen ...", file=sys.stderr)
-    am = musicgen.load(args.model, device=args.device)
+    if args.command == "audio":
+        musicgen.check_prompt(args.prompt)
+    score = None
+    if args.command == "perform":
+        score = _read_score(Path(args.score))
+    print(f"loading {args.model} ...", file=sys.stderr)
+    am = api.load_audio_model(args.model, device=args.device)
     bar = tqdm(unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def progress(done: int, total: int) -> None:
@@ -405,11 +425,29 @@ def cmd_audio(args) -> int:
         bar.refresh()
 
     try:
-        result = musicgen.generate(am, args.prompt, settings, on_progress=progress)
+        if score is None:
+            made = api.make_audio(am, args.prompt, settings, out.parent, out.stem, melody=args.melody,
+                                  on_progress=progress)
+        else:
+            made = api.perform(am, score, args.style, settings, out.parent, out.stem, on_progress=progress)
     finally:
         bar.close()
-    musicgen.write_wav(out, result.audio[0], result.sampling_rate)
-    out.with_suffix(".manifest.json").write_text(json.dumps(result.manifest(), indent=1) + "\n")
-    print(f"{out}: {result.audio.shape[-1] / result.sampling_rate:.1f} s at {result.sampling_rate} Hz, "
-          f"{result.loudness_lufs[0]:.1f} LUFS, seed {settings.seed}, {result.seconds:.1f} s to compute", file=sys.stderr)
+    r = made.result
+    for wav in made.wavs:
+        print(f"{wav}: {r.audio_seconds:.1f} s at {r.sampling_rate} Hz", file=sys.stderr)
+    print(f"{r.loudness_lufs[0]:.1f} LUFS, seed {settings.seed}, {r.windows} window(s), {r.seconds:.1f} s to compute "
+          f"(real-time factor {r.seconds / max(r.audio_seconds, 1e-9):.2f}); manifest {made.manifest}", file=sys.stderr)
     return 0
+
+
+def _read_score(path: Path) -> str:
+    """A score file -> ABC text (MusicXML is converted the way uploads are)."""
+    import tempfile
+
+    from engine import api
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = api.render_file(path, tmp, ("abc",), "score")
+        if not result.paths("abc"):
+            raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as a score")
+        return result.paths("abc")[0].read_text()

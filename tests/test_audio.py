@@ -9,7 +9,7 @@ import torch
 
 from engine.audio import musicgen
 from engine.audio.musicgen import AudioSettings
-from engine.errors import CheckpointError, SettingsError
+from engine.errors import CadenzaError, CheckpointError, SettingsError
 
 
 def tiny_musicgen(folder, melody: bool = False, stereo: bool = False):
@@ -314,3 +314,55 @@ def test_the_picture_shows_waveform_and_spectrogram(am, tmp_path):
     img = np.asarray(Image.open(path).convert("L"))
     assert img.shape == (420, 1000)
     assert img.std() > 20  # not a blank canvas
+
+
+# --- the engine's API: files on disk, scores performed -------------------------------------------------
+TUNE = "X:1\nT:t\nM:4/4\nL:1/8\nQ:1/4=120\nK:G\nGABc d2 B2|c2 A2 G4|]\n"  # 2 bars at 120 bpm: 4 s
+
+
+def test_make_audio_writes_wavs_pictures_and_a_manifest(am, tmp_path):
+    import json
+
+    from engine import api
+
+    out = api.make_audio(am, "warm piano", AudioSettings(duration=0.6, variations=2, seed=3), tmp_path, "Warm piano!")
+    assert [p.name for p in out.wavs] == ["warm-piano-1.wav", "warm-piano-2.wav"] and len(out.pictures) == 2
+    m = json.loads(out.manifest.read_text())
+    assert m["settings"]["seed"] == 3 and m["audio_seconds"] == 0.6 and m["windows"] == 1
+
+
+def test_a_score_is_performed_by_a_melody_model(melody_am, am, tmp_path):
+    import json
+    import soundfile as sf
+
+    from engine import api
+
+    out = api.perform(melody_am, TUNE, "string quartet", AudioSettings(duration=30.0, seed=1), tmp_path, "tune")
+    played = tmp_path / "tune-soundfont.wav"
+    assert played.is_file() and out.wavs == [tmp_path / "tune.wav"]
+    seconds = sf.info(str(played)).duration
+    assert abs(sf.info(str(out.wavs[0])).duration - round(seconds, 2)) < 0.01  # as long as the score
+    m = json.loads(out.manifest.read_text())
+    assert m["melody"] == "tune-soundfont.wav" and m["prompt"] == "string quartet"
+    with pytest.raises(SettingsError, match="needs a melody model"):
+        api.perform(am, TUNE, "string quartet", AudioSettings(), tmp_path)
+    with pytest.raises(CadenzaError):
+        api.perform(melody_am, "this is not a score", "string quartet", AudioSettings(), tmp_path)
+
+
+def test_the_command_line_performs_a_score(tmp_path, melody_am):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder = tiny_musicgen(tmp_path / "m", melody=True)
+    (tmp_path / "t.abc").write_text(TUNE)
+    out = tmp_path / "p.wav"
+    r = subprocess.run([sys.executable, "-m", "engine", "perform", str(tmp_path / "t.abc"), "string quartet",
+                        "--model", str(folder), "--duration", "1", "-o", str(out), "--device", "cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with wave.open(str(out)) as w:
+        assert w.getnframes() == 32000
+    assert out.with_suffix(".png").is_file()
