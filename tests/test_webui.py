@@ -72,7 +72,7 @@ def test_the_page_builds_without_launching_and_names_its_endpoints(tmp_path):
     config = StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)))
     demo = build_app(config)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
-    assert {"prompts", "compose", "render", "upload", "history", "piece"} <= names
+    assert {"prompts", "compose", "render", "upload", "history", "piece", "audio", "perform"} <= names
 
 
 def test_the_cascade_offers_only_combinations_in_the_table(tmp_path):

@@ -15,9 +15,15 @@ import gradio as gr
 from engine.errors import CadenzaError
 from engine.store import KEY_PATTERN
 from webui.config import StudioConfig
-from webui.studio import ComposeSettings, Outcome, Progress, Studio
+from webui.studio import AudioProgress, ComposeSettings, Outcome, Progress, Studio
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
+AUDIO_KINDS = ("audio", "performed")
+AUDIO_PLAYERS = 4  # variations shown with a player each (all are in the downloads)
+MUSICGEN_MODELS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
+                   "facebook/musicgen-melody", "facebook/musicgen-melody-large", "facebook/musicgen-stereo-small",
+                   "facebook/musicgen-stereo-medium", "facebook/musicgen-stereo-large",
+                   "facebook/musicgen-stereo-melody", "facebook/musicgen-stereo-melody-large")
 CSS = """
 #score-page { background: white; overflow-x: auto; max-height: 80vh; }
 #score-page svg { width: 100%; height: auto; }
@@ -88,6 +94,32 @@ def _show(studio: Studio, key: str, o: Outcome):
             _history_rows(studio, key), o.record.id)
 
 
+def _audio_summary(o: Outcome) -> str:
+    r = o.record
+    st = r.settings
+    made = st.get("audio_seconds", 0)
+    rtf = f", real-time factor {r.seconds / made:.2f}" if made else ""
+    lines = [f"**{html.escape(r.title)}** - {made:.1f} s of audio in {r.seconds:.1f} s{rtf}",
+             f"seed **{r.seed}**, model {html.escape(r.model)}, {st.get('windows', 1)} window(s), stop: {r.stop_reason}"]
+    if r.prompt.get("melody"):
+        lines.append(f"following the melody of {html.escape(r.prompt['melody'])}")
+    lines += [f"- note: {html.escape(w)}" for w in r.warnings[:8]]
+    return "\n\n".join(lines)
+
+
+def _audio_players(o: Outcome) -> list:
+    wavs = o.paths("wav")
+    return [gr.update(value=_servable(wavs[i]), visible=True) if i < len(wavs)
+            else gr.update(value=None, visible=False) for i in range(AUDIO_PLAYERS)]
+
+
+def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
+    from engine.audio.musicgen import AudioSettings
+
+    return AudioSettings(duration=float(dur), guidance_scale=float(guidance), top_k=int(tk), top_p=float(tp),
+                         temperature=float(temp), seed=-1 if sd is None else int(sd), variations=int(var))
+
+
 def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
     studio = studio or Studio(config)
     with gr.Blocks(title="Cadenza") as demo:
@@ -97,54 +129,98 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
         filled = gr.State(False)
         gr.Markdown("# Cadenza\nCompose with a NotaGen-style model: pick a style, generate, read, listen, download.")
         status = gr.Markdown("loading the model ...")
-        with gr.Tab("Score"):
-            with gr.Row():
-                period = gr.Dropdown(label="Period", choices=[], interactive=True)
-                composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
-                instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
-                surprise = gr.Button("Surprise me", scale=0)
-            with gr.Accordion("Model", open=False):
-                model = gr.Textbox(label="Model", value=config.model or "", placeholder="empty: the bundled model; or a path to a NotaGen .pth / Cadenza folder")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Score", id="score"):
                 with gr.Row():
-                    repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
-                    repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
-                    fetch = gr.Button("Download", scale=0)
-                use_model = gr.Button("Use this model")
-            with gr.Accordion("Advanced settings", open=False):
-                with gr.Row():
-                    temperature = gr.Slider(0.1, 2.0, value=1.2, step=0.05, label="Temperature")
-                    top_k = gr.Slider(0, 128, value=9, step=1, label="Top-k (0 = off)")
-                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.01, label="Top-p")
-                with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                    max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
-                                            label="Maximum length (patches of 16 characters)")
-                    variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
-                    bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-                render = gr.Button("Render my edits")
-                cont = gr.Button("Continue this score")
-            progress = gr.Markdown("")
-            with gr.Row():
-                with gr.Column(scale=3):
-                    score = gr.HTML(_page_html(None), elem_id="score")
+                    period = gr.Dropdown(label="Period", choices=[], interactive=True)
+                    composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
+                    instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
+                    surprise = gr.Button("Surprise me", scale=0)
+                with gr.Accordion("Model", open=False):
+                    model = gr.Textbox(label="Model", value=config.model or "", placeholder="empty: the bundled model; or a path to a NotaGen .pth / Cadenza folder")
                     with gr.Row():
-                        prev_page = gr.Button("< page", scale=0)
-                        next_page = gr.Button("page >", scale=0)
-                    audio = gr.Audio(label="Listen", type="filepath", interactive=False)
-                    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
-                with gr.Column(scale=2):
-                    abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
-                    upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
-                                     type="filepath")
-        with gr.Tab("History"):
-            gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
-            history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
-        with gr.Tab("System"):
-            system = gr.JSON(label="Devices, models, queue")
-            refresh = gr.Button("Refresh")
+                        repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
+                        repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
+                        fetch = gr.Button("Download", scale=0)
+                    use_model = gr.Button("Use this model")
+                with gr.Accordion("Advanced settings", open=False):
+                    with gr.Row():
+                        temperature = gr.Slider(0.1, 2.0, value=1.2, step=0.05, label="Temperature")
+                        top_k = gr.Slider(0, 128, value=9, step=1, label="Top-k (0 = off)")
+                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.01, label="Top-p")
+                    with gr.Row():
+                        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                        max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
+                                                label="Maximum length (patches of 16 characters)")
+                        variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
+                        bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary")
+                    stop = gr.Button("Stop", variant="stop")
+                    render = gr.Button("Render my edits")
+                    cont = gr.Button("Continue this score")
+                progress = gr.Markdown("")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        score = gr.HTML(_page_html(None), elem_id="score")
+                        with gr.Row():
+                            prev_page = gr.Button("< page", scale=0)
+                            next_page = gr.Button("page >", scale=0)
+                        audio = gr.Audio(label="Listen", type="filepath", interactive=False)
+                        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
+                    with gr.Column(scale=2):
+                        abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
+                        upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
+                                         type="filepath")
+                with gr.Accordion("Perform with MusicGen", open=False):
+                    gr.Markdown("The score above is played with the SoundFont and given to a MusicGen melody model "
+                                "as the melody; it plays the piece again in the style you describe.")
+                    with gr.Row():
+                        style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
+                        perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
+                                                    choices=[m for m in dict.fromkeys((config.melody_model, *MUSICGEN_MODELS))
+                                                             if "melody" in m or m == config.melody_model])
+                        perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
+                                                    step=1, label="At most (seconds)")
+                    perform = gr.Button("Perform with MusicGen")
+                    perform_progress = gr.Markdown("")
+                    perform_audio = gr.Audio(label="Performance", type="filepath", interactive=False)
+                    perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
+            with gr.Tab("Audio", id="audio"):
+                gr.Markdown("Text to music with Meta's MusicGen (weights CC-BY-NC 4.0: non-commercial use). "
+                            "Melody models can follow a melody you upload or record.")
+                with gr.Row():
+                    a_prompt = gr.Textbox(label="Describe the music", lines=2, scale=3,
+                                          placeholder="warm string quartet, slow, melancholic")
+                    a_model = gr.Dropdown(label="MusicGen model", value=config.audio_model, allow_custom_value=True,
+                                          choices=list(dict.fromkeys((config.audio_model, *MUSICGEN_MODELS))))
+                a_duration = gr.Slider(1, config.max_audio_seconds, value=10, step=1,
+                                       label="Duration (seconds; past 30 s it is made in overlapping windows)")
+                with gr.Accordion("Advanced settings", open=False):
+                    with gr.Row():
+                        a_guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance scale")
+                        a_top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k")
+                        a_top_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Top-p (0 = off)")
+                        a_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                    with gr.Row():
+                        a_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                        a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
+                a_melody = gr.Audio(label="Melody to follow (melody models only): upload or record", type="filepath",
+                                    sources=["upload", "microphone"])
+                with gr.Row():
+                    a_go = gr.Button("Generate audio", variant="primary")
+                    a_stop = gr.Button("Stop", variant="stop")
+                a_progress = gr.Markdown("")
+                a_players = [gr.Audio(label=f"Variation {i + 1}", type="filepath", interactive=False, visible=i == 0)
+                             for i in range(AUDIO_PLAYERS)]
+                a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=1, height="auto")
+                a_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            with gr.Tab("History", id="history"):
+                gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
+                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+            with gr.Tab("System", id="system"):
+                system = gr.JSON(label="Devices, models, queue")
+                refresh = gr.Button("Refresh")
 
         page_no = gr.State(0)
         shown = [abc, progress, score, pages, page_no, audio, downloads, history, piece_id]
@@ -288,18 +364,74 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
         prev_page.click(lambda ps, n: turn(ps, n, -1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
         next_page.click(lambda ps, n: turn(ps, n, 1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
 
+        # --- audio: the Audio page and "Perform with MusicGen" ---------------------------------
+        audio_shown = [a_progress, *a_players, a_pictures, a_files, history]
+
+        def show_audio(k, o: Outcome):
+            return (_audio_summary(o), *_audio_players(o), [_servable(p) for p in o.paths("png")],
+                    [_servable(p) for p in o.downloads()], _history_rows(studio, k))
+
+        def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
+            if not isinstance(k, str) or not KEY_PATTERN.match(k):
+                yield _keep_page("this page has no session yet: reload it", len(audio_shown))
+                return
+            try:
+                settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
+                for item in studio.audio(k, text, settings, model=spec or None, melody=melody or None):
+                    if isinstance(item, AudioProgress):
+                        line = f"making audio (seed {item.seed}): step {item.steps} of {item.total}, {item.elapsed:.1f}s"
+                        yield (line,) + (gr.skip(),) * (len(audio_shown) - 1)
+                    else:
+                        yield show_audio(k, item[0])
+            except (CadenzaError, ValueError, TypeError) as e:
+                yield _keep_page(str(e), len(audio_shown))
+
+        a_go.click(run_audio, [key, a_prompt, a_model, a_duration, a_guidance, a_top_k, a_top_p, a_temperature, a_seed,
+                               a_variations, a_melody], audio_shown, api_visibility="private", concurrency_id="audio",
+                   concurrency_limit=1)
+        a_stop.click(lambda k: "stopping ..." if isinstance(k, str) and KEY_PATTERN.match(k) and studio.stop(k)
+                     else gr.skip(), [key], [a_progress], api_visibility="private", queue=False)
+
+        perform_shown = [perform_progress, perform_audio, perform_files, history]
+
+        def run_perform(k, text, style_text, spec, dur, sd):
+            if not isinstance(k, str) or not KEY_PATTERN.match(k):
+                yield _keep_page("this page has no session yet: reload it", len(perform_shown))
+                return
+            try:
+                settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
+                for item in studio.audio(k, style_text, settings, model=spec or None, score_abc=text or ""):
+                    if isinstance(item, AudioProgress):
+                        yield (f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
+                               f"{item.elapsed:.1f}s", gr.skip(), gr.skip(), gr.skip())
+                    else:
+                        o = item[0]
+                        wavs = o.paths("wav")
+                        yield (_audio_summary(o), _servable(wavs[0]) if wavs else None,
+                               [_servable(p) for p in o.downloads()], _history_rows(studio, k))
+            except (CadenzaError, ValueError, TypeError) as e:
+                yield _keep_page(str(e), len(perform_shown))
+
+        perform.click(run_perform, [key, abc, style, perform_model, perform_seconds, seed], perform_shown,
+                      api_visibility="private", concurrency_id="audio", concurrency_limit=1)
+
+        # --- history: a score opens on the Score page, audio on the Audio page -------------------
         def on_history(k, evt: gr.SelectData):
             k = _check_key(k)
             rows = _history_rows(studio, k)
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            nothing = (gr.skip(),) * (len(shown) + len(audio_shown) + 1)
             if not isinstance(row, int) or not 0 <= row < len(rows):
-                return (gr.skip(),) * len(shown)
+                return nothing
             try:
-                return _show(studio, k, studio.outcome(k, rows[row][-1]))
+                o = studio.outcome(k, rows[row][-1])
             except CadenzaError as e:
-                return _keep_page(str(e), len(shown))
+                return _keep_page(str(e), len(nothing))
+            if o.record.kind in AUDIO_KINDS:
+                return (gr.skip(),) * len(shown) + show_audio(k, o) + (gr.Tabs(selected="audio"),)
+            return _show(studio, k, o) + (gr.skip(),) * len(audio_shown) + (gr.Tabs(selected="score"),)
 
-        history.select(on_history, [key], shown, api_visibility="private", queue=False)
+        history.select(on_history, [key], shown + audio_shown + [tabs], api_visibility="private", queue=False)
         def system_info():
             # Gradio has no public call for the queue's length; read it if this version has it.
             queue = getattr(demo, "_queue", None)
@@ -315,7 +447,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
 
 def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
-    """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece.
+    """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece,
+    /audio (MusicGen, optionally following a melody file), /perform (a score played by MusicGen).
     They go through the same queue and limits as the page."""
     with gr.Row(visible=False):
         session = gr.Textbox(label="session_key")
@@ -331,7 +464,15 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         info_out = gr.JSON(label="result")
         files_out = gr.File(label="files", file_count="multiple")
         file_in = gr.File(label="score", type="filepath")
-        b_prompts, b_compose, b_render, b_history, b_piece, b_upload = (gr.Button(visible=False) for _ in range(6))
+        melody_in = gr.File(label="melody", type="filepath")
+        style_in = gr.Textbox(label="style")
+        dur_in = gr.Number(label="duration", value=10.0)
+        guid_in = gr.Number(label="guidance_scale", value=3.0)
+        atk_in = gr.Number(label="audio_top_k", value=250, precision=0)
+        atp_in = gr.Number(label="audio_top_p", value=0.0)
+        atemp_in = gr.Number(label="audio_temperature", value=1.0)
+        buttons = [gr.Button(visible=False) for _ in range(8)]
+        b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform = buttons
 
     def prompts(spec):
         try:
@@ -378,6 +519,37 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
     def piece(k, pid):
         return one_piece(studio.outcome, k, pid)
 
+    def audio_stream(k, prompt, spec, settings, melody=None, score_abc=None):
+        try:
+            for item in studio.audio(k, prompt, settings, model=spec or None, melody=melody or None, score_abc=score_abc):
+                if isinstance(item, AudioProgress):
+                    yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
+                           "elapsed": round(item.elapsed, 2)}, None
+                else:
+                    yield _result(item), [_servable(p) for o in item for p in o.downloads()]
+        except (CadenzaError, ValueError, TypeError) as e:
+            _fail(e)
+
+    def audio(k, prompt, spec, dur, sd, guidance, tk, tp, temp, var, melody):
+        k = _check_key(k)
+        try:
+            settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
+        except (ValueError, TypeError) as e:
+            _fail(e)
+        yield from audio_stream(k, prompt, spec, settings, melody=melody)
+
+    def perform(k, abc_text, style_text, spec, dur, sd):
+        k = _check_key(k)
+        try:
+            settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
+        except (ValueError, TypeError) as e:
+            _fail(e)
+        yield from audio_stream(k, style_text, spec, settings, score_abc=abc_text or "")
+
+    b_audio.click(audio, [session, text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in,
+                          melody_in], [info_out, files_out], api_name="audio", concurrency_id="audio", concurrency_limit=1)
+    b_perform.click(perform, [session, text_in, style_in, model_in, dur_in, seed_in], [info_out, files_out],
+                    api_name="perform", concurrency_id="audio", concurrency_limit=1)
     b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
     b_compose.click(compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
                     [info_out, files_out], api_name="compose", concurrency_id="model",

@@ -24,6 +24,9 @@ class StudioConfig:
     max_variations: int = 8
     max_seconds: float = 1200.0  # wall-clock bound per request
     preview_every_bars: int = 8  # sheet music redrawn while composing
+    audio_model: str = "facebook/musicgen-small"  # MusicGen for the Audio page (hub id or folder)
+    melody_model: str = "facebook/musicgen-melody"  # for melodies and "Perform with MusicGen"
+    max_audio_seconds: float = 120.0  # the longest audio a user may ask for (the engine allows 300)
     formats: tuple[str, ...] = field(default=("abc", "musicxml", "midi", "wav", "svg", "pdf", "zip"))
 
     def check(self) -> None:
@@ -31,6 +34,8 @@ class StudioConfig:
             raise SettingsError(f"port must be from 1 to 65535, got {self.port}")
         if self.concurrency < 1 or self.queue_size < 1:
             raise SettingsError("concurrency and queue size must be at least 1")
+        if not 1 <= self.max_audio_seconds <= 300:
+            raise SettingsError(f"max audio seconds must be from 1 to 300, got {self.max_audio_seconds}")
         if not 1 <= self.max_upload_mb <= 1024:
             raise SettingsError(f"max upload must be from 1 to 1024 MB, got {self.max_upload_mb}")
 
@@ -59,9 +64,15 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
                     help="requests composed at once per model")
     ap.add_argument("--queue-size", type=int, default=int(env("CADENZA_QUEUE_SIZE", "32")))
     ap.add_argument("--max-upload-mb", type=int, default=int(env("CADENZA_MAX_UPLOAD_MB", "20")))
+    ap.add_argument("--audio-model", default=env("CADENZA_AUDIO_MODEL", "facebook/musicgen-small"),
+                    help="MusicGen for the Audio page: hub id (Hugging Face cache) or folder")
+    ap.add_argument("--melody-model", default=env("CADENZA_MELODY_MODEL", "facebook/musicgen-melody"),
+                    help="MusicGen melody model for melodies and 'Perform with MusicGen'")
+    ap.add_argument("--max-audio-seconds", type=float, default=float(env("CADENZA_MAX_AUDIO_SECONDS", "120")))
     a = ap.parse_args(argv)
     cfg = StudioConfig(host=a.host, port=a.port, auth=parse_auth(a.auth), share=a.share, outputs=a.outputs,
                        model=a.model, device=a.device, concurrency=a.concurrency, queue_size=a.queue_size,
-                       max_upload_mb=a.max_upload_mb)
+                       max_upload_mb=a.max_upload_mb, audio_model=a.audio_model, melody_model=a.melody_model,
+                       max_audio_seconds=a.max_audio_seconds)
     cfg.check()
     return cfg

@@ -4,6 +4,7 @@ progress, rendering, uploads and history, each call for one session. The Gradio 
 Nothing here lives in module globals: a Studio holds it all."""
 from __future__ import annotations
 
+import queue
 import random
 import shutil
 import tempfile
@@ -19,7 +20,9 @@ from engine.store import OutputStore, PieceRecord, Session
 from webui.config import StudioConfig
 
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
+PROGRESS_EVERY_S = 0.5  # audio progress reaches the page at most this often
 MAX_MODELS = 3  # models held at once (each costs memory); the bundled one counts
+MAX_AUDIO_MODELS = 2  # MusicGen models held at once (asking for a third lets go of the least recently used)
 
 
 @dataclass
@@ -44,18 +47,20 @@ class Outcome:
         return [self.folder / f for f in self.record.files.get(fmt, [])]
 
     def downloads(self) -> list[Path]:
-        order = ("abc", "musicxml", "midi", "pdf", "wav", "zip")
+        order = ("abc", "musicxml", "midi", "pdf", "wav", "soundfont", "png", "manifest", "zip")
         return [p for fmt in order for p in self.paths(fmt)]
 
 
 class ModelSlot:
-    """One model, loaded in a background thread so the page is usable at once."""
+    """One model, loaded in a background thread so the page is usable at once (`loader`:
+    api.load for NotaGen-family models, api.load_audio_model for MusicGen)."""
 
-    def __init__(self, spec: str | None, device: str):
+    def __init__(self, spec: str | None, device: str, loader=None):
         self.spec, self.device = spec, device
+        self.loader = loader or api.load
         self.lm = None
         self.error: str | None = None
-        self.started = time.monotonic()
+        self.started = self.used = time.monotonic()
         self.loaded_in: float | None = None
         self._ready = threading.Event()
 
@@ -65,7 +70,7 @@ class ModelSlot:
 
     def _load(self) -> None:
         try:
-            self.lm = api.load(self.spec, device=self.device)
+            self.lm = self.loader(self.spec, device=self.device)
             self.loaded_in = time.monotonic() - self.started
         except Exception as e:  # noqa: BLE001 - the message is shown on the page, the server stays up
             self.error = str(e)
@@ -77,7 +82,7 @@ class ModelSlot:
         """Loading has finished (well or not)."""
         return self._ready.is_set()
 
-    def get(self, wait: float = 120.0):
+    def get(self, wait: float = 600.0):
         if not self._ready.wait(wait):
             raise CadenzaError("the model is still loading: try again in a moment")
         if self.lm is None:
@@ -91,6 +96,14 @@ class ModelSlot:
         if self.lm is None:
             return f"{name} failed to load: {self.error}"
         return f"{self.lm.name} ready on {self.lm.model.device} (loaded in {self.loaded_in:.1f}s)"
+
+
+@dataclass
+class AudioProgress:
+    steps: int
+    total: int
+    elapsed: float
+    seed: int
 
 
 @dataclass
@@ -112,6 +125,10 @@ class Studio:
         self.models: dict[str, ModelSlot] = {}
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}  # session id -> stop of its running piece
+        self.audio_models: dict[str, ModelSlot] = {}
+        # MusicGen samples with torch's global generator (seeds would collide) and a static cache
+        # belongs to one call: one audio request runs at a time, the rest wait in the queue.
+        self._audio_lock = threading.Lock()
 
     # --- models ------------------------------------------------------------------------------------
     def model(self, spec: str | None = None) -> ModelSlot:
@@ -315,6 +332,129 @@ class Studio:
         session.save(record)
         return Outcome(record, folder, abc_text)
 
+    # --- audio (MusicGen) -------------------------------------------------------------------------
+    def audio_model(self, spec: str | None = None, melody: bool = False) -> ModelSlot:
+        """The MusicGen model `spec` names (hub id or folder), else the server's default; loaded on
+        first use (it may need weights the user has yet to put in place)."""
+        spec = spec or (self.config.melody_model if melody else self.config.audio_model)
+        with self._lock:
+            if spec not in self.audio_models and len(self.audio_models) >= MAX_AUDIO_MODELS:
+                # Make room by letting go of the model used longest ago (one that failed to load goes
+                # first). A request still running holds its own reference and finishes normally.
+                oldest = min(self.audio_models, key=lambda k: (self.audio_models[k].lm is not None,
+                                                                self.audio_models[k].used))
+                del self.audio_models[oldest]
+            if spec not in self.audio_models:
+                self.audio_models[spec] = ModelSlot(spec, self.config.device, api.load_audio_model).start()
+            slot = self.audio_models[spec]
+            slot.used = time.monotonic()
+            return slot
+
+    def check_audio(self, s, melody: str | Path | None = None):
+        """The server's bounds on an audio request (the engine checks the rest)."""
+        if not isinstance(s.duration, (int, float)) or not 0.5 <= s.duration <= self.config.max_audio_seconds:
+            raise SettingsError(f"duration must be from 0.5 to {self.config.max_audio_seconds:g} seconds on this server, "
+                                f"got {s.duration}")
+        if s.seed is None or s.seed < 0:
+            s.seed = random.randrange(2**31)
+        s.check()
+        if melody is not None:
+            from engine.audio.musicgen import MELODY_SUFFIXES
+
+            path = Path(melody)
+            if path.suffix.lower() not in MELODY_SUFFIXES:
+                raise SettingsError(f"{path.name} is not an audio file: expected {', '.join(MELODY_SUFFIXES)}")
+            if path.is_file() and path.stat().st_size > self.config.max_upload_mb * 2**20:
+                raise SettingsError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB: uploads are limited to "
+                                    f"{self.config.max_upload_mb} MB")
+        return s
+
+    def audio(self, key: str, prompt: str, settings, model: str | None = None, melody: str | Path | None = None,
+              score_abc: str | None = None) -> Iterator[AudioProgress | list[Outcome]]:
+        """Yields AudioProgress while MusicGen works, then the kept piece (one Outcome holding every
+        variation). score_abc: that score performed by a melody model, `prompt` being the style.
+        Stop, or closing the iterator (a closed tab), ends it within a step; what was made is kept."""
+        from engine.audio import musicgen
+
+        session = self.store.session(key)
+        s = self.check_audio(settings, melody)
+        prompt = musicgen.check_prompt(prompt)
+        if score_abc is not None and not score_abc.strip():
+            raise SettingsError("there is no score to perform: compose, write or upload one first")
+        am = self.audio_model(model, melody=melody is not None or score_abc is not None).get()
+        kind = "performed" if score_abc is not None else "audio"
+        cancel = threading.Event()
+        self._cancels[session.id] = cancel
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._audio_work, name="musicgen", daemon=True,
+                                  args=(session, am, kind, prompt, s, melody, score_abc, cancel, events))
+        worker.start()
+        finished = False
+        try:
+            while True:  # bounded by the engine (a fixed number of steps; Stop ends it) and by the worker
+                try:
+                    kind_, value = events.get(timeout=1.0)
+                except queue.Empty:
+                    if not worker.is_alive() and events.empty():
+                        finished = True
+                        raise CadenzaError("MusicGen stopped without a result") from None
+                    continue
+                if kind_ == "progress":
+                    yield value
+                elif kind_ == "done":
+                    finished = True
+                    yield [value]
+                    return
+                else:
+                    finished = True
+                    raise value
+        finally:
+            if not finished:
+                cancel.set()  # a closed tab: stop now; the worker still keeps what was made
+            self._cancels.pop(session.id, None)
+
+    def _audio_work(self, session: Session, am, kind, prompt, s, melody, score_abc, cancel, events) -> None:
+        """Runs in a thread: MusicGen, then the record. Reports progress, the outcome or the error."""
+        t0, last = time.monotonic(), [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S or done == total:
+                last[0] = now
+                events.put(("progress", AudioProgress(done, total, now - t0, s.seed)))
+
+        name = f"{kind}-{prompt[:40]}-seed{s.seed}"
+        piece_id, folder = session.new_piece(name)
+        try:
+            with self._audio_lock:
+                if score_abc is not None:
+                    out = api.perform(am, score_abc, prompt, s, folder, "performance", progress, cancel)
+                else:
+                    out = api.make_audio(am, prompt, s, folder, "audio", melody, progress, cancel)
+            record = self._audio_record(piece_id, kind, prompt, s, out, score_abc is not None)
+            session.save(record)
+            events.put(("done", Outcome(record, folder, score_abc or "")))
+        except Exception as e:  # noqa: BLE001 - reported to the page; the server stays up
+            shutil.rmtree(folder, ignore_errors=True)
+            events.put(("error", e if isinstance(e, CadenzaError) else CadenzaError(f"MusicGen failed: {e}")))
+
+    @staticmethod
+    def _audio_record(piece_id: str, kind: str, prompt: str, s, out: api.AudioOutput, performed: bool) -> PieceRecord:
+        from dataclasses import asdict
+
+        r = out.result
+        files = {"wav": [p.name for p in out.wavs], "png": [p.name for p in out.pictures],
+                 "manifest": [out.manifest.name]}
+        if performed:
+            files["abc"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.abc")]
+            files["soundfont"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.wav")]
+        warnings = ["stopped: kept the audio made so far"] if r.stop_reason == "cancelled" else []
+        return PieceRecord(
+            id=piece_id, created=_now(), kind=kind, title=("Performance: " if performed else "") + prompt[:80],
+            prompt={"text": prompt, **({"melody": r.melody} if r.melody else {})}, seed=s.seed, model=r.model,
+            seconds=round(r.seconds, 2), stop_reason=r.stop_reason, files=files, warnings=warnings,
+            settings={**asdict(s), "audio_seconds": round(r.audio_seconds, 2), "windows": r.windows})
+
     # --- history ---------------------------------------------------------------------------------
     def history(self, key: str) -> list[PieceRecord]:
         return self.store.session(key).history()
@@ -339,6 +479,7 @@ class Studio:
                                 "free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)})
         devices.append({"device": "cpu", **_host_memory()})
         models = [{"model": spec or "bundled", "status": slot.status()} for spec, slot in self.models.items()]
+        models += [{"model": spec, "kind": "MusicGen", "status": slot.status()} for spec, slot in self.audio_models.items()]
         return {"devices": devices, "models": models, "running": len(self._cancels),
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size}
 
