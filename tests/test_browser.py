@@ -36,7 +36,11 @@ def page(tmp_path_factory):
     if api.bundled_model() is None:
         pytest.skip("no bundled model")
     tmp = tmp_path_factory.mktemp("browser")
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128)  # a short piece: quick on 2 cores
+    from test_audio import tiny_musicgen
+
+    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128,  # a short piece: quick on 2 cores
+                          audio_model=str(tiny_musicgen(tmp / "musicgen")),  # tiny random MusicGen models: plumbing only
+                          melody_model=str(tiny_musicgen(tmp / "melody", melody=True)))
     studio = Studio(config)
     studio.model(None)
     demo = build_app(config, studio)
@@ -145,3 +149,44 @@ def test_closing_the_page_stops_that_users_generation(page):
     records = sorted((p for p in studio.store.root.glob("*/*/record.json")), key=lambda p: p.parent.name)
     newest = json.loads(records[-1].read_text())
     assert newest["stop_reason"] == "closed" and newest["files"]["abc"]  # stopped, not finished; text kept
+
+
+def test_audio_page_makes_audio_and_a_score_is_performed(page):
+    """The Audio page with a tiny random MusicGen: a prompt becomes a player, a picture and
+    downloads; then the Score page's "Perform with MusicGen" plays a typed score."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from test_audio import TUNE
+
+    driver, studio = page
+    driver.get(f"http://127.0.0.1:{studio.config.port}/")  # the tab may have left the studio (test above)
+    wait_for(driver, lambda d: "ready" in d.find_element(By.TAG_NAME, "body").text, what="the model to load")
+    records = lambda kind: [p for p in studio.store.root.glob("*/*/record.json")  # noqa: E731
+                            if json.loads(p.read_text())["kind"] == kind]
+    driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Audio']").click()
+    box = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "textarea[placeholder^='warm string quartet']"),
+                   what="the prompt box")
+    box.send_keys("slow piano")
+    driver.find_element(By.XPATH, "//button[normalize-space()='Generate audio']").click()
+    wait_for(driver, lambda d: records("audio"), timeout=120, what="the audio to be kept")
+    wait_for(driver, lambda d: "real-time factor" in d.find_element(By.TAG_NAME, "body").text, what="the summary")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "img[src*='.png']"), what="the waveform picture")
+    links = wait_for(driver, lambda d: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "a[download]")
+                                        if a.is_displayed() and ".wav" in (a.get_attribute("href") or "")],
+                     what="the WAV download")
+    assert links
+    driver.save_screenshot(str(SCREENSHOT.with_name("audio.png")))
+    # the Score page: type a score, perform it
+    driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Score']").click()
+    editor = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".cm-content"), what="the ABC editor")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys(TUNE)
+    driver.find_element(By.XPATH, "//button[contains(., 'Perform with MusicGen')]").click()  # opens the accordion
+    buttons = wait_for(driver, lambda d: [b for b in d.find_elements(By.XPATH, "//button[normalize-space()='Perform with MusicGen']")
+                                          if b.is_displayed() and b.tag_name == "button"], what="the Perform button")
+    buttons[-1].click()
+    wait_for(driver, lambda d: records("performed"), timeout=120, what="the performance to be kept")
+    wait_for(driver, lambda d: "Performance:" in d.find_element(By.TAG_NAME, "body").text, what="the performance summary")

@@ -213,7 +213,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 a_progress = gr.Markdown("")
                 a_players = [gr.Audio(label=f"Variation {i + 1}", type="filepath", interactive=False, visible=i == 0)
                              for i in range(AUDIO_PLAYERS)]
-                a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=1, height="auto")
+                a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=2, height=360, object_fit="contain")
                 a_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
