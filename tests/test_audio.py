@@ -366,3 +366,19 @@ def test_the_command_line_performs_a_score(tmp_path, melody_am):
     with wave.open(str(out)) as w:
         assert w.getnframes() == 32000
     assert out.with_suffix(".png").is_file()
+
+
+def test_normalise_brings_quiet_and_loud_music_to_the_target():
+    """A chord with a slow swell, quiet and loud: both come out within 1 LU of -14 LUFS with
+    peaks under -1 dBFS (music-like crest factor, so the peak limit does not decide it)."""
+    import torchaudio.functional as AF
+
+    sr = 32000
+    t = np.arange(4 * sr) / sr
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.25 * t))
+    for level in (0.01, 0.3):
+        clip = (level * chord / np.abs(chord).max()).astype(np.float32)[None, None]
+        out, lufs = musicgen.normalise(clip, sr)
+        measured = float(AF.loudness(torch.from_numpy(out[0]), sr))
+        assert abs(measured - musicgen.TARGET_LUFS) <= 1.0 and abs(lufs[0] - measured) < 1e-3
+        assert np.abs(out).max() <= 10 ** (musicgen.PEAK_DBFS / 20) + 1e-6
