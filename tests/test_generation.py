@@ -333,3 +333,17 @@ def test_header_lines_must_be_readable():
     assert header_line_ok('V:1 treble nm="Violin I" snm="Vl."') and header_line_ok("%%score [ ( 1 2 ) | 3 ]")
     assert not header_line_ok('V:2 treble nm="1nspose') and not header_line_ok("%%score [ ( 1 2 ) 3 | 4 ) ]")
     assert not header_line_ok("[V:1]abc|")
+
+
+def test_a_piece_that_ends_in_its_header_writes_the_header_again():
+    """The bundled model sometimes ends an orchestral piece inside a long %%score line: with
+    retries left, the header is taken back instead of ending the piece with no music."""
+    state = PieceState(0, PieceRequest(BACH, voices=4, header_retries=1), 128, 16, "cpu")
+    start = state.text
+    events = _feed(state, "%%score [ 1 | 2 ] [ 3 | 4 | 4 | ")  # 31 characters, then eos in the second patch
+    eos = [1] + [2] * 15
+    events.append(state.accept(eos))
+    assert events[-1] is not None and state.stop_reason is None and state.text == start
+    assert _replay(start, events) == start and state.rewritten == 1
+    events += _feed(state, "%%score [ 1 | 2 ] [ 3 | 4 | 4 | ")
+    assert state.accept(eos) is None and state.stop_reason == "eos"  # retries used up: it ends

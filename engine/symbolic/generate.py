@@ -179,6 +179,12 @@ class PieceState:
         """ids: the 16 ids of the next patch, the context's partial tail included."""
         new = ids[len(self.tail):]
         if is_eos_patch(new) and self.req.stop_at_eos:
+            if not self.in_tunebody and self.header_open:
+                # A piece cannot end in its header: write the header again while retries are left.
+                retract = self._take_back_header(finished=True, ended=True)
+                if retract:
+                    return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
+                                      retract=retract)
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
@@ -227,10 +233,11 @@ class PieceState:
         if not self.in_tunebody and self.header_start is not None:
             self.header_open = True  # back before the tune body: the header is being written again
 
-    def _take_back_header(self, finished: bool) -> int:
+    def _take_back_header(self, finished: bool, ended: bool = False) -> int:
         """When the tune body begins (finished) the header must declare the request's number of
-        voices; while it is written, it must not declare more. Otherwise, while retries are left,
-        returns to the header's start and gives the number of characters taken back."""
+        voices; while it is written, it must not declare more; the piece must not end in it
+        (ended). Otherwise, while retries are left, returns to the header's start and gives the
+        number of characters taken back."""
         meta = self.text[self.header_start[0]:]
         wanted, tries = self.req.voices, self.req.header_retries
         if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
@@ -241,7 +248,7 @@ class PieceState:
         # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
         # without its [r:] marker, so the header never ended properly.
         header_like = all(header_line_ok(ln) for ln in lines)
-        if header_like and (voices == wanted or (not finished and voices < wanted)):
+        if header_like and not ended and (voices == wanted or (not finished and voices < wanted)):
             if finished:
                 self.header_open = False  # checked: the header stays
             return 0
