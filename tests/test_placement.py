@@ -1,0 +1,159 @@
+"""Placement plans on simulated machines: models built on the meta device at NotaGen-small,
+-large and -X and musicgen-small/-medium/-large sizes (no memory used), device budgets for 1, 2,
+3 and 8 GPUs of equal and unequal sizes."""
+import pytest
+import torch
+
+from engine import placement as P
+from engine.errors import SettingsError
+
+G = 2**30
+M = 2**20
+
+
+def notagen(size):
+    from accelerate import init_empty_weights
+
+    from engine.symbolic.config import PRESETS
+    from engine.symbolic.model import NotaGenModel
+
+    with init_empty_weights():
+        return NotaGenModel(PRESETS[size]).to(torch.bfloat16)
+
+
+def musicgen(size):
+    from accelerate import init_empty_weights
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration, T5Config
+
+    hidden, layers, heads = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "large": (2048, 48, 32)}[size]
+    t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+    enc = EncodecConfig(sampling_rate=32000, num_filters=64, codebook_size=2048, codebook_dim=128, hidden_size=128,
+                        upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2], num_lstm_layers=2)
+    dec = MusicgenDecoderConfig(vocab_size=2048, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                ffn_dim=4 * hidden, num_codebooks=4)
+    with init_empty_weights():
+        return MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(),
+                                                               decoder=dec.to_dict())).to(torch.float16)
+
+
+def gpus(*sizes_gib):
+    return {f"cuda:{i}": int(s * G) for i, s in enumerate(sizes_gib)}
+
+
+def usable(b):
+    return {d: int(v * (1 - P.HEADROOM)) for d, v in b.items()}
+
+
+def check_split(plan, units, budget):
+    """No device over its budget; the stages, in order, are the model's units in order; the
+    pinned units (the character decoder among them) sit in the first stage."""
+    room = usable(budget)
+    assert all(s.bytes <= room[s.device] for s in plan.stages)
+    if plan.kind == "replicate":
+        assert all(s.units == [u.name for u in units] for s in plan.stages)
+        return
+    assert [n for s in plan.stages for n in s.units] == [u.name for u in units]
+    first = set(plan.stages[0].units)
+    assert all(u.name in first for u in units if u.pinned) and "char_level_decoder" in first
+
+
+@pytest.mark.parametrize("size", ["notagen-small", "notagen-large", "notagen-x"])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("budget", [gpus(80), gpus(24, 24), gpus(40, 12, 12), gpus(*[16] * 8),
+                                    gpus(3, 3), gpus(1.2, 0.8, 0.8), gpus(2, 1), gpus(*[0.6] * 8)])
+def test_notagen_plans_fit_and_keep_the_character_decoder_first(size, batch, budget):
+    model = notagen(size)
+    units = P.notagen_units(model, batch=batch)
+    try:
+        plan = P.plan_units(units, budget)
+    except P.PlacementError as e:
+        assert sum(u.bytes for u in units) > max(usable(budget).values())  # only when no one device holds it
+        assert "needs" in str(e)
+        return
+    check_split(plan, units, budget)
+    total = sum(u.bytes for u in units)
+    room = usable(budget)
+    if all(total <= room[d] for d in budget):
+        assert plan.kind == ("replicate" if len(budget) > 1 else "single")  # fits everywhere: a copy per GPU
+    elif not any(total <= room[d] for d in budget):
+        assert plan.kind == "split"  # fits nowhere whole: split
+
+
+def test_split_stages_are_balanced_within_ten_percent_of_the_ideal():
+    model = notagen("notagen-x")
+    for batch, budget in ((1, gpus(0.6, 0.6)), (8, gpus(1.2, 1.2, 1.2)), (8, gpus(2.0, 1.0)), (4, gpus(0.9, 0.9))):
+        units = P.notagen_units(model, batch=batch)
+        plan = P.plan_units(units, budget, "split")
+        used = {s.device: budget[s.device] for s in plan.stages}
+        total = sum(u.bytes for u in units)
+        assert plan.kind == "split" and len(plan.stages) >= 2
+        for s in plan.stages:
+            ideal = total * used[s.device] / sum(used.values())
+            assert abs(s.bytes - ideal) <= 0.10 * ideal, (batch, budget, s.device, s.bytes / M, ideal / M)
+
+
+def test_auto_replicates_where_it_fits_splits_where_it_does_not_and_offloads_last():
+    units = P.notagen_units(notagen("notagen-x"), batch=8)
+    total = sum(u.bytes for u in units)
+    assert P.plan_units(units, gpus(40, 40, 40)).kind == "replicate"
+    small = total / G / 2  # two of these hold it, one does not
+    plan = P.plan_units(units, gpus(small * 1.3, small * 1.3))
+    assert plan.kind == "split" and not plan.warnings
+    plan = P.plan_units(units, {**gpus(small * 0.8, small * 0.8), "cpu": 64 * G})
+    assert plan.kind == "split" and plan.stages[-1].device == "cpu" and "CPU" in plan.warnings[0]
+    assert plan.stages[0].device == "cuda:0"  # the GPU keeps the first stage; the CPU takes only what is left
+
+
+def test_clear_errors_when_nothing_can_hold_the_model():
+    units = P.notagen_units(notagen("notagen-x"), batch=8)
+    with pytest.raises(P.PlacementError, match="needs .* GiB.*add devices"):
+        P.plan_units(units, gpus(0.2, 0.2))
+    with pytest.raises(P.PlacementError, match="use --placement split"):
+        P.plan_units(units, gpus(0.5), "single")
+    with pytest.raises(P.PlacementError, match="replicate needs a full copy"):
+        P.plan_units(units, gpus(40, 0.5), "replicate")
+    with pytest.raises(SettingsError, match="placement must be one of"):
+        P.plan_units(units, gpus(40), "sideways")
+
+
+@pytest.mark.parametrize("size", ["small", "medium", "large"])
+def test_musicgen_plans_keep_decoder_layers_whole_and_fit(size):
+    model = musicgen(size)
+    from accelerate.utils import compute_module_sizes
+
+    weights = compute_module_sizes(model)[""]
+    plan = P.plan_musicgen(model, gpus(80), batch=1)
+    assert plan.kind == "single"
+    budget = gpus(*[weights / G * 0.7] * 3)  # too small alone; three hold it
+    plan = P.plan_musicgen(model, budget, batch=1, frames=500)
+    assert plan.kind == "split" and len(plan.stages) >= 2
+    room = usable(budget)
+    assert all(s.weight_bytes <= room[s.device] for s in plan.stages)
+    names = [n for s in plan.stages for n in s.units]
+    layer_parts = [n for n in names if ".layers." in n]
+    assert all(n.split(".layers.")[1].isdigit() for n in layer_parts)  # whole layers, never parts of one
+    with pytest.raises(P.PlacementError):
+        P.plan_musicgen(model, gpus(weights / G * 0.1), "single")
+
+
+def test_device_and_memory_options_are_parsed_and_checked():
+    assert P.parse_devices("0, 2,cpu") == ["cuda:0", "cuda:2", "cpu"] and P.parse_devices("") is None
+    assert P.parse_max_memory("0=20GiB,cpu=512MB") == {"cuda:0": 20 * G, "cpu": 512 * 10**6}
+    for bad, message in (("0,0", "twice"), ("gpu1", "unknown device")):
+        with pytest.raises(SettingsError, match=message):
+            P.parse_devices(bad)
+    for bad, message in (("0:20GiB", "DEVICE=SIZE"), ("0=lots", "not a size"), ("0=0GiB", "more than zero")):
+        with pytest.raises(SettingsError, match=message):
+            P.parse_max_memory(bad)
+    assert P.budgets(["cuda:0"], {"cuda:0": 5 * G}) == {"cuda:0": 5 * G}
+    with pytest.raises(SettingsError, match="visible GPU"):
+        P.budgets(["cuda:7"])
+
+
+def test_a_plan_describes_itself_for_doctor_and_the_system_page():
+    units = P.notagen_units(notagen("notagen-x"), batch=1)
+    plan = P.plan_units(units, gpus(0.6, 0.6))
+    text = plan.describe()
+    assert "placement: split" in text and "cuda:1" in text and "h.0-" in text
+    d = plan.to_dict()
+    assert d["kind"] == "split" and d["stages"][0]["units"][-1].startswith("patch_level_decoder.base.h.0-")
