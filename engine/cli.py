@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import sys
@@ -46,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(pr)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a list")
 
-    sub.add_parser("doctor", help="report Python, torch, GPUs and the model files found")
+    d = sub.add_parser("doctor", help="report Python, torch, GPUs, the model files found and where a model would be placed")
+    d.add_argument("--model", default=None, help="the model to plan for (default: the bundled model)")
+    d.add_argument("--devices", default=os.environ.get("CADENZA_DEVICES"), help="GPUs to use, e.g. 0,1,2 (default: all visible)")
+    d.add_argument("--placement", default=os.environ.get("CADENZA_PLACEMENT", "auto"),
+                   help="auto | single | split | replicate (default auto)")
+    d.add_argument("--max-memory", default=os.environ.get("CADENZA_MAX_MEMORY"),
+                   help="budget per device, e.g. 0=20GiB,1=20GiB (default: what each GPU has free)")
+    d.add_argument("--batch", type=int, default=1, help="pieces generated together, for the KV-cache estimate")
 
     d = sub.add_parser("dataset", help="build training data in NotaGen's format")
     d.add_argument("action", choices=["build", "folder"], help="build: music21's corpus; folder: your own scores")
@@ -352,6 +360,32 @@ def _cached_models() -> list[str]:
                   if any(k in r.repo_id.lower() for k in ("notagen", "musicgen")))
 
 
+def _print_placement(args, bundled) -> None:
+    """The plan for the model on this machine's (or the named, budgeted) devices."""
+    import torch
+    from accelerate import init_empty_weights
+
+    from engine import placement
+    from engine.symbolic.checkpoint import read_config
+    from engine.symbolic.model import NotaGenModel
+
+    path = args.model or bundled
+    if path is None:
+        return
+    devices = placement.parse_devices(args.devices)
+    budget = placement.budgets(devices, placement.parse_max_memory(args.max_memory))
+    dtype = torch.float32 if list(budget) == ["cpu"] else torch.bfloat16
+    with init_empty_weights():
+        model = NotaGenModel(read_config(path)).to(dtype)
+    try:
+        plan = placement.plan_notagen(model, budget, args.placement, batch=args.batch)
+    except CadenzaError as e:
+        print(f"placement of {Path(path).name}: cannot be planned: {e}")
+        return
+    print(f"placement of {Path(path).name} ({str(dtype).replace('torch.', '')}, batch {args.batch}):")
+    print("  " + plan.describe().replace("\n", "\n  "))
+
+
 def cmd_doctor(args) -> int:
     import importlib.metadata as md
 
@@ -374,6 +408,7 @@ def cmd_doctor(args) -> int:
     bundled = api.bundled_model()
     print(f"bundled model: {bundled if bundled else 'none yet (assets/models is empty): pass --model'}")
     print(f"models in the Hugging Face cache: {', '.join(_cached_models()) or 'none'}")
+    _print_placement(args, bundled)
     print("packages:")
     parts = {
         "verovio": "sheet music (SVG pages)", "cairosvg": "PDF and PNG from the SVG pages",

@@ -123,6 +123,19 @@ def test_doctor():
     assert r.returncode == 0
     assert f"torch {torch.__version__}" in r.stdout and "Python 3." in r.stdout
     assert "abctoolkit" in r.stdout and "verovio" in r.stdout and "TimGM6mb.sf2 (found" in r.stdout
+    assert "placement of cadenza-small" in r.stdout and ("placement: single" in r.stdout or "placement: replicate" in r.stdout)
+
+
+def test_doctor_shows_the_plan_on_simulated_gpus():
+    """Budgets given with --max-memory need no GPU: the plan for two small GPUs is a split with
+    the character decoder on the first; one too small for anything says so and the report goes on."""
+    r = cli("doctor", "--devices", "0,1", "--max-memory", "0=12MiB,1=12MiB")
+    assert r.returncode == 0, r.stderr
+    assert "placement: split" in r.stdout and "cuda:1" in r.stdout
+    first = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("cuda:0"))
+    assert "char_level_decoder" in first
+    r = cli("doctor", "--devices", "0", "--max-memory", "0=1MiB")
+    assert r.returncode == 0 and "cannot be planned" in r.stdout and "packages:" in r.stdout
 
 
 @pytest.mark.skipif(not TINY_PTH.is_file(), reason="../shared/notagen reference files not present")

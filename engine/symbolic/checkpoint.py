@@ -176,6 +176,20 @@ def load_model_folder(folder: str | Path, device=None, dtype=None) -> LoadedMode
     return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings, voices)
 
 
+def read_config(path: str | Path) -> NotaGenConfig:
+    """A model's sizes without building it: a folder's config.json, or a .pth's tensor shapes
+    (memory-mapped, nothing is read into RAM)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        try:
+            return NotaGenConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a Cadenza model folder with a valid {CONFIG_FILE} ({e})") from e
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: expected a NotaGen .pth file or a Cadenza model folder")
+    return infer_config(_read_pth(path))
+
+
 def load_model(path: str | Path, device=None, dtype=None) -> LoadedModel:
     """A Cadenza model folder or a NotaGen `.pth` file, in eval mode on `device` (default CPU)."""
     path = Path(path).expanduser()
