@@ -276,6 +276,19 @@ def _balanced(units: list[Unit], devices: list[str], usable: dict[str, int]) -> 
     return stages
 
 
+def place_notagen(model, plan: Plan):
+    """Moves a NotaGen model's parts to their stages' devices (a single or split plan; for
+    replicate, place a copy per stage). The model then runs as before: the patch-level decoder
+    hands its hidden state across each stage boundary and back to the first stage."""
+    if plan.kind == "replicate":
+        raise SettingsError("a replicate plan places one full copy per device: place a copy for each stage")
+    for stage in plan.stages:
+        for name in stage.units:
+            model.get_submodule(name).to(stage.device)
+    model.patch_level_decoder.base.split = plan.kind == "split"
+    return model
+
+
 def plan_notagen(model, budget: dict[str, int], placement: str = "auto", batch: int = 1,
                  context: int | None = None, dtype: torch.dtype | None = None) -> Plan:
     return plan_units(notagen_units(model, batch, context, dtype), budget, placement)

@@ -157,3 +157,55 @@ def test_a_plan_describes_itself_for_doctor_and_the_system_page():
     assert "placement: split" in text and "cuda:1" in text and "h.0-" in text
     d = plan.to_dict()
     assert d["kind"] == "split" and d["stages"][0]["units"][-1].startswith("patch_level_decoder.base.h.0-")
+
+
+# --- running a split model ---------------------------------------------------------------------------
+def _on(plan, device):
+    from dataclasses import replace
+
+    plan.stages = [replace(s, device=device) for s in plan.stages]
+    return plan
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_a_split_model_writes_exactly_what_the_whole_model_writes(stages):
+    """Two or three stages (on the CPU the stages are separate modules with their own caches, the
+    hops are no-ops) give the single-device pieces exactly: a batch of three with different
+    lengths, past a context overflow (64 patches) and back."""
+    import copy
+
+    from conftest import BACH, tiny_model
+    from engine.symbolic.generate import PieceRequest, generate
+    from test_generation import BODY, HEADER
+
+    whole = tiny_model(seed=3)
+    split = copy.deepcopy(whole)
+    units = P.notagen_units(split)
+    room = 2 * sum(u.bytes for u in units) / G  # asked to split, it uses every device given
+    plan = _on(P.plan_units(units, gpus(*[room] * stages), "split"), "cpu")
+    assert plan.kind == "split" and len(plan.stages) == stages
+    P.place_notagen(split, plan)
+    reqs = lambda: [PieceRequest(BACH, seed=s, max_patches=n, stop_at_eos=False, max_seconds=600,  # noqa: E731
+                                 prefix=HEADER + BODY) for s, n in ((1, 130), (2, 70), (3, 30))]
+    a = generate(whole, reqs())
+    b = generate(split, reqs())
+    assert [p.text for p in a] == [p.text for p in b]
+    assert max(p.context_resets for p in a) >= 1  # the context overflowed and was rebuilt
+    assert split.patch_level_decoder.base.split
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the transfer path between devices")
+def test_a_split_between_the_gpu_and_the_cpu_writes_what_the_gpu_alone_writes():
+    import copy
+
+    from conftest import BACH, tiny_model
+    from engine.symbolic.generate import PieceRequest, generate
+
+    whole = tiny_model(seed=3).to("cuda")
+    split = copy.deepcopy(whole)
+    units = P.notagen_units(split)
+    plan = P.plan_units(units, {"cuda:0": 10 * G, "cpu": 10 * G}, "split")
+    P.place_notagen(split, plan)
+    assert {p.device.type for p in split.parameters()} == {"cuda", "cpu"}
+    reqs = lambda: [PieceRequest(BACH, seed=s, max_patches=80, stop_at_eos=False) for s in (1, 2)]  # noqa: E731
+    assert [p.text for p in generate(whole, reqs())] == [p.text for p in generate(split, reqs())]

@@ -360,7 +360,8 @@ class FastBackend:
             caches = [c.rows(idx) for c in caches]
             out = self.model.patch_level_decoder.step(patches, caches, pos, kv_len, mask)
             for full, sub in zip(self.patch_caches, caches):
-                full.k[idx], full.v[idx] = sub.k, sub.v
+                i = idx.to(full.k.device)  # a split model keeps each layer's cache with its layer
+                full.k[i], full.v[i] = sub.k, sub.v
             return out
         return self.model.patch_level_decoder.step(patches, caches, pos, kv_len, mask)
 

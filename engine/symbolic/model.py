@@ -47,6 +47,7 @@ class KVCache:
         """A cache of some rows: a view for a slice, a copy for an index tensor."""
         if isinstance(index, slice):
             return KVCache(self.k[index], self.v[index], self.max_positions)
+        index = index.to(self.k.device)  # a split model keeps each layer's cache on its layer's device
         return KVCache(self.k.index_select(0, index), self.v.index_select(0, index), self.max_positions)
 
     def ensure(self, positions: int) -> None:
@@ -61,6 +62,7 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drops the rows of finished pieces so they stop costing compute."""
+        rows = rows.to(self.k.device)
         self.k = self.k.index_select(0, rows)
         self.v = self.v.index_select(0, rows)
 
@@ -139,7 +141,11 @@ class Block(nn.Module):
 
 
 class GPT2Stack(nn.Module):
-    """GPT-2's transformer (wte, wpe, h, ln_f) driven by input embeddings."""
+    """GPT-2's transformer (wte, wpe, h, ln_f) driven by input embeddings.
+
+    Split across devices (engine.placement), each block runs where its weights are: the hidden
+    state crosses to the next stage's device once per boundary, each layer's KV cache lives with
+    its layer, and the output comes back to the device of the embeddings (the first stage)."""
 
     def __init__(self, cfg: NotaGenConfig, vocab: int, positions: int, layers: int):
         super().__init__()
@@ -147,26 +153,45 @@ class GPT2Stack(nn.Module):
         self.wpe = nn.Embedding(positions, cfg.hidden_size)
         self.h = nn.ModuleList(Block(cfg) for _ in range(layers))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.split = False  # set by engine.placement when the blocks sit on several devices
 
     def forward(self, embeds: torch.Tensor, caches: list[KVCache] | None = None, row: int | None = None):
         """embeds (batch, time, hidden) from position 0 -> hidden states (batch, time, hidden)."""
         x = embeds + self.wpe.weight[: embeds.shape[1]]
+        home = x.device
         for i, block in enumerate(self.h):
+            x = self._to_block(x, block)
             x = block(x, None if caches is None else caches[i], row)
-        return self.ln_f(x)
+        return self._home(self.ln_f(self._to_block(x, self.ln_f)), home)
 
     def step(self, embeds: torch.Tensor, caches: list[KVCache], pos: torch.Tensor | int, kv_len: int,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """embeds (rows, hidden) at positions pos (an int, or (rows,)) -> hidden states (rows, hidden)."""
         x = (embeds + (self.wpe.weight[pos] if isinstance(pos, int) else self.wpe(pos))).unsqueeze(1)
+        home = x.device
         for block, cache in zip(self.h, caches):
+            if self.split and x.device != block.ln_1.weight.device:
+                x = self._to_block(x, block)
+                pos = pos.to(x.device) if isinstance(pos, torch.Tensor) else pos
+                mask = mask.to(x.device) if mask is not None else None
             x = block.step(x, cache, pos, kv_len, mask)
-        return self.ln_f(x).squeeze(1)
+        return self._home(self.ln_f(self._to_block(x, self.ln_f)), home).squeeze(1)
+
+    def _to_block(self, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        if not self.split:
+            return x
+        dev = next(module.parameters()).device
+        return x if x.device == dev else x.to(dev)
+
+    def _home(self, x: torch.Tensor, home: torch.device) -> torch.Tensor:
+        return x if x.device == home else x.to(home)
 
     def new_caches(self, rows: int, positions: int, device, dtype) -> list[KVCache]:
+        """One cache per layer, on that layer's device when the model is split."""
         a = self.h[0].attn if len(self.h) else None
         heads, dim = (a.n_heads, a.head_dim) if a else (1, 64)
-        return [KVCache.allocate(rows, heads, positions, dim, device, dtype) for _ in self.h]
+        return [KVCache.allocate(rows, heads, positions, dim, block.ln_1.weight.device if self.split else device, dtype)
+                for block in self.h]
 
 
 class PatchLevelDecoder(nn.Module):
