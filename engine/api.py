@@ -31,6 +31,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         raise CheckpointError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r} asked for, but this machine has no CUDA GPU (use 'cpu')")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CheckpointError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                              "visible GPU(s) (CUDA_VISIBLE_DEVICES decides which)")
     return dev
 
 
@@ -60,6 +63,48 @@ def load(path: str | Path | None = None, device=None, dtype: torch.dtype | None 
                 "(.pth, e.g. NotaGen-X from huggingface.co/ElectricAlexis/NotaGen) or a Cadenza model folder")
     dev = pick_device(device)
     return load_model(path, device=dev, dtype=dtype or default_dtype(dev))
+
+
+@dataclass
+class PlacementOptions:
+    """Where a model goes: GPUs ("0,1,2"; default every visible one, or the CPU), the plan
+    (auto | single | split | replicate), budgets ("0=20GiB,1=20GiB"), and the batch the KV cache
+    is sized for."""
+    devices: str | None = None
+    placement: str = "auto"
+    max_memory: str | None = None
+    batch: int = 1
+
+
+def load_placed(path: str | Path | None = None, options: PlacementOptions | None = None,
+                dtype: torch.dtype | None = None) -> list[LoadedModel]:
+    """A model placed by engine.placement: one LoadedModel (single device, or split across
+    several), or one copy per device (replicate). The plan is made on the meta device from the
+    checkpoint's sizes before anything is loaded; each copy carries it (`.plan`)."""
+    import dataclasses
+
+    from accelerate import init_empty_weights
+
+    from engine import placement
+    from engine.symbolic.checkpoint import read_config
+    from engine.symbolic.model import NotaGenModel
+
+    o = options or PlacementOptions()
+    path = path or bundled_model()
+    if path is None:
+        return [load(None)]  # raises the clear "no model" error
+    budget = placement.budgets(placement.parse_devices(o.devices), placement.parse_max_memory(o.max_memory))
+    dtype = dtype or (torch.float32 if list(budget) == ["cpu"] else torch.bfloat16)
+    with init_empty_weights():
+        meta = NotaGenModel(read_config(path)).to(dtype)
+    plan = placement.plan_notagen(meta, budget, o.placement, batch=o.batch)
+    for stage in plan.stages:
+        pick_device(stage.device)  # a plan for GPUs this machine lacks (--max-memory simulates them) stops here
+    if plan.kind == "split":
+        lm = load(path, device="cpu", dtype=dtype)  # memory-mapped; each stage then moves to its device
+        placement.place_notagen(lm.model, plan)
+        return [dataclasses.replace(lm, plan=plan)]
+    return [dataclasses.replace(load(path, device=stage.device, dtype=dtype), plan=plan) for stage in plan.stages]
 
 
 @dataclass

@@ -209,3 +209,43 @@ def test_a_split_between_the_gpu_and_the_cpu_writes_what_the_gpu_alone_writes():
     assert {p.device.type for p in split.parameters()} == {"cuda", "cpu"}
     reqs = lambda: [PieceRequest(BACH, seed=s, max_patches=80, stop_at_eos=False) for s in (1, 2)]  # noqa: E731
     assert [p.text for p in generate(whole, reqs())] == [p.text for p in generate(split, reqs())]
+
+
+# --- the studio: copies, and a device that runs out of memory ----------------------------------------
+def test_requests_go_to_the_least_loaded_copy():
+    from webui.studio import ModelSlot
+
+    a, b = object(), object()
+    slot = ModelSlot("m", "auto", loader=lambda spec, device: [a, b]).start()
+    slot.get()
+    first, second = slot.checkout(), slot.checkout()
+    assert {first, second} == {a, b}
+    slot.checkin(a)
+    assert slot.checkout() is a and slot.busy == [1, 1]
+
+
+def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_path, monkeypatch):
+    from engine import api
+    from test_webui import BACH, tiny_folder
+    from webui.config import StudioConfig
+    from webui.studio import ComposeSettings, Studio
+
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
+    real = api.compose_stream
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "compose_stream", flaky)
+    key = "m" * 20 + "-oom"
+    settings = ComposeSettings(seed=1, max_patches=8, variations=2)
+    with pytest.raises(Exception, match="ran out of memory writing 2 variation.*model stays loaded"):
+        list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, settings))
+    slot = studio.model(None)
+    assert slot.lm is not None and slot.busy == [0]  # still loaded, the copy given back
+    *_, outcomes = studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, settings)
+    assert len(outcomes) == 2 and outcomes[0].record.seed == 1

@@ -24,6 +24,9 @@ class StudioConfig:
     max_variations: int = 8
     max_seconds: float = 1200.0  # wall-clock bound per request
     preview_every_bars: int = 8  # sheet music redrawn while composing
+    devices: str | None = None  # GPUs for models, e.g. "0,1,2" (default: every visible one, else the CPU)
+    placement: str = "auto"  # auto | single | split | replicate (see engine/placement.py)
+    max_memory: str | None = None  # per-device budgets, e.g. "0=20GiB,1=20GiB"
     audio_model: str = "facebook/musicgen-small"  # MusicGen for the Audio page (hub id or folder)
     melody_model: str = "facebook/musicgen-melody"  # for melodies and "Perform with MusicGen"
     max_audio_seconds: float = 120.0  # the longest audio a user may ask for (the engine allows 300)
@@ -64,6 +67,10 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
                     help="requests composed at once per model")
     ap.add_argument("--queue-size", type=int, default=int(env("CADENZA_QUEUE_SIZE", "32")))
     ap.add_argument("--max-upload-mb", type=int, default=int(env("CADENZA_MAX_UPLOAD_MB", "20")))
+    ap.add_argument("--devices", default=env("CADENZA_DEVICES"), help="GPUs for models, e.g. 0,1,2 (default: all visible)")
+    ap.add_argument("--placement", default=env("CADENZA_PLACEMENT", "auto"), choices=("auto", "single", "split", "replicate"),
+                    help="how a model is placed on the GPUs (default auto: a copy per GPU when it fits, else split)")
+    ap.add_argument("--max-memory", default=env("CADENZA_MAX_MEMORY"), help="budget per device, e.g. 0=20GiB,1=20GiB")
     ap.add_argument("--audio-model", default=env("CADENZA_AUDIO_MODEL", "facebook/musicgen-small"),
                     help="MusicGen for the Audio page: hub id (Hugging Face cache) or folder")
     ap.add_argument("--melody-model", default=env("CADENZA_MELODY_MODEL", "facebook/musicgen-melody"),
@@ -72,7 +79,8 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
     a = ap.parse_args(argv)
     cfg = StudioConfig(host=a.host, port=a.port, auth=parse_auth(a.auth), share=a.share, outputs=a.outputs,
                        model=a.model, device=a.device, concurrency=a.concurrency, queue_size=a.queue_size,
-                       max_upload_mb=a.max_upload_mb, audio_model=a.audio_model, melody_model=a.melody_model,
+                       max_upload_mb=a.max_upload_mb, devices=a.devices, placement=a.placement,
+                       max_memory=a.max_memory, audio_model=a.audio_model, melody_model=a.melody_model,
                        max_audio_seconds=a.max_audio_seconds)
     cfg.check()
     return cfg

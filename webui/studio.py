@@ -53,16 +53,20 @@ class Outcome:
 
 class ModelSlot:
     """One model, loaded in a background thread so the page is usable at once (`loader`:
-    api.load for NotaGen-family models, api.load_audio_model for MusicGen)."""
+    api.load_placed for NotaGen-family models, which may give a copy per GPU;
+    api.load_audio_model for MusicGen). Requests check out the least-loaded copy."""
 
     def __init__(self, spec: str | None, device: str, loader=None):
         self.spec, self.device = spec, device
-        self.loader = loader or api.load
-        self.lm = None
+        self.loader = loader or (lambda spec, device: api.load(spec, device=device))
+        self.lm = None  # the first copy: prompts, name, plan
+        self.copies: list = []
+        self.busy: list[int] = []  # requests running on each copy
         self.error: str | None = None
         self.started = self.used = time.monotonic()
         self.loaded_in: float | None = None
         self._ready = threading.Event()
+        self._count = threading.Lock()
 
     def start(self) -> "ModelSlot":
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
@@ -70,7 +74,10 @@ class ModelSlot:
 
     def _load(self) -> None:
         try:
-            self.lm = self.loader(self.spec, device=self.device)
+            loaded = self.loader(self.spec, device=self.device)
+            self.copies = loaded if isinstance(loaded, list) else [loaded]
+            self.busy = [0] * len(self.copies)
+            self.lm = self.copies[0]
             self.loaded_in = time.monotonic() - self.started
         except Exception as e:  # noqa: BLE001 - the message is shown on the page, the server stays up
             self.error = str(e)
@@ -89,13 +96,33 @@ class ModelSlot:
             raise CadenzaError(f"the model could not be loaded: {self.error}")
         return self.lm
 
+    def checkout(self, wait: float = 600.0):
+        """The copy with the fewest requests running (replicated models); give it back with
+        checkin()."""
+        self.get(wait)
+        with self._count:
+            i = min(range(len(self.copies)), key=lambda j: self.busy[j])
+            self.busy[i] += 1
+            return self.copies[i]
+
+    def checkin(self, lm) -> None:
+        with self._count:
+            for i, c in enumerate(self.copies):
+                if c is lm:
+                    self.busy[i] -= 1
+
     def status(self) -> str:
         name = self.spec or "bundled model"
         if not self._ready.is_set():
             return f"loading {name} ..."
         if self.lm is None:
             return f"{name} failed to load: {self.error}"
-        return f"{self.lm.name} ready on {self.lm.model.device} (loaded in {self.loaded_in:.1f}s)"
+        where = ", ".join(str(c.model.device) for c in self.copies)
+        return f"{self.lm.name} ready on {where} (loaded in {self.loaded_in:.1f}s)"
+
+    def plan(self) -> str | None:
+        plan = getattr(self.lm, "plan", None)
+        return plan.describe() if plan is not None else None
 
 
 @dataclass
@@ -139,8 +166,13 @@ class Studio:
             if key not in self.models and len(self.models) >= MAX_MODELS:
                 raise CadenzaError(f"{MAX_MODELS} models are loaded already: use one of them or restart the server")
             if key not in self.models:
-                self.models[key] = ModelSlot(spec, self.config.device).start()
+                self.models[key] = ModelSlot(spec, self.config.device, self._load_placed).start()
             return self.models[key]
+
+    def _load_placed(self, spec: str | None, device: str):
+        c = self.config
+        devices = c.devices or (device if device not in (None, "auto") else None)
+        return api.load_placed(spec, api.PlacementOptions(devices, c.placement, c.max_memory, c.max_variations))
 
     def prompts(self, spec: str | None = None):
         lm = self.model(spec).get()
@@ -187,8 +219,21 @@ class Studio:
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is kept."""
         session = self.store.session(key)
         s = self.check_settings(settings)
-        lm = self.model(model).get()
+        slot = self.model(model)
+        slot.get()
         prefix = api.continuation_prefix(continue_abc) if continue_abc else ""
+        lm = slot.checkout()
+        try:
+            yield from self._compose(session, lm, period, composer, instrumentation, s, prefix)
+        except Exception as e:
+            if _out_of_memory(e):
+                raise CadenzaError(_oom_message(lm, s)) from e
+            raise
+        finally:
+            slot.checkin(lm)
+
+    def _compose(self, session: Session, lm, period, composer, instrumentation, s: ComposeSettings,
+                 prefix: str) -> Iterator[Progress | list[Outcome]]:
         seed = s.seed if s.seed is not None else random.randrange(2**31)
         cancel = threading.Event()
         self._cancels[session.id] = cancel
@@ -478,10 +523,32 @@ class Studio:
                 devices.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
                                 "free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)})
         devices.append({"device": "cpu", **_host_memory()})
-        models = [{"model": spec or "bundled", "status": slot.status()} for spec, slot in self.models.items()]
+        models = [{"model": spec or "bundled", "status": slot.status(), "placement": slot.plan()}
+                  for spec, slot in self.models.items()]
         models += [{"model": spec, "kind": "MusicGen", "status": slot.status()} for spec, slot in self.audio_models.items()]
         return {"devices": devices, "models": models, "running": len(self._cancels),
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _oom_message(lm, s: ComposeSettings) -> str:
+    """After a device ran out of memory: free what the failed request held (the model stays
+    loaded, the next request works) and say what to change."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    where = ", ".join(sorted({str(p.device) for p in lm.model.parameters()}))
+    return (f"{where} ran out of memory writing {s.variations} variation(s) of up to {s.max_patches} patches: "
+            "the model stays loaded; ask for fewer variations or a shorter piece, or place the model on more GPUs")
 
 
 def _host_memory() -> dict:

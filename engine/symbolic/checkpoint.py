@@ -39,6 +39,7 @@ class LoadedModel:
     # Usual number of voices of each prompt's training pieces ("period_composer_instrumentation"):
     # generation writes a header again when it declares another number (see PieceRequest.voices).
     voices: dict[str, int] = field(default_factory=dict)
+    plan: object | None = None  # engine.placement.Plan when placed by api.load_placed
     _checksum: str | None = None
 
     def checksum(self) -> str:
