@@ -250,12 +250,40 @@ class AudioOutput:
     manifest: Path
 
 
-def load_audio_model(spec: str | Path | None = None, device=None):
-    """A MusicGen model (default facebook/musicgen-small) from a folder or the Hugging Face cache."""
+def load_audio_model(spec: str | Path | None = None, device=None, options: PlacementOptions | None = None):
+    """A MusicGen model (default facebook/musicgen-small) from a folder or the Hugging Face cache.
+    With placement options: planned on the meta device first; a split runs through accelerate's
+    device map (decoder layers kept whole). A replicate plan loads one copy (one audio request
+    runs at a time, so more copies would sit idle)."""
     from engine.audio import musicgen
 
-    dev = pick_device(device)
-    return musicgen.load(spec, device=dev)
+    if options is None:
+        return musicgen.load(spec, device=pick_device(device))
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    from engine import placement
+
+    spec = str(spec or musicgen.DEFAULT_MODEL)
+    budget = placement.budgets(placement.parse_devices(options.devices), placement.parse_max_memory(options.max_memory))
+    dtype = torch.float32 if list(budget) == ["cpu"] else torch.float16
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except OSError as e:
+        raise musicgen._offline_error(spec, e) from e
+    cls = MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody" else MusicgenForConditionalGeneration
+    with init_empty_weights():
+        meta = cls(config).to(dtype)
+    plan = placement.plan_musicgen(meta, budget, options.placement, batch=options.batch)
+    for stage in plan.stages:
+        pick_device(stage.device)
+    if plan.kind == "split":
+        device_map = {name: stage.device for stage in plan.stages for name in stage.units}
+        am = musicgen.load(spec, dtype=dtype, device_map=device_map)
+    else:
+        am = musicgen.load(spec, device=plan.stages[0].device, dtype=dtype)
+    am.plan = plan
+    return am
 
 
 def make_audio(am, prompt: str, settings, out_dir, stem: str = "audio", melody: str | Path | None = None,

@@ -308,7 +308,7 @@ def plan_musicgen(model, budget: dict[str, int], placement: str = "auto", batch:
     dec = model.config.decoder
     item = torch.tensor([], dtype=dtype).element_size()
     cache = 2 * (2 * batch) * frames * dec.hidden_size * item * dec.num_hidden_layers
-    whole = [Unit("", sizes[""], cache)]
+    whole = [Unit("(whole model)", sizes[""], cache)]
     if placement != "split":
         try:
             return plan_units(whole, budget, placement)

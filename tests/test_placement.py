@@ -249,3 +249,30 @@ def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_pat
     assert slot.lm is not None and slot.busy == [0]  # still loaded, the copy given back
     *_, outcomes = studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, settings)
     assert len(outcomes) == 2 and outcomes[0].record.seed == 1
+
+
+def test_a_split_musicgen_makes_the_same_audio_as_a_whole_one(tmp_path):
+    """The plan's device map (accelerate's hooks between the parts; every stage on the CPU here)
+    gives exactly the audio of the model in one piece."""
+    import numpy as np
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, MusicgenForConditionalGeneration
+
+    from engine import api
+    from engine.audio import musicgen as mg
+    from test_audio import tiny_musicgen
+
+    folder = tiny_musicgen(tmp_path / "m")
+    with init_empty_weights():
+        meta = MusicgenForConditionalGeneration(AutoConfig.from_pretrained(folder))
+    from accelerate.utils import compute_module_sizes
+
+    weights = compute_module_sizes(meta)[""]
+    plan = P.plan_musicgen(meta, gpus(*[weights * 0.6 / G] * 3), "split", frames=10)
+    assert plan.kind == "split" and len(plan.stages) >= 2
+    device_map = {name: "cpu" for s in plan.stages for name in s.units}
+    split = mg.load(folder, device_map=device_map)
+    whole = api.load_audio_model(folder, options=api.PlacementOptions(devices="cpu"))
+    assert whole.plan.kind == "single"
+    s = mg.AudioSettings(duration=0.6, seed=1)
+    assert np.array_equal(mg.generate(whole, "jazz", s).audio, mg.generate(split, "jazz", s).audio)

@@ -174,6 +174,11 @@ class Studio:
         devices = c.devices or (device if device not in (None, "auto") else None)
         return api.load_placed(spec, api.PlacementOptions(devices, c.placement, c.max_memory, c.max_variations))
 
+    def _load_audio_placed(self, spec: str | None, device: str):
+        c = self.config
+        devices = c.devices or (device if device not in (None, "auto") else None)
+        return api.load_audio_model(spec, options=api.PlacementOptions(devices, c.placement, c.max_memory, 1))
+
     def prompts(self, spec: str | None = None):
         lm = self.model(spec).get()
         if lm.prompts is None:
@@ -390,7 +395,7 @@ class Studio:
                                                                 self.audio_models[k].used))
                 del self.audio_models[oldest]
             if spec not in self.audio_models:
-                self.audio_models[spec] = ModelSlot(spec, self.config.device, api.load_audio_model).start()
+                self.audio_models[spec] = ModelSlot(spec, self.config.device, self._load_audio_placed).start()
             slot = self.audio_models[spec]
             slot.used = time.monotonic()
             return slot

@@ -81,6 +81,7 @@ class AudioModel:
     processor: object
     name: str
     static_cache: bool = False  # a static KV cache (on a GPU transformers then compiles the decoder step)
+    plan: object | None = None  # engine.placement.Plan when placed by api.load_audio_model(options=...)
 
     @property
     def config(self):
@@ -113,7 +114,8 @@ class AudioModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the text encoder's device (the first stage of a split model)."""
+        return next(self.model.text_encoder.parameters()).device
 
 
 @dataclass
@@ -151,7 +153,7 @@ def _offline_error(spec: str, e: Exception) -> CheckpointError:
 
 
 def load(spec: str | Path | None = None, device=None, dtype: torch.dtype | None = None,
-         static_cache: bool | None = None) -> AudioModel:
+         static_cache: bool | None = None, device_map: dict | None = None) -> AudioModel:
     """A MusicGen model (text-only or melody, mono or stereo) from a local folder or a hub id (the
     standard Hugging Face cache, downloading when there is network). Half precision on a GPU,
     fp32 on the CPU. static_cache (default: $CADENZA_MUSICGEN_STATIC_CACHE=1, GPU only) lets
@@ -171,11 +173,15 @@ def load(spec: str | Path | None = None, device=None, dtype: torch.dtype | None 
             raise CheckpointError(f"{spec} is a {config.model_type} model, not MusicGen")
         cls = MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody" \
             else MusicgenForConditionalGeneration
-        model = cls.from_pretrained(spec, dtype=dtype)
+        # device_map (engine.placement's split): accelerate places each module and moves
+        # activations between devices with hooks; without it the model goes to `dev` whole.
+        model = cls.from_pretrained(spec, dtype=dtype, device_map=device_map)
         processor = AutoProcessor.from_pretrained(spec)
     except OSError as e:
         raise _offline_error(spec, e) from e
     name = Path(spec).name if Path(spec).is_dir() else spec
+    if device_map is not None:
+        return AudioModel(model.eval(), processor, name, static_cache=False)
     if static_cache is None:
         static_cache = dev.type == "cuda" and os.environ.get("CADENZA_MUSICGEN_STATIC_CACHE") == "1"
     return AudioModel(model.to(dev).eval(), processor, name, static_cache=static_cache)
