@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
+    _placement_args(c)
     _format_args(c)
 
     r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
@@ -49,11 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="report Python, torch, GPUs, the model files found and where a model would be placed")
     d.add_argument("--model", default=None, help="the model to plan for (default: the bundled model)")
-    d.add_argument("--devices", default=os.environ.get("CADENZA_DEVICES"), help="GPUs to use, e.g. 0,1,2 (default: all visible)")
-    d.add_argument("--placement", default=os.environ.get("CADENZA_PLACEMENT", "auto"),
-                   help="auto | single | split | replicate (default auto)")
-    d.add_argument("--max-memory", default=os.environ.get("CADENZA_MAX_MEMORY"),
-                   help="budget per device, e.g. 0=20GiB,1=20GiB (default: what each GPU has free)")
+    _placement_args(d)
     d.add_argument("--batch", type=int, default=1, help="pieces generated together, for the KV-cache estimate")
 
     d = sub.add_parser("dataset", help="build training data in NotaGen's format")
@@ -143,6 +140,16 @@ def _print_render(result) -> None:
         print(f"  note: {w}", file=sys.stderr)
 
 
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", default=os.environ.get("CADENZA_DEVICES"),
+                   help="GPUs to place the model on, e.g. 0,1,2 (default: all visible; CUDA_VISIBLE_DEVICES applies)")
+    p.add_argument("--placement", default=os.environ.get("CADENZA_PLACEMENT", "auto"),
+                   choices=("auto", "single", "split", "replicate"),
+                   help="auto (default): a copy per GPU when it fits, else split across GPUs, the CPU last")
+    p.add_argument("--max-memory", default=os.environ.get("CADENZA_MAX_MEMORY"),
+                   help="budget per device, e.g. 0=20GiB,1=20GiB (default: what each GPU has free)")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="NotaGen .pth checkpoint or Cadenza model folder (default: the bundled model)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -169,7 +176,13 @@ def cmd_compose(args) -> int:
     from engine import api
 
     print("loading model ...", file=sys.stderr)
-    lm = api.load(args.model, device=args.device)
+    if args.devices or args.max_memory or args.placement != "auto":
+        # one request: a replicate plan's first copy writes it
+        lm = api.load_placed(args.model, api.PlacementOptions(args.devices, args.placement, args.max_memory,
+                                                               args.variations))[0]
+        print(lm.plan.describe(), file=sys.stderr)
+    else:
+        lm = api.load(args.model, device=args.device)
     for w in lm.warnings:
         print(f"warning: {w}", file=sys.stderr)
     cancel = threading.Event()
