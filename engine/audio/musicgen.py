@@ -283,9 +283,7 @@ def _codes(am: AudioModel, ids: torch.Tensor, prompt: torch.Tensor | None) -> to
 def _conditioning(am: AudioModel, prompt: str, batch: int, melody: np.ndarray | None, start: int, window: int) -> dict:
     """The processor's inputs for one window: the text, and for melody models the melody from
     this window's start (looped when the piece outlasts it, as audiocraft does)."""
-    if not am.melody:
-        return dict(am.processor(text=[prompt] * batch, padding=True, return_tensors="pt"))
-    if melody is None:
+    if not am.melody or melody is None:
         return dict(am.processor(text=[prompt] * batch, padding=True, return_tensors="pt"))
     hop = am.sampling_rate // am.frame_rate
     segment = np.take(melody, np.arange(start * hop, (start + window) * hop), mode="wrap")
