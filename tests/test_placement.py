@@ -276,3 +276,35 @@ def test_a_split_musicgen_makes_the_same_audio_as_a_whole_one(tmp_path):
     assert whole.plan.kind == "single"
     s = mg.AudioSettings(duration=0.6, seed=1)
     assert np.array_equal(mg.generate(whole, "jazz", s).audio, mg.generate(split, "jazz", s).audio)
+
+
+def test_a_split_model_streams_and_stops_like_the_whole_model():
+    """The same patch events, and a cancel from another thread honoured within a patch."""
+    import copy
+    import threading
+
+    from conftest import BACH, tiny_model
+    from engine.symbolic.generate import Piece, PieceRequest, stream
+
+    whole = tiny_model(seed=4)
+    split = copy.deepcopy(whole)
+    units = P.notagen_units(split)
+    room = 2 * sum(u.bytes for u in units) / G
+    P.place_notagen(split, _on(P.plan_units(units, gpus(room, room), "split"), "cpu"))
+
+    def run(model, stop_after=None):
+        cancel = threading.Event()
+        events, pieces = [], []
+        for ev in stream(model, [PieceRequest(BACH, seed=9, max_patches=60, stop_at_eos=False, cancel=cancel)]):
+            if isinstance(ev, Piece):
+                pieces.append(ev)
+                continue
+            events.append((ev.text, ev.patches))
+            if stop_after is not None and len(events) == stop_after:
+                cancel.set()
+        return events, pieces[0]
+
+    (ev_whole, p_whole), (ev_split, p_split) = run(whole), run(split)
+    assert ev_whole == ev_split and len(ev_whole) == 60 and p_whole.text == p_split.text
+    events, piece = run(split, stop_after=10)
+    assert piece.stop_reason == "cancelled" and len(events) == 10 and piece.cut_short
