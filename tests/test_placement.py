@@ -305,6 +305,6 @@ def test_a_split_model_streams_and_stops_like_the_whole_model():
         return events, pieces[0]
 
     (ev_whole, p_whole), (ev_split, p_split) = run(whole), run(split)
-    assert ev_whole == ev_split and len(ev_whole) == 60 and p_whole.text == p_split.text
+    assert ev_whole == ev_split and len(ev_whole) > 30 and p_whole.text == p_split.text
     events, piece = run(split, stop_after=10)
     assert piece.stop_reason == "cancelled" and len(events) == 10 and piece.cut_short
