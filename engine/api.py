@@ -300,9 +300,7 @@ def make_audio(am, prompt: str, settings, out_dir, stem: str = "audio", melody: 
     prompt = musicgen.check_prompt(prompt)
     wave = None
     if melody is not None:
-        if not am.melody:
-            raise SettingsError(f"{am.name} cannot follow a melody: choose a melody model such as "
-                                f"{musicgen.DEFAULT_MELODY_MODEL}")
+        musicgen.check_follows_melody(am)  # before decoding the file
         wave = musicgen.load_melody(melody, am.sampling_rate, max_seconds=max(musicgen.WINDOW_SECONDS, settings.duration))
     result = musicgen.generate(am, prompt, settings, on_progress=on_progress, cancel=cancel, melody=wave,
                                melody_name=Path(melody).name if melody is not None else None)

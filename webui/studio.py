@@ -169,15 +169,17 @@ class Studio:
                 self.models[key] = ModelSlot(spec, self.config.device, self._load_placed).start()
             return self.models[key]
 
-    def _load_placed(self, spec: str | None, device: str):
+    def _placement(self, batch: int) -> api.PlacementOptions:
+        """The server's placement settings; --device (cpu, cuda:N) stands in for --devices."""
         c = self.config
-        devices = c.devices or (device if device not in (None, "auto") else None)
-        return api.load_placed(spec, api.PlacementOptions(devices, c.placement, c.max_memory, c.max_variations))
+        devices = c.devices or (c.device if c.device not in (None, "auto") else None)
+        return api.PlacementOptions(devices, c.placement, c.max_memory, batch)
+
+    def _load_placed(self, spec: str | None, device: str):
+        return api.load_placed(spec, self._placement(self.config.max_variations))
 
     def _load_audio_placed(self, spec: str | None, device: str):
-        c = self.config
-        devices = c.devices or (device if device not in (None, "auto") else None)
-        return api.load_audio_model(spec, options=api.PlacementOptions(devices, c.placement, c.max_memory, 1))
+        return api.load_audio_model(spec, options=self._placement(1))
 
     def prompts(self, spec: str | None = None):
         lm = self.model(spec).get()

@@ -347,6 +347,11 @@ def decode(am: AudioModel, codes: torch.Tensor) -> torch.Tensor:
         return torch.cat([left, right], dim=1)
 
 
+def check_follows_melody(am: AudioModel) -> None:
+    if not am.melody:
+        raise SettingsError(f"{am.name} cannot follow a melody: choose a melody model such as {DEFAULT_MELODY_MODEL}")
+
+
 def check_prompt(prompt: str) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise SettingsError("the prompt is empty: describe the music, e.g. 'warm string quartet, slow'")
@@ -364,8 +369,8 @@ def generate(am: AudioModel, prompt: str, settings: AudioSettings | None = None,
     s = settings or AudioSettings()
     s.check()
     prompt = check_prompt(prompt)
-    if melody is not None and not am.melody:
-        raise SettingsError(f"{am.name} cannot follow a melody: choose a melody model such as {DEFAULT_MELODY_MODEL}")
+    if melody is not None:
+        check_follows_melody(am)
     t0 = time.monotonic()
     codes, stop_reason, windows = generate_codes(am, prompt, s, melody, on_progress, cancel)
     t1 = time.monotonic()
