@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--max-patches", type=int, default=1536)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bar-retries", type=int, default=16, help="0: NotaGen's own sampling")
-    ap.add_argument("--header-retries", type=int, default=32, help="0: NotaGen's own sampling")
+    ap.add_argument("--header-retries", type=int, default=64, help="0: NotaGen's own sampling")
     args = ap.parse_args()
 
     lm = api.load(args.model)

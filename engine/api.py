@@ -148,7 +148,7 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
 def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,
                    top_k: int = 9, top_p: float = 0.9, temperature: float = 1.2, max_patches: int = 4096,
                    max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
-                   mode: str = "fast", bar_retries: int = 16, header_retries: int = 32,
+                   mode: str = "fast", bar_retries: int = 16, header_retries: int = 64,
                    prefix: str = "") -> Iterator[PatchEvent | Composition]:
     """Writes `variations` pieces for one prompt in one batch, yielding a PatchEvent per patch and
     a Composition as each piece ends. Variation i uses seed + i; the seed used is always in the

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")
     c.add_argument("--bar-retries", type=int, default=16,
                    help="times a bar whose voices disagree in length is written again (default 16; 0 = NotaGen's sampling)")
-    c.add_argument("--header-retries", type=int, default=32,
-                   help="times a header with an unusual number of voices for the prompt is written again (default 32)")
+    c.add_argument("--header-retries", type=int, default=64,
+                   help="times a header with an unusual number of voices for the prompt is written again (default 64)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=8, help="pieces per step")
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    t.add_argument("--balance", type=float, default=0.0,
+                   help="0: draw pieces as the data has them; 1: every label equally often (between: in part)")
     t.add_argument("--fresh", action="store_true", help="ignore a checkpoint already in --out")
     t.add_argument("--device", default="auto")
     t.add_argument("--name", default=None, help="the model's name in manifests")
@@ -324,7 +327,8 @@ def cmd_train(args) -> int:
                             char_num_layers=args.char_layers, hidden_size=args.hidden)
         model = new_model(cfg).to(device)
     train_pieces, val_pieces = read_split(args.data, "train"), read_split(args.data, "val")
-    cfg = TrainConfig(steps=args.steps, batch_pieces=args.batch, lr=args.lr, eval_every=args.eval_every)
+    cfg = TrainConfig(steps=args.steps, batch_pieces=args.batch, lr=args.lr, eval_every=args.eval_every,
+                      warmup=args.warmup, balance=args.balance)
     history = _train_loop(model, train_pieces, val_pieces, args.out, cfg, base, not args.fresh,
                           args.name or Path(args.out).name)
     last = history["val_bpc"][-1]["bpc"] if history["val_bpc"] else float("nan")

@@ -137,3 +137,24 @@ def test_part_names_with_line_breaks_become_plain_words():
     assert clean_part_names('V:2 bass nm="Cello"\n') == 'V:2 bass nm="Cello"\n'
     text = to_model_text(["L:1/8\n", "K:C\n", line, "[V:1]C8|\n"])
     assert 'nm="Violin I"' in text and "\t" not in text
+
+
+def test_balanced_drawing_evens_out_labels():
+    from collections import Counter
+    import random
+
+    from engine.symbolic.train import draw, label_weights
+
+    pieces = [{"id": f"a{i}", "labels": ["P", "Big, Label", "Choral"]} for i in range(90)]
+    pieces += [{"id": f"b{i}", "labels": ["P", "Small, Label", "Chamber"]} for i in range(10)]
+    assert label_weights(pieces, 0.0) is None
+    rng = random.Random(0)
+    as_data = Counter(p["labels"][1] for _ in range(400) for p in draw(pieces, None, 8, rng))
+    even = Counter(p["labels"][1] for _ in range(400) for p in draw(pieces, label_weights(pieces, 1.0), 8, rng))
+    half = Counter(p["labels"][1] for _ in range(400) for p in draw(pieces, label_weights(pieces, 0.5), 8, rng))
+    share = lambda c: c["Small, Label"] / sum(c.values())  # noqa: E731
+    assert 0.07 < share(as_data) < 0.13  # 10 of 100 pieces
+    assert 0.45 < share(even) < 0.55  # 2 labels, equally often
+    assert 0.19 < share(half) < 0.30  # sqrt(10) / (sqrt(10) + sqrt(90)) = 0.25
+    with pytest.raises(CadenzaError, match="balance"):
+        TrainConfig(balance=1.5)

@@ -1,12 +1,15 @@
 """Fast generation against NotaGen's reference algorithm, seeds, batches, bounds, streaming."""
+import copy
 import threading
 
 import pytest
+import torch
 
 from conftest import BACH, TINY_SIZES, tiny_model
 from engine.errors import SettingsError
 from engine.symbolic import generate as gen_mod
 from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, PieceState, generate, stream
+from engine.symbolic.model import Conv1D, cpu_bf16_packing_available
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.sampling import SamplingSettings
 
@@ -289,7 +292,7 @@ def test_a_header_is_taken_back_as_soon_as_it_declares_too_many_voices():
 
 
 @pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),
-                                         ("voices", 0), ("voices", True)])
+                                         ("header_retries", 65), ("voices", 0), ("voices", True)])
 def test_retry_settings_are_checked(field, value):
     with pytest.raises(SettingsError, match=field):
         PieceRequest(BACH, **{field: value}).check()
@@ -347,3 +350,72 @@ def test_a_piece_that_ends_in_its_header_writes_the_header_again():
     assert _replay(start, events) == start and state.rewritten == 1
     events += _feed(state, "%%score [ 1 | 2 ] [ 3 | 4 | 4 | ")
     assert state.accept(eos) is None and state.stop_reason == "eos"  # retries used up: it ends
+
+
+@pytest.mark.skipif(not cpu_bf16_packing_available(), reason="this CPU has no native bf16: the packed path is not taken")
+def test_packed_bf16_linears_match_the_plain_path_and_never_go_stale():
+    """bf16 on a CPU with native bf16 packs the linear layers (oneDNN) for generation; the packed
+    copy must compute what the plain layers compute, stay out of training (autograd), and never
+    be used once the weight has changed."""
+    model = tiny_model(64, 2, 2, 128, seed=3).to(torch.bfloat16)
+    plain = tiny_model(64, 2, 2, 128, seed=3).to(torch.bfloat16)
+    ids = torch.randint(3, 128, (1, 5, 16))
+
+    def outputs(m):
+        with torch.inference_mode():
+            h = m.patch_level_decoder(ids)[0]
+            return h.float(), m.char_level_decoder(h, ids[0]).float()
+
+    def check_against_fp32():
+        """Packed bf16 is as close to fp32 as plain bf16 is (bf16 rounding, ~3% of the logits'
+        scale with these weights, is all that separates them)."""
+        exact = outputs(copy.deepcopy(plain).float())
+        for p, q, e in zip(outputs(model), outputs(plain), exact):
+            assert (p - e).abs().max() <= max(1.5 * (q - e).abs().max(), 0.01 * e.abs().max())
+
+    piece = generate(model, [PieceRequest(BACH, sampling=GREEDY, max_patches=8)])[0]  # generation packs
+    assert piece.patches == 8
+    linears = [m for m in model.modules() if isinstance(m, Conv1D)]
+    assert linears and all(m.packed is not None for m in linears) and model.char_level_decoder.packed_head is not None
+    check_against_fp32()
+    # autograd takes the plain path (the packed op has no backward)
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    assert linears[0](x).requires_grad
+    # a changed weight (a training step, a load) is never served from the stale packed copy
+    with torch.no_grad():
+        for m in (model, plain):
+            m.patch_level_decoder.base.h[0].mlp.c_fc.weight.mul_(-1.5)
+            m.char_level_decoder.base.lm_head.weight.add_(0.25)
+    check_against_fp32()
+    model.prepare_for_generation()  # packs the changed layers again
+    assert linears[0].packed is not None and linears[0].packed.version == linears[0].weight._version
+
+
+def test_a_score_line_naming_the_wrong_number_of_voices_is_taken_back_at_once():
+    state = PieceState(0, PieceRequest(BACH, voices=5, header_retries=2), 128, 16, "cpu")
+    start = state.text
+    events = _feed(state, "%%score [ 1 | 2 | 3 | 4 ]\n")  # four voices: known before any V: line
+    assert state.text == start and state.rewritten == 1
+    good = "%%score 1 [ 2 | 3 | 4 | 5 ]\nL:1/8\nK:G\n"
+    events += _feed(state, good)
+    assert state.text == start + good and state.rewritten == 1
+    assert _replay(start, events) == state.text
+    assert gen_mod.score_voices("%%score { ( 1 2 ) | 3 } Pno") == 4
+    assert gen_mod.score_voices("%%score [ 1 2 2 | 3 | 4 ]") == 4  # a voice named twice is one voice
+
+
+def test_a_header_missing_a_voice_its_score_line_names_goes_on_from_its_last_line():
+    state = PieceState(0, PieceRequest(BACH, voices=2, header_retries=2), 128, 16, "cpu")
+    start = state.text
+    header = "%%score 1 2\nL:1/8\nK:G\nV:1 treble\n"  # names two voices, declares one
+    events = _feed(state, header)
+    assert state.text == start + header
+    state.in_tunebody = True  # as the "[r:0/" rule sets it when the tune body begins
+    events += _feed(state, ALIGNED[:16])
+    # only the tune-body patch is dropped: the header is kept and goes on
+    assert state.text == start + header and not state.in_tunebody and state.header_open and state.rewritten == 1
+    events += _feed(state, "V:2 bass\n")
+    state.in_tunebody = True
+    events += _feed(state, ALIGNED)
+    assert state.text == start + header + "V:2 bass\n" + ALIGNED and not state.header_open
+    assert _replay(start, events) == state.text

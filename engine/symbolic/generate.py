@@ -69,10 +69,10 @@ class PieceRequest:
             raise SettingsError(f"max_seconds must be more than 0 and at most a day (86400), got {self.max_seconds!r}")
         if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
             raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
-        for name in ("bar_retries", "header_retries"):
+        for name, most in (("bar_retries", 32), ("header_retries", 64)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 32:
-                raise SettingsError(f"{name} must be a whole number from 0 to 32, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
+                raise SettingsError(f"{name} must be a whole number from 0 to {most}, got {v!r}")
         if self.voices is not None and (isinstance(self.voices, bool) or not isinstance(self.voices, int) or not 1 <= self.voices <= 64):
             raise SettingsError(f"voices must be a whole number from 1 to 64 or None, got {self.voices!r}")
         for name in ("period", "composer", "instrumentation"):
@@ -184,15 +184,15 @@ class PieceState:
                 retract = self._take_back_header(finished=True, ended=True)
                 if retract:
                     return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
-                                      retract=retract)
+                                      retract=max(retract, 0))
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
         if self.in_tunebody and self.header_open:
             retract = self._take_back_header(finished=True)
-            if retract:
+            if retract:  # -1: the patch is dropped, the header goes on from its last line
                 return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
-                                  retract=retract)
+                                  retract=max(retract, 0))
         self.text += text
         self.patches += 1
         self.bars += text.count("\n") if self.in_tunebody else 0
@@ -237,7 +237,8 @@ class PieceState:
         """When the tune body begins (finished) the header must declare the request's number of
         voices; while it is written, it must not declare more; the piece must not end in it
         (ended). Otherwise, while retries are left, returns to the header's start and gives the
-        number of characters taken back."""
+        number of characters taken back, or -1 when only the patch just written is dropped (see
+        below). 0: the header stays as it is."""
         meta = self.text[self.header_start[0]:]
         wanted, tries = self.req.voices, self.req.header_retries
         if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
@@ -248,15 +249,32 @@ class PieceState:
         # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
         # without its [r:] marker, so the header never ended properly.
         header_like = all(header_line_ok(ln) for ln in lines)
-        if header_like and not ended and (voices == wanted or (not finished and voices < wanted)):
+        # %%score, the header's first line when there are several voices, names them all: a
+        # wrong count is known there, before the V: lines are written, so a retry costs a line.
+        declared = next((score_voices(ln) for ln in lines if ln.startswith("%%score")), None)
+        if header_like and not ended and declared in (None, wanted) and (
+                voices == wanted or (not finished and voices < wanted)):
             if finished:
                 self.header_open = False  # checked: the header stays
             return 0
+        if finished and header_like and declared == wanted and voices < wanted and self._at_line_start():
+            # %%score named every voice but a V: line is missing: write on from the header's last
+            # line (the patch just written is dropped) rather than from its start.
+            self._return_to(self.line_start)
+            self.header_tries += 1
+            self.rewritten += 1
+            self._mark_line()
+            return -1
         self._return_to(self.header_start)
         self.header_tries += 1
         self.rewritten += 1
         self._mark_line()
         return len(meta)
+
+    def _at_line_start(self) -> bool:
+        """The text ends where the current line began (nothing of it is in the text yet)."""
+        mark = self.line_start
+        return mark is not None and mark[-1] == self.epoch and mark[0] == len(self.text)
 
     def _take_back_misaligned_line(self) -> int:
         """A tune-body line just ended: if its voices disagree and retries are left, returns the
@@ -298,7 +316,7 @@ class FastBackend:
     """Stages 1-2 with KV caches in both decoders, a batch of pieces per forward pass."""
 
     def __init__(self, model: NotaGenModel, rows: int):
-        self.model = model
+        self.model = model.prepare_for_generation()
         cfg = model.config
         dev, dt = model.device, model.dtype
         self.patch_caches = model.patch_level_decoder.base.new_caches(rows, cfg.patch_length, dev, dt)
@@ -389,6 +407,11 @@ class FastBackend:
                 break
             x = char.embed_chars(tok)
         return out.tolist()
+
+
+def score_voices(line: str) -> int:
+    """Voices a %%score line names (1 [ 2 | 3 ] { 4 | 5 } names five; a repeated one counts once)."""
+    return len(set(re.findall(r"[A-Za-z0-9_]+", line[len("%%score"):])))
 
 
 def header_line_ok(line: str) -> bool:

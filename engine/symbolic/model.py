@@ -6,6 +6,7 @@ blocks keep GPT-2's Conv1D layout (in, out), so NotaGen's checkpoints load witho
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,6 +16,41 @@ from torch import nn
 from engine.symbolic.config import NotaGenConfig
 
 
+@functools.cache
+def cpu_bf16_packing_available() -> bool:
+    """oneDNN's packed bf16 linear (what torch.compile's CPU backend uses), on a CPU with native
+    bf16 dot products. Plain bf16 addmm reaches under half of fp32's bandwidth on such CPUs; the
+    packed kernel reads the weights at about fp32's bytes/s, so half the bytes take half the time."""
+    try:
+        return (hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Packed:
+    """A oneDNN-packed copy of a bf16 CPU weight (out, in) for inference. It is used only while it
+    matches the weight (no training step, no load since packing) and without autograd; anything
+    else takes the plain path. It costs the weight's size again."""
+
+    def __init__(self, weight_out_in: torch.Tensor, version: int):
+        with torch.no_grad():
+            self.tensor = torch.ops.mkldnn._reorder_linear_weight(weight_out_in.contiguous(), 1)
+        self.version = version
+
+    @staticmethod
+    def wanted(weight: torch.Tensor) -> bool:
+        return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and not weight.is_meta
+
+    def usable(self, weight: torch.Tensor) -> bool:
+        return self.version == weight._version and not torch.is_grad_enabled()
+
+    def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+        # GPT-2's "gelu_new" is the tanh approximation; fused, it costs nothing after the matmul
+        return torch.ops.mkldnn._linear_pointwise(x2, self.tensor, bias, "gelu" if gelu else "none", [],
+                                                  "tanh" if gelu else "")
+
+
 class Conv1D(nn.Module):
     """GPT-2's linear layer: weight stored as (in, out)."""
 
@@ -22,10 +58,21 @@ class Conv1D(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out))
+        self.packed: Packed | None = None  # set by NotaGenModel.prepare_for_generation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """x @ W + b, then GPT-2's tanh-approximated gelu when `gelu`."""
         shape = x.shape[:-1] + (self.weight.shape[1],)
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.packed is not None and self.packed.usable(self.weight):
+            return self.packed(x2, self.bias, gelu).view(shape)
+        y = torch.addmm(self.bias, x2, self.weight).view(shape)
+        return F.gelu(y, approximate="tanh") if gelu else y
+
+    def pack(self) -> None:
+        stale = self.packed is None or self.packed.version != self.weight._version
+        if Packed.wanted(self.weight) and stale:
+            self.packed = Packed(self.weight.t(), self.weight._version)
 
 
 class KVCache:
@@ -120,7 +167,7 @@ class MLP(nn.Module):
         self.c_proj = Conv1D(4 * cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+        return self.c_proj(self.c_fc(x, gelu=True))
 
 
 class Block(nn.Module):
@@ -238,6 +285,7 @@ class CharLevelDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.base = LMHeadStack(cfg)
+        self.packed_head: Packed | None = None  # set by NotaGenModel.prepare_for_generation
 
     def forward(self, hidden: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
         """hidden (n, hidden), chars (n, t) -> logits (n, t + 1, vocab) for teacher forcing."""
@@ -246,7 +294,16 @@ class CharLevelDecoder(nn.Module):
 
     def step(self, embeds: torch.Tensor, caches, t: int) -> torch.Tensor:
         """embeds (rows, hidden) at char position t for every row -> logits (rows, vocab)."""
-        return self.base.lm_head(self.base.transformer.step(embeds, caches, t, t + 1))
+        hidden = self.base.transformer.step(embeds, caches, t, t + 1)
+        head = self.base.lm_head
+        if self.packed_head is not None and self.packed_head.usable(head.weight):
+            return self.packed_head(hidden, None)
+        return head(hidden)
+
+    def pack(self) -> None:
+        w = self.base.lm_head.weight  # (vocab, hidden), tied to the character embedding
+        if Packed.wanted(w) and (self.packed_head is None or self.packed_head.version != w._version):
+            self.packed_head = Packed(w, w._version)
 
     def embed_chars(self, ids: torch.Tensor) -> torch.Tensor:
         return self.base.transformer.wte(ids)
@@ -266,6 +323,16 @@ class NotaGenModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_level_decoder.patch_embedding.weight.dtype
+
+    def prepare_for_generation(self) -> "NotaGenModel":
+        """Packs the linear layers of a bf16 model on a CPU that has fast bf16 (no-op elsewhere,
+        and for layers packed already)."""
+        if self.dtype != torch.bfloat16 or self.device.type != "cpu" or not cpu_bf16_packing_available():
+            return self
+        for m in self.modules():
+            if isinstance(m, (Conv1D, CharLevelDecoder)):
+                m.pack()
+        return self
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "NotaGenModel":
         """GPT-2's initialisation, for training from scratch and for tests' random models."""
