@@ -5,6 +5,7 @@ Same random weights, prompt, seed and sampling settings for both; a fixed number
 peak memory is its own. Prints a table, then one JSON line.
 
     python -m bench.notagen_speed                      # CPU: NotaGen-small size, 256 patches, fp32
+    python -m bench.notagen_speed --dtype bf16         # CPU: the same in bf16 (oneDNN-packed linears when the CPU has native bf16)
     python -m bench.notagen_speed --size notagen-x     # GPU default: NotaGen-X size, 1024 patches, bf16
 """
 from __future__ import annotations
@@ -39,12 +40,13 @@ def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype:
     seconds = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    packed = any(getattr(m, "packed", None) is not None for m in model.modules())  # oneDNN bf16 on a CPU
     n_patches = sum(p.patches for p in pieces)
     n_chars = sum(p.chars for p in pieces)
     return {"mode": mode, "batch": batch, "seconds": seconds, "patches": n_patches, "chars": n_chars,
             "patches_per_s": n_patches / seconds, "chars_per_s": n_chars / seconds,
             "ms_per_patch": 1000 * seconds / n_patches * batch, "peak_bytes": peak,
-            "peak_kind": "cuda max allocated" if device.startswith("cuda") else "process max RSS",
+            "peak_kind": "cuda max allocated" if device.startswith("cuda") else "process max RSS", "packed": packed,
             "text": pieces[0].text}
 
 
@@ -81,7 +83,8 @@ def main() -> None:
     result = {"bench": "notagen_speed", "size": args.size, "patches": args.patches, "device": args.device,
               "device_name": torch.cuda.get_device_name(0) if gpu and args.device.startswith("cuda") else "cpu",
               "dtype": args.dtype, "fast_patches_per_s": fast["patches_per_s"], "fast_ms_per_patch": fast["ms_per_patch"],
-              "fast_chars_per_s": fast["chars_per_s"], "fast_peak_bytes": fast["peak_bytes"]}
+              "fast_chars_per_s": fast["chars_per_s"], "fast_peak_bytes": fast["peak_bytes"],
+              "fast_packed_linears": fast["packed"]}
     if ref:
         result |= {"reference_patches_per_s": ref["patches_per_s"], "reference_chars_per_s": ref["chars_per_s"],
                    "reference_peak_bytes": ref["peak_bytes"], "speedup_fast_over_reference": ref["seconds"] / fast["seconds"],
