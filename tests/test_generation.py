@@ -419,3 +419,7 @@ def test_a_header_missing_a_voice_its_score_line_names_goes_on_from_its_last_lin
     events += _feed(state, ALIGNED)
     assert state.text == start + header + "V:2 bass\n" + ALIGNED and not state.header_open
     assert _replay(start, events) == state.text
+    # a packed model moved to another dtype takes the plain path
+    model.float()
+    with torch.inference_mode():
+        assert model.patch_level_decoder(ids).dtype == torch.float32

@@ -42,8 +42,18 @@ class Packed:
     def wanted(weight: torch.Tensor) -> bool:
         return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and not weight.is_meta
 
+    @classmethod
+    def update(cls, current: "Packed | None", weight: torch.Tensor, out_in: torch.Tensor) -> "Packed | None":
+        """`current` while it matches `weight`, else a new packing of `out_in` (its (out, in) view)."""
+        if not cls.wanted(weight):
+            return None
+        if current is not None and current.version == weight._version:
+            return current
+        return cls(out_in, weight._version)
+
     def usable(self, weight: torch.Tensor) -> bool:
-        return self.version == weight._version and not torch.is_grad_enabled()
+        # the version moves with every in-place change; the device and dtype with a .to()
+        return (self.version == weight._version and self.wanted(weight)) and not torch.is_grad_enabled()
 
     def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
         # GPT-2's "gelu_new" is the tanh approximation; fused, it costs nothing after the matmul
@@ -70,9 +80,7 @@ class Conv1D(nn.Module):
         return F.gelu(y, approximate="tanh") if gelu else y
 
     def pack(self) -> None:
-        stale = self.packed is None or self.packed.version != self.weight._version
-        if Packed.wanted(self.weight) and stale:
-            self.packed = Packed(self.weight.t(), self.weight._version)
+        self.packed = Packed.update(self.packed, self.weight, self.weight.t())
 
 
 class KVCache:
@@ -302,8 +310,7 @@ class CharLevelDecoder(nn.Module):
 
     def pack(self) -> None:
         w = self.base.lm_head.weight  # (vocab, hidden), tied to the character embedding
-        if Packed.wanted(w) and (self.packed_head is None or self.packed_head.version != w._version):
-            self.packed_head = Packed(w, w._version)
+        self.packed_head = Packed.update(self.packed_head, w, w)
 
     def embed_chars(self, ids: torch.Tensor) -> torch.Tensor:
         return self.base.transformer.wte(ids)
