@@ -389,6 +389,10 @@ def test_packed_bf16_linears_match_the_plain_path_and_never_go_stale():
     check_against_fp32()
     model.prepare_for_generation()  # packs the changed layers again
     assert linears[0].packed is not None and linears[0].packed.version == linears[0].weight._version
+    # a packed model moved to another dtype takes the plain path
+    model.float()
+    with torch.inference_mode():
+        assert model.patch_level_decoder(ids).dtype == torch.float32
 
 
 def test_a_score_line_naming_the_wrong_number_of_voices_is_taken_back_at_once():
@@ -419,7 +423,3 @@ def test_a_header_missing_a_voice_its_score_line_names_goes_on_from_its_last_lin
     events += _feed(state, ALIGNED)
     assert state.text == start + header + "V:2 bass\n" + ALIGNED and not state.header_open
     assert _replay(start, events) == state.text
-    # a packed model moved to another dtype takes the plain path
-    model.float()
-    with torch.inference_mode():
-        assert model.patch_level_decoder(ids).dtype == torch.float32
