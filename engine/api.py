@@ -155,7 +155,7 @@ def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation:
     result (a random one when none is given). Closing the iterator stops the batch within a patch.
 
     bar_retries: times a bar whose voices disagree in length is written again; header_retries:
-    times a header with another number of voices than the prompt's training pieces is written
+    times a header with a number of voices that few of the prompt's training pieces have is written
     again (both 0: NotaGen's own sampling). prefix: text in the model's format to continue
     (see continuation_prefix)."""
     prompt, warnings = make_prompt(period, composer, instrumentation, lm.prompts)

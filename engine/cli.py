@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--balance", type=float, default=0.0,
                    help="0: draw pieces as the data has them; 1: every label equally often (between: in part)")
     t.add_argument("--fresh", action="store_true", help="ignore a checkpoint already in --out")
+    t.add_argument("--only-data-prompts", action="store_true",
+                   help="(with --init) the prompt table lists the dataset's labels only, not the --init model's too "
+                        "(for a dataset whose labels replace the model's)")
     t.add_argument("--device", default="auto")
     t.add_argument("--name", default=None, help="the model's name in manifests")
 
@@ -288,7 +291,7 @@ def cmd_dataset(args) -> int:
     return 0
 
 
-def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name) -> dict:
+def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name, base_voices=None) -> dict:
     from tqdm import tqdm
 
     from engine.symbolic.train import train
@@ -304,7 +307,7 @@ def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume,
         bar.refresh()
 
     try:
-        return train(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name, on_step)
+        return train(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name, on_step, base_voices)
     finally:
         bar.close()
 
@@ -318,10 +321,12 @@ def cmd_train(args) -> int:
     from engine.symbolic.train import TrainConfig, new_model
 
     device = api.pick_device(args.device)
-    base = None
+    base, base_voices = None, None
     if args.init:
         lm = api.load(args.init, device=device, dtype=torch.float32)
-        model, base = lm.model, lm.prompts
+        model = lm.model
+        if not args.only_data_prompts:
+            base, base_voices = lm.prompts, lm.voices
     else:
         cfg = NotaGenConfig(patch_length=args.patch_length, patch_num_layers=args.patch_layers,
                             char_num_layers=args.char_layers, hidden_size=args.hidden)
@@ -330,7 +335,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(steps=args.steps, batch_pieces=args.batch, lr=args.lr, eval_every=args.eval_every,
                       warmup=args.warmup, balance=args.balance)
     history = _train_loop(model, train_pieces, val_pieces, args.out, cfg, base, not args.fresh,
-                          args.name or Path(args.out).name)
+                          args.name or Path(args.out).name, base_voices)
     last = history["val_bpc"][-1]["bpc"] if history["val_bpc"] else float("nan")
     print(f"wrote {args.out}: {cfg.steps} steps, validation {last:.3f} bits per character", file=sys.stderr)
     return 0
@@ -359,7 +364,7 @@ def cmd_finetune(args) -> int:
     labels = sorted({"_".join(p["labels"]) for p in pieces})
     cfg = TrainConfig(steps=args.steps, batch_pieces=min(8, len(pieces)), lr=1e-4, warmup=min(50, args.steps // 5),
                       eval_every=max(1, args.steps), always_prompts=labels)
-    _train_loop(lm.model, pieces, [], args.out, cfg, lm.prompts, False, Path(args.out).name)
+    _train_loop(lm.model, pieces, [], args.out, cfg, lm.prompts, False, Path(args.out).name, lm.voices)
     print(f"wrote {args.out}; its prompt table now has {', '.join(labels)}", file=sys.stderr)
     return 0
 

@@ -64,11 +64,13 @@ def test_notagen_checkpoint_round_trips_and_generates_the_same(tmp_path):
 def test_cadenza_folder_round_trip_with_prompt_table(tmp_path):
     model = tiny_model(seed=4)
     table = PromptTable([BACH])
-    save_model(model, tmp_path / "m", prompts=table, extra_config={"name": "tiny-test"})
+    save_model(model, tmp_path / "m", prompts=table,
+               extra_config={"name": "tiny-test", "prompt_voices": {BACH.key(): [4, 5], "Folk_T, I_Melody": 1}})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "prompts.txt"]
     loaded = load_model(tmp_path / "m")
     assert loaded.name == "tiny-test" and loaded.model.config == model.config
     assert loaded.prompts.prompts == [BACH]
+    assert loaded.voices == {BACH.key(): (4, 5), "Folk_T, I_Melody": (1,)}  # lists, or one number (v1/v2 models)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[k], v, rtol=0, atol=0)
     # and back to NotaGen's format
@@ -149,6 +151,10 @@ def test_folder_with_bad_config(tmp_path):
         load_model(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(json.dumps({"hidden_size": 256, "patch_length": 64}))
     with pytest.raises(CheckpointError, match="does not match"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m").rename(tmp_path / "gone")
+    save_model(tiny_model(), tmp_path / "m", extra_config={"prompt_voices": {"A_B, C_Choral": "four"}})
+    with pytest.raises(CheckpointError, match="prompt_voices"):
         load_model(tmp_path / "m")
     (tmp_path / "m" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):

@@ -26,6 +26,14 @@ def corpus_source(source_id: str) -> data.Source:
     ("mozart/k80/movement1.mxl", ["Classical", "Mozart, Wolfgang Amadeus", "Chamber"], 4),
     ("schoenberg/opus19/movement2.mxl", ["20th century", "Schoenberg, Arnold", "Keyboard"], 3),  # 2 staves, 3 voices
     ("oneills1850/0001-0050.abc#3", ["Folk", "Traditional, Irish", "Melody"], 1),
+    # a chorale with three trumpets and timpani is a cantata movement, not orchestral music
+    ("bach/bwv69.6.xml", ["Baroque", "Bach, Johann Sebastian", "Vocal-Orchestral"], 8),
+    # a chorale with continuo is still choral; so are Monteverdi's madrigals (Canto, Quinto, ...)
+    ("bach/bwv8.6.mxl", ["Baroque", "Bach, Johann Sebastian", "Choral"], 5),
+    ("bach/bwv277.krn", ["Baroque", "Bach, Johann Sebastian", "Choral"], 4),  # unnamed parts: the folder's hint
+    # empty bars ("|| | z |", "|: |2") made 156 O'Neill and Ryan tunes fail before v3
+    ("oneills1850/0051-0100.abc#2", ["Folk", "Traditional, Irish", "Melody"], 1),
+    ("ryansMammoth/DustyBobsJig.abc", ["Folk", "Traditional, American", "Melody"], 1),
 ])
 def test_corpus_pieces_become_the_models_format(source_id, labels, voices):
     result = data.convert_source(corpus_source(source_id), transpose=(2,))
@@ -110,7 +118,8 @@ def test_finetune_command_adds_the_composer(tmp_path):
 
     base = tmp_path / "base"
     save_model(tiny_model(patch_length=256, hidden=64, std=0.02), base,
-               prompts=PromptTable.parse("Baroque_Bach, Johann Sebastian_Choral\n"))
+               prompts=PromptTable.parse("Baroque_Bach, Johann Sebastian_Choral\n"),
+               extra_config={"prompt_voices": {"Baroque_Bach, Johann Sebastian_Choral": 4}})  # a v1/v2 config
     scores = tmp_path / "scores"
     scores.mkdir()
     for work in ("bach/bwv66.6", "bach/bwv84.5"):
@@ -121,11 +130,69 @@ def test_finetune_command_adds_the_composer(tmp_path):
                         "--steps", "12", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "junk.mxl" in r.stderr or "1 " in r.stderr  # the unreadable file is reported, not fatal
-    table = load_model(tmp_path / "ft").prompts
+    tuned = load_model(tmp_path / "ft")
+    table = tuned.prompts
     assert "Romantic_Hensel, Fanny_Choral" in [p.key() for p in table.prompts]
     assert "Baroque_Bach, Johann Sebastian_Choral" in [p.key() for p in table.prompts]
+    # the new composer's voice counts come from its scores; the base model's prompts keep theirs
+    assert tuned.voices["Romantic_Hensel, Fanny_Choral"] == (4,)
+    assert tuned.voices["Baroque_Bach, Johann Sebastian_Choral"] == (4,)
     history = json.loads((tmp_path / "ft" / "history.json").read_text())
     assert history["steps"][-1]["loss"] < history["steps"][0]["loss"]
+
+
+def _header(*names: str) -> list[str]:
+    return [f'V:{i} treble nm="{n}"\n' if n else f"V:{i} bass\n" for i, n in enumerate(names, 1)]
+
+
+@pytest.mark.parametrize("names,expected", [
+    (("Soprano", "Alto", "Tenor", "Bass"), "Choral"),
+    (("Soprano", "Alto", "Tenor", "Bass", "Continuo"), "Choral"),
+    (("Canto", "Quinto", "Alto", "Tenore", "Basso"), "Choral"),  # a madrigal
+    (("Cantus", "Tenor", "Contratenor"), "Choral"),  # a trecento ballata
+    (("Horn 1", "Horn 2", "Soprano", "Alto", "Tenor", "Bass"), "Vocal-Orchestral"),
+    (("Voice", "Piano", ""), "Art Song"),  # the piano's second staff has no name of its own
+    (("Piano", ""), "Keyboard"),
+    (("Violin I", "Violin II", "Viola", "Cello"), "Chamber"),
+    (("Fl", "Ob", "Cl", "Bsn", "Hn", "Tpt", "Vln"), "Orchestral"),
+    (("Violin",), "Melody"),
+])
+def test_instrumentation_from_part_names(names, expected):
+    assert data.infer_instrumentation(["L:1/8\n", *_header(*names), "K:C\n"]) == expected
+
+
+def test_unnamed_parts_take_the_folders_hint():
+    unnamed = ["L:1/8\n", *[f"V:{i}\n" for i in range(1, 5)], "K:C\n"]
+    assert data.infer_instrumentation(unnamed) == "Chamber"
+    assert data.infer_instrumentation(unnamed, unnamed="Choral") == "Choral"
+    assert data.infer_instrumentation(unnamed[:3] + ["K:C\n"]) == "Keyboard"  # two staves
+
+
+def test_typical_voice_counts_cover_most_pieces():
+    from collections import Counter
+
+    from engine.symbolic.train import prompt_voices, typical
+
+    assert typical(Counter({4: 347, 5: 7})) == [4]  # Bach's chorales
+    assert typical(Counter({4: 139, 5: 124, 6: 67, 3: 32, 8: 13, 7: 5})) == [4, 5, 6]  # Palestrina
+    assert typical(Counter({1: 10})) == [1]
+    pieces = [{"id": f"p{i}", "labels": ["P", "C, A", "Choral"], "text": "%P\n%C, A\n%Choral\nL:1/8\n"
+               + "".join(f"V:{v}\n" for v in range(1, n + 1)) + "K:C\n[r:0/0][V:1]C8|\n"}
+              for i, n in enumerate([4, 4, 4, 5, 5, 6])]
+    pieces.append({**pieces[-1], "id": "p5@t1"})  # transposed copies do not count twice
+    assert prompt_voices(pieces, PromptTable.parse("P_C, A_Choral\n")) == {"P_C, A_Choral": [4, 5]}
+
+
+def test_empty_bars_are_dropped_before_the_voices_are_interleaved():
+    from engine.symbolic.abcformat import interleave, reduce_rests
+
+    abc = "L:1/8\nM:2/4\nK:C\nV:1\nCD EF || | z4 | G4 |: |2 c4 |]\nV:2\nC,4 || C,4 | G,4 |2 C4 |]\n"
+    lines = interleave(abc)
+    body = [ln for ln in lines if ln.startswith("[V:")]
+    assert len(body) == 4 and all(ln.count("[V:") == 2 for ln in body)  # both voices in every bar
+    assert body[1] == "[V:1]z4|[V:2]C,4|\n"
+    with pytest.raises(CadenzaError, match="without any voice"):
+        reduce_rests("|\n")
 
 
 def test_part_names_with_line_breaks_become_plain_words():

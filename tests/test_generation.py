@@ -291,8 +291,33 @@ def test_a_header_is_taken_back_as_soon_as_it_declares_too_many_voices():
     assert _replay(start, events) == start
 
 
+def test_a_header_may_declare_any_of_several_typical_voice_counts():
+    # Palestrina's masses are in 4, 5 or 6 voices: each is fine, 3 and 7 are not
+    for score, kept in (("%%score [ 1 | 2 | 3 | 4 | 5 ]\n", True), ("%%score [ 1 | 2 | 3 | 4 | 5 | 6 ]\n", True),
+                        ("%%score [ 1 | 2 | 3 ]\n", False), ("%%score [ 1 | 2 | 3 | 4 | 5 | 6 | 7 ]\n", False)):
+        state = PieceState(0, PieceRequest(BACH, voices=(4, 5, 6), header_retries=1), 128, 16, "cpu")
+        start = state.text
+        _feed(state, score)
+        assert (state.text == start + score) is kept and state.rewritten == (0 if kept else 1)
+    # without a %%score line the header is checked against the largest count while it is written
+    state = PieceState(0, PieceRequest(BACH, voices=(2, 3), header_retries=2), 128, 16, "cpu")
+    start = state.text
+    header = "L:1/8\nK:G\nV:1 treble\nV:2 treble\n"
+    _feed(state, header)
+    assert state.text == start + header
+    state.in_tunebody = True
+    _feed(state, ALIGNED)  # two voices when the tune body begins: one of the typical counts
+    assert state.text == start + header + ALIGNED and state.rewritten == 0
+    # a %%score line and V: lines that disagree are written again, even if both counts are typical
+    state = PieceState(0, PieceRequest(BACH, voices=(2, 3), header_retries=2), 128, 16, "cpu")
+    start = state.text
+    _feed(state, "%%score 1 2 3\nL:1/8\nK:G\nV:1 treble\nV:2 treble\nV:3 bass\nV:4 bass\n")
+    assert state.text == start and state.rewritten == 1
+
+
 @pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),
-                                         ("header_retries", 65), ("voices", 0), ("voices", True)])
+                                         ("header_retries", 65), ("voices", 0), ("voices", True), ("voices", ()),
+                                         ("voices", (4, 65)), ("voices", (4, "5"))])
 def test_retry_settings_are_checked(field, value):
     with pytest.raises(SettingsError, match=field):
         PieceRequest(BACH, **{field: value}).check()

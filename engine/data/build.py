@@ -34,6 +34,7 @@ class Source:
     period: str
     composer: str
     instrumentation: str | None  # None: decided from the parts
+    unnamed: str | None = None  # the instrumentation when the parts have no names
 
 
 def corpus_sources(labels_path: Path | None = None, cap_scale: float = 1.0) -> tuple[list[Source], list[dict]]:
@@ -60,7 +61,7 @@ def corpus_sources(labels_path: Path | None = None, cap_scale: float = 1.0) -> t
                 break
             per_folder[folder] += 1
             sources.append(Source(rel + (f"#{tune}" if tune is not None else ""), str(path), tune, label["period"],
-                                  label["composer"], label.get("instrumentation")))
+                                  label["composer"], label.get("instrumentation"), label.get("unnamed")))
     return sources, skipped
 
 
@@ -113,7 +114,7 @@ def convert_source(src: Source, transpose: tuple[int, ...] = ()) -> dict:
 
 
 def _convert(src: Source, transpose: tuple[int, ...]) -> dict:
-    from engine.symbolic.abcformat import interleave, to_model_text
+    from engine.symbolic.abcformat import clean_part_names, interleave, to_model_text
     from engine.symbolic.patches import split_tunebody
     from engine.symbolic.prompts import Prompt
 
@@ -122,7 +123,8 @@ def _convert(src: Source, transpose: tuple[int, ...]) -> dict:
     meta, body = split_tunebody("".join(lines))
     if not body or not any(re.search(r"[A-Ga-g]", ln) for ln in body):
         raise CadenzaError("the score has no notes")
-    instrumentation = src.instrumentation or infer_instrumentation(meta)
+    instrumentation = src.instrumentation or infer_instrumentation([clean_part_names(ln) for ln in meta],
+                                                                   src.unnamed)
     prompt = Prompt(src.period, src.composer, instrumentation)
     text = to_model_text(lines, prompt.lines())
     augmented = []
@@ -191,23 +193,47 @@ def _transposed(abc: str, shift: int) -> str | None:
         return None
 
 
-def infer_instrumentation(metadata: list[str]) -> str:
-    """Choral, Keyboard, Art Song, Melody, Chamber or Orchestral, from the voices' names."""
+# names notation programs give a part nobody named: they say nothing of the instrument
+PLACEHOLDER = re.compile(r"^(musicxml part|part|p|staff|instrument|untitled)?\s*\d*$", re.I)
+KEYBOARD = re.compile(r"piano|klavier|keyboard|harpsichord|cembalo|clavecin|organ|continuo|\bb\.\s?c\.", re.I)
+
+
+def part_kind(name: str) -> str:
+    """'voice', 'keys' (keyboards and continuo) or 'inst' for a part name ('' when unnamed or a
+    placeholder such as "MusicXML Part")."""
     from engine.render.instruments import gm_program
 
-    names = [m.group(1) for ln in metadata if ln.startswith("V:") for m in [re.search(r'nm="([^"]*)"', ln)] if m]
-    voices = len([ln for ln in metadata if ln.startswith("V:")])
-    kinds = {"voice" if gm_program(n) == 52 else "keys" if gm_program(n) in (0, 6, 19) and n.strip() else "inst"
-             for n in names}
-    if voices <= 1:
+    if KEYBOARD.search(name):  # before the voices: "Basso continuo" is played, not sung
+        return "keys"
+    if gm_program(name) == 52:
+        return "voice"
+    return "" if PLACEHOLDER.match(name.strip()) else "inst"
+
+
+def infer_instrumentation(metadata: list[str], unnamed: str | None = None) -> str:
+    """Choral, Keyboard, Art Song, Vocal-Orchestral, Melody, Chamber or Orchestral, from the
+    voices' names (NotaGen's labels). `unnamed`: the label for several voices without names
+    (e.g. Choral for a folder of four-part chorales), else they count as Chamber."""
+    v_lines = [ln for ln in metadata if ln.startswith("V:")]
+    names = [m.group(1) if m else "" for ln in v_lines for m in [re.search(r'nm="([^"]*)"', ln)]]
+    kinds = Counter(part_kind(n) for n in names)
+    if len(v_lines) <= 1:
         return "Melody"
-    if kinds == {"voice"}:
-        return "Choral"
-    if kinds == {"keys"} or (not names and voices == 2):
+    if not any(part_kind(n) for n in names):
+        # a %%score that braces every staff together, { ... }, is a keyboard's grand staff
+        score = next((ln for ln in metadata if ln.startswith("%%score")), "")
+        braced = re.fullmatch(r"%%score\s*\{[^{}\[\]]*\}", score.strip()) is not None
+        return "Keyboard" if braced or (len(v_lines) == 2 and not unnamed) else unnamed or "Chamber"
+    # xml2abc names a part's first staff only: an unnamed V: line is a piano's left hand, not a player
+    singers, players = kinds["voice"], kinds["inst"]
+    if singers and not players:
+        # a choir with organ or continuo is still choral music; one singer with a keyboard is a song
+        return "Art Song" if singers == 1 and kinds["keys"] else "Choral"
+    if singers:
+        return "Vocal-Orchestral"
+    if not players:
         return "Keyboard"
-    if kinds == {"voice", "keys"} and len([n for n in names if gm_program(n) == 52]) == 1:
-        return "Art Song"
-    distinct = len(set(names)) or voices
+    distinct = len(set(names))
     return "Orchestral" if distinct >= 6 else "Chamber"
 
 

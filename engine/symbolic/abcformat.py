@@ -76,6 +76,9 @@ def xml_to_abc(xml: bytes, timeout: float = 60.0) -> str:
     return text
 
 
+EMPTY_BAR = re.compile(r"\|:?[ \t\n]+\|")
+
+
 def interleave(abc: str) -> list[str]:
     """Per-voice ABC -> header lines + one line per bar holding every voice."""
     from abctoolkit.rotate import rotate_abc
@@ -85,6 +88,9 @@ def interleave(abc: str) -> list[str]:
     lines = remove_information_field(lines, DROPPED_FIELDS)
     lines = [ln for ln in lines if ln.strip() and not (ln.startswith("%") and not ln.startswith("%%"))]
     lines = remove_bar_no_annotations(lines)
+    # an empty bar ("|| | z |", "| |]", "|: |2", also across a line break) throws rotate_abc's bar count off
+    lines = "".join(lines).replace("\r", "")
+    lines = [ln + "\n" for ln in EMPTY_BAR.sub("|", lines).splitlines() if ln.strip()]
     try:
         return rotate_abc(lines)
     except (IndexError, KeyError, ValueError) as e:
@@ -94,6 +100,8 @@ def interleave(abc: str) -> list[str]:
 def reduce_rests(line: str) -> str:
     """Leaves out voices whose bar is only rests (the first voice stays if all rest)."""
     segments = line_segments(line)
+    if not segments:
+        raise CadenzaError(f"a tune-body line without any voice: {line.strip()[:80]!r}")
     kept = {v: t for v, t in segments.items() if not REST_ONLY.match(split_right_barline(t)[0])}
     if not kept:
         first = next(iter(segments))

@@ -36,9 +36,10 @@ class LoadedModel:
     name: str  # what the user called it: a file or folder name
     source: Path
     warnings: list[str] = field(default_factory=list)
-    # Usual number of voices of each prompt's training pieces ("period_composer_instrumentation"):
-    # generation writes a header again when it declares another number (see PieceRequest.voices).
-    voices: dict[str, int] = field(default_factory=dict)
+    # The voice counts most of each prompt's training pieces have ("period_composer_instrumentation"
+    # -> counts, most common first): generation writes a header again when it declares another
+    # number (see PieceRequest.voices).
+    voices: dict[str, tuple[int, ...]] = field(default_factory=dict)
     plan: object | None = None  # engine.placement.Plan when placed by api.load_placed
     _checksum: str | None = None
 
@@ -173,8 +174,17 @@ def load_model_folder(folder: str | Path, device=None, dtype=None) -> LoadedMode
     prompts = PromptTable.load(folder / PROMPTS_FILE) if (folder / PROMPTS_FILE).is_file() else None
     if prompts is None:
         warnings.append(f"{folder} has no {PROMPTS_FILE}: any prompt is accepted")
-    voices = {str(k): int(v) for k, v in config.get("prompt_voices", {}).items()}
+    voices = {str(k): read_voices(v) for k, v in config.get("prompt_voices", {}).items()}
     return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings, voices)
+
+
+def read_voices(value) -> tuple[int, ...]:
+    """A prompt's voice counts from config.json: a list, or one number (models before v3)."""
+    counts = value if isinstance(value, list) else [value]
+    try:
+        return tuple(int(v) for v in counts)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"prompt_voices holds {value!r}: expected a number of voices or a list of them") from e
 
 
 def read_config(path: str | Path) -> NotaGenConfig:

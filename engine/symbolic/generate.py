@@ -54,11 +54,18 @@ class PieceRequest:
     # algorithm. Patches taken back do not count towards max_patches: the work is bounded by the
     # retries per line (and max_seconds).
     bar_retries: int = 0
-    # The number of voices the header should declare (the prompt's usual count in training), and
-    # how many times a header that declares another number is written again. Only for new pieces
-    # (no prefix); None or 0 retries is NotaGen's own algorithm.
-    voices: int | None = None
+    # The numbers of voices the header may declare (the counts most of the prompt's training
+    # pieces have; one number or several), and how many times a header that declares another
+    # number is written again. Only for new pieces (no prefix); None or 0 retries is NotaGen's own
+    # algorithm.
+    voices: int | tuple[int, ...] | None = None
     header_retries: int = 0
+
+    def allowed_voices(self) -> frozenset[int] | None:
+        """`voices` as a set (None: any number)."""
+        if self.voices is None:
+            return None
+        return frozenset(self.voices) if isinstance(self.voices, (tuple, list, set, frozenset)) else frozenset([self.voices])
 
     def check(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -73,8 +80,11 @@ class PieceRequest:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
                 raise SettingsError(f"{name} must be a whole number from 0 to {most}, got {v!r}")
-        if self.voices is not None and (isinstance(self.voices, bool) or not isinstance(self.voices, int) or not 1 <= self.voices <= 64):
-            raise SettingsError(f"voices must be a whole number from 1 to 64 or None, got {self.voices!r}")
+        counts = self.allowed_voices()
+        if counts is not None:
+            if not counts or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64 for v in counts):
+                raise SettingsError(
+                    f"voices must be a whole number from 1 to 64, several such numbers, or None, got {self.voices!r}")
         for name in ("period", "composer", "instrumentation"):
             check_field(name, getattr(self.prompt, name))
         bad = sorted({c for c in self.prefix if ord(c) > 127})
@@ -234,13 +244,13 @@ class PieceState:
             self.header_open = True  # back before the tune body: the header is being written again
 
     def _take_back_header(self, finished: bool, ended: bool = False) -> int:
-        """When the tune body begins (finished) the header must declare the request's number of
-        voices; while it is written, it must not declare more; the piece must not end in it
+        """When the tune body begins (finished) the header must declare one of the request's numbers
+        of voices; while it is written, it must not declare more; the piece must not end in it
         (ended). Otherwise, while retries are left, returns to the header's start and gives the
         number of characters taken back, or -1 when only the patch just written is dropped (see
         below). 0: the header stays as it is."""
         meta = self.text[self.header_start[0]:]
-        wanted, tries = self.req.voices, self.req.header_retries
+        wanted, tries = self.req.allowed_voices(), self.req.header_retries
         if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
             self.header_open = False  # no (more) checks: the header stays
             return 0
@@ -252,12 +262,13 @@ class PieceState:
         # %%score, the header's first line when there are several voices, names them all: a
         # wrong count is known there, before the V: lines are written, so a retry costs a line.
         declared = next((score_voices(ln) for ln in lines if ln.startswith("%%score")), None)
-        if header_like and not ended and declared in (None, wanted) and (
-                voices == wanted or (not finished and voices < wanted)):
+        limit = max(wanted) if declared is None else declared
+        if header_like and not ended and (declared is None or declared in wanted) and (
+                (voices in wanted and declared in (None, voices)) or (not finished and voices < limit)):
             if finished:
                 self.header_open = False  # checked: the header stays
             return 0
-        if finished and header_like and declared == wanted and voices < wanted and self._at_line_start():
+        if finished and header_like and declared in wanted and voices < declared and self._at_line_start():
             # %%score named every voice but a V: line is missing: write on from the header's last
             # line (the patch just written is dropped) rather than from its start.
             self._return_to(self.line_start)

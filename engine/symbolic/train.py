@@ -142,15 +142,29 @@ def prompt_table(pieces: list[dict], cfg: TrainConfig, base: PromptTable | None 
     return PromptTable(keep + (base.prompts if base else []))
 
 
-def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, int]:
-    """The usual (most common) voice count of each prompt's training pieces."""
+TYPICAL_SHARE = 0.8  # the voice counts kept for a prompt cover at least this share of its pieces
+
+
+def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, list[int]]:
+    """Each prompt's typical voice counts, most common first: the fewest that together cover
+    TYPICAL_SHARE of its training pieces (4 for Bach's chorales; 4, 5 and 6 for Palestrina)."""
     from engine.symbolic.postprocess import count_voices
 
     counts: dict[str, Counter] = {}
     for p in pieces:
         if "@t" not in p["id"]:
             counts.setdefault("_".join(p["labels"]), Counter())[count_voices(split_tunebody(p["text"])[0])] += 1
-    return {pr.key(): counts[pr.key()].most_common(1)[0][0] for pr in table.prompts if pr.key() in counts}
+    return {pr.key(): typical(counts[pr.key()]) for pr in table.prompts if pr.key() in counts}
+
+
+def typical(counts: Counter) -> list[int]:
+    kept, covered, total = [], 0, sum(counts.values())
+    for value, n in counts.most_common():
+        if covered >= TYPICAL_SHARE * total:
+            break
+        kept.append(value)
+        covered += n
+    return kept
 
 
 def label_weights(pieces: list[dict], balance: float) -> list[float] | None:
@@ -170,9 +184,10 @@ def draw(pieces: list[dict], weights: list[float] | None, n: int, rng: random.Ra
 
 def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict], out: str | Path, cfg: TrainConfig,
           base_prompts: PromptTable | None = None, resume: bool = True, name: str = "cadenza-notagen",
-          on_step: Callable[[dict], None] | None = None) -> dict:
+          on_step: Callable[[dict], None] | None = None, base_voices: dict | None = None) -> dict:
     """Trains in place; checkpoints to `out` every eval_every steps and at the end. Returns the
-    history (losses, validation bits per character, throughput)."""
+    history (losses, validation bits per character, throughput). `base_prompts`/`base_voices`:
+    the starting model's table and voice counts, kept beside the data's own."""
     from engine.symbolic.checkpoint import save_model
 
     if not train_pieces:
@@ -203,7 +218,8 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
         gen.set_state(state["gen"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     table = prompt_table(train_pieces, cfg, base_prompts)
-    voices = prompt_voices(train_pieces, table)
+    keys = {p.key() for p in table.prompts}
+    voices = {k: list(v) for k, v in (base_voices or {}).items() if k in keys} | prompt_voices(train_pieces, table)
     weights = label_weights(train_pieces, cfg.balance)
     t0, seen_patches = time.monotonic(), 0
     while step < cfg.steps:  # bounded by cfg.steps
