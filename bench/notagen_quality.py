@@ -3,7 +3,8 @@
 Per prompt and overall: converts to MusicXML without error; bars aligned across voices; voices
 as the instrumentation was trained: a voice count that is typical of that label's training pieces
 (the fewest counts covering 80% of them: 4 for Bach's chorales, 4-6 for Palestrina's masses), and
-stricter, the single most common count;
+stricter, the single most common count; part names that fit the instrumentation (singers only for
+Choral, singers and players for Vocal-Orchestral, ...: engine.symbolic.labels);
 ends with eos before the patch limit; median length in bars; pieces differ from each other and
 from the training set (the longest run of bars copied from a training piece); held-out bits per
 character. Prints a table, then one JSON line.
@@ -21,6 +22,7 @@ from collections import defaultdict
 from engine import api
 from engine.data.build import read_split
 from engine.render.convert import ConversionError, abc_to_musicxml
+from engine.symbolic.labels import fits_label
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import R_MARKER
 from engine.symbolic.train import evaluate, prompt_voices
@@ -80,7 +82,7 @@ def main() -> None:
         comps = api.compose(lm, *label, seed=args.seed, variations=args.k, max_patches=args.max_patches,
                             bar_retries=args.bar_retries, header_retries=args.header_retries)
         stats = {"prompt": " / ".join(label), "n": len(comps), "converts": 0, "aligned": 0, "bars": 0,
-                 "voices_ok": 0, "voices_usual": 0, "eos": 0, "lengths": [], "longest_copy": 0,
+                 "voices_ok": 0, "voices_usual": 0, "fits": 0, "eos": 0, "lengths": [], "longest_copy": 0,
                  "rewritten": sum(c.piece.lines_rewritten for c in comps),
                  "distinct": len({c.abc.abc for c in comps}) == len(comps)}
         for c in comps:
@@ -94,6 +96,7 @@ def main() -> None:
             typical = typical_voices.get(label, [-1])
             stats["voices_ok"] += voice_count(c.piece.text) in typical
             stats["voices_usual"] += voice_count(c.piece.text) == typical[0]
+            stats["fits"] += fits_label(split_tunebody(c.piece.text)[0], prompt.instrumentation)
             stats["eos"] += c.piece.complete
             stats["lengths"].append(c.abc.alignment.total)
             stats["longest_copy"] = max(stats["longest_copy"], copies.longest(c.piece.text))
@@ -109,6 +112,7 @@ def main() -> None:
         "aligned_bars_pct": 100 * sum(r["aligned"] for r in rows) / max(1, sum(r["bars"] for r in rows)),
         "voices_as_trained_pct": 100 * sum(r["voices_ok"] for r in rows) / n,
         "voices_most_common_pct": 100 * sum(r["voices_usual"] for r in rows) / n,
+        "parts_fit_label_pct": 100 * sum(r["fits"] for r in rows) / n,
         "eos_pct": 100 * sum(r["eos"] for r in rows) / n,
         "median_bars": statistics.median(x for r in rows for x in r["lengths"]),
         "all_variations_distinct": all(r["distinct"] for r in rows),
@@ -117,17 +121,18 @@ def main() -> None:
         "bar_retries": args.bar_retries, "header_retries": args.header_retries,
         "lines_rewritten": sum(r["rewritten"] for r in rows),
     }
-    print(f"{'prompt':58s} {'conv':>5s} {'align':>6s} {'voices':>6s} {'(mode)':>6s} {'typical':>8s} {'eos':>4s} "
+    print(f"{'prompt':58s} {'conv':>5s} {'align':>6s} {'voices':>6s} {'(mode)':>6s} {'typical':>8s} {'parts':>5s} {'eos':>4s} "
           f"{'bars':>5s} {'copy':>5s}")
     for r in rows:
         label = tuple(r["prompt"].split(" / "))
         print(f"{r['prompt'][:58]:58s} {r['converts']:>3d}/{r['n']} {100 * r['aligned'] / max(1, r['bars']):5.0f}% "
               f"{r['voices_ok']:>4d}/{r['n']} {r['voices_usual']:>4d}/{r['n']} "
-              f"{','.join(map(str, typical_voices.get(label, []))):>8s} {r['eos']:>2d}/{r['n']} "
+              f"{','.join(map(str, typical_voices.get(label, []))):>8s} {r['fits']:>3d}/{r['n']} {r['eos']:>2d}/{r['n']} "
               f"{statistics.median(r['lengths']):5.0f} {r['longest_copy']:5d}")
     print(f"overall: converts {overall['converts_pct']:.0f}%, aligned bars {overall['aligned_bars_pct']:.0f}%, "
           f"voices as trained {overall['voices_as_trained_pct']:.0f}% "
-          f"(the most common count {overall['voices_most_common_pct']:.0f}%), eos {overall['eos_pct']:.0f}%, "
+          f"(the most common count {overall['voices_most_common_pct']:.0f}%), parts fit the label "
+          f"{overall['parts_fit_label_pct']:.0f}%, eos {overall['eos_pct']:.0f}%, "
           f"median {overall['median_bars']} bars, longest copy {overall['longest_copied_bars']} bars, "
           f"held-out {bpc:.3f} bits/char")
     print(json.dumps(overall))

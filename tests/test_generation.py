@@ -9,6 +9,7 @@ from conftest import BACH, TINY_SIZES, tiny_model
 from engine.errors import SettingsError
 from engine.symbolic import generate as gen_mod
 from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, PieceState, generate, stream
+from engine.symbolic.labels import fits_label
 from engine.symbolic.model import Conv1D, cpu_bf16_packing_available
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.sampling import SamplingSettings
@@ -313,6 +314,31 @@ def test_a_header_may_declare_any_of_several_typical_voice_counts():
     start = state.text
     _feed(state, "%%score 1 2 3\nL:1/8\nK:G\nV:1 treble\nV:2 treble\nV:3 bass\nV:4 bass\n")
     assert state.text == start and state.rewritten == 1
+
+
+def test_a_header_whose_parts_do_not_fit_the_instrumentation_is_written_again():
+    cantata = Prompt("Baroque", "Bach, Johann Sebastian", "Vocal-Orchestral")
+    def parts(*names):
+        return "".join(f'V:{i} treble nm="{n}"\n' for i, n in enumerate(names, 1))
+
+    choir = parts("Soprano", "Alto", "Tenor", "Bass")
+    for second in (parts("Trumpet 1", "Soprano", "Alto", "Tenor", "Bass"), choir):
+        state = PieceState(0, PieceRequest(cantata, voices=(4, 5), header_retries=2), 128, 16, "cpu")
+        start = state.text
+        _feed(state, "L:1/8\nK:G\n" + choir)
+        state.in_tunebody = True
+        _feed(state, ALIGNED[:16])
+        assert state.text == start and state.rewritten == 1  # four singers: a chorale, not a cantata movement
+        # a header with a trumpet fits; in the second half of the retries only the voice count is
+        # checked, so that the header kept when they run out has at least the right count
+        header = "L:1/8\nK:G\n" + second
+        _feed(state, header)
+        state.in_tunebody = True
+        _feed(state, ALIGNED)
+        assert state.text == start + header + ALIGNED and state.rewritten == 1
+    # labels it does not know (NotaGen-X has none such) are never a reason to write a header again
+    assert fits_label(["V:1", "V:2"], "Band") and fits_label(['V:1 nm="Violin"', "V:2"], "Orchestral")
+    assert not fits_label(choir.splitlines(), "Vocal-Orchestral") and fits_label(choir.splitlines(), "Choral")
 
 
 @pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),

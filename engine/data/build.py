@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import CadenzaError
+from engine.symbolic.labels import infer_instrumentation, part_kind  # noqa: F401 (part of this module's API)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".abc", ".krn")
@@ -191,50 +192,6 @@ def _transposed(abc: str, shift: int) -> str | None:
         return transpose_an_abc_text(lines, des)
     except Exception:  # abctoolkit's transposer rejects some notations; the piece keeps its key
         return None
-
-
-# names notation programs give a part nobody named: they say nothing of the instrument
-PLACEHOLDER = re.compile(r"^(musicxml part|part|p|staff|instrument|untitled)?\s*\d*$", re.I)
-KEYBOARD = re.compile(r"piano|klavier|keyboard|harpsichord|cembalo|clavecin|organ|continuo|\bb\.\s?c\.", re.I)
-
-
-def part_kind(name: str) -> str:
-    """'voice', 'keys' (keyboards and continuo) or 'inst' for a part name ('' when unnamed or a
-    placeholder such as "MusicXML Part")."""
-    from engine.render.instruments import gm_program
-
-    if KEYBOARD.search(name):  # before the voices: "Basso continuo" is played, not sung
-        return "keys"
-    if gm_program(name) == 52:
-        return "voice"
-    return "" if PLACEHOLDER.match(name.strip()) else "inst"
-
-
-def infer_instrumentation(metadata: list[str], unnamed: str | None = None) -> str:
-    """Choral, Keyboard, Art Song, Vocal-Orchestral, Melody, Chamber or Orchestral, from the
-    voices' names (NotaGen's labels). `unnamed`: the label for several voices without names
-    (e.g. Choral for a folder of four-part chorales), else they count as Chamber."""
-    v_lines = [ln for ln in metadata if ln.startswith("V:")]
-    names = [m.group(1) if m else "" for ln in v_lines for m in [re.search(r'nm="([^"]*)"', ln)]]
-    kinds = Counter(part_kind(n) for n in names)
-    if len(v_lines) <= 1:
-        return "Melody"
-    if not any(part_kind(n) for n in names):
-        # a %%score that braces every staff together, { ... }, is a keyboard's grand staff
-        score = next((ln for ln in metadata if ln.startswith("%%score")), "")
-        braced = re.fullmatch(r"%%score\s*\{[^{}\[\]]*\}", score.strip()) is not None
-        return "Keyboard" if braced or (len(v_lines) == 2 and not unnamed) else unnamed or "Chamber"
-    # xml2abc names a part's first staff only: an unnamed V: line is a piano's left hand, not a player
-    singers, players = kinds["voice"], kinds["inst"]
-    if singers and not players:
-        # a choir with organ or continuo is still choral music; one singer with a keyboard is a song
-        return "Art Song" if singers == 1 and kinds["keys"] else "Choral"
-    if singers:
-        return "Vocal-Orchestral"
-    if not players:
-        return "Keyboard"
-    distinct = len(set(names))
-    return "Orchestral" if distinct >= 6 else "Chamber"
 
 
 # ---- the whole build ---------------------------------------------------------------------------

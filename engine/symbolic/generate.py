@@ -28,6 +28,7 @@ from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches,
                                      split_tunebody)
+from engine.symbolic.labels import fits_label
 from engine.symbolic.postprocess import (CLOSERS, OPENERS, bar_well_formed, count_voices, line_aligned,
                                          line_segments)
 from engine.symbolic.prompts import Prompt, check_field
@@ -245,7 +246,8 @@ class PieceState:
 
     def _take_back_header(self, finished: bool, ended: bool = False) -> int:
         """When the tune body begins (finished) the header must declare one of the request's numbers
-        of voices; while it is written, it must not declare more; the piece must not end in it
+        of voices, with part names that fit the prompt's instrumentation; while it is written, it
+        must not declare more; the piece must not end in it
         (ended). Otherwise, while retries are left, returns to the header's start and gives the
         number of characters taken back, or -1 when only the patch just written is dropped (see
         below). 0: the header stays as it is."""
@@ -263,7 +265,12 @@ class PieceState:
         # wrong count is known there, before the V: lines are written, so a retry costs a line.
         declared = next((score_voices(ln) for ln in lines if ln.startswith("%%score")), None)
         limit = max(wanted) if declared is None else declared
-        if header_like and not ended and (declared is None or declared in wanted) and (
+        # a finished header's part names must fit the prompt's instrumentation too (four singers
+        # are no Vocal-Orchestral piece), but only in the first half of the retries: the last
+        # header written is kept when they run out, and a right voice count matters more
+        fits = (not finished or self.header_tries >= tries // 2
+                or fits_label(lines, self.req.prompt.instrumentation))
+        if header_like and not ended and fits and (declared is None or declared in wanted) and (
                 (voices in wanted and declared in (None, voices)) or (not finished and voices < limit)):
             if finished:
                 self.header_open = False  # checked: the header stays
