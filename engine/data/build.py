@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import CadenzaError
-from engine.symbolic.labels import infer_instrumentation, part_kind  # noqa: F401 (part of this module's API)
+from engine.symbolic.labels import infer_instrumentation
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".abc", ".krn")
