@@ -33,7 +33,7 @@ def infer_instrumentation(metadata: list[str], unnamed: str | None = None) -> st
     kinds = Counter(part_kind(n) for n in names)
     if len(v_lines) <= 1:
         return "Melody"
-    if not any(part_kind(n) for n in names):
+    if set(kinds) <= {""}:  # no part names anything
         # a %%score that braces every staff together, { ... }, is a keyboard's grand staff
         score = next((ln for ln in metadata if ln.startswith("%%score")), "")
         braced = re.fullmatch(r"%%score\s*\{[^{}\[\]]*\}", score.strip()) is not None
