@@ -29,7 +29,7 @@ def start(tmp: Path, concurrency: int):
     from engine.symbolic.config import NotaGenConfig
     from engine.symbolic.model import NotaGenModel
     from engine.symbolic.prompts import Prompt, PromptTable
-    from webui.app import build_app
+    from webui.app import start
     from webui.config import StudioConfig
     from webui.studio import Studio
 
@@ -40,9 +40,8 @@ def start(tmp: Path, concurrency: int):
                           concurrency=concurrency, queue_size=64)
     studio = Studio(config)
     studio.model(None).get()
-    demo = build_app(config, studio)
-    demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{config.port}/"
+    demo, _, url = start(config, studio, quiet=True)
+    return demo, url
 
 
 def user(url: str, n: int, patches: int, tmp: Path, out: dict) -> None:

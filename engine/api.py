@@ -250,15 +250,17 @@ class AudioOutput:
     manifest: Path
 
 
-def load_audio_model(spec: str | Path | None = None, device=None, options: PlacementOptions | None = None):
+def load_audio_model(spec: str | Path | None = None, device=None, options: PlacementOptions | None = None,
+                     local_only: bool = False):
     """A MusicGen model (default facebook/musicgen-small) from a folder or the Hugging Face cache.
     With placement options: planned on the meta device first; a split runs through accelerate's
     device map (decoder layers kept whole). A replicate plan loads one copy (one audio request
-    runs at a time, so more copies would sit idle)."""
+    runs at a time, so more copies would sit idle). local_only: the Hugging Face cache and local
+    folders only, never the network (a server whose admin has not allowed downloads)."""
     from engine.audio import musicgen
 
     if options is None:
-        return musicgen.load(spec, device=pick_device(device))
+        return musicgen.load(spec, device=pick_device(device), local_only=local_only)
     from accelerate import init_empty_weights
     from transformers import AutoConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
@@ -268,7 +270,7 @@ def load_audio_model(spec: str | Path | None = None, device=None, options: Place
     budget = placement.budgets(placement.parse_devices(options.devices), placement.parse_max_memory(options.max_memory))
     dtype = torch.float32 if list(budget) == ["cpu"] else torch.float16
     try:
-        config = AutoConfig.from_pretrained(spec)
+        config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
     except OSError as e:
         raise musicgen._offline_error(spec, e) from e
     cls = MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody" else MusicgenForConditionalGeneration
@@ -279,9 +281,9 @@ def load_audio_model(spec: str | Path | None = None, device=None, options: Place
         pick_device(stage.device)
     if plan.kind == "split":
         device_map = {name: stage.device for stage in plan.stages for name in stage.units}
-        am = musicgen.load(spec, dtype=dtype, device_map=device_map)
+        am = musicgen.load(spec, dtype=dtype, device_map=device_map, local_only=local_only)
     else:
-        am = musicgen.load(spec, device=plan.stages[0].device, dtype=dtype)
+        am = musicgen.load(spec, device=plan.stages[0].device, dtype=dtype, local_only=local_only)
     am.plan = plan
     return am
 

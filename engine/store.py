@@ -19,8 +19,13 @@ from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 
 RECORD_FILE = "record.json"
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the whole key (fullmatch: no trailing newline)
+PIECE_ID = re.compile(r"[A-Za-z0-9-]{1,120}")
 MAX_HISTORY = 500  # pieces listed at most (newest first); older ones stay on disk
+
+
+def valid_key(key) -> bool:
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Session:
     """One person's pieces."""
 
     def __init__(self, root: Path, key: str):
-        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        if not valid_key(key):
             raise CadenzaError("invalid session key: expected 16 to 128 letters, digits, '-' or '_'")
         self.id = hashlib.sha256(key.encode()).hexdigest()[:32]
         self.folder = root / self.id
@@ -74,7 +79,7 @@ class Session:
         write_atomic(self.piece_folder(record.id) / RECORD_FILE, json.dumps(asdict(record), indent=1) + "\n")
 
     def piece_folder(self, piece_id: str) -> Path:
-        if not isinstance(piece_id, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,120}", piece_id):
+        if not isinstance(piece_id, str) or not PIECE_ID.fullmatch(piece_id):
             raise CadenzaError(f"no piece {piece_id!r} in this session")
         return self.folder / piece_id
 
@@ -84,6 +89,31 @@ class Session:
             return PieceRecord.from_dict(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as e:
             raise CadenzaError(f"no piece {piece_id!r} in this session") from e
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes, pieces) this session holds on disk."""
+        if not self.folder.is_dir():
+            return 0, 0
+        total, pieces = 0, 0
+        for piece in self.folder.iterdir():
+            pieces += (piece / RECORD_FILE).is_file()
+            for f in piece.rglob("*") if piece.is_dir() else ():
+                try:
+                    total += f.stat().st_size if f.is_file() else 0
+                except OSError:
+                    continue  # removed meanwhile
+        return total, pieces
+
+    def delete(self, piece_id: str) -> int:
+        """Removes a piece and its files; returns the bytes freed."""
+        import shutil
+
+        folder = self.piece_folder(piece_id)
+        if not (folder / RECORD_FILE).is_file():
+            raise CadenzaError(f"no piece {piece_id!r} in this session")
+        freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        return freed
 
     def history(self, limit: int = MAX_HISTORY) -> list[PieceRecord]:
         """This session's pieces, newest first."""
@@ -108,9 +138,34 @@ class OutputStore:
     def session(self, key: str) -> Session:
         return Session(self.root, key)
 
+    def unfinished(self) -> list[Path]:
+        """Piece folders that never got their record.json (a crash, a kill -9, a full disk) and
+        half-written temporary files: nothing lists them, nothing will finish them."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for session in (p for p in self.root.iterdir() if p.is_dir()):
+            for piece in session.iterdir():
+                if piece.is_dir() and not (piece / RECORD_FILE).is_file():
+                    found.append(piece)
+                elif piece.is_dir():
+                    found += piece.glob(f".{RECORD_FILE}.*")
+        return found
+
+    def sweep(self) -> int:
+        """Removes what unfinished() finds; run at start-up, when no work is running."""
+        import shutil
+
+        gone = self.unfinished()
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return len(gone)
+
     def secret(self) -> str:
-        """A secret kept in the outputs directory (created once): it encrypts the session key the
-        browser stores, and survives restarts so that browsers keep their sessions."""
+        """A secret kept in the outputs directory (created once) that Gradio's BrowserState uses to
+        scramble the session key in the browser's local storage. Gradio sends it to every page, so
+        it hides nothing from someone who has the page: it only keeps the key from being stored in
+        plain text. The key itself is what keeps a session private."""
         path = self.root / ".secret"
         if not path.is_file():
             import secrets

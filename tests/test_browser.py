@@ -29,9 +29,8 @@ def page(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from webui.app import CSS, build_app
+    from webui.app import start
     from webui.config import StudioConfig
-    from webui.studio import Studio
 
     if api.bundled_model() is None:
         pytest.skip("no bundled model")
@@ -41,10 +40,7 @@ def page(tmp_path_factory):
     config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128,  # a short piece: quick on 2 cores
                           audio_model=str(tiny_musicgen(tmp / "musicgen")),  # tiny random MusicGen models: plumbing only
                           melody_model=str(tiny_musicgen(tmp / "melody", melody=True)))
-    studio = Studio(config)
-    studio.model(None)
-    demo = build_app(config, studio)
-    demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True, quiet=True, css=CSS)
+    demo, studio, _ = start(config, quiet=True)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -139,13 +135,13 @@ def test_closing_the_page_stops_that_users_generation(page):
     wait_for(driver, lambda d: all(e.get_attribute("value") for e in d.find_elements(
         By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]), what="the prompt lists")
     driver.find_element(By.XPATH, "//button[normalize-space()='Generate']").click()
-    wait_for(driver, lambda d: studio._cancels, timeout=60, what="the generation to start")
+    wait_for(driver, lambda d: studio.running(), timeout=60, what="the generation to start")
     wait_for(driver, lambda d: "writing" in d.find_element(By.TAG_NAME, "body").text, timeout=60, what="progress")
     driver.get("about:blank")  # the tab leaves the studio
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and studio._cancels:
+    while time.monotonic() < deadline and studio.running():
         time.sleep(0.2)
-    assert not studio._cancels, "the generation went on after the page was closed"
+    assert not studio.running(), "the generation went on after the page was closed"
     records = sorted((p for p in studio.store.root.glob("*/*/record.json")), key=lambda p: p.parent.name)
     newest = json.loads(records[-1].read_text())
     assert newest["stop_reason"] == "closed" and newest["files"]["abc"]  # stopped, not finished; text kept

@@ -37,12 +37,10 @@ def tiny_folder(tmp: Path) -> Path:
 
 
 def serve(config: StudioConfig):
-    studio = Studio(config)
-    studio.model(config.model)
-    demo = build_app(config, studio)
-    demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True, quiet=True,
-                max_file_size=f"{config.max_upload_mb}mb")
-    return demo, studio, f"http://127.0.0.1:{config.port}/"
+    """The studio as ./run.sh serves it (same launch options), in the background."""
+    from webui.app import start
+
+    return start(config, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +137,9 @@ def test_cancelling_a_request_stops_the_generation_and_keeps_the_text(server):
     _wait_for_updates(job, 3)
     job.cancel()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and studio._cancels:
+    while time.monotonic() < deadline and studio.running():
         time.sleep(0.2)
-    assert not studio._cancels  # the engine loop ended, well before its 4000 patches
+    assert not studio.running()  # the engine loop ended, well before its 4000 patches
     history = studio.history(key)
     assert history and history[0].stop_reason == "closed" and history[0].files["abc"]
 

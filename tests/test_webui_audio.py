@@ -82,7 +82,7 @@ def test_a_score_is_performed_through_the_server(server):
     (audio_args(duration=1000), "duration must be from 0.5 to 60"),
     (audio_args(variations=50), "variations"),
     (audio_args(key="short"), "session"),
-    (audio_args(model="no/such-musicgen"), "could not load MusicGen 'no/such-musicgen'"),
+    (audio_args(model="no/such-musicgen"), "no model 'no/such-musicgen' on this server"),
 ])
 def test_bad_audio_requests_get_a_clear_message_and_the_server_goes_on(server, args, message):
     url, studio, tmp = server

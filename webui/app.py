@@ -4,18 +4,26 @@ which calls the engine. Per-user data comes in through the session key the brows
 from __future__ import annotations
 
 import html
+import logging
+import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
 
 from engine.errors import CadenzaError
-from engine.store import KEY_PATTERN
+from engine.store import valid_key
 from webui.config import StudioConfig
+from webui.guard import LoginBackoff, number, public
 from webui.studio import AudioProgress, ComposeSettings, Outcome, Progress, Studio
+
+log = logging.getLogger("cadenza.web")
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
 AUDIO_KINDS = ("audio", "performed")
@@ -30,22 +38,35 @@ CSS = """
 """
 
 
+NO_SESSION = "this page has no session yet: reload it"
+
+
+def _refused(message) -> str:
+    """A refused request: one log line (no traceback) and the words a client may read."""
+    text = public(str(message))
+    log.info("refused: %s", text[:300])
+    return text
+
+
 def _fail(e: Exception):
-    """Bad input or a failed step: a clear message in the page; the session goes on."""
-    raise gr.Error(str(e), duration=None)
+    """Bad input or a failed step: a clear message for the caller; the server goes on."""
+    raise gr.Error(_refused(e), duration=None, print_exception=False)
 
 
 def _keep_page(message: str, n: int) -> tuple:
     """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
     the score and the downloads already shown all stay."""
-    gr.Warning(message, duration=None)
+    gr.Warning(_refused(message), duration=None)
     return (gr.skip(),) * n
 
 
 def _check_key(key) -> str:
-    if not isinstance(key, str) or not KEY_PATTERN.match(key):
-        raise gr.Error("this page has no session yet: reload it")
+    if not valid_key(key):
+        raise gr.Error(_refused(NO_SESSION), print_exception=False)
     return key
+
+
+SERVE_DIR = "cadenza-serve"  # under the temp folder: copies of outputs kept elsewhere, deleted with Gradio's cache
 
 
 def _servable(path: Path) -> str:
@@ -55,9 +76,28 @@ def _servable(path: Path) -> str:
     p = str(path.resolve())
     if p.startswith(str(Path.cwd().resolve())) or p.startswith(tempfile.gettempdir()):
         return p
-    out = Path(tempfile.mkdtemp(prefix="cadenza-")) / path.name
+    out = Path(tempfile.mkdtemp(prefix="f-", dir=_serve_dir())) / path.name
     shutil.copy2(path, out)
     return str(out)
+
+
+def _serve_dir() -> Path:
+    folder = Path(tempfile.gettempdir()) / SERVE_DIR
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def sweep_served(max_age_s: float) -> int:
+    """Deletes the copies _servable made that are older than max_age_s (Gradio has its own copy by then)."""
+    folder, now, gone = Path(tempfile.gettempdir()) / SERVE_DIR, time.time(), 0
+    for p in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+                gone += 1
+        except OSError:
+            continue
+    return gone
 
 
 def _page_html(svg: str | None, page: int = 0, pages: int = 0) -> str:
@@ -114,15 +154,26 @@ def _audio_players(o: Outcome) -> list:
 
 
 def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
+    """The numbers of an audio request, checked as numbers (ranges: the studio and the engine)."""
     from engine.audio.musicgen import AudioSettings
 
-    return AudioSettings(duration=float(dur), guidance_scale=float(guidance), top_k=int(tk), top_p=float(tp),
-                         temperature=float(temp), seed=-1 if sd is None else int(sd), variations=int(var))
+    big = 2.0**63
+    return AudioSettings(duration=number(dur, "duration (seconds)", 0, big), guidance_scale=number(guidance, "guidance scale", -big, big),
+                         top_k=number(tk, "top-k", -big, big, integer=True), top_p=number(tp, "top-p", -big, big),
+                         temperature=number(temp, "temperature", -big, big),
+                         seed=-1 if sd is None else number(sd, "seed", -1, big, integer=True),
+                         variations=number(var, "variations", -big, big, integer=True))
+
+
+def _compose_settings(temp, tk, tp, sd, mp, var, br=16) -> ComposeSettings:
+    """Page and API values as they come; Studio.check_settings checks and converts them."""
+    return ComposeSettings(temperature=temp, top_k=tk, top_p=tp, seed=sd, max_patches=mp, variations=var, bar_retries=br)
 
 
 def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
     studio = studio or Studio(config)
-    with gr.Blocks(title="Cadenza") as demo:
+    cache_s = int(config.cache_hours * 3600)
+    with gr.Blocks(title="Cadenza", delete_cache=(min(3600, cache_s), cache_s)) as demo:
         key = gr.BrowserState("", storage_key="cadenza-session", secret=studio.store.secret())
         pages = gr.State([])
         piece_id = gr.State("")
@@ -215,9 +266,13 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                              for i in range(AUDIO_PLAYERS)]
                 a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=2, height=360, object_fit="contain")
                 a_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            with gr.Tab("History", id="history"):
+            with gr.Tab("History", id="history") as history_tab:
                 gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
                 history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+                usage = gr.Markdown("")
+                with gr.Row():
+                    to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
+                    delete = gr.Button("Delete", variant="stop", scale=0)
             with gr.Tab("System", id="system"):
                 system = gr.JSON(label="Devices, models, queue")
                 refresh = gr.Button("Refresh")
@@ -227,9 +282,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
         # --- session and prompts ---------------------------------------------------------------
         def init(k):
-            if not isinstance(k, str) or not KEY_PATTERN.match(k):
+            if not valid_key(k):
                 k = secrets.token_urlsafe(24)
-            return k, _history_rows(studio, k), studio.model(config.model).status()
+            return k, _history_rows(studio, k), public(studio.model(None).status())
 
         def lists(spec, prompt):
             """The three dropdowns showing `prompt`, each offering what the cascade allows."""
@@ -239,19 +294,21 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     gr.update(choices=instrumentations, value=prompt.instrumentation))
 
         def tick(done, spec):
-            slot = studio.model(spec or None)
-            if done or not slot.ready:
-                return slot.status(), gr.skip(), gr.skip(), gr.skip(), done
+            if done:
+                return (gr.skip(),) * 4 + (done,)
             try:
+                slot = studio.model(spec or None)
+                if not slot.ready:
+                    return public(slot.status()), gr.skip(), gr.skip(), gr.skip(), False
                 first = studio.prompts(spec or None).prompts[0]
             except CadenzaError as e:
-                return str(e), gr.skip(), gr.skip(), gr.skip(), True
-            return (slot.status(), *lists(spec, first), True)
+                return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True
+            return (public(slot.status()), *lists(spec, first), True)
 
-        demo.load(init, [key], [key, history, status], api_visibility="private")
+        demo.load(init, [key], [key, history, status], api_visibility="private", concurrency_limit=None)
         timer = gr.Timer(1.0)
         timer.tick(tick, [filled, model], [status, period, composer, instrumentation, filled], api_visibility="private",
-                   queue=False)
+                   concurrency_limit=None)
 
         def on_period(spec, p):
             try:
@@ -267,8 +324,10 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 return gr.skip()
             return gr.update(choices=ins, value=ins[0])
 
-        period.input(on_period, [model, period], [composer, instrumentation], api_visibility="private", queue=False)
-        composer.input(on_composer, [model, period, composer], [instrumentation], api_visibility="private", queue=False)
+        period.input(on_period, [model, period], [composer, instrumentation], api_visibility="private",
+                     concurrency_limit=None)
+        composer.input(on_composer, [model, period, composer], [instrumentation], api_visibility="private",
+                       concurrency_limit=None)
 
         def on_surprise(spec):
             try:
@@ -276,32 +335,34 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             except CadenzaError as e:
                 _fail(e)
 
-        surprise.click(on_surprise, [model], [period, composer, instrumentation], api_visibility="private", queue=False)
+        surprise.click(on_surprise, [model], [period, composer, instrumentation], api_visibility="private",
+                       concurrency_limit=None)
 
         def on_use_model(spec):
-            studio.model(spec or None)
-            return f"loading {spec or 'the bundled model'} ...", False
-
-        use_model.click(on_use_model, [model], [status, filled], api_visibility="private")
-
-        def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
-            from engine import api
-
             try:
-                path = api.fetch_checkpoint(r, f)
+                studio.model(spec or None)
             except CadenzaError as e:
                 _fail(e)
-            return str(path), f"downloaded to {path}: press 'Use this model'"
+            return f"loading {public(spec) if spec else 'the server model'} ...", False
 
-        fetch.click(on_fetch, [repo, repo_file], [model, status], api_visibility="private", concurrency_id="download")
+        use_model.click(on_use_model, [model], [status, filled], api_visibility="private", concurrency_limit=None)
+
+        def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
+            try:
+                name = studio.fetch(r, f)
+            except CadenzaError as e:
+                _fail(e)
+            return name, f"downloaded {public(name)}: press 'Use this model'"
+
+        fetch.click(on_fetch, [repo, repo_file], [model, status], api_visibility="private", concurrency_id="download",
+                    concurrency_limit=1)
 
         # --- composing -------------------------------------------------------------------------
         def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
-            if not isinstance(k, str) or not KEY_PATTERN.match(k):
-                yield _keep_page("this page has no session yet: reload it", len(shown))
+            if not valid_key(k):
+                yield _keep_page(NO_SESSION, len(shown))
                 return
-            settings = ComposeSettings(temperature=temp, top_k=int(tk), top_p=tp, seed=None if sd is None else int(sd),
-                                       max_patches=int(mp), variations=int(var), bar_retries=int(br))
+            settings = _compose_settings(temp, tk, tp, sd, mp, var, br)
             try:
                 for item in studio.compose(k, p, c, i, settings, model=spec or None, continue_abc=cont_abc):
                     if isinstance(item, Progress):
@@ -329,11 +390,11 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                    concurrency_limit=config.concurrency)
 
         def on_stop(k):
-            if isinstance(k, str) and KEY_PATTERN.match(k) and studio.stop(k):
+            if valid_key(k) and studio.stop(k, "compose"):
                 return "stopping after this patch ..."
             return gr.skip()
 
-        stop.click(on_stop, [key], [progress], api_visibility="private", queue=False)
+        stop.click(on_stop, [key], [progress], api_visibility="private", concurrency_limit=None)
 
         # --- rendering, uploads, pages, history ------------------------------------------------
         def on_render(k, text):
@@ -361,8 +422,10 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             n = max(0, min(len(paths) - 1, n + step))
             return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
 
-        prev_page.click(lambda ps, n: turn(ps, n, -1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
-        next_page.click(lambda ps, n: turn(ps, n, 1), [pages, page_no], [score, page_no], api_visibility="private", queue=False)
+        prev_page.click(lambda ps, n: turn(ps, n, -1), [pages, page_no], [score, page_no], api_visibility="private",
+                        concurrency_limit=None)
+        next_page.click(lambda ps, n: turn(ps, n, 1), [pages, page_no], [score, page_no], api_visibility="private",
+                        concurrency_limit=None)
 
         # --- audio: the Audio page and "Perform with MusicGen" ---------------------------------
         audio_shown = [a_progress, *a_players, a_pictures, a_files, history]
@@ -372,8 +435,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     [_servable(p) for p in o.downloads()], _history_rows(studio, k))
 
         def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
-            if not isinstance(k, str) or not KEY_PATTERN.match(k):
-                yield _keep_page("this page has no session yet: reload it", len(audio_shown))
+            if not valid_key(k):
+                yield _keep_page(NO_SESSION, len(audio_shown))
                 return
             try:
                 settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
@@ -389,14 +452,14 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
         a_go.click(run_audio, [key, a_prompt, a_model, a_duration, a_guidance, a_top_k, a_top_p, a_temperature, a_seed,
                                a_variations, a_melody], audio_shown, api_visibility="private", concurrency_id="audio",
                    concurrency_limit=1)
-        a_stop.click(lambda k: "stopping ..." if isinstance(k, str) and KEY_PATTERN.match(k) and studio.stop(k)
-                     else gr.skip(), [key], [a_progress], api_visibility="private", queue=False)
+        a_stop.click(lambda k: "stopping ..." if valid_key(k) and studio.stop(k, "audio") else gr.skip(), [key],
+                     [a_progress], api_visibility="private", concurrency_limit=None)
 
         perform_shown = [perform_progress, perform_audio, perform_files, history]
 
         def run_perform(k, text, style_text, spec, dur, sd):
-            if not isinstance(k, str) or not KEY_PATTERN.match(k):
-                yield _keep_page("this page has no session yet: reload it", len(perform_shown))
+            if not valid_key(k):
+                yield _keep_page(NO_SESSION, len(perform_shown))
                 return
             try:
                 settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
@@ -431,18 +494,41 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 return (gr.skip(),) * len(shown) + show_audio(k, o) + (gr.Tabs(selected="audio"),)
             return _show(studio, k, o) + (gr.skip(),) * len(audio_shown) + (gr.Tabs(selected="score"),)
 
-        history.select(on_history, [key], shown + audio_shown + [tabs], api_visibility="private", queue=False)
+        history.select(on_history, [key], shown + audio_shown + [tabs], api_visibility="private", concurrency_limit=None)
+
+        def on_history_tab(k):
+            if not valid_key(k):
+                return gr.skip(), gr.skip(), gr.skip()
+            records = studio.history(k)
+            choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in records]
+            return _history_rows(studio, k), gr.update(choices=choices, value=[]), studio.usage(k)
+
+        history_tab.select(on_history_tab, [key], [history, to_delete, usage], api_visibility="private",
+                           concurrency_limit=None)
+
+        def on_delete(k, ids):
+            try:
+                n, freed = studio.delete(_check_key(k), ids or [])
+            except CadenzaError as e:
+                return _keep_page(str(e), 3)
+            gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
+            return on_history_tab(k)
+
+        delete.click(on_delete, [key, to_delete], [history, to_delete, usage], api_visibility="private",
+                     concurrency_limit=None)
         def system_info():
             # Gradio has no public call for the queue's length; read it if this version has it.
             queue = getattr(demo, "_queue", None)
             waiting = len(queue) if queue is not None and hasattr(queue, "__len__") else None
             return {**studio.system(), "waiting_in_queue": waiting}
 
-        refresh.click(system_info, None, [system], api_visibility="private", queue=False)
-        demo.load(system_info, None, [system], api_visibility="private")
+        refresh.click(system_info, None, [system], api_visibility="private", concurrency_limit=None)
+        demo.load(system_info, None, [system], api_visibility="private", concurrency_limit=None)
 
         _api_endpoints(studio, config)
-    demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    # api_open=False: /gradio_api/run/<name> is refused, so every request waits in the queue and
+    # keeps its limits (gradio_client and the page use the queue).
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency, api_open=False)
     return demo
 
 
@@ -471,8 +557,8 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         atk_in = gr.Number(label="audio_top_k", value=250, precision=0)
         atp_in = gr.Number(label="audio_top_p", value=0.0)
         atemp_in = gr.Number(label="audio_temperature", value=1.0)
-        buttons = [gr.Button(visible=False) for _ in range(8)]
-        b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform = buttons
+        buttons = [gr.Button(visible=False) for _ in range(9)]
+        b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform, b_delete = buttons
 
     def prompts(spec):
         try:
@@ -484,8 +570,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
 
     def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var):
         k = _check_key(k)
-        settings = ComposeSettings(temperature=temp, top_k=int(tk), top_p=tp, seed=None if sd is None else int(sd),
-                                   max_patches=int(mp), variations=int(var))
+        settings = _compose_settings(temp, tk, tp, sd, mp, var)
         try:
             for item in studio.compose(k, p, c, i, settings, model=spec or None):
                 if isinstance(item, Progress):
@@ -518,6 +603,14 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
 
     def piece(k, pid):
         return one_piece(studio.outcome, k, pid)
+
+    def delete(k, pid):
+        k = _check_key(k)
+        try:
+            n, freed = studio.delete(k, [pid])
+        except CadenzaError as e:
+            _fail(e)
+        return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(k)}
 
     def audio_stream(k, prompt, spec, settings, melody=None, score_abc=None):
         try:
@@ -560,16 +653,55 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
                    concurrency_limit=2)
     b_history.click(history, [session], [info_out], api_name="history")
     b_piece.click(piece, [session, text_in], [info_out, files_out], api_name="piece")
+    b_delete.click(delete, [session, text_in], [info_out], api_name="delete", concurrency_limit=None)
 
 
 def _result(outcomes: list[Outcome]) -> dict:
     return {"status": "done", "pieces": [{**asdict(o.record), "abc": o.abc} for o in outcomes]}
 
 
-def launch(config: StudioConfig) -> None:
-    studio = Studio(config)
-    studio.model(config.model)  # starts loading now; the page is up meanwhile
+def start(config: StudioConfig, studio: Studio | None = None, quiet: bool = False):
+    """Builds the page and serves it in the background (what launch() and the tests run):
+    -> (demo, studio, url). With --auth, wrong passwords are slowed per client address."""
+    studio = studio or Studio(config)
+    studio.model(None)  # starts loading now; the page is up meanwhile
     demo = build_app(config, studio)
-    print(f"Cadenza studio on http://{config.host}:{config.port}  (outputs in {studio.store.root})", flush=True)
+    middleware = []
+    if config.auth:
+        from starlette.middleware import Middleware
+
+        middleware.append(Middleware(LoginBackoff, free_tries=config.login_free_tries))
     demo.launch(server_name=config.host, server_port=config.port, auth=config.auth, share=config.share,
-                max_file_size=f"{config.max_upload_mb}mb", css=CSS, show_error=True)
+                max_file_size=f"{config.max_upload_mb}mb", css=CSS, show_error=False, prevent_thread_lock=True,
+                quiet=quiet, app_kwargs={"middleware": middleware})
+    return demo, studio, f"http://{config.host}:{config.port}/"
+
+
+def launch(config: StudioConfig) -> None:
+    """Serves until SIGTERM or Ctrl+C, then: no new work, running pieces stopped and kept (their
+    record says "shutdown"), conversions ended, exit within about 30 s."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    demo, studio, url = start(config)
+    print(f"Cadenza studio on {url}  (outputs in {studio.store.root})", flush=True)
+    cache_s = config.cache_hours * 3600
+    while not stop.wait(60.0):  # the main thread only waits for a signal; each minute: old served copies go
+        sweep_served(cache_s)
+    _shut_down(demo, studio)
+
+
+def _shut_down(demo, studio: Studio) -> None:
+    watchdog = threading.Timer(30.0, lambda: os._exit(1))  # whatever hangs, the process ends
+    watchdog.daemon = True
+    watchdog.start()
+    print("Cadenza: shutting down: finishing what is running ...", flush=True)
+    summary = studio.shutdown()
+    print(f"Cadenza: {summary['stopped']} piece(s) stopped and kept, {summary['workers_killed']} conversion(s) "
+          f"ended{', ' + str(summary['unfinished']) + ' not finished in time' if summary['unfinished'] else ''}",
+          flush=True)
+    try:
+        demo.close()
+    finally:
+        os._exit(0)  # Gradio's and the queue's threads need not be waited for: every record is on disk

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.errors import SettingsError
 
@@ -31,6 +32,15 @@ class StudioConfig:
     melody_model: str = "facebook/musicgen-melody"  # for melodies and "Perform with MusicGen"
     max_audio_seconds: float = 120.0  # the longest audio a user may ask for (the engine allows 300)
     formats: tuple[str, ...] = field(default=("abc", "musicxml", "midi", "wav", "svg", "pdf", "zip"))
+    # --- what clients may reach (webui/guard.py) ---
+    models_dirs: tuple[str, ...] = ()  # folders whose models clients may name (empty: assets/models); plus the HF cache
+    allow_downloads: tuple[str, ...] = ()  # hub downloads: () off, ("*",) any repo, else these repo ids
+    session_quota_mb: int = 2048  # disk one session may fill; then it is asked to delete pieces
+    session_max_pieces: int = 500  # pieces one session may keep (History lists 500)
+    min_free_mb: int = 1024  # below this much free disk, new work is refused for everyone
+    cache_hours: float = 6.0  # files served to browsers are deleted from Gradio's cache after this long
+    login_free_tries: int = 5  # wrong passwords per client address before it must wait (1 s, 2 s, 4 s ...)
+    shutdown_grace_s: float = 20.0  # on SIGTERM/Ctrl+C: how long running work has to stop and be kept
 
     def check(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -41,6 +51,20 @@ class StudioConfig:
             raise SettingsError(f"max audio seconds must be from 1 to 300, got {self.max_audio_seconds}")
         if not 1 <= self.max_upload_mb <= 1024:
             raise SettingsError(f"max upload must be from 1 to 1024 MB, got {self.max_upload_mb}")
+        if self.session_quota_mb < 1 or self.session_max_pieces < 1 or self.min_free_mb < 0:
+            raise SettingsError("the session quota (MB and pieces) must be at least 1 and the free-space floor at least 0")
+        if not 0 < self.cache_hours <= 24 * 30:
+            raise SettingsError(f"cache hours must be from a moment to 720, got {self.cache_hours}")
+        if self.login_free_tries < 1 or not 0 <= self.shutdown_grace_s <= 25:
+            raise SettingsError("login free tries must be at least 1, shutdown grace from 0 to 25 s")
+
+    def model_roots(self) -> tuple[Path, ...]:
+        """The models folders, then the Hugging Face cache (where Download puts checkpoints)."""
+        from engine.api import MODELS_DIR
+        from webui.guard import hf_cache
+
+        given = [Path(d).expanduser() for d in self.models_dirs] or [Path(os.environ.get("CADENZA_MODELS_DIR", MODELS_DIR))]
+        return (*given, hf_cache())
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -76,11 +100,27 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
     ap.add_argument("--melody-model", default=env("CADENZA_MELODY_MODEL", "facebook/musicgen-melody"),
                     help="MusicGen melody model for melodies and 'Perform with MusicGen'")
     ap.add_argument("--max-audio-seconds", type=float, default=float(env("CADENZA_MAX_AUDIO_SECONDS", "120")))
+    ap.add_argument("--models-dir", action="append", default=None,
+                    help="a folder whose models clients may name (repeatable; default assets/models; "
+                         "CADENZA_MODELS_DIRS, separated by ':'); the Hugging Face cache is always allowed")
+    ap.add_argument("--allow-downloads", nargs="?", const="*", default=env("CADENZA_ALLOW_DOWNLOADS"), metavar="REPOS",
+                    help="let clients download models from the Hugging Face Hub: any repo, or only these "
+                         "(comma-separated); off by default")
+    ap.add_argument("--session-quota-mb", type=int, default=int(env("CADENZA_SESSION_QUOTA_MB", "2048")))
+    ap.add_argument("--session-max-pieces", type=int, default=int(env("CADENZA_SESSION_MAX_PIECES", "500")))
+    ap.add_argument("--min-free-mb", type=int, default=int(env("CADENZA_MIN_FREE_MB", "1024")),
+                    help="refuse new work while the outputs disk has less free space than this")
+    ap.add_argument("--cache-hours", type=float, default=float(env("CADENZA_CACHE_HOURS", "6")),
+                    help="how long files served to browsers stay in Gradio's cache")
     a = ap.parse_args(argv)
+    dirs = a.models_dir or [d for d in (env("CADENZA_MODELS_DIRS") or "").split(":") if d]
+    downloads = tuple(r.strip() for r in (a.allow_downloads or "").split(",") if r.strip())
     cfg = StudioConfig(host=a.host, port=a.port, auth=parse_auth(a.auth), share=a.share, outputs=a.outputs,
                        model=a.model, device=a.device, concurrency=a.concurrency, queue_size=a.queue_size,
                        max_upload_mb=a.max_upload_mb, devices=a.devices, placement=a.placement,
                        max_memory=a.max_memory, audio_model=a.audio_model, melody_model=a.melody_model,
-                       max_audio_seconds=a.max_audio_seconds)
+                       max_audio_seconds=a.max_audio_seconds, models_dirs=tuple(dirs), allow_downloads=downloads,
+                       session_quota_mb=a.session_quota_mb, session_max_pieces=a.session_max_pieces,
+                       min_free_mb=a.min_free_mb, cache_hours=a.cache_hours)
     cfg.check()
     return cfg

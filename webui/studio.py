@@ -4,12 +4,16 @@ progress, rendering, uploads and history, each call for one session. The Gradio 
 Nothing here lives in module globals: a Studio holds it all."""
 from __future__ import annotations
 
+import logging
 import queue
 import random
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +22,16 @@ from engine import api
 from engine.errors import CadenzaError, SettingsError
 from engine.store import OutputStore, PieceRecord, Session
 from webui.config import StudioConfig
+from webui.guard import DiskPolicy, ModelPolicy, disk_error, number
+
+log = logging.getLogger("cadenza.studio")
 
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
 PROGRESS_EVERY_S = 0.5  # audio progress reaches the page at most this often
-MAX_MODELS = 3  # models held at once (each costs memory); the bundled one counts
-MAX_AUDIO_MODELS = 2  # MusicGen models held at once (asking for a third lets go of the least recently used)
+MAX_MODELS = 3  # models held at once (each costs memory); the server's own counts; a new one lets go of the least recently used
+MAX_AUDIO_MODELS = 2  # MusicGen models held at once (likewise)
+RETRY_FAILED_S = 30.0  # a model that failed to load is tried again after this long (never holds a slot)
+MAX_FAILED = 8  # failed loads remembered (for their message) at most
 
 
 @dataclass
@@ -89,6 +98,10 @@ class ModelSlot:
         """Loading has finished (well or not)."""
         return self._ready.is_set()
 
+    @property
+    def failed(self) -> bool:
+        return self._ready.is_set() and self.lm is None
+
     def get(self, wait: float = 600.0):
         if not self._ready.wait(wait):
             raise CadenzaError("the model is still loading: try again in a moment")
@@ -112,7 +125,7 @@ class ModelSlot:
                     self.busy[i] -= 1
 
     def status(self) -> str:
-        name = self.spec or "bundled model"
+        name = Path(self.spec).name if self.spec else "bundled model"
         if not self._ready.is_set():
             return f"loading {name} ..."
         if self.lm is None:
@@ -134,6 +147,16 @@ class AudioProgress:
 
 
 @dataclass
+class Job:
+    """One piece being made (a score, an audio clip, a render), keyed by its own id: Stop and a
+    shutdown reach it through its cancel event; it ends when its record is written."""
+    id: str
+    session: str  # the session's folder id
+    kind: str  # compose | audio | render
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class ComposeSettings:
     temperature: float = 1.2
     top_k: int = 9
@@ -149,25 +172,67 @@ class Studio:
     def __init__(self, config: StudioConfig):
         self.config = config
         self.store = OutputStore(config.outputs)
-        self.models: dict[str, ModelSlot] = {}
+        trusted = tuple(m for m in (config.model, config.audio_model, config.melody_model) if m)
+        self.policy = ModelPolicy(config.model_roots(), tuple(config.allow_downloads), trusted)
+        self.disk = DiskPolicy(config.session_quota_mb * 2**20, config.session_max_pieces, config.min_free_mb * 2**20)
+        self.models: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
+        self.audio_models: OrderedDict[str, ModelSlot] = OrderedDict()
         self._lock = threading.Lock()
-        self._cancels: dict[str, threading.Event] = {}  # session id -> stop of its running piece
-        self.audio_models: dict[str, ModelSlot] = {}
+        self._jobs: dict[str, Job] = {}  # job id -> the piece being made
+        self.closing = threading.Event()  # set on shutdown: no new work, running work stops and is kept
         # MusicGen samples with torch's global generator (seeds would collide) and a static cache
         # belongs to one call: one audio request runs at a time, the rest wait in the queue.
         self._audio_lock = threading.Lock()
+        swept = self.store.sweep()
+        if swept:
+            log.warning("removed %d unfinished piece folder(s) left by an earlier run", swept)
 
     # --- models ------------------------------------------------------------------------------------
     def model(self, spec: str | None = None) -> ModelSlot:
-        """The model `spec` names (a path), or the server's default when spec is empty."""
-        spec = spec or self.config.model
-        key = spec or ""
+        """The model `spec` names (a model in the server's models folders, see guard.ModelPolicy),
+        or the server's own when spec is empty."""
+        path = self.policy.notagen(spec or None) or self.config.model
+        return self._slot(self.models, path or "", MAX_MODELS, lambda: ModelSlot(path, self.config.device,
+                                                                                  self._load_placed))
+
+    def _slot(self, slots: OrderedDict, key: str, limit: int, make) -> ModelSlot:
+        """The slot for `key`, made (and loading) if new. Failed loads never hold a place and are
+        retried after RETRY_FAILED_S; a new model lets go of the least recently used other than
+        the server's own (a request still running holds its own reference and finishes normally)."""
+        pinned = {self.config.model or "", self.config.audio_model, self.config.melody_model}
+        now = time.monotonic()
         with self._lock:
-            if key not in self.models and len(self.models) >= MAX_MODELS:
-                raise CadenzaError(f"{MAX_MODELS} models are loaded already: use one of them or restart the server")
-            if key not in self.models:
-                self.models[key] = ModelSlot(spec, self.config.device, self._load_placed).start()
-            return self.models[key]
+            slot = slots.get(key)
+            if slot is not None and slot.failed and now - slot.started > RETRY_FAILED_S:
+                del slots[key]
+                slot = None
+            if slot is None:
+                failed = [k for k, v in slots.items() if v.failed]
+                for k in failed[: max(0, len(failed) - MAX_FAILED + 1)]:
+                    del slots[k]
+                held = [k for k, v in slots.items() if not v.failed]
+                while len(held) >= limit:
+                    victim = next((k for k in held if k not in pinned), held[0])
+                    del slots[victim]
+                    held.remove(victim)
+                    log.info("let go of model %s to make room", Path(victim).name or "bundled")
+                slot = slots[key] = make().start()
+            slots.move_to_end(key)
+            slot.used = now
+            return slot
+
+    def fetch(self, repo_id: str, filename: str) -> str:
+        """A checkpoint from the Hugging Face Hub, when the person running the server allowed it;
+        -> its name for the Model box (inside the cache: no server path)."""
+        from webui.guard import hf_cache
+
+        repo = repo_id.strip() if isinstance(repo_id, str) else repo_id
+        self.policy.check_download(repo)
+        path = api.fetch_checkpoint(repo, filename)
+        try:
+            return str(path.relative_to(hf_cache()))
+        except ValueError:
+            return path.name
 
     def _placement(self, batch: int) -> api.PlacementOptions:
         """The server's placement settings; --device (cpu, cuda:N) stands in for --devices."""
@@ -178,8 +243,8 @@ class Studio:
     def _load_placed(self, spec: str | None, device: str):
         return api.load_placed(spec, self._placement(self.config.max_variations))
 
-    def _load_audio_placed(self, spec: str | None, device: str):
-        return api.load_audio_model(spec, options=self._placement(1))
+    def _load_audio_placed(self, spec: str | None, device: str, local_only: bool = True):
+        return api.load_audio_model(spec, options=self._placement(1), local_only=local_only)
 
     def prompts(self, spec: str | None = None):
         lm = self.model(spec).get()
@@ -203,47 +268,139 @@ class Studio:
 
     # --- composing ---------------------------------------------------------------------------------
     def check_settings(self, s: ComposeSettings) -> ComposeSettings:
+        """The server's bounds on a compose request, with a clear message for each value."""
         c = self.config
-        if not 1 <= int(s.max_patches) <= c.max_patches:
-            raise SettingsError(f"maximum length must be from 1 to {c.max_patches} patches, got {s.max_patches}")
-        if not 1 <= int(s.variations) <= c.max_variations:
-            raise SettingsError(f"variations must be from 1 to {c.max_variations}, got {s.variations}")
+        s.temperature = number(s.temperature, "temperature", 0.05, 5.0)
+        s.top_k = number(s.top_k, "top-k", 0, 100_000, integer=True)
+        s.top_p = number(s.top_p, "top-p", 0.0, 1.0)
+        s.max_patches = number(s.max_patches, "maximum length (patches)", 1, c.max_patches, integer=True)
+        s.variations = number(s.variations, "variations", 1, c.max_variations, integer=True)
+        s.bar_retries = number(s.bar_retries, "bar retries", 0, 64, integer=True)
+        if s.seed is not None:
+            s.seed = number(s.seed, "seed", -1, 2**63 - 1, integer=True)
         if s.seed is not None and s.seed < 0:
             s.seed = None
         return s
 
-    def stop(self, key: str) -> bool:
-        """Asks this session's running piece to stop after its current patch."""
-        ev = self._cancels.get(self.store.session(key).id)
-        if ev is None:
-            return False
-        ev.set()
-        return True
+    # --- jobs, disk and shutdown -------------------------------------------------------------------
+    @contextmanager
+    def job(self, session: Session, kind: str):
+        """A piece being made, registered while the block runs (see start_job)."""
+        j = self.start_job(session, kind)
+        try:
+            yield j
+        finally:
+            self.end_job(j)
+
+    def start_job(self, session: Session, kind: str) -> Job:
+        """Registers a piece being made so Stop and shutdown reach it; refused while the server shuts
+        down, or when the session or the disk is full. end_job() when its record is written."""
+        if self.closing.is_set():
+            raise CadenzaError("the server is shutting down: try again when it is back")
+        self.check_room(session)
+        j = Job(secrets.token_hex(8), session.id, kind)
+        with self._lock:
+            self._jobs[j.id] = j
+        return j
+
+    def end_job(self, j: Job) -> None:
+        with self._lock:
+            self._jobs.pop(j.id, None)
+
+    def check_room(self, session: Session) -> None:
+        self.disk.check(self.store.root, *session.usage())
+
+    @staticmethod
+    def new_piece(session: Session, name: str) -> tuple[str, Path]:
+        try:
+            return session.new_piece(name)
+        except OSError as e:
+            raise disk_error(e) from e
+
+    @staticmethod
+    @contextmanager
+    def saving(folder: Path):
+        """Writing a piece's files and record: a failed write removes the half-made folder and says
+        why in words without server paths."""
+        try:
+            yield
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise disk_error(e) from e
+        except BaseException:
+            if not (folder / "record.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def stop(self, key: str, kind: str = "compose") -> bool:
+        """Asks this session's running pieces of `kind` to stop (a score: after its current patch)."""
+        sid = self.store.session(key).id
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.session == sid and j.kind == kind]
+        for j in jobs:
+            j.cancel.set()
+        return bool(jobs)
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def shutdown(self, grace_s: float | None = None) -> dict:
+        """Stop taking work, stop what runs (each piece keeps what was written), wait for the
+        records at most `grace_s`, then end any conversion still running."""
+        from engine.render.pipeline import stop_workers
+
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.closing.set()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for j in jobs:
+            j.cancel.set()
+        deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline:  # bounded by the grace period
+            time.sleep(0.1)
+        left = self.running()
+        return {"stopped": len(jobs), "unfinished": left, "workers_killed": stop_workers()}
+
+    def delete(self, key: str, piece_ids: list[str]) -> tuple[int, int]:
+        """Removes pieces from the session (History's Delete): (pieces removed, bytes freed)."""
+        session = self.store.session(key)
+        if not isinstance(piece_ids, (list, tuple)) or not piece_ids or len(piece_ids) > 1000:
+            raise SettingsError("choose the pieces to delete in History first")
+        freed = 0
+        for pid in piece_ids:
+            freed += session.delete(pid)
+        return len(piece_ids), freed
+
+    def usage(self, key: str) -> str:
+        used, pieces = self.store.session(key).usage()
+        return (f"this session holds {pieces} of at most {self.config.session_max_pieces} pieces, "
+                f"{used / 2**20:.1f} of {self.config.session_quota_mb} MB")
 
     def compose(self, key: str, period: str, composer: str, instrumentation: str, settings: ComposeSettings,
                 model: str | None = None, continue_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
-        Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is kept."""
+        Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
+        kept, and so it is when the server shuts down."""
         session = self.store.session(key)
         s = self.check_settings(settings)
         slot = self.model(model)
         slot.get()
         prefix = api.continuation_prefix(continue_abc) if continue_abc else ""
-        lm = slot.checkout()
-        try:
-            yield from self._compose(session, lm, period, composer, instrumentation, s, prefix)
-        except Exception as e:
-            if _out_of_memory(e):
-                raise CadenzaError(_oom_message(lm, s)) from e
-            raise
-        finally:
-            slot.checkin(lm)
+        with self.job(session, "compose") as job:
+            lm = slot.checkout()
+            try:
+                yield from self._compose(session, lm, period, composer, instrumentation, s, prefix, job.cancel)
+            except Exception as e:
+                if _out_of_memory(e):
+                    raise CadenzaError(_oom_message(lm, s)) from e
+                raise
+            finally:
+                slot.checkin(lm)
 
     def _compose(self, session: Session, lm, period, composer, instrumentation, s: ComposeSettings,
-                 prefix: str) -> Iterator[Progress | list[Outcome]]:
+                 prefix: str, cancel: threading.Event) -> Iterator[Progress | list[Outcome]]:
         seed = s.seed if s.seed is not None else random.randrange(2**31)
-        cancel = threading.Event()
-        self._cancels[session.id] = cancel
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
         last_preview = 0
@@ -252,6 +409,7 @@ class Studio:
                                     max_patches=int(s.max_patches), max_seconds=self.config.max_seconds,
                                     variations=int(s.variations), cancel=cancel, bar_retries=int(s.bar_retries),
                                     prefix=prefix)
+        kind = "continued" if prefix else "composed"
         closed = False
         try:
             for ev in stream:
@@ -263,7 +421,7 @@ class Studio:
                 if ev.index != 0:
                     continue
                 preview = None
-                if ev.bars - last_preview >= self.config.preview_every_bars:
+                if ev.bars - last_preview >= self.config.preview_every_bars and not self.closing.is_set():
                     last_preview = ev.bars
                     preview = self.preview(prefix + texts[0])
                 yield Progress(prefix + texts[0], ev.patches, ev.bars, ev.elapsed, seed, preview)
@@ -273,35 +431,49 @@ class Studio:
         finally:
             cancel.set()  # a closed iterator (tab closed, request cancelled) stops the batch
             stream.close()
-            self._cancels.pop(session.id, None)
             if closed:  # nobody is listening any more: keep the text written so far, quickly
-                self._keep_unfinished(session, lm, period, composer, instrumentation, seed, prefix, texts, done)
-        kind = "continued" if prefix else "composed"
+                self._keep_unfinished(session, lm, kind, (period, composer, instrumentation), seed, prefix, texts,
+                                      done, "closed")
+        if self.closing.is_set():  # shutting down: keep the text now, no time to render
+            yield self._keep_unfinished(session, lm, kind, (period, composer, instrumentation), seed, prefix, texts,
+                                        done, "shutdown")
+            return
         yield [self._keep(session, lm, c, kind, s) for c in sorted(done, key=lambda c: c.piece.index)]
 
-    def _keep_unfinished(self, session: Session, lm, period, composer, instrumentation, seed, prefix, texts,
-                         done) -> None:
-        from engine.files import write_atomic
+    def _keep_unfinished(self, session: Session, lm, kind: str, prompt: tuple[str, str, str], seed: int, prefix: str,
+                         texts: dict[int, str], done: list, reason: str) -> list[Outcome]:
+        """Each variation's text as written so far, as ABC with a record saying why it stopped, not
+        rendered (quick: the page is gone, or the server is going down)."""
         from engine.symbolic.prompts import Prompt
         from engine.symbolic.postprocess import to_abc
 
-        finished = {c.piece.index for c in done}
-        for i, text in sorted(texts.items()):
-            if i in finished or not text:
+        period, composer, instrumentation = prompt
+        finished = {c.piece.index: c for c in done}
+        why = {"closed": "the page was closed or the request cancelled",
+               "shutdown": "the server was shut down"}[reason]
+        kept = []
+        for i in sorted(set(texts) | set(finished)):
+            c = finished.get(i)
+            if c is not None and reason == "closed":
+                continue  # a finished variation whose page is gone was never asked to be rendered
+            result = c.abc if c is not None else to_abc("".join(Prompt(*prompt).lines()) + prefix + texts[i])
+            if not texts.get(i) and c is None:
                 continue
-            prompt = Prompt(period, composer, instrumentation)
-            result = to_abc("".join(prompt.lines()) + prefix + text)
-            name = f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}"
-            piece_id, folder = session.new_piece(name)
-            write_atomic(folder / "score.abc", result.abc)
-            session.save(PieceRecord(
-                id=piece_id, created=_now(), kind="continued" if prefix else "composed",
-                title=f"{composer} / {instrumentation}", prompt={"period": period, "composer": composer,
-                                                                 "instrumentation": instrumentation},
-                seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason="closed",
+            stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
+            piece_id, folder = self.new_piece(session, f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}")
+            record = PieceRecord(
+                id=piece_id, created=_now(), kind=kind, title=f"{composer} / {instrumentation}",
+                prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
+                seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
                 alignment=str(result.alignment), files={"abc": ["score.abc"]},
-                warnings=["the page was closed or the request cancelled: the piece was kept as written so far, "
-                          "not rendered (open it and press Render)"]))
+                warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
+            with self.saving(folder):
+                from engine.files import write_atomic
+
+                write_atomic(folder / "score.abc", result.abc)
+                session.save(record)
+            kept.append(Outcome(record, folder, result.abc))
+        return kept
 
     def preview(self, model_text: str) -> str | None:
         """The first page of the sheet music so far (None when it cannot be drawn yet)."""
@@ -318,8 +490,14 @@ class Studio:
 
     def _keep(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings) -> Outcome:
         p = comp.piece
-        piece_id, folder = session.new_piece(comp.stem())
-        result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
+        piece_id, folder = self.new_piece(session, comp.stem())
+        with self.saving(folder):
+            result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
+            return self._save_composed(session, lm, comp, kind, s, piece_id, folder, result)
+
+    def _save_composed(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings,
+                       piece_id: str, folder: Path, result) -> Outcome:
+        p = comp.piece
         record = PieceRecord(
             id=piece_id, created=_now(), kind=kind,
             title=f"{p.prompt.composer} / {p.prompt.instrumentation}",
@@ -342,18 +520,16 @@ class Studio:
         from engine.symbolic.patches import split_tunebody
 
         session = self.store.session(key)
-        piece_id, folder = session.new_piece(title)
-        try:
-            result = api.render(abc_text, folder, self.config.formats, "score")
-        except CadenzaError:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        body = split_tunebody(abc_text)[1]
-        record = PieceRecord(id=piece_id, created=_now(), kind="rendered", title=title,
-                             bars=len(body), alignment=str(check_alignment(body)) if "[V:" in abc_text else "",
-                             files={f: st.files for f, st in result.status.items() if st.ok},
-                             errors=result.failed, warnings=result.warnings)
-        session.save(record)
+        with self.job(session, "render"):
+            piece_id, folder = self.new_piece(session, title)
+            with self.saving(folder):
+                result = api.render(abc_text, folder, self.config.formats, "score")
+                body = split_tunebody(abc_text)[1]
+                record = PieceRecord(id=piece_id, created=_now(), kind="rendered", title=title, bars=len(body),
+                                     alignment=str(check_alignment(body)) if "[V:" in abc_text else "",
+                                     files={f: st.files for f, st in result.status.items() if st.ok},
+                                     errors=result.failed, warnings=result.warnings)
+                session.save(record)
         return Outcome(record, folder, abc_text)
 
     def upload(self, key: str, path: str | Path) -> Outcome:
@@ -372,35 +548,28 @@ class Studio:
             except UnicodeDecodeError as e:
                 raise CadenzaError(f"{path.name} is not UTF-8 text: expected ABC notation") from e
         session = self.store.session(key)
-        piece_id, folder = session.new_piece(path.stem)
-        result = api.render_file(path, folder, self.config.formats, "score")
-        if not result.status.get("abc") or not result.status["abc"].ok:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
-        abc_text = (folder / result.status["abc"].files[0]).read_text()
-        record = PieceRecord(id=piece_id, created=_now(), kind="uploaded", title=path.name,
-                             files={f: st.files for f, st in result.status.items() if st.ok},
-                             errors=result.failed, warnings=result.warnings)
-        session.save(record)
+        with self.job(session, "render"):
+            piece_id, folder = self.new_piece(session, path.stem)
+            with self.saving(folder):
+                result = api.render_file(path, folder, self.config.formats, "score")
+                if not result.status.get("abc") or not result.status["abc"].ok:
+                    raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
+                abc_text = (folder / result.status["abc"].files[0]).read_text()
+                record = PieceRecord(id=piece_id, created=_now(), kind="uploaded", title=path.name,
+                                     files={f: st.files for f, st in result.status.items() if st.ok},
+                                     errors=result.failed, warnings=result.warnings)
+                session.save(record)
         return Outcome(record, folder, abc_text)
 
     # --- audio (MusicGen) -------------------------------------------------------------------------
     def audio_model(self, spec: str | None = None, melody: bool = False) -> ModelSlot:
-        """The MusicGen model `spec` names (hub id or folder), else the server's default; loaded on
-        first use (it may need weights the user has yet to put in place)."""
-        spec = spec or (self.config.melody_model if melody else self.config.audio_model)
-        with self._lock:
-            if spec not in self.audio_models and len(self.audio_models) >= MAX_AUDIO_MODELS:
-                # Make room by letting go of the model used longest ago (one that failed to load goes
-                # first). A request still running holds its own reference and finishes normally.
-                oldest = min(self.audio_models, key=lambda k: (self.audio_models[k].lm is not None,
-                                                                self.audio_models[k].used))
-                del self.audio_models[oldest]
-            if spec not in self.audio_models:
-                self.audio_models[spec] = ModelSlot(spec, self.config.device, self._load_audio_placed).start()
-            slot = self.audio_models[spec]
-            slot.used = time.monotonic()
-            return slot
+        """The MusicGen model `spec` names (a hub id in the cache, a folder in the models folders,
+        or any hub id when downloads are allowed), else the server's default; loaded on first use
+        (it may need weights the user has yet to put in place)."""
+        default = self.config.melody_model if melody else self.config.audio_model
+        name, download = self.policy.musicgen(spec or default)
+        return self._slot(self.audio_models, name, MAX_AUDIO_MODELS, lambda: ModelSlot(
+            name, self.config.device, lambda s, device: self._load_audio_placed(s, device, local_only=not download)))
 
     def check_audio(self, s, melody: str | Path | None = None):
         """The server's bounds on an audio request (the engine checks the rest)."""
@@ -435,11 +604,10 @@ class Studio:
             raise SettingsError("there is no score to perform: compose, write or upload one first")
         am = self.audio_model(model, melody=melody is not None or score_abc is not None).get()
         kind = "performed" if score_abc is not None else "audio"
-        cancel = threading.Event()
-        self._cancels[session.id] = cancel
+        job = self.start_job(session, "audio")  # ended by the worker once the record is written
         events: queue.Queue = queue.Queue()
         worker = threading.Thread(target=self._audio_work, name="musicgen", daemon=True,
-                                  args=(session, am, kind, prompt, s, melody, score_abc, cancel, events))
+                                  args=(session, am, kind, prompt, s, melody, score_abc, job, events))
         worker.start()
         finished = False
         try:
@@ -462,10 +630,9 @@ class Studio:
                     raise value
         finally:
             if not finished:
-                cancel.set()  # a closed tab: stop now; the worker still keeps what was made
-            self._cancels.pop(session.id, None)
+                job.cancel.set()  # a closed tab: stop now; the worker still keeps what was made
 
-    def _audio_work(self, session: Session, am, kind, prompt, s, melody, score_abc, cancel, events) -> None:
+    def _audio_work(self, session: Session, am, kind, prompt, s, melody, score_abc, job: Job, events) -> None:
         """Runs in a thread: MusicGen, then the record. Reports progress, the outcome or the error."""
         t0, last = time.monotonic(), [0.0]
 
@@ -475,20 +642,23 @@ class Studio:
                 last[0] = now
                 events.put(("progress", AudioProgress(done, total, now - t0, s.seed)))
 
-        name = f"{kind}-{prompt[:40]}-seed{s.seed}"
-        piece_id, folder = session.new_piece(name)
+        folder = None
         try:
-            with self._audio_lock:
+            piece_id, folder = self.new_piece(session, f"{kind}-{prompt[:40]}-seed{s.seed}")
+            with self.saving(folder), self._audio_lock:
                 if score_abc is not None:
-                    out = api.perform(am, score_abc, prompt, s, folder, "performance", progress, cancel)
+                    out = api.perform(am, score_abc, prompt, s, folder, "performance", progress, job.cancel)
                 else:
-                    out = api.make_audio(am, prompt, s, folder, "audio", melody, progress, cancel)
-            record = self._audio_record(piece_id, kind, prompt, s, out, score_abc is not None)
-            session.save(record)
+                    out = api.make_audio(am, prompt, s, folder, "audio", melody, progress, job.cancel)
+                record = self._audio_record(piece_id, kind, prompt, s, out, score_abc is not None)
+                session.save(record)
             events.put(("done", Outcome(record, folder, score_abc or "")))
         except Exception as e:  # noqa: BLE001 - reported to the page; the server stays up
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             events.put(("error", e if isinstance(e, CadenzaError) else CadenzaError(f"MusicGen failed: {e}")))
+        finally:
+            self.end_job(job)
 
     @staticmethod
     def _audio_record(piece_id: str, kind: str, prompt: str, s, out: api.AudioOutput, performed: bool) -> PieceRecord:
@@ -530,10 +700,11 @@ class Studio:
                 devices.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
                                 "free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)})
         devices.append({"device": "cpu", **_host_memory()})
-        models = [{"model": spec or "bundled", "status": slot.status(), "placement": slot.plan()}
-                  for spec, slot in self.models.items()]
-        models += [{"model": spec, "kind": "MusicGen", "status": slot.status()} for spec, slot in self.audio_models.items()]
-        return {"devices": devices, "models": models, "running": len(self._cancels),
+        models = [{"model": Path(spec).name if spec else "bundled", "status": slot.status(), "placement": slot.plan()}
+                  for spec, slot in list(self.models.items())]
+        models += [{"model": Path(spec).name, "kind": "MusicGen", "status": slot.status()}
+                   for spec, slot in list(self.audio_models.items())]
+        return {"devices": devices, "models": models, "running": self.running(),
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size}
 
 

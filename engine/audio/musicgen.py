@@ -153,12 +153,13 @@ def _offline_error(spec: str, e: Exception) -> CheckpointError:
 
 
 def load(spec: str | Path | None = None, device=None, dtype: torch.dtype | None = None,
-         static_cache: bool | None = None, device_map: dict | None = None) -> AudioModel:
+         static_cache: bool | None = None, device_map: dict | None = None, local_only: bool = False) -> AudioModel:
     """A MusicGen model (text-only or melody, mono or stereo) from a local folder or a hub id (the
     standard Hugging Face cache, downloading when there is network). Half precision on a GPU,
     fp32 on the CPU. static_cache (default: $CADENZA_MUSICGEN_STATIC_CACHE=1, GPU only) lets
     transformers compile the decoder step; it is opt-in until measured on a GPU (on the CPU it
-    is slower: 11.3-12.4 s against 9.9-10.5 s for 2 s of audio at musicgen-small's size)."""
+    is slower: 11.3-12.4 s against 9.9-10.5 s for 2 s of audio at musicgen-small's size).
+    local_only: never reach the network (folders and the cache only)."""
     import os
 
     from transformers import (AutoConfig, AutoProcessor, MusicgenForConditionalGeneration,
@@ -168,15 +169,15 @@ def load(spec: str | Path | None = None, device=None, dtype: torch.dtype | None 
     dev = torch.device(device) if device not in (None, "auto") else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
     try:
-        config = AutoConfig.from_pretrained(spec)
+        config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
         if config.model_type not in ("musicgen", "musicgen_melody"):
             raise CheckpointError(f"{spec} is a {config.model_type} model, not MusicGen")
         cls = MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody" \
             else MusicgenForConditionalGeneration
         # device_map (engine.placement's split): accelerate places each module and moves
         # activations between devices with hooks; without it the model goes to `dev` whole.
-        model = cls.from_pretrained(spec, dtype=dtype, device_map=device_map)
-        processor = AutoProcessor.from_pretrained(spec)
+        model = cls.from_pretrained(spec, dtype=dtype, device_map=device_map, local_files_only=local_only)
+        processor = AutoProcessor.from_pretrained(spec, local_files_only=local_only)
     except OSError as e:
         raise _offline_error(spec, e) from e
     name = Path(spec).name if Path(spec).is_dir() else spec

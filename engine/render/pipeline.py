@@ -75,25 +75,65 @@ class StageError(Exception):
     pass
 
 
+_WORKERS: set[subprocess.Popen] = set()  # running conversion processes (stop_workers ends them)
+_WORKERS_LOCK = threading.Lock()
+_CLOSED = threading.Event()  # set by stop_workers: no new conversion starts (the server is going down)
+
+
 def run_stage(stage: str, args: dict, opts: RenderOptions) -> dict:
-    """One worker process; its time and memory are bounded whatever the score does."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    """One worker process; its time and memory are bounded whatever the score does. It runs in a
+    process group of its own (so it and anything it starts can be stopped together) and dies with
+    this process (a parent-death signal set by the worker itself)."""
+    if _CLOSED.is_set():
+        raise StageError("was not started: the server is shutting down")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               CADENZA_PARENT_PID=str(os.getpid()))
     payload = json.dumps({**args, "memory_mb": opts.memory_mb, "timeout": opts.timeout_s})
+    proc = subprocess.Popen([sys.executable, "-m", "engine.render.worker", stage, payload], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    with _WORKERS_LOCK:
+        _WORKERS.add(proc)
     try:
-        proc = subprocess.run([sys.executable, "-m", "engine.render.worker", stage, payload], capture_output=True,
-                              text=True, timeout=opts.timeout_s, env=env, cwd=ROOT)
+        stdout, stderr = proc.communicate(timeout=opts.timeout_s)
     except subprocess.TimeoutExpired:
+        _kill(proc)
+        proc.communicate()
         raise StageError(f"took longer than its {opts.timeout_s:.0f} s limit and was stopped") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    finally:
+        with _WORKERS_LOCK:
+            _WORKERS.discard(proc)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if not lines and _CLOSED.is_set():
+        raise StageError("was stopped: the server is shutting down")
     if not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if proc.returncode < 0 or "MemoryError" in proc.stderr or "std::bad_alloc" in proc.stderr:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0 or "MemoryError" in stderr or "std::bad_alloc" in stderr:
             raise StageError(f"stopped: it needed more than its {opts.memory_mb} MB memory limit ({tail[:200]})")
         raise StageError(f"failed ({tail[:300]})")
     result = json.loads(lines[-1])
     if "error" in result:
         raise StageError(result["error"])
     return result
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and anything it started
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_workers() -> int:
+    """Ends every running conversion and refuses new ones (a server shutting down). Returns how
+    many were running."""
+    _CLOSED.set()
+    with _WORKERS_LOCK:
+        running = list(_WORKERS)
+    for proc in running:
+        _kill(proc)
+    return len(running)
 
 
 def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "score", meta: dict | None = None,

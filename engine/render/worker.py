@@ -13,6 +13,22 @@ import sys
 from pathlib import Path
 
 
+def die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the server that started it dies, even by SIGKILL.
+    If the server died before this ran, exit now (the parent is then someone else)."""
+    parent = os.environ.get("CADENZA_PARENT_PID")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if parent and os.getppid() != int(parent):
+        os._exit(5)
+
+
 def limit_memory(megabytes: int) -> None:
     limit = megabytes * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -56,6 +72,7 @@ def run_stage(stage: str, a: dict) -> dict:
 
 
 def main() -> int:
+    die_with_parent()
     stage, args = sys.argv[1], json.loads(sys.argv[2])
     limit_memory(int(args.get("memory_mb", 3072)))
     from engine.render.convert import ConversionError
@@ -66,8 +83,10 @@ def main() -> int:
     except ConversionError as e:
         result, code = {"error": str(e)}, 3
     except (MemoryError, OSError) as e:
-        if isinstance(e, OSError) and e.errno != errno.ENOMEM:  # the limit can also surface as an OS call refused
-            result, code = {"error": f"{type(e).__name__}: {str(e)[:300]}"}, 4
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            result, code = {"error": "the server's disk is full"}, 4
+        elif isinstance(e, OSError) and e.errno != errno.ENOMEM:  # the limit can also surface as an OS call refused
+            result, code = {"error": f"{type(e).__name__}: {e.strerror or str(e)[:300]}"}, 4
         else:
             result, code = {"error": f"the conversion needed more than its {args.get('memory_mb', 3072)} MB memory limit"}, 4
     except RecursionError:

@@ -1,0 +1,472 @@
+"""The studio attacked as someone on the LAN would: direct HTTP calls past the queue, page-only
+handlers called with hostile arguments, models named by path, login brute force, a full session,
+a full disk, SIGTERM and SIGKILL mid-piece. Served on a free port of 127.0.0.1; every loop is
+bounded."""
+import errno
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import BACH, ROOT, tiny_model
+from engine.symbolic.checkpoint import save_model
+from engine.symbolic.prompts import Prompt, PromptTable
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+from engine.errors import CadenzaError  # noqa: E402
+from engine.store import valid_key  # noqa: E402
+from webui.config import StudioConfig, from_args  # noqa: E402
+from webui.guard import DiskPolicy, LoginBackoff, NotOffered, public  # noqa: E402
+from webui.studio import Studio  # noqa: E402
+
+KEY = "z" * 20 + "-security"
+PROMPT = (BACH.period, BACH.composer, BACH.instrumentation)
+NO_PROMPT = (None, None, None)  # the dropdowns: a hand-made client has no choices to pick from
+NAMED = ("prompts", "compose", "render", "upload", "history", "piece", "audio", "perform", "delete")
+NOT_OFFERED = "on this server: name a model in its models folder (offered: tiny)"
+SCORE = "X:1\nT:Test\nM:4/4\nL:1/8\nK:C\nCDEF GABc|c2B2 A2G2|]\n"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_folder(folder: Path, seed: int = 1) -> Path:
+    return save_model(tiny_model(seed=seed), folder, prompts=PromptTable([BACH]))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from webui.app import start
+
+    tmp = tmp_path_factory.mktemp("security")
+    models = tmp / "models"
+    model = tiny_folder(models / "tiny")
+    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), model=str(model), models_dirs=(str(models),),
+                          concurrency=2, max_upload_mb=1, min_free_mb=0)
+    demo, studio, url = start(config, quiet=True)
+    studio.model(None).get()
+    yield demo, studio, url, tmp
+    demo.close()
+
+
+def post(url: str, path: str, body: dict, source: str | None = None, form: bool = False) -> tuple[int, str]:
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30, source_address=(source, 0) if source else None)
+    data = urllib.parse.urlencode(body) if form else json.dumps(body)
+    kind = "application/x-www-form-urlencoded" if form else "application/json"
+    conn.request("POST", path, body=data, headers={"Content-Type": kind})
+    r = conn.getresponse()
+    out = r.status, r.read().decode("utf-8", "replace")
+    conn.close()
+    return out
+
+
+def fn_index(demo, name: str) -> int:
+    found = [i for i, fn in demo.fns.items() if getattr(fn.fn, "__name__", "") == name]
+    assert found, f"no handler {name}"
+    return found[0]
+
+
+def join(url: str, fn: int, data: list, timeout: float = 60) -> dict:
+    """Calls one handler through the queue as a hand-made client would: -> its last message, with
+    the notices (gr.Warning) it sent on the way under "notices"."""
+    session = uuid.uuid4().hex[:11]
+    status, body = post(url, "/gradio_api/queue/join", {"data": data, "fn_index": fn, "session_hash": session,
+                                                        "event_data": None, "trigger_id": None})
+    assert status == 200, body
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    conn.request("GET", f"/gradio_api/queue/data?session_hash={session}")
+    r = conn.getresponse()
+    deadline, last, notices = time.monotonic() + timeout, {}, []
+    while time.monotonic() < deadline:  # bounded: the stream ends with process_completed
+        line = r.fp.readline().decode()
+        if not line:
+            break
+        if line.startswith("data:"):
+            last = json.loads(line[5:])
+            if last.get("msg") == "log":
+                notices.append(str(last.get("log", "")))
+            if last.get("msg") in ("process_completed", "unexpected_error"):
+                break
+    conn.close()
+    return {**last, "notices": notices}
+
+
+def words(msg: dict) -> str:
+    """What the client is shown: the error, or the warnings the handler raised."""
+    out = msg.get("output") or {}
+    return json.dumps(out) + " ".join(msg.get("notices", [])) + str(msg.get("message", ""))
+
+
+# --- 1. no way around the queue ---------------------------------------------------------------------
+def test_direct_http_calls_are_refused_for_every_named_endpoint_and_page_handler(served):
+    demo, studio, url, tmp = served
+    for name in NAMED:
+        status, body = post(url, f"/gradio_api/run/{name}", {"data": [KEY, SCORE]})
+        assert status == 404 and "join the queue" in body, (name, status, body[:200])
+    for i in demo.fns:  # the page's own handlers, by index
+        status, body = post(url, "/gradio_api/run/predict", {"data": [], "fn_index": i})
+        assert status == 404, (i, status, body[:200])
+    c = Client(url, verbose=False, download_files=str(tmp / "dl"))
+    info, _ = c.predict(KEY, SCORE, api_name="/render")  # the queue itself still serves scripts
+    assert info["status"] == "done"
+
+
+# --- 2. page-only handlers check what they are given -----------------------------------------------
+def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(served, monkeypatch):
+    demo, studio, url, tmp = served
+    from engine import api
+
+    calls = []
+    monkeypatch.setattr(api, "fetch_checkpoint", lambda *a, **k: calls.append(a) or Path("/x"))
+    msg = join(url, fn_index(demo, "on_fetch"), ["ElectricAlexis/NotaGen", "weights.pth"])
+    assert not msg.get("success") and "does not download models" in words(msg) and "--allow-downloads" in words(msg)
+    assert calls == []
+    studio.policy.allow_downloads = ("someone/else",)
+    try:
+        msg = join(url, fn_index(demo, "on_fetch"), ["ElectricAlexis/NotaGen", "weights.pth"])
+        assert "downloads only from someone/else" in words(msg) and calls == []
+    finally:
+        studio.policy.allow_downloads = ()
+
+
+@pytest.mark.parametrize("handler,data,expected", [
+    ("on_use_model", ["/etc/passwd"], NOT_OFFERED),
+    ("on_use_model", ["../../../../etc"], NOT_OFFERED),
+    ("tick", [False, "/root"], NOT_OFFERED),
+    ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0], "no session"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0], "greater than maximum value 8"),  # Gradio's slider
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 10**30, 16, 1, 0], "seed must be from -1 to"),
+    ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0], NOT_OFFERED),
+    ("on_render", ["bad key", SCORE], "no session"),
+    ("on_delete", [KEY, ["../../other-session"]], "is not in the list of choices"),  # only this session's pieces
+    ("run_audio", [KEY, "piano", "/etc", 5, 3.0, 250, 0.0, 1.0, 1, 1, None], NOT_OFFERED),
+    ("run_audio", [KEY, "piano", "", 5, 3.0, 250, 0.0, 1.0, 10**30, 1, None], "seed must be from -1 to"),
+])
+def test_page_handlers_called_through_the_queue_refuse_hostile_arguments(served, handler, data, expected):
+    demo, studio, url, tmp = served
+    before = sorted(p.name for p in Path(studio.store.root).rglob("*"))
+    msg = join(url, fn_index(demo, handler), data)
+    assert expected in words(msg), words(msg)[:400]
+    assert sorted(p.name for p in Path(studio.store.root).rglob("*")) == before  # nothing was written
+    assert msg.get("msg") == "process_completed"  # the server answered; it stays up
+
+
+def test_the_history_handler_ignores_rows_that_are_not_there(served):
+    demo, studio, url, tmp = served
+    msg = join(url, fn_index(demo, "on_history"), [KEY])  # no event data at all
+    assert msg.get("msg") == "process_completed"
+
+
+# --- 3. models named by clients ---------------------------------------------------------------------
+def test_models_outside_the_models_folders_are_refused_with_one_message(tmp_path):
+    models = tmp_path / "models"
+    tiny_folder(models / "mine")
+    elsewhere = tiny_folder(tmp_path / "elsewhere")  # a real model, but outside the folder
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "mine"), models_dirs=(str(models),)))
+    messages = []
+    for spec in (str(elsewhere), str(tmp_path / "no-such.pth"), "/etc/passwd", "../elsewhere", str(models / ".." / "elsewhere")):
+        with pytest.raises(NotOffered) as e:
+            studio.model(spec)
+        messages.append(str(e.value).replace(repr(spec), "SPEC"))
+    assert len(set(messages)) == 1 and "offered: mine" in messages[0], messages
+    assert studio.model("mine").get().name  # by name inside the models folder
+    assert studio.model(str(models / "mine")).get().name  # or by its full path there
+
+
+def test_failed_loads_hold_no_slot_and_slots_are_let_go_least_recently_used(tmp_path):
+    from webui.studio import MAX_MODELS
+
+    models = tmp_path / "models"
+    for i in range(4):  # broken: config.json but no weights
+        (models / f"broken{i}").mkdir(parents=True)
+        (models / f"broken{i}" / "config.json").write_text("{}")
+    for i in range(MAX_MODELS + 1):
+        tiny_folder(models / f"good{i}", seed=i)
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "good0"), models_dirs=(str(models),)))
+    for i in range(4):
+        slot = studio.model(f"broken{i}")
+        with pytest.raises(CadenzaError, match="could not be loaded"):
+            slot.get()
+    assert studio.model("good1").get()  # four failures later, a good model still loads
+    assert studio.model("good2").get()
+    studio.model(None).get()  # the server's own model is used again: good1 is now the oldest
+    assert studio.model("good3").get()
+    held = [Path(k).name for k, v in studio.models.items() if not v.failed]
+    assert len(held) == MAX_MODELS and "good1" not in held and "good0" in held, held
+
+
+def test_musicgen_hub_ids_load_from_the_cache_only_unless_downloads_are_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), models_dirs=(str(tmp_path / "models"),)))
+    with pytest.raises(NotOffered, match="no model 'facebook/musicgen-large' on this server"):
+        studio.policy.musicgen("facebook/musicgen-large")
+    assert studio.policy.musicgen("facebook/musicgen-small") == ("facebook/musicgen-small", False)  # the admin's, cache only
+    studio.policy.allow_downloads = ("*",)
+    assert studio.policy.musicgen("facebook/musicgen-large") == ("facebook/musicgen-large", True)
+    with pytest.raises(NotOffered):
+        studio.policy.musicgen("/etc")
+
+
+def test_allow_downloads_flag_and_models_dirs_from_the_command_line(monkeypatch):
+    monkeypatch.delenv("CADENZA_ALLOW_DOWNLOADS", raising=False)
+    assert from_args([]).allow_downloads == ()
+    assert from_args(["--allow-downloads"]).allow_downloads == ("*",)
+    assert from_args(["--allow-downloads", "a/b,c/d"]).allow_downloads == ("a/b", "c/d")
+    cfg = from_args(["--models-dir", "/m1", "--models-dir", "/m2", "--session-quota-mb", "10", "--min-free-mb", "0"])
+    assert cfg.models_dirs == ("/m1", "/m2") and cfg.session_quota_mb == 10 and cfg.min_free_mb == 0
+    assert [str(p) for p in cfg.model_roots()[:2]] == ["/m1", "/m2"]
+
+
+# --- 4. login brute force ---------------------------------------------------------------------------
+def test_wrong_logins_are_slowed_per_address_without_slowing_others(tmp_path):
+    from webui.app import start
+
+    config = StudioConfig(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
+                          auth=("composer", "right-password"), min_free_mb=0)
+    demo, studio, url = start(config, quiet=True)
+    try:
+        wrong = {"username": "composer", "password": "guess"}
+        codes = [post(url, "/login", wrong, form=True)[0] for _ in range(6)]
+        assert codes == [400] * 5 + [429]  # five free tries, then a wait (1 s, then 2 s, 4 s ...)
+        status, body = post(url, "/login", {"username": "composer", "password": "right-password"}, form=True)
+        assert status == 429 and "try again in" in body  # even the right password waits: no guessing meanwhile
+        other = post(url, "/login", {"username": "composer", "password": "right-password"}, form=True, source="127.0.0.2")
+        assert other[0] == 200, other  # another address is not slowed
+        time.sleep(1.2)  # the wait after 5 failures is 1 s
+        assert post(url, "/login", {"username": "composer", "password": "right-password"}, form=True)[0] == 200
+    finally:
+        demo.close()
+
+
+def test_the_back_off_doubles_and_is_capped():
+    b = LoginBackoff(app=None, free_tries=5, cap_s=60)
+    waits = []
+    for _ in range(14):
+        b.failed("10.0.0.9")
+        waits.append(round(b.wait_for("10.0.0.9")))
+    assert waits[:4] == [0, 0, 0, 0] and waits[4:8] == [1, 2, 4, 8] and waits[-1] == 60
+    b.succeeded("10.0.0.9")
+    assert b.wait_for("10.0.0.9") == 0
+
+
+# --- 5. disk ----------------------------------------------------------------------------------------
+def test_a_full_session_is_told_how_to_make_room_and_loses_nothing(served):
+    demo, studio, url, tmp = served
+    key = "q" * 20 + "-quota"
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-quota"))
+    saved = studio.disk
+    try:
+        studio.disk = DiskPolicy(session_bytes=2**40, session_pieces=2, min_free_bytes=0)
+        first, _ = c.predict(key, SCORE, api_name="/render")
+        c.predict(key, SCORE, api_name="/render")
+        with pytest.raises(Exception, match="limit is 2 pieces.*delete pieces you no longer need in History"):
+            c.predict(key, SCORE, api_name="/render")
+        assert len(c.predict(key, api_name="/history")["pieces"]) == 2  # nothing lost
+        gone = c.predict(key, first["pieces"][0]["id"], api_name="/delete")
+        assert gone["deleted"] == 1 and gone["freed_bytes"] > 0
+        assert c.predict(key, SCORE, api_name="/render")[0]["status"] == "done"  # room again
+        studio.disk = DiskPolicy(session_bytes=2**40, session_pieces=10**6, min_free_bytes=2**62)
+        with pytest.raises(Exception, match="disk is nearly full"):
+            c.predict(key, SCORE, api_name="/render")
+    finally:
+        studio.disk = saved
+
+
+def test_a_start_up_sweep_removes_folders_that_never_got_a_record(tmp_path):
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0))
+    kept = studio.render(KEY, SCORE)
+    orphan = kept.folder.parent / "20260101-000000-half-made"
+    orphan.mkdir()
+    (orphan / "score.abc").write_text(SCORE)
+    (kept.folder / ".record.json.tmp123").write_text("{")
+    Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0))  # a restart
+    assert not orphan.exists() and not (kept.folder / ".record.json.tmp123").exists()
+    assert (kept.folder / "record.json").is_file()
+
+
+def test_gradio_cache_is_cleaned_on_a_schedule(tmp_path):
+    from webui.app import build_app
+
+    demo = build_app(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")), cache_hours=2))
+    assert demo.delete_cache == (3600, 7200)
+
+
+# --- 7. write failures ------------------------------------------------------------------------------
+def test_a_full_disk_keeps_the_server_up_and_says_so_without_paths(served, monkeypatch):
+    demo, studio, url, tmp = served
+    import engine.store
+
+    key = "f" * 20 + "-full-disk"
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", "/srv/private/outputs/x/record.json")
+
+    monkeypatch.setattr(engine.store, "write_atomic", full)
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-full"))
+    with pytest.raises(Exception) as e:
+        c.predict(key, SCORE, api_name="/render")
+    assert "disk is full" in str(e.value) and "/srv" not in str(e.value) and str(tmp) not in str(e.value)
+    folder = studio.store.session(key).folder
+    assert not folder.exists() or not any(folder.iterdir())  # no half-made piece
+    monkeypatch.undo()
+    assert c.predict(key, SCORE, api_name="/render")[0]["status"] == "done"  # the server went on
+
+
+def test_messages_never_carry_server_paths():
+    assert public("no checkpoint at /srv/models/secret/x.pth: expected") == "no checkpoint at x.pth: expected"
+    assert public("M:3/4 L:1/8 and 1/2 stay") == "M:3/4 L:1/8 and 1/2 stay"
+
+
+# --- 8. small ones ----------------------------------------------------------------------------------
+def test_session_keys_must_match_whole(served):
+    assert valid_key(KEY) and not valid_key(KEY + "\n") and not valid_key(KEY + " ") and not valid_key(None)
+    demo, studio, url, tmp = served
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-key"))
+    with pytest.raises(Exception, match="no session"):
+        c.predict(KEY + "\n", SCORE, api_name="/render")
+    for hostile in ("../" + "a" * 32, "*", ""):
+        with pytest.raises(Exception, match="no piece"):
+            c.predict(KEY, hostile, api_name="/delete")
+
+
+def test_a_missing_number_gets_a_message_and_one_log_line(served, capfd):
+    demo, studio, url, tmp = served
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-none"))
+    with pytest.raises(Exception, match="temperature must be a number"):
+        c.predict(KEY, "", *PROMPT, 1, None, 9, 0.9, 16, 1, api_name="/compose")
+    time.sleep(0.3)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# --- 6. shutdown and crashes (the real server in its own process) -----------------------------------
+def _serve_process(tmp: Path, port: int, outputs: Path) -> subprocess.Popen:
+    models = tmp / "models"
+    if not models.exists():
+        tiny_folder(models / "tiny")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "webui", "--port", str(port), "--outputs", str(outputs),
+                             "--model", str(models / "tiny"), "--models-dir", str(models), "--min-free-mb", "0"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("the server did not come up")
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Render worker processes started by the server `pid` (found by what they were given)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes()
+            env = (p / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"engine.render.worker" in cmd and f"CADENZA_PARENT_PID={pid}\0".encode() in env:
+            found.append(int(p.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")
+def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = _serve_process(tmp_path, port, tmp_path / "out")
+    try:
+        _wait_up(url, proc)
+        c = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
+        job = c.submit(KEY, "", *PROMPT, 5, 1.2, 9, 0.9, 4000, 1, api_name="/compose")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(1 for o in job.outputs() if o and o[0].get("status") == "writing") < 3:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=40)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 30, f"took {took:.1f} s to stop\n{out}"
+    assert "shutting down" in out, out
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("record.json")]
+    assert len(records) == 1 and records[0]["stop_reason"] == "shutdown", (records, out)
+    folder = next((tmp_path / "out").rglob("record.json")).parent
+    assert (folder / "score.abc").read_text().startswith("X:1")
+    assert not _workers_of(proc.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")
+def test_render_workers_die_with_a_killed_server_and_a_restart_sweeps_its_folder(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = _serve_process(tmp_path, port, tmp_path / "out")
+    try:
+        _wait_up(url, proc)
+        c = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
+        body = "|".join(["CDEF GABc", "dcBA GFED"] * 400)
+        c.submit(KEY, f"X:1\nT:Long\nM:4/4\nL:1/8\nQ:1/4=120\nK:C\n{body}|]\n", api_name="/render")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _workers_of(proc.pid):
+            time.sleep(0.05)
+        workers = _workers_of(proc.pid)
+        assert workers, "no render worker was seen running"
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and _alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "render workers outlived the server"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    half = [p for p in (tmp_path / "out").glob("*/*") if p.is_dir() and not (p / "record.json").exists()]
+    assert half  # the killed render left its folder without a record
+    restart = _serve_process(tmp_path, free_port(), tmp_path / "out")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(p.exists() for p in half):
+            time.sleep(0.2)
+    finally:
+        restart.terminate()
+        restart.communicate(timeout=40)
+    assert not any(p.exists() for p in half)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

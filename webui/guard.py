@@ -1,0 +1,237 @@
+"""What a client of the studio may reach: which models it may name, whether the server may
+download, how much disk a session may fill, how fast a wrong password may be retried, and what
+an error may say. One place for the server's limits, so every handler applies the same ones."""
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import CadenzaError, SettingsError
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+MODEL_FILE_SUFFIXES = (".pth",)
+
+
+class NotOffered(CadenzaError):
+    """A model the server does not offer (the same words whether or not a file exists there)."""
+
+
+class DiskFull(CadenzaError):
+    """The server cannot write: the disk is full, below its free-space floor, or a session is at its quota."""
+
+
+def hf_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+@dataclass
+class ModelPolicy:
+    """Models a client may name. Local: folders holding config.json and .pth files under the
+    models folders the server was started with (and the Hugging Face cache). Hub: a repo id only
+    when it is in the cache, or when the person running the server allowed downloads (of any repo
+    with "*", else of the repos listed). The models the server was started with are always allowed."""
+    roots: tuple[Path, ...]
+    allow_downloads: tuple[str, ...] = ()  # () off, ("*",) any repo, else repo ids
+    trusted: tuple[str, ...] = ()  # --model, --audio-model, --melody-model as the admin gave them
+
+    def may_download(self, repo_id: str) -> bool:
+        return "*" in self.allow_downloads or repo_id in self.allow_downloads
+
+    def check_download(self, repo_id: str) -> None:
+        if not self.allow_downloads:
+            raise NotOffered("this server does not download models: the person running it can start it with "
+                             "--allow-downloads (optionally naming the repos allowed)")
+        if not self.may_download(repo_id):
+            raise NotOffered(f"this server downloads only from {', '.join(self.allow_downloads)}")
+
+    def _not_offered(self, spec: str) -> NotOffered:
+        names = self.offered()
+        listed = f" (offered: {', '.join(names[:12])})" if names else ""
+        return NotOffered(f"no model {str(spec)[:200]!r} on this server: name a model in its models folder{listed}")
+
+    def offered(self) -> list[str]:
+        """Names of the local models, as a client may give them (relative to a models folder)."""
+        names: list[str] = []
+        for root in self.roots[:1]:  # the models folder; the Hugging Face cache is listed by Download
+            if not root.is_dir():
+                continue
+            for p in sorted(root.iterdir())[:200]:  # bounded: a models folder is small
+                if (p / "config.json").is_file() or p.suffix in MODEL_FILE_SUFFIXES:
+                    names.append(p.name)
+        return names
+
+    def notagen(self, spec: str | None) -> str | None:
+        """The path of the NotaGen/Cadenza model `spec` names; None (the server's own) stays None."""
+        if spec is None or spec in self.trusted:
+            return spec
+        if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
+            raise self._not_offered(spec)
+        name = spec.strip()
+        for root in self.roots:
+            candidate = Path(name) if Path(name).is_absolute() else root / name
+            try:
+                ok = _inside(candidate, root) and (
+                    (candidate.suffix in MODEL_FILE_SUFFIXES and candidate.is_file())
+                    or (candidate / "config.json").is_file())
+            except (OSError, ValueError):
+                ok = False
+            if ok:
+                return str(candidate)
+        raise self._not_offered(spec)
+
+    def musicgen(self, spec: str) -> tuple[str, bool]:
+        """(what to load, whether it may be downloaded) for a MusicGen model a client named."""
+        if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
+            raise self._not_offered(spec)
+        name = spec.strip()
+        for root in self.roots:
+            candidate = Path(name) if Path(name).is_absolute() else root / name
+            try:
+                if _inside(candidate, root) and (candidate / "config.json").is_file():
+                    return str(candidate), False
+            except (OSError, ValueError):
+                continue
+        if HUB_ID.fullmatch(name):
+            if self.may_download(name):
+                return name, True
+            if _in_hub_cache(name) or spec in self.trusted:
+                return name, False  # loaded from the cache only; a missing one says how to get it
+        raise self._not_offered(spec)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except (ValueError, OSError):
+        return False
+
+
+@dataclass
+class DiskPolicy:
+    """Bounds on what the outputs folder may hold: per session (bytes and pieces) and a floor of
+    free space for the whole server."""
+    session_bytes: int
+    session_pieces: int
+    min_free_bytes: int
+
+    def check(self, root: Path, used_bytes: int, pieces: int) -> None:
+        try:
+            free = shutil.disk_usage(root if root.exists() else root.parent).free
+        except OSError:
+            free = None
+        if free is not None and free < self.min_free_bytes:
+            raise DiskFull("the server's disk is nearly full: new pieces are refused until the person running it "
+                           "frees space (your pieces so far are kept)")
+        if used_bytes >= self.session_bytes or pieces >= self.session_pieces:
+            raise DiskFull(f"this session holds {pieces} pieces in {used_bytes / 2**20:.0f} MB, its limit is "
+                           f"{self.session_pieces} pieces and {self.session_bytes / 2**20:.0f} MB: delete pieces "
+                           "you no longer need in History to make room")
+
+
+def disk_error(e: OSError) -> DiskFull:
+    """An OSError from writing a piece, in words without server paths."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("the server's disk is full: the piece was not saved (your ABC stays in the page: copy it "
+                        "somewhere safe, or try again once the person running the server has freed space)")
+    return DiskFull(f"the server could not save the piece ({e.strerror or type(e).__name__}): your ABC stays in "
+                    "the page")
+
+
+_PATH = re.compile(r"(?<![\w/.:])/(?:[\w.@+~-]+/)+([\w.@+~-]*)")
+
+
+def public(message: str) -> str:
+    """An error as a client may read it: absolute server paths shortened to their last part."""
+    return _PATH.sub(lambda m: m.group(1) or "(a folder)", str(message))
+
+
+# --- logins -------------------------------------------------------------------------------------
+class LoginBackoff:
+    """ASGI middleware: after `free_tries` wrong passwords from one client address, that address
+    must wait (1 s, 2 s, 4 s ... at most `cap_s`) before its next try, which is refused with 429
+    meanwhile. Other addresses are not slowed; a right password clears the address."""
+
+    def __init__(self, app, free_tries: int = 5, cap_s: float = 300.0, max_clients: int = 10_000):
+        self.app, self.free_tries, self.cap_s, self.max_clients = app, free_tries, cap_s, max_clients
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures, may try again at)
+        self._lock = threading.Lock()
+
+    def wait_for(self, address: str, now: float | None = None) -> float:
+        with self._lock:
+            _, until = self._failures.get(address, (0, 0.0))
+        return max(0.0, until - (time.monotonic() if now is None else now))
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            n = self._failures.get(address, (0, 0.0))[0] + 1
+            delay = 0.0 if n < self.free_tries else min(self.cap_s, 2.0 ** (n - self.free_tries))
+            if len(self._failures) >= self.max_clients and address not in self._failures:
+                oldest = min(self._failures, key=lambda a: self._failures[a][1])
+                del self._failures[oldest]
+            self._failures[address] = (n, time.monotonic() + delay)
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path", "").rstrip("/") != "/login":
+            await self.app(scope, receive, send)
+            return
+        address = (scope.get("client") or ("unknown", 0))[0]
+        wait = self.wait_for(address)
+        if wait > 0:
+            await _refuse(send, wait)
+            return
+        status = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status.get("code") == 400 or status.get("code") == 401:
+            self.failed(address)
+        elif status.get("code") == 200:
+            self.succeeded(address)
+
+
+async def _refuse(send, wait: float) -> None:
+    import json
+
+    body = json.dumps({"detail": f"too many wrong logins from your address: try again in {wait:.0f} s"}).encode()
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", str(int(wait) + 1).encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def number(value, label: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    """A number from a client: a clear message for None, text, NaN or a value out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SettingsError(f"{label} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{label} must be from {lo:g} to {hi:g}, got {value:g}")
+    if integer:
+        if value != int(value):
+            raise SettingsError(f"{label} must be a whole number, got {value:g}")
+        return int(value)
+    return float(value)
