@@ -369,17 +369,22 @@ def _serve_process(tmp: Path, port: int, outputs: Path) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _up(tmp: Path, timeout: float = 120) -> tuple[subprocess.Popen, Client]:
+    """`./run.sh` as a subprocess on a free port, once it answers, with a client for it."""
     import urllib.request
 
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = _serve_process(tmp, port, tmp / "out")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         try:
             urllib.request.urlopen(url, timeout=2).read()
-            return
+            return proc, Client(url, verbose=False, download_files=str(tmp / "dl"))
         except OSError:
             time.sleep(0.3)
+    proc.kill()
     raise AssertionError("the server did not come up")
 
 
@@ -401,12 +406,8 @@ def _workers_of(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")
 def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    proc = _serve_process(tmp_path, port, tmp_path / "out")
+    proc, c = _up(tmp_path)
     try:
-        _wait_up(url, proc)
-        c = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
         job = c.submit(KEY, "", *PROMPT, 5, 1.2, 9, 0.9, 4000, 1, api_name="/compose")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and sum(1 for o in job.outputs() if o and o[0].get("status") == "writing") < 3:
@@ -429,12 +430,8 @@ def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")
 def test_render_workers_die_with_a_killed_server_and_a_restart_sweeps_its_folder(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    proc = _serve_process(tmp_path, port, tmp_path / "out")
+    proc, c = _up(tmp_path)
     try:
-        _wait_up(url, proc)
-        c = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
         body = "|".join(["CDEF GABc", "dcBA GFED"] * 400)
         c.submit(KEY, f"X:1\nT:Long\nM:4/4\nL:1/8\nQ:1/4=120\nK:C\n{body}|]\n", api_name="/render")
         deadline = time.monotonic() + 60
@@ -453,14 +450,9 @@ def test_render_workers_die_with_a_killed_server_and_a_restart_sweeps_its_folder
             proc.kill()
     half = [p for p in (tmp_path / "out").glob("*/*") if p.is_dir() and not (p / "record.json").exists()]
     assert half  # the killed render left its folder without a record
-    restart = _serve_process(tmp_path, free_port(), tmp_path / "out")
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(p.exists() for p in half):
-            time.sleep(0.2)
-    finally:
-        restart.terminate()
-        restart.communicate(timeout=40)
+    restart, _ = _up(tmp_path)  # the sweep runs before the server answers
+    restart.terminate()
+    restart.communicate(timeout=40)
     assert not any(p.exists() for p in half)
 
 

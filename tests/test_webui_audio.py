@@ -138,3 +138,29 @@ def test_stop_and_a_closed_page_keep_the_audio_made_so_far(server):
         time.sleep(0.2)
     kept = [r for r in studio.history(key) if r.prompt["text"] == "fast jazz"]
     assert kept and kept[0].stop_reason == "cancelled" and kept[0].files["wav"]
+
+
+def test_a_session_composing_and_making_audio_at_once_stops_each_on_its_own(server):
+    """Jobs are keyed by job: the audio Stop leaves the score being written alone, and the other
+    way round (they were keyed by session, so one overwrote the other's stop)."""
+    from conftest import BACH
+    from webui.studio import ComposeSettings
+
+    url, studio, tmp = server
+    key = "w" * 20 + "-both-at-once"
+    score = studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation,
+                           ComposeSettings(seed=3, max_patches=4000))
+    next(score)
+    sound = studio.audio(key, "slow piano", AudioSettings(duration=55.0, seed=4))
+    next(sound)
+    assert studio.stop(key, "audio")
+    for item in sound:
+        last_audio = item
+    assert last_audio[0].record.stop_reason == "cancelled"
+    assert studio.running() == 1  # the score is still being written
+    for _ in range(3):
+        assert next(score).patches > 0
+    assert studio.stop(key, "compose")
+    for item in score:
+        last_score = item
+    assert last_score[0].record.stop_reason == "cancelled" and not studio.running()

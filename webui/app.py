@@ -119,8 +119,8 @@ def _summary(o: Outcome) -> str:
         lines.append(f"seed **{r.seed}** (use it to write this piece again), model {r.model}, stop: {r.stop_reason}")
     if r.alignment:
         lines.append(f"bar alignment: {r.alignment}")
-    lines += [f"- {fmt} failed: {html.escape(err)}" for fmt, err in r.errors.items()]
-    lines += [f"- note: {html.escape(w)}" for w in r.warnings[:8]]
+    lines += [f"- {fmt} failed: {html.escape(public(err))}" for fmt, err in r.errors.items()]
+    lines += [f"- note: {html.escape(public(w))}" for w in r.warnings[:8]]
     return "\n\n".join(lines)
 
 
@@ -188,8 +188,13 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
                     surprise = gr.Button("Surprise me", scale=0)
                 with gr.Accordion("Model", open=False):
-                    model = gr.Textbox(label="Model", value=config.model or "", placeholder="empty: the bundled model; or a path to a NotaGen .pth / Cadenza folder")
-                    with gr.Row():
+                    offered = ", ".join(studio.policy.offered()[:8]) or "none"
+                    model = gr.Textbox(label="Model", value="", placeholder="empty: the server's model; or the name of "
+                                       f"a model in its models folder ({offered})")
+                    if not config.allow_downloads:
+                        gr.Markdown("Downloading from the Hugging Face Hub is off on this server (the person running "
+                                    "it can start it with `--allow-downloads`).")
+                    with gr.Row(visible=bool(config.allow_downloads)):
                         repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
                         repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
                         fetch = gr.Button("Download", scale=0)
@@ -294,21 +299,24 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     gr.update(choices=instrumentations, value=prompt.instrumentation))
 
         def tick(done, spec):
+            """While a model loads: its status each second, then the lists; the timer then stops
+            (ticks go through the queue like every request)."""
+            idle = gr.Timer(active=False)
             if done:
-                return (gr.skip(),) * 4 + (done,)
+                return (gr.skip(),) * 4 + (done, idle)
             try:
                 slot = studio.model(spec or None)
                 if not slot.ready:
-                    return public(slot.status()), gr.skip(), gr.skip(), gr.skip(), False
+                    return public(slot.status()), gr.skip(), gr.skip(), gr.skip(), False, gr.skip()
                 first = studio.prompts(spec or None).prompts[0]
             except CadenzaError as e:
-                return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True
-            return (public(slot.status()), *lists(spec, first), True)
+                return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True, idle
+            return (public(slot.status()), *lists(spec, first), True, idle)
 
         demo.load(init, [key], [key, history, status], api_visibility="private", concurrency_limit=None)
         timer = gr.Timer(1.0)
-        timer.tick(tick, [filled, model], [status, period, composer, instrumentation, filled], api_visibility="private",
-                   concurrency_limit=None)
+        timer.tick(tick, [filled, model], [status, period, composer, instrumentation, filled, timer],
+                   api_visibility="private", concurrency_limit=None)
 
         def on_period(spec, p):
             try:
@@ -343,9 +351,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                 studio.model(spec or None)
             except CadenzaError as e:
                 _fail(e)
-            return f"loading {public(spec) if spec else 'the server model'} ...", False
+            return f"loading {public(spec) if spec else 'the server model'} ...", False, gr.Timer(active=True)
 
-        use_model.click(on_use_model, [model], [status, filled], api_visibility="private", concurrency_limit=None)
+        use_model.click(on_use_model, [model], [status, filled, timer], api_visibility="private", concurrency_limit=None)
 
         def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
             try:

@@ -75,42 +75,46 @@ class ModelPolicy:
                     names.append(p.name)
         return names
 
+    def _local(self, spec, fits) -> str | None:
+        """The path `spec` names inside one of the models folders when `fits(path)` says it is a
+        model; None otherwise (whatever is there)."""
+        if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
+            return None
+        name = spec.strip()
+        for root in self.roots:
+            candidate = Path(name) if Path(name).is_absolute() else root / name
+            try:
+                if _inside(candidate, root) and fits(candidate):
+                    return str(candidate)
+            except (OSError, ValueError):
+                continue
+        return None
+
     def notagen(self, spec: str | None) -> str | None:
         """The path of the NotaGen/Cadenza model `spec` names; None (the server's own) stays None."""
         if spec is None or spec in self.trusted:
             return spec
-        if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
+        found = self._local(spec, lambda p: (p.suffix in MODEL_FILE_SUFFIXES and p.is_file())
+                            or (p / "config.json").is_file())
+        if found is None:
             raise self._not_offered(spec)
-        name = spec.strip()
-        for root in self.roots:
-            candidate = Path(name) if Path(name).is_absolute() else root / name
-            try:
-                ok = _inside(candidate, root) and (
-                    (candidate.suffix in MODEL_FILE_SUFFIXES and candidate.is_file())
-                    or (candidate / "config.json").is_file())
-            except (OSError, ValueError):
-                ok = False
-            if ok:
-                return str(candidate)
-        raise self._not_offered(spec)
+        return found
 
     def musicgen(self, spec: str) -> tuple[str, bool]:
-        """(what to load, whether it may be downloaded) for a MusicGen model a client named."""
-        if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
-            raise self._not_offered(spec)
-        name = spec.strip()
-        for root in self.roots:
-            candidate = Path(name) if Path(name).is_absolute() else root / name
-            try:
-                if _inside(candidate, root) and (candidate / "config.json").is_file():
-                    return str(candidate), False
-            except (OSError, ValueError):
-                continue
+        """(what to load, whether it may be downloaded) for a MusicGen model a client named. The
+        admin's own (--audio-model, --melody-model) as given; a hub id not in the cache and not
+        allowed to download then fails to load with a message saying how to get it."""
+        if spec in self.trusted:
+            return spec, self.may_download(spec)
+        found = self._local(spec, lambda p: (p / "config.json").is_file())
+        if found is not None:
+            return found, False
+        name = spec.strip() if isinstance(spec, str) else ""
         if HUB_ID.fullmatch(name):
             if self.may_download(name):
                 return name, True
-            if _in_hub_cache(name) or spec in self.trusted:
-                return name, False  # loaded from the cache only; a missing one says how to get it
+            if _in_hub_cache(name):
+                return name, False  # loaded from the cache only
         raise self._not_offered(spec)
 
 

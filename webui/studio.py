@@ -332,11 +332,12 @@ class Studio:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def stop(self, key: str, kind: str = "compose") -> bool:
-        """Asks this session's running pieces of `kind` to stop (a score: after its current patch)."""
+    def stop(self, key: str, kind: str | None = None) -> bool:
+        """Asks this session's running pieces (of `kind`: compose, audio, render; default all) to
+        stop, a score after its current patch. The page's two Stop buttons each stop their own kind."""
         sid = self.store.session(key).id
         with self._lock:
-            jobs = [j for j in self._jobs.values() if j.session == sid and j.kind == kind]
+            jobs = [j for j in self._jobs.values() if j.session == sid and kind in (None, j.kind)]
         for j in jobs:
             j.cancel.set()
         return bool(jobs)
