@@ -20,6 +20,7 @@ from typing import Iterator
 
 from engine import api
 from engine.errors import CadenzaError, SettingsError
+from engine.files import write_atomic
 from engine.store import OutputStore, PieceRecord, Session
 from webui.config import StudioConfig
 from webui.guard import DiskPolicy, ModelPolicy, disk_error, number
@@ -453,13 +454,11 @@ class Studio:
         why = {"closed": "the page was closed or the request cancelled",
                "shutdown": "the server was shut down"}[reason]
         kept = []
-        for i in sorted(set(texts) | set(finished)):
+        for i in sorted(set(texts) | set(finished)):  # variations that ended are kept too, as ABC
             c = finished.get(i)
-            if c is not None and reason == "closed":
-                continue  # a finished variation whose page is gone was never asked to be rendered
-            result = c.abc if c is not None else to_abc("".join(Prompt(*prompt).lines()) + prefix + texts[i])
-            if not texts.get(i) and c is None:
+            if c is None and not texts.get(i):
                 continue
+            result = c.abc if c is not None else to_abc("".join(Prompt(*prompt).lines()) + prefix + texts[i])
             stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
             piece_id, folder = self.new_piece(session, f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}")
             record = PieceRecord(
@@ -469,8 +468,6 @@ class Studio:
                 alignment=str(result.alignment), files={"abc": ["score.abc"]},
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
-                from engine.files import write_atomic
-
                 write_atomic(folder / "score.abc", result.abc)
                 session.save(record)
             kept.append(Outcome(record, folder, result.abc))

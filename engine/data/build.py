@@ -166,13 +166,13 @@ def _source_abc(src: Source) -> str:
 
 
 def _abc_to_xml(abc: str) -> bytes:
-    import contextlib
-    import io
     import xml.etree.ElementTree as ET
 
     from abctoolkit import abc2xml
 
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    from engine import quiet
+
+    with quiet.captured():
         docs = abc2xml.getXmlDocs(abc)
     if not docs:
         raise CadenzaError("the ABC tune could not be read")

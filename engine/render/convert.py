@@ -2,12 +2,13 @@
 the server, because user-supplied scores can be arbitrarily slow or large to convert."""
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 import wave
 import zipfile
 from pathlib import Path
+
+from engine import quiet
 
 SAMPLE_RATE = 44_100
 TARGET_DBFS = -16.0  # gated RMS loudness the WAV is normalised to
@@ -33,10 +34,9 @@ def abc_to_musicxml(abc_text: str) -> tuple[str, list[str]]:
     """abctoolkit's abc2xml (NotaGen's converter; handles interleaved voices) -> MusicXML 4.0 text."""
     from abctoolkit import abc2xml
 
-    log = io.StringIO()
-    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+    with quiet.captured() as log:
         docs = abc2xml.getXmlDocs(abc_text)
-    messages = [m.strip() for m in log.getvalue().splitlines() if m.strip() and not m.startswith("-- skipped header")]
+    messages = [m.strip() for m in log if m.strip() and not m.startswith("-- skipped header")]
     if not docs:
         raise ConversionError("the ABC could not be read" + (f": {locate(abc_text, messages)}" if messages else ""))
     root = docs[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine import quiet
 from engine.errors import CadenzaError
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import line_segments, split_right_barline
@@ -38,7 +39,6 @@ def xml_to_abc(xml: bytes, timeout: float = 60.0) -> str:
     """MusicXML bytes -> ABC, in this process (12 ms for a chorale, against 300 ms for a child
     Python). xml2abc is a script built around module globals; this drives it the way its main
     does. A time bound applies when called from a main thread (SIGALRM)."""
-    import contextlib
     import io
     import signal
     import threading
@@ -48,7 +48,7 @@ def xml_to_abc(xml: bytes, timeout: float = 60.0) -> str:
 
     opts = types.SimpleNamespace(u=False, m=0, c=0, d=8, n=0, b=0, o="", v=0, x=True, p=[], j=False, t=False,
                                  s=False, v1=False, ped=True, stm=False, i=False)
-    out, log = io.StringIO(), io.StringIO()
+    out = io.StringIO()
     alarm = threading.current_thread() is threading.main_thread() and timeout > 0
 
     def too_slow(*_):
@@ -58,7 +58,7 @@ def xml_to_abc(xml: bytes, timeout: float = 60.0) -> str:
         old = signal.signal(signal.SIGALRM, too_slow)
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(log):
+        with quiet.captured() as log:
             x2a.abcOut = x2a.ABCoutput("piece.abc", "", 0, opts)
             x2a.abcOut.outfile = out
             x2a.Parser(opts).parse(io.BytesIO(xml))
@@ -72,7 +72,7 @@ def xml_to_abc(xml: bytes, timeout: float = 60.0) -> str:
             signal.signal(signal.SIGALRM, old)
     text = out.getvalue()
     if "K:" not in text:
-        raise CadenzaError(f"could not convert the MusicXML to ABC: {log.getvalue().strip()[-300:] or 'no output'}")
+        raise CadenzaError(f"could not convert the MusicXML to ABC: {' '.join(log).strip()[-300:] or 'no output'}")
     return text
 
 

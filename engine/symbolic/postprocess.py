@@ -6,8 +6,6 @@ left out). Post-processing undoes that so any ABC reader sees every voice in eve
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +13,7 @@ from fractions import Fraction
 
 from abctoolkit.duration import calculate_bartext_duration
 
+from engine import quiet
 from engine.symbolic.patches import split_tunebody
 
 R_MARKER = re.compile(r"^\[r:[^\]]*\]")
@@ -47,7 +46,7 @@ class AbcResult:
 def bar_duration(text: str) -> Fraction | None:
     """Length of one bar's notes in units of L; None when the text cannot be measured."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # abctoolkit prints its parse failures
+        with quiet.captured():  # abctoolkit prints its parse failures
             return Fraction(calculate_bartext_duration(text))
     except Exception:  # abctoolkit raises bare Exceptions on notation it cannot measure
         return None
