@@ -107,6 +107,9 @@ def load_placed(path: str | Path | None = None, options: PlacementOptions | None
     return [dataclasses.replace(load(path, device=stage.device, dtype=dtype), plan=plan) for stage in plan.stages]
 
 
+_SAMPLING = SamplingSettings()  # defaults for compose_stream's keywords
+
+
 @dataclass
 class Composition:
     piece: Piece
@@ -146,7 +149,8 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
 
 
 def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation: str, *, seed: int | None = None,
-                   top_k: int = 9, top_p: float = 0.9, temperature: float = 1.2, max_patches: int = 4096,
+                   top_k: int = _SAMPLING.top_k, top_p: float = _SAMPLING.top_p,
+                   temperature: float = _SAMPLING.temperature, max_patches: int = 4096,
                    max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
                    mode: str = "fast", bar_retries: int = 16, header_retries: int = 64,
                    prefix: str = "") -> Iterator[PatchEvent | Composition]:

@@ -23,9 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instrumentation", required=True, help="e.g. Keyboard")
     _model_args(c)
     c.add_argument("--seed", type=int, default=None, help="repeat a piece with the same seed (default: random, printed)")
-    c.add_argument("--top-k", type=int, default=9, help="keep the k most likely characters (default 9; 0 = off)")
-    c.add_argument("--top-p", type=float, default=0.9, help="nucleus mass kept after top-k (default 0.9)")
-    c.add_argument("--temperature", type=float, default=1.2, help="applied after top-k and top-p (default 1.2; 0 = greedy)")
+    from engine.symbolic.sampling import SamplingSettings
+
+    d = SamplingSettings()  # the defaults live in the dataclass
+    c.add_argument("--top-k", type=int, default=d.top_k, help=f"keep the k most likely characters (default {d.top_k}; 0 = off)")
+    c.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus mass kept after top-k (default {d.top_p})")
+    c.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"applied after top-k and top-p (default {d.temperature}; 0 = greedy)")
     c.add_argument("--max-patches", type=int, default=4096, help="stop after this many patches (default 4096)")
     c.add_argument("--max-seconds", type=float, default=1200.0, help="stop after this many seconds (default 1200)")
     c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")

@@ -17,21 +17,18 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.audio.musicgen import KNOWN_MODELS
 from engine.errors import CadenzaError
 from engine.store import valid_key
 from webui.config import StudioConfig
 from webui.guard import LoginBackoff, number, public
-from webui.studio import AudioProgress, ComposeSettings, Outcome, Progress, Studio
+from webui.studio import SAMPLING, AudioProgress, ComposeSettings, Outcome, Progress, Studio
 
 log = logging.getLogger("cadenza.web")
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
 AUDIO_KINDS = ("audio", "performed")
 AUDIO_PLAYERS = 4  # variations shown with a player each (all are in the downloads)
-MUSICGEN_MODELS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
-                   "facebook/musicgen-melody", "facebook/musicgen-melody-large", "facebook/musicgen-stereo-small",
-                   "facebook/musicgen-stereo-medium", "facebook/musicgen-stereo-large",
-                   "facebook/musicgen-stereo-melody", "facebook/musicgen-stereo-melody-large")
 CSS = """
 #score-page { background: white; overflow-x: auto; max-height: 80vh; }
 #score-page svg { width: 100%; height: auto; }
@@ -157,17 +154,30 @@ def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
     """The numbers of an audio request, checked as numbers (ranges: the studio and the engine)."""
     from engine.audio.musicgen import AudioSettings
 
-    big = 2.0**63
-    return AudioSettings(duration=number(dur, "duration (seconds)", 0, big), guidance_scale=number(guidance, "guidance scale", -big, big),
-                         top_k=number(tk, "top-k", -big, big, integer=True), top_p=number(tp, "top-p", -big, big),
-                         temperature=number(temp, "temperature", -big, big),
-                         seed=-1 if sd is None else number(sd, "seed", -1, big, integer=True),
-                         variations=number(var, "variations", -big, big, integer=True))
+    return AudioSettings(duration=number(dur, "duration (seconds)"), guidance_scale=number(guidance, "guidance scale"),
+                         top_k=number(tk, "top-k", integer=True), top_p=number(tp, "top-p"),
+                         temperature=number(temp, "temperature"),
+                         seed=-1 if sd is None else number(sd, "seed", -1, 2**63 - 1, integer=True),
+                         variations=number(var, "variations", integer=True))
 
 
 def _compose_settings(temp, tk, tp, sd, mp, var, br=16) -> ComposeSettings:
     """Page and API values as they come; Studio.check_settings checks and converts them."""
     return ComposeSettings(temperature=temp, top_k=tk, top_p=tp, seed=sd, max_patches=mp, variations=var, bar_retries=br)
+
+
+def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
+    """The server's MusicGen model, then the known ones this server can load (in its cache, or
+    downloadable when the admin allowed it)."""
+    def offered(m: str) -> bool:
+        try:
+            studio.policy.musicgen(m)
+            return True
+        except CadenzaError:
+            return False
+
+    known = [m for m in KNOWN_MODELS if "melody" in m or not melody]
+    return list(dict.fromkeys([first, *(m for m in known if offered(m))]))
 
 
 def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
@@ -201,9 +211,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     use_model = gr.Button("Use this model")
                 with gr.Accordion("Advanced settings", open=False):
                     with gr.Row():
-                        temperature = gr.Slider(0.1, 2.0, value=1.2, step=0.05, label="Temperature")
-                        top_k = gr.Slider(0, 128, value=9, step=1, label="Top-k (0 = off)")
-                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.01, label="Top-p")
+                        temperature = gr.Slider(0.1, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature")
+                        top_k = gr.Slider(0, 128, value=SAMPLING.top_k, step=1, label="Top-k (0 = off)")
+                        top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.01, label="Top-p")
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                         max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
@@ -234,8 +244,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     with gr.Row():
                         style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
                         perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
-                                                    choices=[m for m in dict.fromkeys((config.melody_model, *MUSICGEN_MODELS))
-                                                             if "melody" in m or m == config.melody_model])
+                                                    choices=_musicgen_choices(studio, config.melody_model, melody=True))
                         perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
                                                     step=1, label="At most (seconds)")
                     perform = gr.Button("Perform with MusicGen")
@@ -249,7 +258,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     a_prompt = gr.Textbox(label="Describe the music", lines=2, scale=3,
                                           placeholder="warm string quartet, slow, melancholic")
                     a_model = gr.Dropdown(label="MusicGen model", value=config.audio_model, allow_custom_value=True,
-                                          choices=list(dict.fromkeys((config.audio_model, *MUSICGEN_MODELS))))
+                                          choices=_musicgen_choices(studio, config.audio_model, melody=False))
                 a_duration = gr.Slider(1, config.max_audio_seconds, value=10, step=1,
                                        label="Duration (seconds; past 30 s it is made in overlapping windows)")
                 with gr.Accordion("Advanced settings", open=False):
@@ -550,9 +559,9 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         model_in = gr.Textbox(label="model")
         p_in, c_in, i_in = gr.Textbox(label="period"), gr.Textbox(label="composer"), gr.Textbox(label="instrumentation")
         seed_in = gr.Number(label="seed", value=-1, precision=0)
-        temp_in = gr.Number(label="temperature", value=1.2)
-        tk_in = gr.Number(label="top_k", value=9, precision=0)
-        tp_in = gr.Number(label="top_p", value=0.9)
+        temp_in = gr.Number(label="temperature", value=SAMPLING.temperature)
+        tk_in = gr.Number(label="top_k", value=SAMPLING.top_k, precision=0)
+        tp_in = gr.Number(label="top_p", value=SAMPLING.top_p)
         mp_in = gr.Number(label="max_patches", value=1024, precision=0)
         var_in = gr.Number(label="variations", value=1, precision=0)
         info_out = gr.JSON(label="result")

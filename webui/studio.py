@@ -22,10 +22,12 @@ from engine import api
 from engine.errors import CadenzaError, SettingsError
 from engine.files import write_atomic
 from engine.store import OutputStore, PieceRecord, Session
+from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
 from webui.guard import DiskPolicy, ModelPolicy, disk_error, number
 
 log = logging.getLogger("cadenza.studio")
+SAMPLING = SamplingSettings()  # the engine's defaults: the page, the API and the CLI read them from here
 
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
 PROGRESS_EVERY_S = 0.5  # audio progress reaches the page at most this often
@@ -159,9 +161,9 @@ class Job:
 
 @dataclass
 class ComposeSettings:
-    temperature: float = 1.2
-    top_k: int = 9
-    top_p: float = 0.9
+    temperature: float = SAMPLING.temperature
+    top_k: int = SAMPLING.top_k
+    top_p: float = SAMPLING.top_p
     seed: int | None = None  # None or negative: a random one (always reported)
     max_patches: int = 1024
     variations: int = 1
@@ -269,11 +271,12 @@ class Studio:
 
     # --- composing ---------------------------------------------------------------------------------
     def check_settings(self, s: ComposeSettings) -> ComposeSettings:
-        """The server's bounds on a compose request, with a clear message for each value."""
+        """The server's bounds on a compose request (the sampling values' ranges are the engine's,
+        checked by SamplingSettings), with a clear message for each value."""
         c = self.config
-        s.temperature = number(s.temperature, "temperature", 0.05, 5.0)
-        s.top_k = number(s.top_k, "top-k", 0, 100_000, integer=True)
-        s.top_p = number(s.top_p, "top-p", 0.0, 1.0)
+        s.temperature = number(s.temperature, "temperature")
+        s.top_k = number(s.top_k, "top-k", integer=True)
+        s.top_p = number(s.top_p, "top-p")
         s.max_patches = number(s.max_patches, "maximum length (patches)", 1, c.max_patches, integer=True)
         s.variations = number(s.variations, "variations", 1, c.max_variations, integer=True)
         s.bar_retries = number(s.bar_retries, "bar retries", 0, 64, integer=True)

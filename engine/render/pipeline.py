@@ -14,7 +14,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine import __version__
@@ -142,8 +142,7 @@ def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "sco
     raises CadenzaError (strict) or, for a generated piece (strict=False), keeps the ABC and marks
     every conversion failed. A score that is ABC never raises: each export's status says what went
     wrong, and the ABC is always written."""
-    opts = options or RenderOptions()
-    opts.formats = tuple(formats)
+    opts = replace(options or RenderOptions(), formats=tuple(formats))  # the caller's options stay as they were
     opts.check()
     problem = _not_abc(abc_text)
     if problem and (strict or not isinstance(abc_text, str)):
@@ -193,8 +192,7 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
         return render(text, out_dir, formats, stem, meta, options)
     if suffix not in (".musicxml", ".xml", ".mxl"):
         raise CadenzaError(f"{path.name}: expected an .abc, .musicxml, .xml or .mxl file")
-    opts = options or RenderOptions()
-    opts.formats = tuple(formats)
+    opts = replace(options or RenderOptions(), formats=tuple(formats))  # the caller's options stay as they were
     opts.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
