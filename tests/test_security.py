@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BACH, ROOT, tiny_model
 from engine.symbolic.checkpoint import save_model
-from engine.symbolic.prompts import Prompt, PromptTable
+from engine.symbolic.prompts import PromptTable
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -150,6 +151,12 @@ def _audio_players(o: Outcome) -> list:
             else gr.update(value=None, visible=False) for i in range(AUDIO_PLAYERS)]
 
 
+def _show_audio(studio: Studio, key: str, o: Outcome):
+    """Everything the Audio page shows of a finished clip (in the order of ui.audio_shown)."""
+    return (_audio_summary(o), *_audio_players(o), [_servable(p) for p in o.paths("png")],
+            [_servable(p) for p in o.downloads()], _history_rows(studio, key))
+
+
 def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
     """The numbers of an audio request, checked as numbers (ranges: the studio and the engine)."""
     from engine.audio.musicgen import AudioSettings
@@ -180,368 +187,414 @@ def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
     return list(dict.fromkeys([first, *(m for m in known if offered(m))]))
 
 
+def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """The Score tab: prompt, model, settings, buttons, the sheet music and the ABC, MusicGen performance."""
+    with gr.Tab("Score", id="score"):
+        with gr.Row():
+            ui.period = gr.Dropdown(label="Period", choices=[], interactive=True)
+            ui.composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
+            ui.instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
+            ui.surprise = gr.Button("Surprise me", scale=0)
+        with gr.Accordion("Model", open=False):
+            offered = ", ".join(studio.policy.offered()[:8]) or "none"
+            ui.model = gr.Textbox(label="Model", value="", placeholder="empty: the server's model; or the name of "
+                               f"a model in its models folder ({offered})")
+            if not config.allow_downloads:
+                gr.Markdown("Downloading from the Hugging Face Hub is off on this server (the person running "
+                            "it can start it with `--allow-downloads`).")
+            with gr.Row(visible=bool(config.allow_downloads)):
+                ui.repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
+                ui.repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
+                ui.fetch = gr.Button("Download", scale=0)
+            ui.use_model = gr.Button("Use this model")
+        with gr.Accordion("Advanced settings", open=False):
+            with gr.Row():
+                ui.temperature = gr.Slider(0.1, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature")
+                ui.top_k = gr.Slider(0, 128, value=SAMPLING.top_k, step=1, label="Top-k (0 = off)")
+                ui.top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.01, label="Top-p")
+            with gr.Row():
+                ui.seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                ui.max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
+                                        label="Maximum length (patches of 16 characters)")
+                ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
+                ui.bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
+        with gr.Row():
+            ui.generate = gr.Button("Generate", variant="primary")
+            ui.stop = gr.Button("Stop", variant="stop")
+            ui.render = gr.Button("Render my edits")
+            ui.cont = gr.Button("Continue this score")
+        ui.progress = gr.Markdown("")
+        with gr.Row():
+            with gr.Column(scale=3):
+                ui.score = gr.HTML(_page_html(None), elem_id="score")
+                with gr.Row():
+                    ui.prev_page = gr.Button("< page", scale=0)
+                    ui.next_page = gr.Button("page >", scale=0)
+                ui.audio = gr.Audio(label="Listen", type="filepath", interactive=False)
+                ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            with gr.Column(scale=2):
+                ui.abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
+                ui.upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
+                                 type="filepath")
+        with gr.Accordion("Perform with MusicGen", open=False):
+            gr.Markdown("The score above is played with the SoundFont and given to a MusicGen melody model "
+                        "as the melody; it plays the piece again in the style you describe.")
+            with gr.Row():
+                ui.style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
+                ui.perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
+                                            choices=_musicgen_choices(studio, config.melody_model, melody=True))
+                ui.perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
+                                            step=1, label="At most (seconds)")
+            ui.perform = gr.Button("Perform with MusicGen")
+            ui.perform_progress = gr.Markdown("")
+            ui.perform_audio = gr.Audio(label="Performance", type="filepath", interactive=False)
+            ui.perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
+
+
+def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """The Audio tab: text (and a melody) to MusicGen, players, pictures and downloads."""
+    with gr.Tab("Audio", id="audio"):
+        gr.Markdown("Text to music with Meta's MusicGen (weights CC-BY-NC 4.0: non-commercial use). "
+                    "Melody models can follow a melody you upload or record.")
+        with gr.Row():
+            ui.a_prompt = gr.Textbox(label="Describe the music", lines=2, scale=3,
+                                  placeholder="warm string quartet, slow, melancholic")
+            ui.a_model = gr.Dropdown(label="MusicGen model", value=config.audio_model, allow_custom_value=True,
+                                  choices=_musicgen_choices(studio, config.audio_model, melody=False))
+        ui.a_duration = gr.Slider(1, config.max_audio_seconds, value=10, step=1,
+                               label="Duration (seconds; past 30 s it is made in overlapping windows)")
+        with gr.Accordion("Advanced settings", open=False):
+            with gr.Row():
+                ui.a_guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance scale")
+                ui.a_top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k")
+                ui.a_top_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Top-p (0 = off)")
+                ui.a_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+            with gr.Row():
+                ui.a_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                ui.a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
+        ui.a_melody = gr.Audio(label="Melody to follow (melody models only): upload or record", type="filepath",
+                            sources=["upload", "microphone"])
+        with gr.Row():
+            ui.a_go = gr.Button("Generate audio", variant="primary")
+            ui.a_stop = gr.Button("Stop", variant="stop")
+        ui.a_progress = gr.Markdown("")
+        ui.a_players = [gr.Audio(label=f"Variation {i + 1}", type="filepath", interactive=False, visible=i == 0)
+                     for i in range(AUDIO_PLAYERS)]
+        ui.a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=2, height=360, object_fit="contain")
+        ui.a_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+
+
+def _history_tab(ui: SimpleNamespace) -> None:
+    """The History tab: this session's pieces, its quota, Delete."""
+    with gr.Tab("History", id="history") as ui.history_tab:
+        gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
+        ui.history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+        ui.usage = gr.Markdown("")
+        with gr.Row():
+            ui.to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
+            ui.delete = gr.Button("Delete", variant="stop", scale=0)
+
+
+def _system_tab(ui: SimpleNamespace) -> None:
+    """The System tab: devices, models, the queue."""
+    with gr.Tab("System", id="system"):
+        ui.system = gr.JSON(label="Devices, models, queue")
+        ui.refresh = gr.Button("Refresh")
+
+
+def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, demo: gr.Blocks) -> None:
+    """The session key, the model loading at start and the cascading prompt lists."""
+    def init(k):
+        if not valid_key(k):
+            k = secrets.token_urlsafe(24)
+        return k, _history_rows(studio, k), public(studio.model(None).status())
+
+    def lists(spec, prompt):
+        """The three dropdowns showing `prompt`, each offering what the cascade allows."""
+        _, composers, _, instrumentations = studio.choices(spec or None, prompt.period, prompt.composer)
+        return (gr.update(choices=studio.prompts(spec or None).periods(), value=prompt.period),
+                gr.update(choices=composers, value=prompt.composer),
+                gr.update(choices=instrumentations, value=prompt.instrumentation))
+
+    def tick(done, spec):
+        """While a model loads: its status each second, then the lists; the timer then stops
+        (ticks go through the queue like every request)."""
+        idle = gr.Timer(active=False)
+        if done:
+            return (gr.skip(),) * 4 + (done, idle)
+        try:
+            slot = studio.model(spec or None)
+            if not slot.ready:
+                return public(slot.status()), gr.skip(), gr.skip(), gr.skip(), False, gr.skip()
+            first = studio.prompts(spec or None).prompts[0]
+        except CadenzaError as e:
+            return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True, idle
+        return (public(slot.status()), *lists(spec, first), True, idle)
+
+    demo.load(init, [ui.key], [ui.key, ui.history, ui.status], api_visibility="private", concurrency_limit=None)
+    ui.timer = gr.Timer(1.0)
+    ui.timer.tick(tick, [ui.filled, ui.model], [ui.status, ui.period, ui.composer, ui.instrumentation, ui.filled, ui.timer],
+               api_visibility="private", concurrency_limit=None)
+
+    def on_period(spec, p):
+        try:
+            _, comps, c, ins = studio.choices(spec or None, p)
+        except CadenzaError:
+            return gr.skip(), gr.skip()
+        return gr.update(choices=comps, value=c), gr.update(choices=ins, value=ins[0])
+
+    def on_composer(spec, p, c):
+        try:
+            _, _, _, ins = studio.choices(spec or None, p, c)
+        except CadenzaError:
+            return gr.skip()
+        return gr.update(choices=ins, value=ins[0])
+
+    ui.period.input(on_period, [ui.model, ui.period], [ui.composer, ui.instrumentation], api_visibility="private",
+                 concurrency_limit=None)
+    ui.composer.input(on_composer, [ui.model, ui.period, ui.composer], [ui.instrumentation], api_visibility="private",
+                   concurrency_limit=None)
+
+    def on_surprise(spec):
+        try:
+            return lists(spec, studio.surprise(spec or None))
+        except CadenzaError as e:
+            _fail(e)
+
+    ui.surprise.click(on_surprise, [ui.model], [ui.period, ui.composer, ui.instrumentation], api_visibility="private",
+                   concurrency_limit=None)
+
+
+
+def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
+    """Model: use another model from the models folder, or download one (when allowed)."""
+    def on_use_model(spec):
+        try:
+            studio.model(spec or None)
+        except CadenzaError as e:
+            _fail(e)
+        return f"loading {public(spec) if spec else 'the server model'} ...", False, gr.Timer(active=True)
+
+    ui.use_model.click(on_use_model, [ui.model], [ui.status, ui.filled, ui.timer], api_visibility="private",
+                       concurrency_limit=None)
+
+    def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
+        try:
+            name = studio.fetch(r, f)
+        except CadenzaError as e:
+            _fail(e)
+        return name, f"downloaded {public(name)}: press 'Use this model'"
+
+    ui.fetch.click(on_fetch, [ui.repo, ui.repo_file], [ui.model, ui.status], api_visibility="private",
+                   concurrency_id="download",
+                concurrency_limit=1)
+
+
+def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """Generate, Continue and Stop."""
+    def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
+        if not valid_key(k):
+            yield _keep_page(NO_SESSION, len(ui.shown))
+            return
+        settings = _compose_settings(temp, tk, tp, sd, mp, var, br)
+        try:
+            for item in studio.compose(k, p, c, i, settings, model=spec or None, continue_abc=cont_abc):
+                if isinstance(item, Progress):
+                    line = (f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, "
+                            f"{item.elapsed:.1f}s")
+                    score_html = _page_html(item.preview_svg) if item.preview_svg else gr.skip()
+                    yield (item.abc, line, score_html) + (gr.skip(),) * 6
+                elif item:
+                    yield _show(studio, k, item[0])
+        except CadenzaError as e:
+            yield _keep_page(str(e), len(ui.shown))
+
+    inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
+              ui.max_patches,
+              ui.variations, ui.bar_retries]
+    ui.generate.click(run, inputs, ui.shown, api_visibility="private", concurrency_id="model",
+                   concurrency_limit=config.concurrency)
+
+    def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
+        if not text or not text.strip():
+            yield _keep_page("there is no score to continue: write or upload some ABC first", len(ui.shown))
+            return
+        yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
+
+    ui.cont.click(run_continue, inputs + [ui.abc], ui.shown, api_visibility="private", concurrency_id="model",
+               concurrency_limit=config.concurrency)
+
+    def on_stop(k):
+        if valid_key(k) and studio.stop(k, "compose"):
+            return "stopping after this patch ..."
+        return gr.skip()
+
+    ui.stop.click(on_stop, [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
+
+
+def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """Render, upload and turning the score's pages."""
+    def on_render(k, text):
+        try:
+            return _show(studio, _check_key(k), studio.render(k, text))
+        except (CadenzaError, gr.Error) as e:
+            return _keep_page(getattr(e, "message", None) or str(e), len(ui.shown))
+
+    ui.render.click(on_render, [ui.key, ui.abc], ui.shown, api_visibility="private", concurrency_id="render",
+                    concurrency_limit=2)
+
+    def on_upload(k, path):
+        if not path:
+            return (gr.skip(),) * len(ui.shown)
+        try:
+            return _show(studio, _check_key(k), studio.upload(k, path))
+        except (CadenzaError, gr.Error) as e:
+            return _keep_page(getattr(e, "message", None) or str(e), len(ui.shown))
+
+    ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown, api_visibility="private", concurrency_id="render",
+                  concurrency_limit=2)
+
+    def turn(paths, n, step):
+        if not paths:
+            return gr.skip(), n
+        n = max(0, min(len(paths) - 1, n + step))
+        return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
+
+    ui.prev_page.click(lambda ps, n: turn(ps, n, -1), [ui.pages, ui.page_no], [ui.score, ui.page_no],
+                       api_visibility="private",
+                    concurrency_limit=None)
+    ui.next_page.click(lambda ps, n: turn(ps, n, 1), [ui.pages, ui.page_no], [ui.score, ui.page_no],
+                       api_visibility="private",
+                    concurrency_limit=None)
+
+
+def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """The Audio page and "Perform with MusicGen"."""
+    def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
+        if not valid_key(k):
+            yield _keep_page(NO_SESSION, len(ui.audio_shown))
+            return
+        try:
+            settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
+            for item in studio.audio(k, text, settings, model=spec or None, melody=melody or None):
+                if isinstance(item, AudioProgress):
+                    line = f"making audio (seed {item.seed}): step {item.steps} of {item.total}, {item.elapsed:.1f}s"
+                    yield (line,) + (gr.skip(),) * (len(ui.audio_shown) - 1)
+                else:
+                    yield _show_audio(studio, k, item[0])
+        except (CadenzaError, ValueError, TypeError) as e:
+            yield _keep_page(str(e), len(ui.audio_shown))
+
+    ui.a_go.click(run_audio, [ui.key, ui.a_prompt, ui.a_model, ui.a_duration, ui.a_guidance, ui.a_top_k, ui.a_top_p,
+                              ui.a_temperature, ui.a_seed, ui.a_variations, ui.a_melody], ui.audio_shown,
+                  api_visibility="private", concurrency_id="audio",
+               concurrency_limit=1)
+    ui.a_stop.click(lambda k: "stopping ..." if valid_key(k) and studio.stop(k, "audio") else gr.skip(), [ui.key],
+                 [ui.a_progress], api_visibility="private", concurrency_limit=None)
+
+
+    def run_perform(k, text, style_text, spec, dur, sd):
+        if not valid_key(k):
+            yield _keep_page(NO_SESSION, len(ui.perform_shown))
+            return
+        try:
+            settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
+            for item in studio.audio(k, style_text, settings, model=spec or None, score_abc=text or ""):
+                if isinstance(item, AudioProgress):
+                    yield (f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
+                           f"{item.elapsed:.1f}s", gr.skip(), gr.skip(), gr.skip())
+                else:
+                    o = item[0]
+                    wavs = o.paths("wav")
+                    yield (_audio_summary(o), _servable(wavs[0]) if wavs else None,
+                           [_servable(p) for p in o.downloads()], _history_rows(studio, k))
+        except (CadenzaError, ValueError, TypeError) as e:
+            yield _keep_page(str(e), len(ui.perform_shown))
+
+    ui.perform.click(run_perform, [ui.key, ui.abc, ui.style, ui.perform_model, ui.perform_seconds, ui.seed], ui.perform_shown,
+                  api_visibility="private", concurrency_id="audio", concurrency_limit=1)
+
+
+def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """History: a score opens on the Score page, audio on the Audio page; Delete."""
+    def on_history(k, evt: gr.SelectData):
+        k = _check_key(k)
+        rows = _history_rows(studio, k)
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        nothing = (gr.skip(),) * (len(ui.shown) + len(ui.audio_shown) + 1)
+        if not isinstance(row, int) or not 0 <= row < len(rows):
+            return nothing
+        try:
+            o = studio.outcome(k, rows[row][-1])
+        except CadenzaError as e:
+            return _keep_page(str(e), len(nothing))
+        if o.record.kind in AUDIO_KINDS:
+            return (gr.skip(),) * len(ui.shown) + _show_audio(studio, k, o) + (gr.Tabs(selected="audio"),)
+        return _show(studio, k, o) + (gr.skip(),) * len(ui.audio_shown) + (gr.Tabs(selected="score"),)
+
+    ui.history.select(on_history, [ui.key], ui.shown + ui.audio_shown + [ui.tabs], api_visibility="private",
+                      concurrency_limit=None)
+
+    def on_history_tab(k):
+        if not valid_key(k):
+            return gr.skip(), gr.skip(), gr.skip()
+        records = studio.history(k)
+        choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in records]
+        return _history_rows(studio, k), gr.update(choices=choices, value=[]), studio.usage(k)
+
+    ui.history_tab.select(on_history_tab, [ui.key], [ui.history, ui.to_delete, ui.usage], api_visibility="private",
+                       concurrency_limit=None)
+
+    def on_delete(k, ids):
+        try:
+            n, freed = studio.delete(_check_key(k), ids or [])
+        except CadenzaError as e:
+            return _keep_page(str(e), 3)
+        gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
+        return on_history_tab(k)
+
+    ui.delete.click(on_delete, [ui.key, ui.to_delete], [ui.history, ui.to_delete, ui.usage], api_visibility="private",
+                 concurrency_limit=None)
+
+
+def _wire_system(ui: SimpleNamespace, demo: gr.Blocks, studio: Studio) -> None:
+    """The System page."""
+    def system_info():
+        # Gradio has no public call for the queue's length; read it if this version has it.
+        queue = getattr(demo, "_queue", None)
+        waiting = len(queue) if queue is not None and hasattr(queue, "__len__") else None
+        return {**studio.system(), "waiting_in_queue": waiting}
+
+    ui.refresh.click(system_info, None, [ui.system], api_visibility="private", concurrency_limit=None)
+    demo.load(system_info, None, [ui.system], api_visibility="private", concurrency_limit=None)
+
+
 def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
+    """The page: a builder per tab, then the wiring of each concern; `ui` holds the components."""
     studio = studio or Studio(config)
     cache_s = int(config.cache_hours * 3600)
     with gr.Blocks(title="Cadenza", delete_cache=(min(3600, cache_s), cache_s)) as demo:
-        key = gr.BrowserState("", storage_key="cadenza-session", secret=studio.store.secret())
-        pages = gr.State([])
-        piece_id = gr.State("")
-        filled = gr.State(False)
+        ui = SimpleNamespace(key=gr.BrowserState("", storage_key="cadenza-session", secret=studio.store.secret()),
+                             pages=gr.State([]), piece_id=gr.State(""), filled=gr.State(False))
         gr.Markdown("# Cadenza\nCompose with a NotaGen-style model: pick a style, generate, read, listen, download.")
-        status = gr.Markdown("loading the model ...")
-        with gr.Tabs() as tabs:
-            with gr.Tab("Score", id="score"):
-                with gr.Row():
-                    period = gr.Dropdown(label="Period", choices=[], interactive=True)
-                    composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
-                    instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
-                    surprise = gr.Button("Surprise me", scale=0)
-                with gr.Accordion("Model", open=False):
-                    offered = ", ".join(studio.policy.offered()[:8]) or "none"
-                    model = gr.Textbox(label="Model", value="", placeholder="empty: the server's model; or the name of "
-                                       f"a model in its models folder ({offered})")
-                    if not config.allow_downloads:
-                        gr.Markdown("Downloading from the Hugging Face Hub is off on this server (the person running "
-                                    "it can start it with `--allow-downloads`).")
-                    with gr.Row(visible=bool(config.allow_downloads)):
-                        repo = gr.Textbox(label="Hugging Face repo", placeholder="ElectricAlexis/NotaGen")
-                        repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
-                        fetch = gr.Button("Download", scale=0)
-                    use_model = gr.Button("Use this model")
-                with gr.Accordion("Advanced settings", open=False):
-                    with gr.Row():
-                        temperature = gr.Slider(0.1, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature")
-                        top_k = gr.Slider(0, 128, value=SAMPLING.top_k, step=1, label="Top-k (0 = off)")
-                        top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.01, label="Top-p")
-                    with gr.Row():
-                        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                        max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
-                                                label="Maximum length (patches of 16 characters)")
-                        variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
-                        bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
-                with gr.Row():
-                    generate = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
-                    render = gr.Button("Render my edits")
-                    cont = gr.Button("Continue this score")
-                progress = gr.Markdown("")
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        score = gr.HTML(_page_html(None), elem_id="score")
-                        with gr.Row():
-                            prev_page = gr.Button("< page", scale=0)
-                            next_page = gr.Button("page >", scale=0)
-                        audio = gr.Audio(label="Listen", type="filepath", interactive=False)
-                        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
-                    with gr.Column(scale=2):
-                        abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
-                        upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
-                                         type="filepath")
-                with gr.Accordion("Perform with MusicGen", open=False):
-                    gr.Markdown("The score above is played with the SoundFont and given to a MusicGen melody model "
-                                "as the melody; it plays the piece again in the style you describe.")
-                    with gr.Row():
-                        style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
-                        perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
-                                                    choices=_musicgen_choices(studio, config.melody_model, melody=True))
-                        perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
-                                                    step=1, label="At most (seconds)")
-                    perform = gr.Button("Perform with MusicGen")
-                    perform_progress = gr.Markdown("")
-                    perform_audio = gr.Audio(label="Performance", type="filepath", interactive=False)
-                    perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
-            with gr.Tab("Audio", id="audio"):
-                gr.Markdown("Text to music with Meta's MusicGen (weights CC-BY-NC 4.0: non-commercial use). "
-                            "Melody models can follow a melody you upload or record.")
-                with gr.Row():
-                    a_prompt = gr.Textbox(label="Describe the music", lines=2, scale=3,
-                                          placeholder="warm string quartet, slow, melancholic")
-                    a_model = gr.Dropdown(label="MusicGen model", value=config.audio_model, allow_custom_value=True,
-                                          choices=_musicgen_choices(studio, config.audio_model, melody=False))
-                a_duration = gr.Slider(1, config.max_audio_seconds, value=10, step=1,
-                                       label="Duration (seconds; past 30 s it is made in overlapping windows)")
-                with gr.Accordion("Advanced settings", open=False):
-                    with gr.Row():
-                        a_guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance scale")
-                        a_top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k")
-                        a_top_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Top-p (0 = off)")
-                        a_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
-                    with gr.Row():
-                        a_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                        a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
-                a_melody = gr.Audio(label="Melody to follow (melody models only): upload or record", type="filepath",
-                                    sources=["upload", "microphone"])
-                with gr.Row():
-                    a_go = gr.Button("Generate audio", variant="primary")
-                    a_stop = gr.Button("Stop", variant="stop")
-                a_progress = gr.Markdown("")
-                a_players = [gr.Audio(label=f"Variation {i + 1}", type="filepath", interactive=False, visible=i == 0)
-                             for i in range(AUDIO_PLAYERS)]
-                a_pictures = gr.Gallery(label="Waveform and spectrogram", columns=2, height=360, object_fit="contain")
-                a_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            with gr.Tab("History", id="history") as history_tab:
-                gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
-                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
-                usage = gr.Markdown("")
-                with gr.Row():
-                    to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
-                    delete = gr.Button("Delete", variant="stop", scale=0)
-            with gr.Tab("System", id="system"):
-                system = gr.JSON(label="Devices, models, queue")
-                refresh = gr.Button("Refresh")
-
-        page_no = gr.State(0)
-        shown = [abc, progress, score, pages, page_no, audio, downloads, history, piece_id]
-
-        # --- session and prompts ---------------------------------------------------------------
-        def init(k):
-            if not valid_key(k):
-                k = secrets.token_urlsafe(24)
-            return k, _history_rows(studio, k), public(studio.model(None).status())
-
-        def lists(spec, prompt):
-            """The three dropdowns showing `prompt`, each offering what the cascade allows."""
-            _, composers, _, instrumentations = studio.choices(spec or None, prompt.period, prompt.composer)
-            return (gr.update(choices=studio.prompts(spec or None).periods(), value=prompt.period),
-                    gr.update(choices=composers, value=prompt.composer),
-                    gr.update(choices=instrumentations, value=prompt.instrumentation))
-
-        def tick(done, spec):
-            """While a model loads: its status each second, then the lists; the timer then stops
-            (ticks go through the queue like every request)."""
-            idle = gr.Timer(active=False)
-            if done:
-                return (gr.skip(),) * 4 + (done, idle)
-            try:
-                slot = studio.model(spec or None)
-                if not slot.ready:
-                    return public(slot.status()), gr.skip(), gr.skip(), gr.skip(), False, gr.skip()
-                first = studio.prompts(spec or None).prompts[0]
-            except CadenzaError as e:
-                return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True, idle
-            return (public(slot.status()), *lists(spec, first), True, idle)
-
-        demo.load(init, [key], [key, history, status], api_visibility="private", concurrency_limit=None)
-        timer = gr.Timer(1.0)
-        timer.tick(tick, [filled, model], [status, period, composer, instrumentation, filled, timer],
-                   api_visibility="private", concurrency_limit=None)
-
-        def on_period(spec, p):
-            try:
-                _, comps, c, ins = studio.choices(spec or None, p)
-            except CadenzaError:
-                return gr.skip(), gr.skip()
-            return gr.update(choices=comps, value=c), gr.update(choices=ins, value=ins[0])
-
-        def on_composer(spec, p, c):
-            try:
-                _, _, _, ins = studio.choices(spec or None, p, c)
-            except CadenzaError:
-                return gr.skip()
-            return gr.update(choices=ins, value=ins[0])
-
-        period.input(on_period, [model, period], [composer, instrumentation], api_visibility="private",
-                     concurrency_limit=None)
-        composer.input(on_composer, [model, period, composer], [instrumentation], api_visibility="private",
-                       concurrency_limit=None)
-
-        def on_surprise(spec):
-            try:
-                return lists(spec, studio.surprise(spec or None))
-            except CadenzaError as e:
-                _fail(e)
-
-        surprise.click(on_surprise, [model], [period, composer, instrumentation], api_visibility="private",
-                       concurrency_limit=None)
-
-        def on_use_model(spec):
-            try:
-                studio.model(spec or None)
-            except CadenzaError as e:
-                _fail(e)
-            return f"loading {public(spec) if spec else 'the server model'} ...", False, gr.Timer(active=True)
-
-        use_model.click(on_use_model, [model], [status, filled, timer], api_visibility="private", concurrency_limit=None)
-
-        def on_fetch(r, f, progress_bar=gr.Progress(track_tqdm=True)):
-            try:
-                name = studio.fetch(r, f)
-            except CadenzaError as e:
-                _fail(e)
-            return name, f"downloaded {public(name)}: press 'Use this model'"
-
-        fetch.click(on_fetch, [repo, repo_file], [model, status], api_visibility="private", concurrency_id="download",
-                    concurrency_limit=1)
-
-        # --- composing -------------------------------------------------------------------------
-        def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
-            if not valid_key(k):
-                yield _keep_page(NO_SESSION, len(shown))
-                return
-            settings = _compose_settings(temp, tk, tp, sd, mp, var, br)
-            try:
-                for item in studio.compose(k, p, c, i, settings, model=spec or None, continue_abc=cont_abc):
-                    if isinstance(item, Progress):
-                        line = (f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, "
-                                f"{item.elapsed:.1f}s")
-                        score_html = _page_html(item.preview_svg) if item.preview_svg else gr.skip()
-                        yield (item.abc, line, score_html) + (gr.skip(),) * 6
-                    elif item:
-                        yield _show(studio, k, item[0])
-            except CadenzaError as e:
-                yield _keep_page(str(e), len(shown))
-
-        inputs = [key, model, period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
-                  variations, bar_retries]
-        generate.click(run, inputs, shown, api_visibility="private", concurrency_id="model",
-                       concurrency_limit=config.concurrency)
-
-        def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
-            if not text or not text.strip():
-                yield _keep_page("there is no score to continue: write or upload some ABC first", len(shown))
-                return
-            yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
-
-        cont.click(run_continue, inputs + [abc], shown, api_visibility="private", concurrency_id="model",
-                   concurrency_limit=config.concurrency)
-
-        def on_stop(k):
-            if valid_key(k) and studio.stop(k, "compose"):
-                return "stopping after this patch ..."
-            return gr.skip()
-
-        stop.click(on_stop, [key], [progress], api_visibility="private", concurrency_limit=None)
-
-        # --- rendering, uploads, pages, history ------------------------------------------------
-        def on_render(k, text):
-            try:
-                return _show(studio, _check_key(k), studio.render(k, text))
-            except (CadenzaError, gr.Error) as e:
-                return _keep_page(getattr(e, "message", None) or str(e), len(shown))
-
-        render.click(on_render, [key, abc], shown, api_visibility="private", concurrency_id="render", concurrency_limit=2)
-
-        def on_upload(k, path):
-            if not path:
-                return (gr.skip(),) * len(shown)
-            try:
-                return _show(studio, _check_key(k), studio.upload(k, path))
-            except (CadenzaError, gr.Error) as e:
-                return _keep_page(getattr(e, "message", None) or str(e), len(shown))
-
-        upload.upload(on_upload, [key, upload], shown, api_visibility="private", concurrency_id="render",
-                      concurrency_limit=2)
-
-        def turn(paths, n, step):
-            if not paths:
-                return gr.skip(), n
-            n = max(0, min(len(paths) - 1, n + step))
-            return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
-
-        prev_page.click(lambda ps, n: turn(ps, n, -1), [pages, page_no], [score, page_no], api_visibility="private",
-                        concurrency_limit=None)
-        next_page.click(lambda ps, n: turn(ps, n, 1), [pages, page_no], [score, page_no], api_visibility="private",
-                        concurrency_limit=None)
-
-        # --- audio: the Audio page and "Perform with MusicGen" ---------------------------------
-        audio_shown = [a_progress, *a_players, a_pictures, a_files, history]
-
-        def show_audio(k, o: Outcome):
-            return (_audio_summary(o), *_audio_players(o), [_servable(p) for p in o.paths("png")],
-                    [_servable(p) for p in o.downloads()], _history_rows(studio, k))
-
-        def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
-            if not valid_key(k):
-                yield _keep_page(NO_SESSION, len(audio_shown))
-                return
-            try:
-                settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
-                for item in studio.audio(k, text, settings, model=spec or None, melody=melody or None):
-                    if isinstance(item, AudioProgress):
-                        line = f"making audio (seed {item.seed}): step {item.steps} of {item.total}, {item.elapsed:.1f}s"
-                        yield (line,) + (gr.skip(),) * (len(audio_shown) - 1)
-                    else:
-                        yield show_audio(k, item[0])
-            except (CadenzaError, ValueError, TypeError) as e:
-                yield _keep_page(str(e), len(audio_shown))
-
-        a_go.click(run_audio, [key, a_prompt, a_model, a_duration, a_guidance, a_top_k, a_top_p, a_temperature, a_seed,
-                               a_variations, a_melody], audio_shown, api_visibility="private", concurrency_id="audio",
-                   concurrency_limit=1)
-        a_stop.click(lambda k: "stopping ..." if valid_key(k) and studio.stop(k, "audio") else gr.skip(), [key],
-                     [a_progress], api_visibility="private", concurrency_limit=None)
-
-        perform_shown = [perform_progress, perform_audio, perform_files, history]
-
-        def run_perform(k, text, style_text, spec, dur, sd):
-            if not valid_key(k):
-                yield _keep_page(NO_SESSION, len(perform_shown))
-                return
-            try:
-                settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
-                for item in studio.audio(k, style_text, settings, model=spec or None, score_abc=text or ""):
-                    if isinstance(item, AudioProgress):
-                        yield (f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
-                               f"{item.elapsed:.1f}s", gr.skip(), gr.skip(), gr.skip())
-                    else:
-                        o = item[0]
-                        wavs = o.paths("wav")
-                        yield (_audio_summary(o), _servable(wavs[0]) if wavs else None,
-                               [_servable(p) for p in o.downloads()], _history_rows(studio, k))
-            except (CadenzaError, ValueError, TypeError) as e:
-                yield _keep_page(str(e), len(perform_shown))
-
-        perform.click(run_perform, [key, abc, style, perform_model, perform_seconds, seed], perform_shown,
-                      api_visibility="private", concurrency_id="audio", concurrency_limit=1)
-
-        # --- history: a score opens on the Score page, audio on the Audio page -------------------
-        def on_history(k, evt: gr.SelectData):
-            k = _check_key(k)
-            rows = _history_rows(studio, k)
-            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            nothing = (gr.skip(),) * (len(shown) + len(audio_shown) + 1)
-            if not isinstance(row, int) or not 0 <= row < len(rows):
-                return nothing
-            try:
-                o = studio.outcome(k, rows[row][-1])
-            except CadenzaError as e:
-                return _keep_page(str(e), len(nothing))
-            if o.record.kind in AUDIO_KINDS:
-                return (gr.skip(),) * len(shown) + show_audio(k, o) + (gr.Tabs(selected="audio"),)
-            return _show(studio, k, o) + (gr.skip(),) * len(audio_shown) + (gr.Tabs(selected="score"),)
-
-        history.select(on_history, [key], shown + audio_shown + [tabs], api_visibility="private", concurrency_limit=None)
-
-        def on_history_tab(k):
-            if not valid_key(k):
-                return gr.skip(), gr.skip(), gr.skip()
-            records = studio.history(k)
-            choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in records]
-            return _history_rows(studio, k), gr.update(choices=choices, value=[]), studio.usage(k)
-
-        history_tab.select(on_history_tab, [key], [history, to_delete, usage], api_visibility="private",
-                           concurrency_limit=None)
-
-        def on_delete(k, ids):
-            try:
-                n, freed = studio.delete(_check_key(k), ids or [])
-            except CadenzaError as e:
-                return _keep_page(str(e), 3)
-            gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
-            return on_history_tab(k)
-
-        delete.click(on_delete, [key, to_delete], [history, to_delete, usage], api_visibility="private",
-                     concurrency_limit=None)
-        def system_info():
-            # Gradio has no public call for the queue's length; read it if this version has it.
-            queue = getattr(demo, "_queue", None)
-            waiting = len(queue) if queue is not None and hasattr(queue, "__len__") else None
-            return {**studio.system(), "waiting_in_queue": waiting}
-
-        refresh.click(system_info, None, [system], api_visibility="private", concurrency_limit=None)
-        demo.load(system_info, None, [system], api_visibility="private", concurrency_limit=None)
-
+        ui.status = gr.Markdown("loading the model ...")
+        with gr.Tabs() as ui.tabs:
+            _score_tab(ui, config, studio)
+            _audio_tab(ui, config, studio)
+            _history_tab(ui)
+            _system_tab(ui)
+        ui.page_no = gr.State(0)
+        ui.shown = [ui.abc, ui.progress, ui.score, ui.pages, ui.page_no, ui.audio, ui.downloads, ui.history,
+                    ui.piece_id]  # what _show() returns, in its order
+        ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history]
+        ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history]
+        _wire_session(ui, config, studio, demo)
+        _wire_model(ui, studio)
+        _wire_compose(ui, config, studio)
+        _wire_scores(ui, config, studio)
+        _wire_audio(ui, config, studio)
+        _wire_history(ui, config, studio)
+        _wire_system(ui, demo, studio)
         _api_endpoints(studio, config)
     # api_open=False: /gradio_api/run/<name> is refused, so every request waits in the queue and
     # keeps its limits (gradio_client and the page use the queue).
@@ -576,7 +629,27 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         atemp_in = gr.Number(label="audio_temperature", value=1.0)
         buttons = [gr.Button(visible=False) for _ in range(9)]
         b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform, b_delete = buttons
+    h = _api_handlers(studio)
+    b_audio.click(h.audio, [session, text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in,
+                          melody_in], [info_out, files_out], api_name="audio", concurrency_id="audio", concurrency_limit=1)
+    b_perform.click(h.perform, [session, text_in, style_in, model_in, dur_in, seed_in], [info_out, files_out],
+                    api_name="perform", concurrency_id="audio", concurrency_limit=1)
+    b_prompts.click(h.prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
+    b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
+                    [info_out, files_out], api_name="compose", concurrency_id="model",
+                    concurrency_limit=config.concurrency)
+    b_render.click(h.render, [session, text_in], [info_out, files_out], api_name="render", concurrency_id="render",
+                   concurrency_limit=2)
+    b_upload.click(h.upload, [session, file_in], [info_out, files_out], api_name="upload", concurrency_id="render",
+                   concurrency_limit=2)
+    b_history.click(h.history, [session], [info_out], api_name="history")
+    b_piece.click(h.piece, [session, text_in], [info_out, files_out], api_name="piece")
+    b_delete.click(h.delete, [session, text_in], [info_out], api_name="delete", concurrency_limit=None)
 
+
+
+def _api_handlers(studio: Studio) -> SimpleNamespace:
+    """The functions behind the named endpoints (their names are the endpoints' handlers)."""
     def prompts(spec):
         try:
             table = studio.prompts(spec or None)
@@ -629,6 +702,12 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
             _fail(e)
         return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(k)}
 
+    return SimpleNamespace(prompts=prompts, compose=compose, render=render, upload=upload, history=history,
+                           piece=piece, delete=delete, **vars(_api_audio_handlers(studio)))
+
+
+def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
+    """/audio and /perform: MusicGen, streamed."""
     def audio_stream(k, prompt, spec, settings, melody=None, score_abc=None):
         try:
             for item in studio.audio(k, prompt, settings, model=spec or None, melody=melody or None, score_abc=score_abc):
@@ -656,21 +735,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
             _fail(e)
         yield from audio_stream(k, style_text, spec, settings, score_abc=abc_text or "")
 
-    b_audio.click(audio, [session, text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in,
-                          melody_in], [info_out, files_out], api_name="audio", concurrency_id="audio", concurrency_limit=1)
-    b_perform.click(perform, [session, text_in, style_in, model_in, dur_in, seed_in], [info_out, files_out],
-                    api_name="perform", concurrency_id="audio", concurrency_limit=1)
-    b_prompts.click(prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
-    b_compose.click(compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
-                    [info_out, files_out], api_name="compose", concurrency_id="model",
-                    concurrency_limit=config.concurrency)
-    b_render.click(render, [session, text_in], [info_out, files_out], api_name="render", concurrency_id="render",
-                   concurrency_limit=2)
-    b_upload.click(upload, [session, file_in], [info_out, files_out], api_name="upload", concurrency_id="render",
-                   concurrency_limit=2)
-    b_history.click(history, [session], [info_out], api_name="history")
-    b_piece.click(piece, [session, text_in], [info_out, files_out], api_name="piece")
-    b_delete.click(delete, [session, text_in], [info_out], api_name="delete", concurrency_limit=None)
+    return SimpleNamespace(audio=audio, perform=perform)
 
 
 def _result(outcomes: list[Outcome]) -> dict:

@@ -490,7 +490,6 @@ class Studio:
             return pages[0].read_text() if pages else None
 
     def _keep(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings) -> Outcome:
-        p = comp.piece
         piece_id, folder = self.new_piece(session, comp.stem())
         with self.saving(folder):
             result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
