@@ -17,6 +17,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Cadenza: compose sheet music with NotaGen-style models.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_compose(sub)
+
+    r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
+    r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml or FILE.mxl")
+    r.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
+    _format_args(r)
+
+    pr = sub.add_parser("prompts", help="list the period / composer / instrumentation combinations a model knows")
+    _model_args(pr)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a list")
+
+    d = sub.add_parser("doctor", help="report Python, torch, GPUs, the model files found and where a model would be placed")
+    d.add_argument("--model", default=None, help="the model to plan for (default: the bundled model)")
+    _placement_args(d)
+    d.add_argument("--batch", type=int, default=1, help="pieces generated together, for the KV-cache estimate")
+
+    _add_training(sub)
+
+    a = sub.add_parser("audio", help="text (and a melody) to audio with MusicGen (weights: Hugging Face cache or a folder)")
+    a.add_argument("prompt", help="what the music is like, e.g. 'warm string quartet, slow'")
+    a.add_argument("--melody", default=None, help="an audio file to follow (WAV, FLAC, OGG, MP3); needs a melody model")
+    _audio_options(a)
+    pf = sub.add_parser("perform", help="a score (ABC or MusicXML) played by a MusicGen melody model in a style")
+    pf.add_argument("score", help="the score: .abc, .musicxml, .xml or .mxl")
+    pf.add_argument("style", help="how it is played, e.g. 'string quartet, warm hall'")
+    _audio_options(pf, default_model="facebook/musicgen-melody", default_duration=30.0)
+    return p
+
+
+def _add_compose(sub) -> None:
     c = sub.add_parser("compose", help="write a piece for a period, composer and instrumentation")
     c.add_argument("--period", required=True, help="e.g. Baroque")
     c.add_argument("--composer", required=True, help="e.g. 'Bach, Johann Sebastian'")
@@ -43,20 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     _placement_args(c)
     _format_args(c)
 
-    r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
-    r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml or FILE.mxl")
-    r.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
-    _format_args(r)
 
-    pr = sub.add_parser("prompts", help="list the period / composer / instrumentation combinations a model knows")
-    _model_args(pr)
-    pr.add_argument("--json", action="store_true", help="print JSON instead of a list")
-
-    d = sub.add_parser("doctor", help="report Python, torch, GPUs, the model files found and where a model would be placed")
-    d.add_argument("--model", default=None, help="the model to plan for (default: the bundled model)")
-    _placement_args(d)
-    d.add_argument("--batch", type=int, default=1, help="pieces generated together, for the KV-cache estimate")
-
+def _add_training(sub) -> None:
+    """dataset, train, finetune."""
     d = sub.add_parser("dataset", help="build training data in NotaGen's format")
     d.add_argument("action", choices=["build", "folder"], help="build: music21's corpus; folder: your own scores")
     d.add_argument("folder", nargs="?", help="(folder) a folder of .musicxml/.mxl/.xml/.abc files")
@@ -99,16 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="the new model folder")
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--device", default="auto")
-
-    a = sub.add_parser("audio", help="text (and a melody) to audio with MusicGen (weights: Hugging Face cache or a folder)")
-    a.add_argument("prompt", help="what the music is like, e.g. 'warm string quartet, slow'")
-    a.add_argument("--melody", default=None, help="an audio file to follow (WAV, FLAC, OGG, MP3); needs a melody model")
-    _audio_options(a)
-    pf = sub.add_parser("perform", help="a score (ABC or MusicXML) played by a MusicGen melody model in a style")
-    pf.add_argument("score", help="the score: .abc, .musicxml, .xml or .mxl")
-    pf.add_argument("style", help="how it is played, e.g. 'string quartet, warm hall'")
-    _audio_options(pf, default_model="facebook/musicgen-melody", default_duration=30.0)
-    return p
 
 
 def _audio_options(a, default_model: str = "facebook/musicgen-small", default_duration: float = 10.0) -> None:

@@ -219,6 +219,26 @@ def test_failed_loads_hold_no_slot_and_slots_are_let_go_least_recently_used(tmp_
     assert len(held) == MAX_MODELS and "good1" not in held and "good0" in held, held
 
 
+def test_every_spelling_of_a_model_is_one_slot_and_busy_models_are_not_let_go(tmp_path):
+    from webui.studio import MAX_MODELS
+
+    models = tmp_path / "models"
+    for i in range(MAX_MODELS):
+        tiny_folder(models / f"m{i}", seed=i)
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "m0"), models_dirs=(str(models),)))
+    studio.model(None).get()
+    spellings = ["m1", "m1/", "./m1", "m1/../m1", str(models / "m1"), str(models / "m0" / ".." / "m1")]
+    slots = {id(studio.model(s)) for s in spellings}
+    assert len(slots) == 1 and len(studio.models) == 2
+    busy = [studio.model(name).checkout() for name in ("m1", "m2")]  # both run a request
+    extra = tiny_folder(models / "m3", seed=3)
+    with pytest.raises(CadenzaError, match="all are loading or in use"):
+        studio.model(str(extra))  # m0 is the server's own, m1 and m2 are busy: none is let go
+    assert {Path(k).name for k in studio.models} == {"m0", "m1", "m2"}
+    studio.model("m2").checkin(busy[1])
+    assert studio.model("m3").get() and "m2" not in {Path(k).name for k in studio.models}
+
+
 def test_musicgen_hub_ids_load_from_the_cache_only_unless_downloads_are_allowed(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     import huggingface_hub.constants as hf_constants
@@ -261,6 +281,34 @@ def test_wrong_logins_are_slowed_per_address_without_slowing_others(tmp_path):
         assert other[0] == 200, other  # another address is not slowed
         time.sleep(1.2)  # the wait after 5 failures is 1 s
         assert post(url, "/login", {"username": "composer", "password": "right-password"}, form=True)[0] == 200
+    finally:
+        demo.close()
+
+
+def test_forwarded_headers_and_parallel_bursts_do_not_get_past_the_login_limit(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from webui.app import start
+
+    config = StudioConfig(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
+                          auth=("composer", "right-password"), min_free_mb=0)
+    demo, studio, url = start(config, quiet=True)
+    wrong = {"username": "composer", "password": "guess"}
+    try:
+        u = urllib.parse.urlparse(url)
+
+        def forged(i: int) -> int:  # a new X-Forwarded-For each time, from this machine
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30, source_address=("127.0.0.3", 0))
+            conn.request("POST", "/login", body=urllib.parse.urlencode(wrong),
+                         headers={"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": f"10.0.{i}.{i}"})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        assert [forged(i) for i in range(7)] == [400] * 5 + [429] * 2
+        with ThreadPoolExecutor(16) as pool:  # a burst from one address: five tries at most get through
+            codes = list(pool.map(lambda _: post(url, "/login", wrong, source="127.0.0.4", form=True)[0], range(32)))
+        assert codes.count(400) <= 5 and codes.count(429) >= 27, codes
     finally:
         demo.close()
 
@@ -339,6 +387,26 @@ def test_a_full_disk_keeps_the_server_up_and_says_so_without_paths(served, monke
     assert c.predict(key, SCORE, api_name="/render")[0]["status"] == "done"  # the server went on
 
 
+def test_a_score_cannot_read_the_servers_files(served):
+    demo, studio, url, tmp = served
+    secret = Path(studio.store.root) / ".secret"
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-include"))
+    for line in (f"%%abc-include {secret}", f"I:abc-include {secret}", "I:abc-include /etc/passwd"):
+        info, files = c.predict(KEY, SCORE.replace("K:C\n", f"K:C\n{line}\n"), api_name="/render")
+        piece = info["pieces"][0]
+        said = json.dumps(piece) + "".join(Path(f).read_text(errors="replace") for f in files
+                                           if f.endswith((".abc", ".musicxml")))
+        assert secret.read_text().strip() not in said and "root:" not in said
+        assert any("abc-include" in w for w in piece["warnings"]) and not piece["errors"]
+
+
+def test_an_overlong_score_is_refused_before_any_work(served):
+    demo, studio, url, tmp = served
+    c = Client(url, verbose=False, download_files=str(tmp / "dl-long"))
+    with pytest.raises(Exception, match="this server renders at most 120,000"):
+        c.predict(KEY, "X:1\nK:C\n" + "C" * 200_000, api_name="/render")
+
+
 def test_messages_never_carry_server_paths():
     assert public("no checkpoint at /srv/models/secret/x.pth: expected") == "no checkpoint at x.pth: expected"
     assert public("M:3/4 L:1/8 and 1/2 stay") == "M:3/4 L:1/8 and 1/2 stay"
@@ -361,6 +429,10 @@ def test_a_missing_number_gets_a_message_and_one_log_line(served, capfd):
     c = Client(url, verbose=False, download_files=str(tmp / "dl-none"))
     with pytest.raises(Exception, match="temperature must be a number"):
         c.predict(KEY, "", *PROMPT, 1, None, 9, 0.9, 16, 1, api_name="/compose")
+    with pytest.raises(Exception, match=r"duration \(seconds\) must be a number"):
+        c.predict(KEY, "piano", "", None, 1, 3.0, 250, 0.0, 1.0, 1, None, api_name="/audio")
+    with pytest.raises(Exception, match="seed must be"):
+        c.predict(KEY, SCORE, "strings", "", 10.0, 10**30, api_name="/perform")
     time.sleep(0.3)
     assert "Traceback" not in capfd.readouterr().err
 

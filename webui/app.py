@@ -685,7 +685,7 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
 
     def upload(k, path):
         if not path:
-            raise gr.Error("no file: expected an .abc, .musicxml, .xml or .mxl score")
+            raise gr.Error(_refused("no file: expected an .abc, .musicxml, .xml or .mxl score"), print_exception=False)
         return one_piece(studio.upload, k, path)
 
     def history(k):
@@ -723,7 +723,7 @@ def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
         k = _check_key(k)
         try:
             settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
-        except (ValueError, TypeError) as e:
+        except CadenzaError as e:
             _fail(e)
         yield from audio_stream(k, prompt, spec, settings, melody=melody)
 
@@ -731,7 +731,7 @@ def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
         k = _check_key(k)
         try:
             settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
-        except (ValueError, TypeError) as e:
+        except CadenzaError as e:
             _fail(e)
         yield from audio_stream(k, style_text, spec, settings, score_abc=abc_text or "")
 
@@ -748,6 +748,9 @@ def start(config: StudioConfig, studio: Studio | None = None, quiet: bool = Fals
     studio = studio or Studio(config)
     studio.model(None)  # starts loading now; the page is up meanwhile
     demo = build_app(config, studio)
+    # uvicorn believes X-Forwarded-For from the addresses in FORWARDED_ALLOW_IPS (by default this
+    # machine): anyone with a local tunnel could then pose as any address to the login limit.
+    os.environ["FORWARDED_ALLOW_IPS"] = config.trusted_proxies
     middleware = []
     if config.auth:
         from starlette.middleware import Middleware

@@ -40,6 +40,8 @@ class StudioConfig:
     min_free_mb: int = 1024  # below this much free disk, new work is refused for everyone
     cache_hours: float = 6.0  # files served to browsers are deleted from Gradio's cache after this long
     login_free_tries: int = 5  # wrong passwords per client address before it must wait (1 s, 2 s, 4 s ...)
+    trusted_proxies: str = ""  # addresses whose X-Forwarded-For is believed (a reverse proxy); none by default
+    max_score_chars: int = 120_000  # an ABC score sent to Render / Continue (NotaGen's pieces stay under 102,400)
     shutdown_grace_s: float = 20.0  # on SIGTERM/Ctrl+C: how long running work has to stop and be kept
 
     def check(self) -> None:
@@ -112,6 +114,8 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
                     help="refuse new work while the outputs disk has less free space than this")
     ap.add_argument("--cache-hours", type=float, default=float(env("CADENZA_CACHE_HOURS", "6")),
                     help="how long files served to browsers stay in Gradio's cache")
+    ap.add_argument("--trusted-proxies", default=env("CADENZA_TRUSTED_PROXIES", ""), metavar="ADDRESSES",
+                    help="reverse proxies whose X-Forwarded-For names the client (comma-separated); none by default")
     a = ap.parse_args(argv)
     dirs = a.models_dir or [d for d in (env("CADENZA_MODELS_DIRS") or "").split(":") if d]
     downloads = tuple(r.strip() for r in (a.allow_downloads or "").split(",") if r.strip())
@@ -121,6 +125,6 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
                        max_memory=a.max_memory, audio_model=a.audio_model, melody_model=a.melody_model,
                        max_audio_seconds=a.max_audio_seconds, models_dirs=tuple(dirs), allow_downloads=downloads,
                        session_quota_mb=a.session_quota_mb, session_max_pieces=a.session_max_pieces,
-                       min_free_mb=a.min_free_mb, cache_hours=a.cache_hours)
+                       min_free_mb=a.min_free_mb, cache_hours=a.cache_hours, trusted_proxies=a.trusted_proxies)
     cfg.check()
     return cfg

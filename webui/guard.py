@@ -4,6 +4,7 @@ an error may say. One place for the server's limits, so every handler applies th
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import threading
@@ -47,7 +48,8 @@ class ModelPolicy:
     with "*", else of the repos listed). The models the server was started with are always allowed."""
     roots: tuple[Path, ...]
     allow_downloads: tuple[str, ...] = ()  # () off, ("*",) any repo, else repo ids
-    trusted: tuple[str, ...] = ()  # --model, --audio-model, --melody-model as the admin gave them
+    trusted: tuple[str, ...] = ()  # --model as the admin gave it
+    trusted_audio: tuple[str, ...] = ()  # --audio-model, --melody-model
 
     def may_download(self, repo_id: str) -> bool:
         return "*" in self.allow_downloads or repo_id in self.allow_downloads
@@ -71,7 +73,7 @@ class ModelPolicy:
             if not root.is_dir():
                 continue
             for p in sorted(root.iterdir())[:200]:  # bounded: a models folder is small
-                if (p / "config.json").is_file() or p.suffix in MODEL_FILE_SUFFIXES:
+                if _inside(p, root) and ((p / "config.json").is_file() or p.suffix in MODEL_FILE_SUFFIXES):
                     names.append(p.name)
         return names
 
@@ -82,7 +84,7 @@ class ModelPolicy:
             return None
         name = spec.strip()
         for root in self.roots:
-            candidate = Path(name) if Path(name).is_absolute() else root / name
+            candidate = Path(os.path.normpath(Path(name) if Path(name).is_absolute() else root / name))
             try:
                 if _inside(candidate, root) and fits(candidate):
                     return str(candidate)
@@ -104,7 +106,7 @@ class ModelPolicy:
         """(what to load, whether it may be downloaded) for a MusicGen model a client named. The
         admin's own (--audio-model, --melody-model) as given; a hub id not in the cache and not
         allowed to download then fails to load with a message saying how to get it."""
-        if spec in self.trusted:
+        if spec in self.trusted_audio:
             return spec, self.may_download(spec)
         found = self._local(spec, lambda p: (p / "config.json").is_file())
         if found is not None:
@@ -170,7 +172,8 @@ def public(message: str) -> str:
 class LoginBackoff:
     """ASGI middleware: after `free_tries` wrong passwords from one client address, that address
     must wait (1 s, 2 s, 4 s ... at most `cap_s`) before its next try, which is refused with 429
-    meanwhile. Other addresses are not slowed; a right password clears the address."""
+    meanwhile. Other addresses are not slowed; a right password clears the address. The address
+    is the connection's: forwarding headers count only from proxies named with --trusted-proxies."""
 
     def __init__(self, app, free_tries: int = 5, cap_s: float = 300.0, max_clients: int = 10_000):
         self.app, self.free_tries, self.cap_s, self.max_clients = app, free_tries, cap_s, max_clients
@@ -182,14 +185,27 @@ class LoginBackoff:
             _, until = self._failures.get(address, (0, 0.0))
         return max(0.0, until - (time.monotonic() if now is None else now))
 
+    def attempt(self, address: str) -> float:
+        """A login starts: 0 and it is counted as a failure until it succeeds (so a burst of
+        parallel tries is counted at once), or the seconds this address must still wait."""
+        with self._lock:
+            wait = self._failures.get(address, (0, 0.0))[1] - time.monotonic()
+            if wait > 0:
+                return wait
+            self._count(address)
+        return 0.0
+
     def failed(self, address: str) -> None:
         with self._lock:
-            n = self._failures.get(address, (0, 0.0))[0] + 1
-            delay = 0.0 if n < self.free_tries else min(self.cap_s, 2.0 ** (n - self.free_tries))
-            if len(self._failures) >= self.max_clients and address not in self._failures:
-                oldest = min(self._failures, key=lambda a: self._failures[a][1])
-                del self._failures[oldest]
-            self._failures[address] = (n, time.monotonic() + delay)
+            self._count(address)
+
+    def _count(self, address: str) -> None:  # with the lock held
+        n = self._failures.get(address, (0, 0.0))[0] + 1
+        delay = 0.0 if n < self.free_tries else min(self.cap_s, 2.0 ** (n - self.free_tries))
+        if len(self._failures) >= self.max_clients and address not in self._failures:
+            oldest = min(self._failures, key=lambda a: self._failures[a][1])
+            del self._failures[oldest]
+        self._failures[address] = (n, time.monotonic() + delay)
 
     def succeeded(self, address: str) -> None:
         with self._lock:
@@ -200,7 +216,7 @@ class LoginBackoff:
             await self.app(scope, receive, send)
             return
         address = (scope.get("client") or ("unknown", 0))[0]
-        wait = self.wait_for(address)
+        wait = self.attempt(address)
         if wait > 0:
             await _refuse(send, wait)
             return
@@ -212,10 +228,8 @@ class LoginBackoff:
             await send(message)
 
         await self.app(scope, receive, watch)
-        if status.get("code") == 400 or status.get("code") == 401:
-            self.failed(address)
-        elif status.get("code") == 200:
-            self.succeeded(address)
+        if status.get("code") == 200:
+            self.succeeded(address)  # counted as a failure when it started
 
 
 async def _refuse(send, wait: float) -> None:

@@ -105,6 +105,12 @@ class ModelSlot:
     def failed(self) -> bool:
         return self._ready.is_set() and self.lm is None
 
+    @property
+    def idle(self) -> bool:
+        """Loaded and running no request: it can be let go of without wasting work."""
+        with self._count:
+            return self._ready.is_set() and self.lm is not None and not any(self.busy)
+
     def get(self, wait: float = 600.0):
         if not self._ready.wait(wait):
             raise CadenzaError("the model is still loading: try again in a moment")
@@ -175,8 +181,9 @@ class Studio:
     def __init__(self, config: StudioConfig):
         self.config = config
         self.store = OutputStore(config.outputs)
-        trusted = tuple(m for m in (config.model, config.audio_model, config.melody_model) if m)
-        self.policy = ModelPolicy(config.model_roots(), tuple(config.allow_downloads), trusted)
+        self.policy = ModelPolicy(config.model_roots(), tuple(config.allow_downloads),
+                                  trusted=(config.model,) if config.model else (),
+                                  trusted_audio=tuple(m for m in (config.audio_model, config.melody_model) if m))
         self.disk = DiskPolicy(config.session_quota_mb * 2**20, config.session_max_pieces, config.min_free_mb * 2**20)
         self.models: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
         self.audio_models: OrderedDict[str, ModelSlot] = OrderedDict()
@@ -195,14 +202,15 @@ class Studio:
         """The model `spec` names (a model in the server's models folders, see guard.ModelPolicy),
         or the server's own when spec is empty."""
         path = self.policy.notagen(spec or None) or self.config.model
-        return self._slot(self.models, path or "", MAX_MODELS, lambda: ModelSlot(path, self.config.device,
-                                                                                  self._load_placed))
+        key = str(Path(path).resolve()) if path else ""  # one slot per model, however it is spelt
+        return self._slot(self.models, key, MAX_MODELS, lambda: ModelSlot(path, self.config.device, self._load_placed))
 
     def _slot(self, slots: OrderedDict, key: str, limit: int, make) -> ModelSlot:
         """The slot for `key`, made (and loading) if new. Failed loads never hold a place and are
         retried after RETRY_FAILED_S; a new model lets go of the least recently used other than
         the server's own (a request still running holds its own reference and finishes normally)."""
-        pinned = {self.config.model or "", self.config.audio_model, self.config.melody_model}
+        pinned = {str(Path(self.config.model).resolve()) if self.config.model else "", self.config.audio_model,
+                  self.config.melody_model}
         now = time.monotonic()
         with self._lock:
             slot = slots.get(key)
@@ -214,8 +222,11 @@ class Studio:
                 for k in failed[: max(0, len(failed) - MAX_FAILED + 1)]:
                     del slots[k]
                 held = [k for k, v in slots.items() if not v.failed]
-                while len(held) >= limit:
-                    victim = next((k for k in held if k not in pinned), held[0])
+                while len(held) >= limit:  # let go of the least recently used that is loaded and idle
+                    victim = next((k for k in held if k not in pinned and slots[k].idle), None)
+                    if victim is None:
+                        raise CadenzaError(f"this server holds {limit} models and all are loading or in use: use "
+                                           "one of them, or try again in a moment")
                     del slots[victim]
                     held.remove(victim)
                     log.info("let go of model %s to make room", Path(victim).name or "bundled")
@@ -391,6 +402,9 @@ class Studio:
         s = self.check_settings(settings)
         slot = self.model(model)
         slot.get()
+        if isinstance(continue_abc, str) and len(continue_abc) > self.config.max_score_chars:
+            raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
+                                f"{self.config.max_score_chars:,}")
         prefix = api.continuation_prefix(continue_abc) if continue_abc else ""
         with self.job(session, "compose") as job:
             lm = slot.checkout()
@@ -520,6 +534,9 @@ class Studio:
         from engine.symbolic.patches import split_tunebody
 
         session = self.store.session(key)
+        if isinstance(abc_text, str) and len(abc_text) > self.config.max_score_chars:
+            raise SettingsError(f"the score is {len(abc_text):,} characters: this server renders at most "
+                                f"{self.config.max_score_chars:,}")
         with self.job(session, "render"):
             piece_id, folder = self.new_piece(session, title)
             with self.saving(folder):

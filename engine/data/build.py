@@ -173,7 +173,7 @@ def _abc_to_xml(abc: str) -> bytes:
     from engine import quiet
 
     with quiet.captured():
-        docs = abc2xml.getXmlDocs(abc)
+        docs = abc2xml.getXmlDocs(quiet.drop_includes(abc)[0])
     if not docs:
         raise CadenzaError("the ABC tune could not be read")
     return ET.tostring(docs[0], encoding="utf-8")

@@ -34,6 +34,7 @@ def abc_to_musicxml(abc_text: str) -> tuple[str, list[str]]:
     """abctoolkit's abc2xml (NotaGen's converter; handles interleaved voices) -> MusicXML 4.0 text."""
     from abctoolkit import abc2xml
 
+    abc_text, dropped = quiet.drop_includes(abc_text)
     with quiet.captured() as log:
         docs = abc2xml.getXmlDocs(abc_text)
     messages = [m.strip() for m in log if m.strip() and not m.startswith("-- skipped header")]
@@ -42,7 +43,7 @@ def abc_to_musicxml(abc_text: str) -> tuple[str, list[str]]:
     root = docs[0]
     root.set("version", "4.0")
     xml = abc2xml.fixDoctype(root).replace("MusicXML 3.0 Partwise", "MusicXML 4.0 Partwise")
-    return xml, [locate(abc_text, [m]) for m in messages][:20]
+    return xml, dropped + [locate(abc_text, [m]) for m in messages][:20]
 
 
 def locate(abc_text: str, messages: list[str]) -> str:
