@@ -34,7 +34,10 @@ def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    pieces = generate(model, reqs, mode=mode)
+    from engine.symbolic.generate import FastBackend
+    from engine.symbolic.reference import ReferenceBackend
+
+    pieces = generate(model, reqs, ReferenceBackend if mode == "reference" else FastBackend)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

@@ -13,9 +13,10 @@ import torch
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
 from engine.symbolic.checkpoint import LoadedModel, load_model
-from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, stream
+from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.postprocess import AbcResult, to_abc
 from engine.symbolic.prompts import make_prompt
+from engine.symbolic.reference import ReferenceBackend
 from engine.symbolic.sampling import SamplingSettings
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
@@ -152,7 +153,7 @@ def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation:
                    top_k: int = _SAMPLING.top_k, top_p: float = _SAMPLING.top_p,
                    temperature: float = _SAMPLING.temperature, max_patches: int = 4096,
                    max_seconds: float = 1200.0, variations: int = 1, cancel: threading.Event | None = None,
-                   mode: str = "fast", bar_retries: int = 16, header_retries: int = 64,
+                   reference: bool = False, bar_retries: int = 16, header_retries: int = 64,
                    prefix: str = "") -> Iterator[PatchEvent | Composition]:
     """Writes `variations` pieces for one prompt in one batch, yielding a PatchEvent per patch and
     a Composition as each piece ends. Variation i uses seed + i; the seed used is always in the
@@ -172,7 +173,7 @@ def compose_stream(lm: LoadedModel, period: str, composer: str, instrumentation:
                              max_seconds=max_seconds, cancel=cancel, prefix=prefix, bar_retries=bar_retries,
                              voices=lm.voices.get(prompt.key()), header_retries=header_retries)
                 for i in range(variations)]
-    for ev in stream(lm.model, requests, mode=mode):
+    for ev in stream(lm.model, requests, ReferenceBackend if reference else FastBackend):
         if isinstance(ev, Piece):
             notes = list(lm.warnings) + warnings
             if ev.cut_short:

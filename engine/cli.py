@@ -231,7 +231,8 @@ def cmd_compose(args) -> int:
         results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                               max_patches=args.max_patches, max_seconds=args.max_seconds,
-                              variations=args.variations, cancel=cancel, on_event=on_event, mode=args.mode,
+                              variations=args.variations, cancel=cancel, on_event=on_event,
+                              reference=args.mode == "reference",
                               bar_retries=args.bar_retries, header_retries=args.header_retries)
     finally:
         signal.signal(signal.SIGINT, previous)

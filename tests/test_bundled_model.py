@@ -61,14 +61,15 @@ def test_the_voice_counts_are_those_of_the_training_pieces(lm):
 def test_retries_take_back_bars_alike_in_fast_and_reference_modes(lm):
     """Taking back a bar rewinds the patch-level KV cache: the fast path must still match
     NotaGen's recompute-everything algorithm patch for patch."""
-    from engine.symbolic.generate import Piece, PieceRequest, stream
+    from engine.symbolic.generate import FastBackend, Piece, PieceRequest, stream
+    from engine.symbolic.reference import ReferenceBackend
 
     prompt = Prompt("Classical", "Beethoven, Ludwig van", "Chamber")
     results = {}
     for mode in ("fast", "reference"):
         req = PieceRequest(prompt, seed=1, max_patches=60, bar_retries=4, voices=lm.voices[prompt.key()], header_retries=2)
         text = "".join(prompt.lines())
-        for ev in stream(lm.model, [req], mode=mode):
+        for ev in stream(lm.model, [req], ReferenceBackend if mode == "reference" else FastBackend):
             if isinstance(ev, Piece):
                 results[mode] = ev
             else:

@@ -8,7 +8,9 @@ import torch
 from conftest import BACH, TINY_SIZES, tiny_model
 from engine.errors import SettingsError
 from engine.symbolic import generate as gen_mod
-from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, PieceState, generate, stream
+from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, PieceState, generate, stream
+from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
+from engine.symbolic.reference import ReferenceBackend
 from engine.symbolic.labels import fits_label
 from engine.symbolic.model import Conv1D, cpu_bf16_packing_available
 from engine.symbolic.prompts import Prompt
@@ -22,8 +24,9 @@ BODY = "".join(f"[r:{i}/{19 - i}][V:1]GABc d2 B2|[V:2]G,,2 D,2 G,2 B,,2|\n" for 
 
 
 def run(model, reqs, mode="fast"):
+    backend = ReferenceBackend if mode == "reference" else FastBackend
     events, pieces = [], {}
-    for ev in stream(model, reqs, mode=mode):
+    for ev in stream(model, reqs, backend):
         if isinstance(ev, Piece):
             pieces[ev.index] = ev
         else:
@@ -80,8 +83,8 @@ def test_sampling_matches_reference_for_the_same_seed():
     """Both modes draw the same uniforms per piece, so sampled pieces agree too."""
     model = tiny_model(seed=5)
     for seed in (1, 2):
-        fast = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], mode="fast")[0]
-        ref = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], mode="reference")[0]
+        fast = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], FastBackend)[0]
+        ref = generate(model, [PieceRequest(BACH, seed=seed, max_patches=25)], ReferenceBackend)[0]
         assert fast.text == ref.text
 
 
@@ -183,9 +186,19 @@ def test_bad_sampling_settings_are_rejected(kwargs):
         SamplingSettings(**kwargs)
 
 
-def test_unknown_mode_is_rejected():
-    with pytest.raises(SettingsError, match="mode"):
-        list(stream(tiny_model(), [PieceRequest(BACH)], mode="turbo"))
+def test_a_backend_is_an_object_passed_in():
+    """stream() takes the backend that makes stages 1-2 (no mode strings): one that writes eos at
+    once ends every piece after its first step."""
+    class Ending(ScriptedBackend):
+        def __init__(self, model, rows):
+            super().__init__()
+            self.rows = rows
+
+        def sample(self, hidden, states, prefixes):
+            return [[BOS_ID, EOS_ID] + [PAD_ID] * 14 for _ in prefixes]  # the eos patch
+
+    pieces = generate(tiny_model(), [PieceRequest(BACH), PieceRequest(BACH, seed=1)], Ending)
+    assert [p.stop_reason for p in pieces] == ["eos", "eos"] and all(p.patches == 0 for p in pieces)
 
 
 class ScriptedBackend:

@@ -7,10 +7,10 @@ import torch
 
 from conftest import reference_prefix
 from engine.symbolic.checkpoint import load_model
-from engine.symbolic.generate import PatchEvent, PieceRequest, stream
+from engine.symbolic.generate import FastBackend, PatchEvent, PieceRequest, stream
 from engine.symbolic.patches import prompt_patches
 from engine.symbolic.prompts import Prompt
-from engine.symbolic.reference import ReferenceModel
+from engine.symbolic.reference import ReferenceBackend, ReferenceModel
 from engine.symbolic.sampling import SamplingSettings
 
 PREFIX = reference_prefix()
@@ -67,5 +67,6 @@ def test_hidden_state_and_first_char_probs(ref, loaded, mode):
 def test_greedy_patches(ref, loaded, mode):
     n = len(ref["greedy_patches"])
     req = PieceRequest(_prompt(ref), sampling=SamplingSettings(top_k=1, top_p=1.0, temperature=1.0), max_patches=n)
-    events = [e for e in stream(loaded.model, [req], mode=mode) if isinstance(e, PatchEvent)]
+    backend = ReferenceBackend if mode == "reference" else FastBackend
+    events = [e for e in stream(loaded.model, [req], backend) if isinstance(e, PatchEvent)]
     assert [e.ids for e in events] == ref["greedy_patches"]

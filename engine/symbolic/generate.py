@@ -11,7 +11,8 @@ Stages, per step of a batch:
                 `bar_retries`, a finished tune-body line whose voices disagree in length is taken
                 back (context and text return to the line's start) and written again; with
                 `header_retries`, so is a header with another number of voices than `voices`.
-The `reference` mode swaps stages 1-2 for NotaGen's original algorithm (engine.symbolic.reference).
+Stages 1-2 are a backend: FastBackend (KV caches, batched), or ReferenceBackend, NotaGen's original
+algorithm (engine.symbolic.reference), passed to stream() to check the first against the second.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from enum import Enum
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -132,6 +134,33 @@ class Piece:
         return not self.complete
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A point a piece can return to: the start of a line or of its header."""
+    text: int  # characters of text
+    context: int  # patches of context
+    patches: int
+    bars: int
+    in_tunebody: bool
+    epoch: int  # the context it belongs to (a re-encoded context cannot return to it)
+
+
+class Verdict(Enum):
+    """What a retry rule decides about what was just written."""
+    KEEP = "keep"
+    REWIND_LINE = "rewind line"  # the patch just written is dropped; go on from the current line's start
+    REWIND = "rewind"  # the line (or the header) is taken back and written again
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    verdict: Verdict
+    chars: int = 0  # characters of text taken back (REWIND)
+
+
+KEEP = TakeBack(Verdict.KEEP)
+
+
 class PieceState:
     """Where one piece stands: its text, its context in patches, its bounds."""
 
@@ -151,7 +180,7 @@ class PieceState:
         if not body and self.text and not self.text.endswith("\n"):
             self.text += "\n"  # metadata lines are whole lines
         self.context, self.tail = self._encode(meta, body)
-        self.line_start: tuple | None = None  # where the current line began (see _mark_line)
+        self.line_start: Mark | None = None  # where the current line began (see _mark_line)
         self.retries = 0  # retries used on the current line
         self.header_tries = 0  # headers taken back so far
         # Where the header begins (just after the prompt lines), when the header is the model's,
@@ -192,18 +221,18 @@ class PieceState:
         if is_eos_patch(new) and self.req.stop_at_eos:
             if not self.in_tunebody and self.header_open:
                 # A piece cannot end in its header: write the header again while retries are left.
-                retract = self._take_back_header(finished=True, ended=True)
-                if retract:
+                back = self._take_back_header(finished=True, ended=True)
+                if back.verdict is not Verdict.KEEP:
                     return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
-                                      retract=max(retract, 0))
+                                      retract=back.chars)
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
         if self.in_tunebody and self.header_open:
-            retract = self._take_back_header(finished=True)
-            if retract:  # -1: the patch is dropped, the header goes on from its last line
+            back = self._take_back_header(finished=True)
+            if back.verdict is not Verdict.KEEP:  # REWIND_LINE: the patch is dropped, the header goes on
                 return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
-                                  retract=max(retract, 0))
+                                  retract=back.chars)
         self.text += text
         self.patches += 1
         self.bars += text.count("\n") if self.in_tunebody else 0
@@ -213,19 +242,19 @@ class PieceState:
             full[cut:] = [PAD_ID] * (len(full) - cut)
         self.context.append(full)
         self.tail = []
-        retract = 0
+        back = KEEP
         if text.endswith("\n"):
             if not self.in_tunebody and self.header_open:
-                retract = self._take_back_header(finished=False)
+                back = self._take_back_header(finished=False)  # never REWIND_LINE while unfinished
             else:
-                retract = self._take_back_misaligned_line()
-            if not retract:
+                back = self._take_back_misaligned_line()
+            if back.verdict is Verdict.KEEP:
                 self._mark_line()
         if len(self.context) >= self.patch_length:
             self._reencode()
-        if retract:
+        if back.verdict is not Verdict.KEEP:
             return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, full,
-                              retract=retract - len(text))
+                              retract=back.chars - len(text))
         return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
 
     def _mark_line(self) -> None:
@@ -235,27 +264,25 @@ class PieceState:
         if not self.tail and (not self.text or self.text.endswith("\n")):
             self.line_start = self._mark()
 
-    def _mark(self) -> tuple:
-        return len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch
+    def _mark(self) -> Mark:
+        return Mark(len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch)
 
-    def _return_to(self, mark: tuple) -> None:
-        n_text, n_context, self.patches, self.bars, self.in_tunebody, _ = mark
-        self.text, self.context, self.tail = self.text[:n_text], self.context[:n_context], []
+    def _return_to(self, mark: Mark) -> None:
+        self.patches, self.bars, self.in_tunebody = mark.patches, mark.bars, mark.in_tunebody
+        self.text, self.context, self.tail = self.text[:mark.text], self.context[:mark.context], []
         if not self.in_tunebody and self.header_start is not None:
             self.header_open = True  # back before the tune body: the header is being written again
 
-    def _take_back_header(self, finished: bool, ended: bool = False) -> int:
+    def _take_back_header(self, finished: bool, ended: bool = False) -> TakeBack:
         """When the tune body begins (finished) the header must declare one of the request's numbers
         of voices, with part names that fit the prompt's instrumentation; while it is written, it
-        must not declare more; the piece must not end in it
-        (ended). Otherwise, while retries are left, returns to the header's start and gives the
-        number of characters taken back, or -1 when only the patch just written is dropped (see
-        below). 0: the header stays as it is."""
-        meta = self.text[self.header_start[0]:]
+        must not declare more; the piece must not end in it (ended). Otherwise, while retries are
+        left, the header is written again (REWIND, from its start; or REWIND_LINE, see below)."""
+        meta = self.text[self.header_start.text:]
         wanted, tries = self.req.allowed_voices(), self.req.header_retries
-        if wanted is None or self.header_tries >= tries or self.header_start[-1] != self.epoch:
+        if wanted is None or self.header_tries >= tries or self.header_start.epoch != self.epoch:
             self.header_open = False  # no (more) checks: the header stays
-            return 0
+            return KEEP
         lines = meta.splitlines()
         voices = count_voices(lines)
         # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
@@ -274,7 +301,7 @@ class PieceState:
                 (voices in wanted and declared in (None, voices)) or (not finished and voices < limit)):
             if finished:
                 self.header_open = False  # checked: the header stays
-            return 0
+            return KEEP
         if finished and header_like and declared in wanted and voices < declared and self._at_line_start():
             # %%score named every voice but a V: line is missing: write on from the header's last
             # line (the patch just written is dropped) rather than from its start.
@@ -282,31 +309,32 @@ class PieceState:
             self.header_tries += 1
             self.rewritten += 1
             self._mark_line()
-            return -1
+            return TakeBack(Verdict.REWIND_LINE)
         self._return_to(self.header_start)
         self.header_tries += 1
         self.rewritten += 1
         self._mark_line()
-        return len(meta)
+        # an eos straight after the prompt leaves no header to take back: the piece ends (ended)
+        return TakeBack(Verdict.REWIND, len(meta)) if meta else KEEP
 
     def _at_line_start(self) -> bool:
         """The text ends where the current line began (nothing of it is in the text yet)."""
         mark = self.line_start
-        return mark is not None and mark[-1] == self.epoch and mark[0] == len(self.text)
+        return mark is not None and mark.epoch == self.epoch and mark.text == len(self.text)
 
-    def _take_back_misaligned_line(self) -> int:
-        """A tune-body line just ended: if its voices disagree and retries are left, returns the
-        text and context to the line's start and gives the number of characters taken back."""
+    def _take_back_misaligned_line(self) -> TakeBack:
+        """A tune-body line just ended: if its voices disagree and retries are left, the text and
+        context return to the line's start (REWIND)."""
         if self.line_start is None or not self.in_tunebody or self.retries >= self.req.bar_retries:
-            return 0
-        line = self.text[self.line_start[0]:]
-        if self.line_start[-1] != self.epoch or line.count("\n") != 1 or (
+            return KEEP
+        line = self.text[self.line_start.text:]
+        if self.line_start.epoch != self.epoch or line.count("\n") != 1 or (
                 line_aligned(line) and all(bar_well_formed(t) for t in line_segments(line).values())):
-            return 0
+            return KEEP
         self._return_to(self.line_start)
         self.retries += 1
         self.rewritten += 1
-        return len(line)
+        return TakeBack(Verdict.REWIND, len(line))
 
     def _reencode(self) -> None:
         """Context full: keep the metadata and the later half of the tune-body lines in context."""
@@ -455,11 +483,19 @@ def _settings_tensors(states: list[PieceState], dev):
             torch.tensor([float(x.temperature) for x in s], device=dev))
 
 
-def stream(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast") -> Iterator[PatchEvent | Piece]:
+class Backend(Protocol):
+    """Stages 1-2 of a step: the patch-level decoder's hidden states, then the next patches."""
+
+    def encode(self, states: list[PieceState]) -> torch.Tensor: ...
+
+    def sample(self, hidden: torch.Tensor, states: list[PieceState], prefixes: list[list[int]]) -> list[list[int]]: ...
+
+
+def stream(model: NotaGenModel, requests: list[PieceRequest],
+           backend: Callable[[NotaGenModel, int], Backend] = FastBackend) -> Iterator[PatchEvent | Piece]:
     """Yields a PatchEvent for every patch written and a Piece when a piece ends, in the order they
-    happen. The batch runs until every piece has ended; each piece's bounds stop it within one patch."""
-    if mode not in ("fast", "reference"):
-        raise SettingsError(f"mode must be 'fast' or 'reference', got {mode!r}")
+    happen. The batch runs until every piece has ended; each piece's bounds stop it within one patch.
+    backend(model, rows) makes stages 1-2 (FastBackend; ReferenceBackend for NotaGen's own)."""
     if not requests:
         return
     for r in requests:
@@ -469,11 +505,7 @@ def stream(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast"
     # Inference mode is entered per step, never across a yield: a consumer may resume this
     # generator from another thread (Gradio does), and the mode belongs to the thread.
     with torch.inference_mode():
-        if mode == "fast":
-            backend = FastBackend(model, len(states))
-        else:
-            from engine.symbolic.reference import ReferenceBackend
-            backend = ReferenceBackend(model)
+        stages = backend(model, len(states))
     active = states
     while True:  # bounded: every piece stops at its max_patches, max_seconds or max_chars
         for s in active:
@@ -486,11 +518,11 @@ def stream(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast"
         if not active:
             return
         with torch.inference_mode():
-            events = list(_step(backend, active))
+            events = list(_step(stages, active))
         yield from events
 
 
-def _step(backend, active: list[PieceState]) -> Iterator[PatchEvent]:
+def _step(backend: Backend, active: list[PieceState]) -> Iterator[PatchEvent]:
     hidden = backend.encode(active)
     patches = backend.sample(hidden, active, [s.tail for s in active])
     # NotaGen numbers the first tune-body line 0: when a piece's first tune-body patch appears,
@@ -509,11 +541,12 @@ def _step(backend, active: list[PieceState]) -> Iterator[PatchEvent]:
             yield event
 
 
-def generate(model: NotaGenModel, requests: list[PieceRequest], mode: str = "fast",
+def generate(model: NotaGenModel, requests: list[PieceRequest],
+             backend: Callable[[NotaGenModel, int], Backend] = FastBackend,
              on_event: Callable[[PatchEvent], None] | None = None) -> list[Piece]:
     """Runs `stream` to the end; returns the pieces in request order."""
     pieces: dict[int, Piece] = {}
-    for ev in stream(model, requests, mode):
+    for ev in stream(model, requests, backend):
         if isinstance(ev, Piece):
             pieces[ev.index] = ev
         elif on_event is not None:

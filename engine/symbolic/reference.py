@@ -72,7 +72,7 @@ class ReferenceModel(torch.nn.Module):
 class ReferenceBackend:
     """Stages 1-2 of engine.symbolic.generate, one piece at a time, nothing cached."""
 
-    def __init__(self, model: NotaGenModel):
+    def __init__(self, model: NotaGenModel, rows: int = 1):  # one piece at a time: rows is not used
         self.ref = ReferenceModel(model)
         self.device = model.device
 
