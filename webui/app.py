@@ -434,25 +434,23 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
 
 def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Render, upload and turning the score's pages."""
-    def on_render(k, text):
+    def kept(step, k, arg):
+        """A Studio call that keeps one piece, shown; a refusal leaves the page as it was."""
         try:
-            return _show(studio, _check_key(k), studio.render(k, text))
+            return _show(studio, _check_key(k), step(k, arg))
         except (CadenzaError, gr.Error) as e:
             return _keep_page(getattr(e, "message", None) or str(e), len(ui.shown))
+
+    def on_render(k, text):
+        return kept(studio.render, k, text)
+
+    def on_upload(k, path):
+        return kept(studio.upload, k, path) if path else (gr.skip(),) * len(ui.shown)
 
     ui.render.click(on_render, [ui.key, ui.abc], ui.shown, api_visibility="private", concurrency_id="render",
                     concurrency_limit=2)
-
-    def on_upload(k, path):
-        if not path:
-            return (gr.skip(),) * len(ui.shown)
-        try:
-            return _show(studio, _check_key(k), studio.upload(k, path))
-        except (CadenzaError, gr.Error) as e:
-            return _keep_page(getattr(e, "message", None) or str(e), len(ui.shown))
-
     ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown, api_visibility="private", concurrency_id="render",
-                  concurrency_limit=2)
+                     concurrency_limit=2)
 
     def turn(paths, n, step):
         if not paths:
