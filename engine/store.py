@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,24 +95,15 @@ class Session:
         """(bytes, pieces) this session holds on disk."""
         if not self.folder.is_dir():
             return 0, 0
-        total, pieces = 0, 0
-        for piece in self.folder.iterdir():
-            pieces += (piece / RECORD_FILE).is_file()
-            for f in piece.rglob("*") if piece.is_dir() else ():
-                try:
-                    total += f.stat().st_size if f.is_file() else 0
-                except OSError:
-                    continue  # removed meanwhile
-        return total, pieces
+        pieces = [p for p in self.folder.iterdir() if p.is_dir()]
+        return sum(_size(p) for p in pieces), sum((p / RECORD_FILE).is_file() for p in pieces)
 
     def delete(self, piece_id: str) -> int:
         """Removes a piece and its files; returns the bytes freed."""
-        import shutil
-
         folder = self.piece_folder(piece_id)
         if not (folder / RECORD_FILE).is_file():
             raise CadenzaError(f"no piece {piece_id!r} in this session")
-        freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        freed = _size(folder)
         shutil.rmtree(folder, ignore_errors=True)
         return freed
 
@@ -127,6 +119,17 @@ class Session:
             except CadenzaError:
                 continue  # a record damaged on disk hides that piece, not the whole history
         return out
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under `folder` (a file removed meanwhile counts nothing)."""
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:
+            continue
+    return total
 
 
 class OutputStore:
@@ -154,8 +157,6 @@ class OutputStore:
 
     def sweep(self) -> int:
         """Removes what unfinished() finds; run at start-up, when no work is running."""
-        import shutil
-
         gone = self.unfinished()
         for p in gone:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -168,7 +168,7 @@ def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
                          variations=number(var, "variations", integer=True))
 
 
-def _compose_settings(temp, tk, tp, sd, mp, var, br=16) -> ComposeSettings:
+def _compose_settings(temp, tk, tp, sd, mp, var, br=ComposeSettings.bar_retries) -> ComposeSettings:
     """Page and API values as they come; Studio.check_settings checks and converts them."""
     return ComposeSettings(temperature=temp, top_k=tk, top_p=tp, seed=sd, max_patches=mp, variations=var, bar_retries=br)
 

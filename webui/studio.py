@@ -21,10 +21,11 @@ from typing import Iterator
 from engine import api
 from engine.errors import CadenzaError, SettingsError
 from engine.files import write_atomic
+from engine.render.pipeline import stop_workers
 from engine.store import OutputStore, PieceRecord, Session
 from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
-from webui.guard import DiskPolicy, ModelPolicy, disk_error, number
+from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache, number
 
 log = logging.getLogger("cadenza.studio")
 SAMPLING = SamplingSettings()  # the engine's defaults: the page, the API and the CLI read them from here
@@ -238,8 +239,6 @@ class Studio:
     def fetch(self, repo_id: str, filename: str) -> str:
         """A checkpoint from the Hugging Face Hub, when the person running the server allowed it;
         -> its name for the Model box (inside the cache: no server path)."""
-        from webui.guard import hf_cache
-
         repo = repo_id.strip() if isinstance(repo_id, str) else repo_id
         self.policy.check_download(repo)
         path = api.fetch_checkpoint(repo, filename)
@@ -364,8 +363,6 @@ class Studio:
     def shutdown(self, grace_s: float | None = None) -> dict:
         """Stop taking work, stop what runs (each piece keeps what was written), wait for the
         records at most `grace_s`, then end any conversion still running."""
-        from engine.render.pipeline import stop_workers
-
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self.closing.set()
         with self._lock:
@@ -504,26 +501,22 @@ class Studio:
             return pages[0].read_text() if pages else None
 
     def _keep(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings) -> Outcome:
+        p = comp.piece
         piece_id, folder = self.new_piece(session, comp.stem())
         with self.saving(folder):
             result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
-            return self._save_composed(session, lm, comp, kind, s, piece_id, folder, result)
-
-    def _save_composed(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings,
-                       piece_id: str, folder: Path, result) -> Outcome:
-        p = comp.piece
-        record = PieceRecord(
-            id=piece_id, created=_now(), kind=kind,
-            title=f"{p.prompt.composer} / {p.prompt.instrumentation}",
-            prompt={"period": p.prompt.period, "composer": p.prompt.composer,
-                    "instrumentation": p.prompt.instrumentation},
-            seed=p.seed, model=lm.name, bars=comp.abc.alignment.total, seconds=round(p.elapsed, 2),
-            stop_reason=p.stop_reason, alignment=str(comp.abc.alignment),
-            files={f: st.files for f, st in result.status.items() if st.ok},
-            errors=result.failed, warnings=comp.warnings + result.warnings,
-            settings={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                      "max_patches": s.max_patches, "bar_retries": s.bar_retries})
-        session.save(record)
+            record = PieceRecord(
+                id=piece_id, created=_now(), kind=kind,
+                title=f"{p.prompt.composer} / {p.prompt.instrumentation}",
+                prompt={"period": p.prompt.period, "composer": p.prompt.composer,
+                        "instrumentation": p.prompt.instrumentation},
+                seed=p.seed, model=lm.name, bars=comp.abc.alignment.total, seconds=round(p.elapsed, 2),
+                stop_reason=p.stop_reason, alignment=str(comp.abc.alignment),
+                files={f: st.files for f, st in result.status.items() if st.ok},
+                errors=result.failed, warnings=comp.warnings + result.warnings,
+                settings={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+                          "max_patches": s.max_patches, "bar_retries": s.bar_retries})
+            session.save(record)
         saved = [folder / f for f in record.files.get("abc", [])]
         return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
 
@@ -659,7 +652,6 @@ class Studio:
                 last[0] = now
                 events.put(("progress", AudioProgress(done, total, now - t0, s.seed)))
 
-        folder = None
         try:
             piece_id, folder = self.new_piece(session, f"{kind}-{prompt[:40]}-seed{s.seed}")
             with self.saving(folder), self._audio_lock:
@@ -670,9 +662,7 @@ class Studio:
                 record = self._audio_record(piece_id, kind, prompt, s, out, score_abc is not None)
                 session.save(record)
             events.put(("done", Outcome(record, folder, score_abc or "")))
-        except Exception as e:  # noqa: BLE001 - reported to the page; the server stays up
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        except Exception as e:  # noqa: BLE001 - reported to the page; the server stays up (saving() cleaned up)
             events.put(("error", e if isinstance(e, CadenzaError) else CadenzaError(f"MusicGen failed: {e}")))
         finally:
             self.end_job(job)
