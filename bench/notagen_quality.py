@@ -79,8 +79,9 @@ def main() -> None:
     rows, t0 = [], time.monotonic()
     for prompt in lm.prompts.prompts:
         label = (prompt.period, prompt.composer, prompt.instrumentation)
-        comps = api.compose(lm, *label, seed=args.seed, variations=args.k, max_patches=args.max_patches,
-                            bar_retries=args.bar_retries, header_retries=args.header_retries)
+        request = api.ComposeRequest(*label, seed=args.seed, variations=args.k, max_patches=args.max_patches,
+                                     bar_retries=args.bar_retries, header_retries=args.header_retries)
+        comps = api.compose(lm, request)
         stats = {"prompt": " / ".join(label), "n": len(comps), "converts": 0, "aligned": 0, "bars": 0,
                  "voices_ok": 0, "voices_usual": 0, "fits": 0, "eos": 0, "lengths": [], "longest_copy": 0,
                  "rewritten": sum(c.piece.lines_rewritten for c in comps),

@@ -2,15 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
 import json
 import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
+from engine import __version__, api, placement
+from engine.audio.musicgen import AudioSettings
+from engine.data import build as data
+from engine.data.build import read_split
 from engine.errors import CadenzaError
+from engine.render.pipeline import FORMATS, RenderOptions
+from engine.requests import AudioRequest, ComposeRequest
+from engine.symbolic.backend import FastBackend
+from engine.symbolic.config import NotaGenConfig
+from engine.symbolic.prompts import check_field
+from engine.symbolic.reference import ReferenceBackend
+from engine.symbolic.sampling import SamplingSettings
+from engine.symbolic.train import TrainConfig, new_model, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,20 +70,23 @@ def _add_compose(sub) -> None:
     c.add_argument("--instrumentation", required=True, help="e.g. Keyboard")
     _model_args(c)
     c.add_argument("--seed", type=int, default=None, help="repeat a piece with the same seed (default: random, printed)")
-    from engine.symbolic.sampling import SamplingSettings
-
-    d = SamplingSettings()  # the defaults live in the dataclass
+    d, r = SamplingSettings, ComposeRequest  # the defaults live in the request's fields
     c.add_argument("--top-k", type=int, default=d.top_k, help=f"keep the k most likely characters (default {d.top_k}; 0 = off)")
     c.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus mass kept after top-k (default {d.top_p})")
     c.add_argument("--temperature", type=float, default=d.temperature,
                    help=f"applied after top-k and top-p (default {d.temperature}; 0 = greedy)")
-    c.add_argument("--max-patches", type=int, default=4096, help="stop after this many patches (default 4096)")
-    c.add_argument("--max-seconds", type=float, default=1200.0, help="stop after this many seconds (default 1200)")
-    c.add_argument("--variations", type=int, default=1, help="pieces written together in one batch (seeds seed, seed+1, ...)")
-    c.add_argument("--bar-retries", type=int, default=16,
-                   help="times a bar whose voices disagree in length is written again (default 16; 0 = NotaGen's sampling)")
-    c.add_argument("--header-retries", type=int, default=64,
-                   help="times a header with an unusual number of voices for the prompt is written again (default 64)")
+    c.add_argument("--max-patches", type=int, default=r.max_patches,
+                   help=f"stop after this many patches of 16 characters (default {r.max_patches})")
+    c.add_argument("--max-seconds", type=float, default=r.max_seconds,
+                   help=f"stop after this many seconds (default {r.max_seconds:g})")
+    c.add_argument("--variations", type=int, default=r.variations,
+                   help="pieces written together in one batch (seeds seed, seed+1, ...)")
+    c.add_argument("--bar-retries", type=int, default=r.bar_retries,
+                   help=f"times a bar whose voices disagree in length is written again (default {r.bar_retries}; "
+                        "0 = NotaGen's sampling)")
+    c.add_argument("--header-retries", type=int, default=r.header_retries,
+                   help=f"times a header with an unusual number of voices for the prompt is written again "
+                        f"(default {r.header_retries})")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -124,12 +144,14 @@ def _audio_options(a, default_model: str = "facebook/musicgen-small", default_du
     a.add_argument("--model", default=default_model, help=f"hub id or local folder (default {default_model})")
     a.add_argument("--duration", type=float, default=default_duration,
                    help=f"seconds, up to 300; past 30 s the piece is made in overlapping windows (default {default_duration:g})")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--variations", type=int, default=1, help="pieces made together as one batch (1-8)")
-    a.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
-    a.add_argument("--top-k", type=int, default=250)
-    a.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
-    a.add_argument("--temperature", type=float, default=1.0)
+    d = AudioSettings  # the defaults live in the settings' fields
+    a.add_argument("--seed", type=int, default=d.seed, help="repeat a clip with the same seed (default: random, printed)")
+    a.add_argument("--variations", type=int, default=d.variations, help="pieces made together as one batch (1-8)")
+    a.add_argument("--guidance", type=float, default=d.guidance_scale,
+                   help=f"classifier-free guidance scale (default {d.guidance_scale:g})")
+    a.add_argument("--top-k", type=int, default=d.top_k)
+    a.add_argument("--top-p", type=float, default=d.top_p, help="0 = off (default)")
+    a.add_argument("--temperature", type=float, default=d.temperature)
     a.add_argument("--device", default="auto")
     a.add_argument("-o", "--out", required=True, help="the WAV file to write (variations get -2, -3, ...)")
 
@@ -141,8 +163,6 @@ def _format_args(p: argparse.ArgumentParser) -> None:
 
 
 def _formats(args) -> tuple[str, ...]:
-    from engine.render.pipeline import FORMATS
-
     if args.formats == "all":
         return FORMATS
     wanted = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
@@ -190,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_compose(args) -> int:
-    from tqdm import tqdm
-
-    from engine import api
-
-    print("loading model ...", file=sys.stderr)
+    request = ComposeRequest(args.period, args.composer, args.instrumentation,
+                             SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature),
+                             seed=args.seed, variations=args.variations, max_patches=args.max_patches,
+                             max_seconds=args.max_seconds, bar_retries=args.bar_retries,
+                             header_retries=args.header_retries).seeded()
+    print(f"loading model ... (seed {request.seed})", file=sys.stderr)
     if args.devices or args.max_memory or args.placement != "auto":
         # one request: a replicate plan's first copy writes it
         lm = api.load_placed(args.model, api.PlacementOptions(args.devices, args.placement, args.max_memory,
@@ -228,12 +249,8 @@ def cmd_compose(args) -> int:
                 bar.refresh()
 
     try:
-        results = api.compose(lm, args.period, args.composer, args.instrumentation, seed=args.seed,
-                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                              max_patches=args.max_patches, max_seconds=args.max_seconds,
-                              variations=args.variations, cancel=cancel, on_event=on_event,
-                              reference=args.mode == "reference",
-                              bar_retries=args.bar_retries, header_retries=args.header_retries)
+        results = api.compose(lm, request, on_event=on_event, cancel=cancel,
+                              backend=ReferenceBackend if args.mode == "reference" else FastBackend)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
@@ -253,8 +270,6 @@ def cmd_compose(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from engine import api
-
     result = api.render_file(args.file, Path(args.out), _formats(args), options=api.RenderOptions(soundfont=args.soundfont))
     print(f"{args.file}:", file=sys.stderr)
     _print_render(result)
@@ -262,8 +277,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_prompts(args) -> int:
-    from engine import api
-
     lm = api.load(args.model, device="cpu")
     table = lm.prompts
     if table is None:
@@ -281,11 +294,6 @@ def cmd_prompts(args) -> int:
 
 
 def cmd_dataset(args) -> int:
-    from tqdm import tqdm
-
-    from engine.data import build as data
-    from engine.symbolic.prompts import check_field
-
     transpose = tuple(int(x) for x in args.transpose.split(",") if x.strip())
     if args.action == "build":
         sources, skipped = data.corpus_sources(cap_scale=args.cap_scale)
@@ -306,10 +314,6 @@ def cmd_dataset(args) -> int:
 
 
 def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume, name, base_voices=None) -> dict:
-    from tqdm import tqdm
-
-    from engine.symbolic.train import train
-
     bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def on_step(r):
@@ -327,13 +331,6 @@ def _train_loop(model, train_pieces, val_pieces, out, cfg, base_prompts, resume,
 
 
 def cmd_train(args) -> int:
-    import torch
-
-    from engine import api
-    from engine.data.build import read_split
-    from engine.symbolic.config import NotaGenConfig
-    from engine.symbolic.train import TrainConfig, new_model
-
     device = api.pick_device(args.device)
     base, base_voices = None, None
     if args.init:
@@ -356,15 +353,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    import tempfile
-
-    import torch
-
-    from engine import api
-    from engine.data import build as data
-    from engine.symbolic.prompts import check_field
-    from engine.symbolic.train import TrainConfig
-
     period, composer = check_field("period", args.period), check_field("composer", args.composer)
     inst = check_field("instrumentation", args.instrumentation) if args.instrumentation else None
     lm = api.load(args.model, device=args.device, dtype=torch.float32)
@@ -398,37 +386,20 @@ def _cached_models() -> list[str]:
 
 def _print_placement(args, bundled) -> None:
     """The plan for the model on this machine's (or the named, budgeted) devices."""
-    import torch
-    from accelerate import init_empty_weights
-
-    from engine import placement
-    from engine.symbolic.checkpoint import read_config
-    from engine.symbolic.model import NotaGenModel
-
     path = args.model or bundled
     if path is None:
         return
-    devices = placement.parse_devices(args.devices)
-    budget = placement.budgets(devices, placement.parse_max_memory(args.max_memory))
-    dtype = torch.float32 if list(budget) == ["cpu"] else torch.bfloat16
-    with init_empty_weights():
-        model = NotaGenModel(read_config(path)).to(dtype)
     try:
-        plan = placement.plan_notagen(model, budget, args.placement, batch=args.batch)
+        plan = placement.plan_for(path, placement.PlacementOptions(args.devices, args.placement, args.max_memory,
+                                                                   args.batch))
     except CadenzaError as e:
         print(f"placement of {Path(path).name}: cannot be planned: {e}")
         return
-    print(f"placement of {Path(path).name} ({str(dtype).replace('torch.', '')}, batch {args.batch}):")
+    print(f"placement of {Path(path).name} (batch {args.batch}):")
     print("  " + plan.describe().replace("\n", "\n  "))
 
 
 def cmd_doctor(args) -> int:
-    import importlib.metadata as md
-
-    import torch
-
-    from engine import __version__, api
-
     print(f"Cadenza engine {__version__}")
     print(f"Python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})")
@@ -460,7 +431,6 @@ def cmd_doctor(args) -> int:
         except md.PackageNotFoundError:
             version = "MISSING (run ./run.sh to install)"
         print(f"  {name:16s} {version:12s} {why}")
-    from engine.render.pipeline import RenderOptions
 
     sf = RenderOptions().soundfont_path()
     print(f"SoundFont: {sf} ({'found' if sf.is_file() else 'MISSING'}; set CADENZA_SOUNDFONT or --soundfont for another)")
@@ -469,23 +439,16 @@ def cmd_doctor(args) -> int:
 
 def cmd_audio(args) -> int:
     """`audio` and `perform`: MusicGen with a progress bar; WAV, picture and manifest beside -o."""
-    from tqdm import tqdm
-
-    from engine import api
-    from engine.audio import musicgen
-
     out = Path(args.out)
     if out.suffix.lower() != ".wav":
         raise CadenzaError(f"--out must name a .wav file, got {out}")
-    settings = musicgen.AudioSettings(duration=args.duration, guidance_scale=args.guidance, top_k=args.top_k,
-                                      top_p=args.top_p, temperature=args.temperature, seed=args.seed,
-                                      variations=args.variations)
-    settings.check()
-    if args.command == "audio":
-        musicgen.check_prompt(args.prompt)
-    score = None
+    settings = AudioSettings(duration=args.duration, guidance_scale=args.guidance, top_k=args.top_k, top_p=args.top_p,
+                             temperature=args.temperature, seed=args.seed, variations=args.variations)
     if args.command == "perform":
-        score = _read_score(Path(args.score))
+        request = AudioRequest(args.style, settings, score=_read_score(Path(args.score)))
+    else:
+        request = AudioRequest(args.prompt, settings, melody=args.melody)
+    request = request.seeded()
     print(f"loading {args.model} ...", file=sys.stderr)
     am = api.load_audio_model(args.model, device=args.device)
     bar = tqdm(unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
@@ -496,27 +459,19 @@ def cmd_audio(args) -> int:
         bar.refresh()
 
     try:
-        if score is None:
-            made = api.make_audio(am, args.prompt, settings, out.parent, out.stem, melody=args.melody,
-                                  on_progress=progress)
-        else:
-            made = api.perform(am, score, args.style, settings, out.parent, out.stem, on_progress=progress)
+        made = api.make_audio(am, request, out.parent, out.stem, on_progress=progress)
     finally:
         bar.close()
     r = made.result
     for wav in made.wavs:
         print(f"{wav}: {r.audio_seconds:.1f} s at {r.sampling_rate} Hz", file=sys.stderr)
-    print(f"{r.loudness_lufs[0]:.1f} LUFS, seed {settings.seed}, {r.windows} window(s), {r.seconds:.1f} s to compute "
+    print(f"{r.loudness_lufs[0]:.1f} LUFS, seed {r.settings.seed}, {r.windows} window(s), {r.seconds:.1f} s to compute "
           f"(real-time factor {r.seconds / max(r.audio_seconds, 1e-9):.2f}); manifest {made.manifest}", file=sys.stderr)
     return 0
 
 
 def _read_score(path: Path) -> str:
     """A score file -> ABC text (MusicXML is converted the way uploads are)."""
-    import tempfile
-
-    from engine import api
-
     with tempfile.TemporaryDirectory() as tmp:
         result = api.render_file(path, tmp, ("abc",), "score")
         if not result.paths("abc"):

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from engine.errors import SettingsError
+from engine.errors import CheckpointError, SettingsError
+from engine.symbolic.checkpoint import read_config
+from engine.symbolic.model import NotaGenModel
 
 PLACEMENTS = ("auto", "single", "split", "replicate")
 HEADROOM = 0.10  # of each device's budget kept free for activations, sampling and fragmentation
@@ -61,17 +63,24 @@ class Plan:
     stages: list[Stage]  # split: in running order; replicate: one full copy per device
     reason: str
     warnings: list[str] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32  # what the weights are loaded as (set by plan_for)
 
     @property
     def devices(self) -> list[str]:
         return [s.device for s in self.stages]
 
+    def check_devices(self) -> "Plan":
+        """Every device the plan names exists here (a plan for simulated GPUs stops before loading)."""
+        for stage in self.stages:
+            pick_device(stage.device)
+        return self
+
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "reason": self.reason, "warnings": self.warnings,
+        return {"kind": self.kind, "reason": self.reason, "warnings": self.warnings, "dtype": _dtype_name(self.dtype),
                 "stages": [{**asdict(s), "units": _ranges(s.units)} for s in self.stages]}
 
     def describe(self) -> str:
-        lines = [f"placement: {self.kind} ({self.reason})"]
+        lines = [f"placement: {self.kind} ({self.reason}), {_dtype_name(self.dtype)}"]
         for s in self.stages:
             lines.append(f"  {s.device:8s} weights {s.weight_bytes / 2**30:7.2f} GiB  cache {s.cache_bytes / 2**30:6.2f} GiB"
                          f"  {', '.join(_ranges(s.units))}")
@@ -93,6 +102,44 @@ def _ranges(units: list[str]) -> list[str]:
                 continue
         out.append(name)
     return out
+
+
+# --- devices, dtypes and options -----------------------------------------------------------------------
+@dataclass
+class PlacementOptions:
+    """Where a model goes: GPUs ("0,1,2"; default every visible one, or the CPU), the plan
+    (auto | single | split | replicate), budgets ("0=20GiB,1=20GiB"), and the batch the KV cache
+    is sized for."""
+    devices: str | None = None
+    placement: str = "auto"
+    max_memory: str | None = None
+    batch: int = 1
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """None or 'auto': the first CUDA GPU when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise CheckpointError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} asked for, but this machine has no CUDA GPU (use 'cpu')")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CheckpointError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                              "visible GPU(s) (CUDA_VISIBLE_DEVICES decides which)")
+    return dev
+
+
+def default_dtype(device: str | torch.device, half: torch.dtype = torch.bfloat16) -> torch.dtype:
+    """Half precision on a GPU (bf16 as NotaGen runs; MusicGen's weights are fp16), fp32 on the
+    CPU (where half-precision matmuls are slow)."""
+    return half if torch.device(device).type == "cuda" else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 # --- configuration -------------------------------------------------------------------------------------
@@ -345,3 +392,38 @@ def _accelerate_key(device: str):
 
 def _device_name(dev) -> str:
     return f"cuda:{dev}" if isinstance(dev, int) else str(dev)
+
+
+# --- one entry point ---------------------------------------------------------------------------------
+def plan_for(source, options: PlacementOptions | None = None, musicgen: bool = False, local_only: bool = False) -> Plan:
+    """The plan for a model on this machine (or on the devices and budgets the options name), made
+    on the meta device from the checkpoint's config before any weight is loaded, with the dtype it
+    is loaded as (fp32 on the CPU; bf16 for NotaGen and fp16 for MusicGen on GPUs). --max-memory
+    can simulate GPUs (the doctor shows such plans); loaders call plan.check_devices(). source: a NotaGen
+    checkpoint or folder, or (musicgen) a MusicGen folder or hub id. The loaders, the CLI and the
+    System page all read this plan."""
+    o = options or PlacementOptions()
+    budget = budgets(parse_devices(o.devices), parse_max_memory(o.max_memory))
+    on_gpu = any(d != "cpu" for d in budget)
+    dtype = (torch.float16 if musicgen else torch.bfloat16) if on_gpu else torch.float32
+    meta = _meta_musicgen(source, dtype, local_only) if musicgen else _meta_notagen(source, dtype)
+    plan = (plan_musicgen if musicgen else plan_notagen)(meta, budget, o.placement, batch=o.batch)
+    plan.dtype = dtype
+    return plan
+
+
+def _meta_notagen(path, dtype: torch.dtype):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return NotaGenModel(read_config(path)).to(dtype)
+
+
+def _meta_musicgen(spec: str, dtype: torch.dtype, local_only: bool):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(str(spec), local_files_only=local_only)  # OSError: not here (the caller says so)
+    cls = MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody" else MusicgenForConditionalGeneration
+    with init_empty_weights():
+        return cls(config).to(dtype)

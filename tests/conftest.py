@@ -10,11 +10,18 @@ sys.path.insert(0, str(ROOT))
 
 from engine.symbolic.config import NotaGenConfig  # noqa: E402
 from engine.symbolic.model import NotaGenModel  # noqa: E402
+from engine.requests import ComposeRequest  # noqa: E402
 from engine.symbolic.prompts import Prompt  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 NOTAGEN_SHARED = SHARED / "notagen"
 BACH = Prompt("Baroque", "Bach, Johann Sebastian", "Choral")
+
+
+def bach(**fields) -> ComposeRequest:
+    """A compose request for BACH's prompt."""
+    return ComposeRequest(BACH.period, BACH.composer, BACH.instrumentation, **fields)
+
 
 # Tiny random-weight sizes: (patch_length, patch layers, char layers, hidden)
 TINY_SIZES = [(64, 2, 1, 128), (32, 3, 2, 192), (48, 1, 1, 64)]

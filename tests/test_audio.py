@@ -9,6 +9,7 @@ import torch
 
 from engine.audio import musicgen
 from engine.audio.musicgen import AudioSettings
+from engine.requests import AudioRequest
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 
 
@@ -119,14 +120,16 @@ def test_wav_is_16_bit_at_the_models_rate(am, tmp_path):
 
 
 @pytest.mark.parametrize("prompt,settings,message", [
-    ("", AudioSettings(), "prompt is empty"),
-    ("jazz", AudioSettings(duration=10_000), "duration"),
-    ("jazz", AudioSettings(variations=100), "variations"),
-    ("jazz", AudioSettings(temperature=0), "temperature"),
+    ("", {}, "prompt is empty"),
+    ("jazz", {"duration": 10_000}, "duration"),
+    ("jazz", {"variations": 100}, "variations"),
+    ("jazz", {"temperature": 0}, "temperature"),
+    ("jazz", {"seed": -3}, "seed"),
+    ("jazz", {"top_k": 2.5}, "top-k"),
 ])
-def test_bad_input_is_refused_clearly(am, prompt, settings, message):
+def test_bad_input_is_refused_clearly_when_the_request_is_made(prompt, settings, message):
     with pytest.raises(SettingsError, match=message):
-        musicgen.generate(am, prompt, settings)
+        AudioRequest(prompt, AudioSettings(**settings))
 
 
 def test_offline_without_weights_says_how_to_put_them_in_place(monkeypatch, tmp_path):
@@ -325,7 +328,8 @@ def test_make_audio_writes_wavs_pictures_and_a_manifest(am, tmp_path):
 
     from engine import api
 
-    out = api.make_audio(am, "warm piano", AudioSettings(duration=0.6, variations=2, seed=3), tmp_path, "Warm piano!")
+    out = api.make_audio(am, AudioRequest("warm piano", AudioSettings(duration=0.6, variations=2, seed=3)), tmp_path,
+                         "Warm piano!")
     assert [p.name for p in out.wavs] == ["warm-piano-1.wav", "warm-piano-2.wav"] and len(out.pictures) == 2
     m = json.loads(out.manifest.read_text())
     assert m["settings"]["seed"] == 3 and m["audio_seconds"] == 0.6 and m["windows"] == 1
@@ -337,7 +341,8 @@ def test_a_score_is_performed_by_a_melody_model(melody_am, am, tmp_path):
 
     from engine import api
 
-    out = api.perform(melody_am, TUNE, "string quartet", AudioSettings(duration=30.0, seed=1), tmp_path, "tune")
+    out = api.make_audio(melody_am, AudioRequest("string quartet", AudioSettings(duration=30.0, seed=1), score=TUNE),
+                         tmp_path, "tune")
     played = tmp_path / "tune-soundfont.wav"
     assert played.is_file() and out.wavs == [tmp_path / "tune.wav"]
     seconds = sf.info(str(played)).duration
@@ -345,9 +350,9 @@ def test_a_score_is_performed_by_a_melody_model(melody_am, am, tmp_path):
     m = json.loads(out.manifest.read_text())
     assert m["melody"] == "tune-soundfont.wav" and m["prompt"] == "string quartet"
     with pytest.raises(SettingsError, match="needs a melody model"):
-        api.perform(am, TUNE, "string quartet", AudioSettings(), tmp_path)
+        api.make_audio(am, AudioRequest("string quartet", score=TUNE), tmp_path)
     with pytest.raises(CadenzaError):
-        api.perform(melody_am, "this is not a score", "string quartet", AudioSettings(), tmp_path)
+        api.make_audio(melody_am, AudioRequest("string quartet", score="this is not a score"), tmp_path)
 
 
 def test_the_command_line_performs_a_score(tmp_path, melody_am):

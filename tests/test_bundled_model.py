@@ -35,7 +35,8 @@ def test_loads_small_with_a_table_backed_by_training_pieces(lm):
                                     Prompt("Folk", "Traditional, Irish", "Melody"),
                                     Prompt("Renaissance", "Palestrina, Giovanni Pierluigi da", "Choral")])
 def test_seeded_pieces_convert_to_musicxml(lm, prompt):
-    (comp,) = api.compose(lm, prompt.period, prompt.composer, prompt.instrumentation, seed=0, max_patches=700)
+    (comp,) = api.compose(lm, api.ComposeRequest(prompt.period, prompt.composer, prompt.instrumentation, seed=0,
+                                                 max_patches=700))
     abc = comp.abc
     assert abc.alignment.total >= 4, comp.piece.text[-300:]
     xml, _ = abc_to_musicxml(abc.abc)

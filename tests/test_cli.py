@@ -84,9 +84,9 @@ def test_prompts_lists_the_table(checkpoint):
      "Nearest valid combinations: Baroque / Bach, Johann Sebastian"),
     (["--period", "Baroque", "--composer", "B\u00e4ch", "--instrumentation", "Choral"], "7-bit ASCII"),
     (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--top-p", "2"],
-     "top_p must be in (0, 1]"),
+     "top_p must be a number more than 0 and at most 1, got 2"),
     (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--max-patches", "0"],
-     "max_patches must be"),
+     "maximum length (patches) must be a whole number from 1"),
 ])
 def test_bad_input_gets_a_clear_error_not_a_traceback(checkpoint, args, message):
     r = cli("compose", *args, "--model", checkpoint)

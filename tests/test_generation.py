@@ -5,9 +5,11 @@ import threading
 import pytest
 import torch
 
-from conftest import BACH, TINY_SIZES, tiny_model
+from conftest import BACH, TINY_SIZES, bach, tiny_model
 from engine.errors import SettingsError
 from engine.symbolic import generate as gen_mod
+from engine.symbolic import piece as piece_mod
+from engine.symbolic import retries as retry_rules
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, PieceState, generate, stream
 from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
 from engine.symbolic.reference import ReferenceBackend
@@ -153,7 +155,7 @@ def test_cancel_one_piece_of_a_batch_keeps_the_others():
 
 def test_max_seconds_stops_within_one_patch(monkeypatch):
     clock = iter(range(0, 10_000))  # every reading of the clock is one second later
-    monkeypatch.setattr(gen_mod.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(piece_mod.time, "monotonic", lambda: float(next(clock)))
     piece = generate(tiny_model(), [PieceRequest(BACH, max_patches=500, max_seconds=10)])[0]
     assert piece.stop_reason == "max_seconds"
     assert 1 <= piece.patches <= 10
@@ -174,9 +176,9 @@ def test_eos_patch_ends_a_piece():
 
 @pytest.mark.parametrize("kwargs", [dict(seed=-1), dict(seed="7"), dict(max_patches=0), dict(max_patches=10**9),
                                     dict(max_seconds=0), dict(max_seconds=float("nan")), dict(prefix="caf\u00e9")])
-def test_bad_bounds_are_rejected(kwargs):
+def test_bad_bounds_are_rejected_when_the_request_is_made(kwargs):
     with pytest.raises(SettingsError):
-        generate(tiny_model(), [PieceRequest(BACH, **kwargs)])
+        bach(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [dict(top_k=-1), dict(top_k=500), dict(top_p=0), dict(top_p=1.5),
@@ -354,12 +356,11 @@ def test_a_header_whose_parts_do_not_fit_the_instrumentation_is_written_again():
     assert not fits_label(choir.splitlines(), "Vocal-Orchestral") and fits_label(choir.splitlines(), "Choral")
 
 
-@pytest.mark.parametrize("field,value", [("bar_retries", -1), ("bar_retries", 33), ("header_retries", 1.5),
-                                         ("header_retries", 65), ("voices", 0), ("voices", True), ("voices", ()),
-                                         ("voices", (4, 65)), ("voices", (4, "5"))])
-def test_retry_settings_are_checked(field, value):
+@pytest.mark.parametrize("field,value", [("voices", 0), ("voices", True), ("voices", ()), ("voices", (4, 65)),
+                                         ("voices", (4, "5")), ("max_chars", 0), ("seed", -1)])
+def test_what_only_a_piece_request_holds_is_checked(field, value):  # retries: see test_requests
     with pytest.raises(SettingsError, match=field):
-        PieceRequest(BACH, **{field: value}).check()
+        PieceRequest(BACH, **{field: value})
 
 
 def test_the_stream_can_be_resumed_from_other_threads():
@@ -395,7 +396,7 @@ def test_a_bar_that_leaves_an_annotation_or_chord_open_is_written_again():
 
 
 def test_header_lines_must_be_readable():
-    from engine.symbolic.generate import header_line_ok
+    from engine.symbolic.retries import header_line_ok
 
     assert header_line_ok('V:1 treble nm="Violin I" snm="Vl."') and header_line_ok("%%score [ ( 1 2 ) | 3 ]")
     assert not header_line_ok('V:2 treble nm="1nspose') and not header_line_ok("%%score [ ( 1 2 ) 3 | 4 ) ]")
@@ -468,8 +469,8 @@ def test_a_score_line_naming_the_wrong_number_of_voices_is_taken_back_at_once():
     events += _feed(state, good)
     assert state.text == start + good and state.rewritten == 1
     assert _replay(start, events) == state.text
-    assert gen_mod.score_voices("%%score { ( 1 2 ) | 3 } Pno") == 4
-    assert gen_mod.score_voices("%%score [ 1 2 2 | 3 | 4 ]") == 4  # a voice named twice is one voice
+    assert retry_rules.score_voices("%%score { ( 1 2 ) | 3 } Pno") == 4
+    assert retry_rules.score_voices("%%score [ 1 2 2 | 3 | 4 ]") == 4  # a voice named twice is one voice
 
 
 def test_a_header_missing_a_voice_its_score_line_names_goes_on_from_its_last_line():

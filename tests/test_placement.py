@@ -228,7 +228,7 @@ def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_pat
     from engine import api
     from test_webui import BACH, tiny_folder
     from webui.config import StudioConfig
-    from webui.studio import ComposeSettings, Studio
+    from webui.studio import Studio
 
     studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
     real = api.compose_stream
@@ -242,12 +242,12 @@ def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_pat
 
     monkeypatch.setattr(api, "compose_stream", flaky)
     key = "m" * 20 + "-oom"
-    settings = ComposeSettings(seed=1, max_patches=8, variations=2)
+    request = api.ComposeRequest(BACH.period, BACH.composer, BACH.instrumentation, seed=1, max_patches=8, variations=2)
     with pytest.raises(Exception, match="ran out of memory writing 2 variation.*model stays loaded"):
-        list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, settings))
+        list(studio.compose(key, request))
     slot = studio.model(None)
     assert slot.lm is not None and slot.busy == [0]  # still loaded, the copy given back
-    *_, outcomes = studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, settings)
+    *_, outcomes = studio.compose(key, request)
     assert len(outcomes) == 2 and outcomes[0].record.seed == 1
 
 

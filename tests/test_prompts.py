@@ -2,7 +2,7 @@ import pytest
 
 from engine.errors import PromptError
 from engine.symbolic.config import PRESETS
-from engine.symbolic.prompts import Prompt, PromptTable, make_prompt
+from engine.symbolic.prompts import Prompt, PromptTable, known_prompt
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +20,19 @@ def test_notagen_x_table(x_table):
 
 
 def test_known_prompt_takes_the_tables_spelling(x_table):
-    prompt, warnings = make_prompt(" baroque", "bach, johann sebastian", "KEYBOARD", x_table)
+    prompt, warnings = known_prompt(Prompt(" baroque", "bach, johann sebastian", "KEYBOARD"), x_table)
     assert prompt == Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard") and warnings == []
     assert prompt.lines() == ["%Baroque\n", "%Bach, Johann Sebastian\n", "%Keyboard\n"]
 
 
 def test_unknown_combination_lists_the_nearest(x_table):
     with pytest.raises(PromptError) as e:
-        make_prompt("Baroque", "Bach, Johann Sebastian", "Art Song", x_table)
+        known_prompt(Prompt("Baroque", "Bach, Johann Sebastian", "Art Song"), x_table)
     msg = str(e.value)
     assert "does not know Baroque / Bach, Johann Sebastian / Art Song" in msg
     assert "Baroque / Bach, Johann Sebastian / " in msg.split("Nearest valid combinations:")[1]
     with pytest.raises(PromptError, match="Chopin, Frederic"):
-        make_prompt("Romantic", "Chopin, Frederik", "Keybord", x_table)
+        known_prompt(Prompt("Romantic", "Chopin, Frederik", "Keybord"), x_table)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -42,14 +42,14 @@ def test_unknown_combination_lists_the_nearest(x_table):
     ("composer", "Bach\nX:1", "one line"),
     ("period", "x" * 500, "at most"),
 ])
-def test_bad_prompt_text(field, value, match):
+def test_bad_prompt_text_is_refused_when_the_prompt_is_made(field, value, match):
     fields = {"period": "Baroque", "composer": "Bach, Johann Sebastian", "instrumentation": "Keyboard", field: value}
     with pytest.raises(PromptError, match=match):
-        make_prompt(fields["period"], fields["composer"], fields["instrumentation"], None)
+        Prompt(fields["period"], fields["composer"], fields["instrumentation"])
 
 
 def test_model_without_table_accepts_any_prompt_with_a_warning():
-    prompt, warnings = make_prompt("Folk", "Traditional, Irish", "Melody", None)
+    prompt, warnings = known_prompt(Prompt("Folk", "Traditional, Irish", "Melody"), None)
     assert prompt.composer == "Traditional, Irish" and "not checked" in warnings[0]
 
 

@@ -1,5 +1,6 @@
 """The studio served for real on localhost, driven by gradio_client as a script or a second user
 would: streaming, stop and cancel, uploads, downloads, sessions kept apart, bad input."""
+import json
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACH, tiny_model
+from conftest import BACH, bach, tiny_model
 from engine import api
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.prompts import Prompt, PromptTable
@@ -260,15 +261,12 @@ def test_continue_carries_on_from_the_users_score(server):
     from music21 import corpus
 
     from engine.symbolic.abcformat import musicxml_to_abc
-    from webui.studio import ComposeSettings
-
     url, studio, tmp = server
     abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
     prefix = api.continuation_prefix(abc, more_bars=8)
     assert prefix.count("[r:") >= 8 and "[r:0/" in prefix
     key = "k" * 20 + "-continue"
-    items = list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation,
-                                ComposeSettings(max_patches=24, seed=3), continue_abc=abc))
+    items = list(studio.compose(key, bach(max_patches=24, seed=3), continue_abc=abc))
     (outcome,) = items[-1]
     assert outcome.record.kind == "continued"
     from engine.symbolic.postprocess import to_abc
@@ -279,5 +277,24 @@ def test_continue_carries_on_from_the_users_score(server):
 
     for bad in ("X:1\nK:C\n", "X:1\nK:C\n[V:1 ((( ]]] |"):  # no bars; unreadable
         with pytest.raises(CadenzaError, match="no bars|cannot be read|could not convert"):  # shown in the page
-            list(studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation, ComposeSettings(),
-                                continue_abc=bad))
+            list(studio.compose(key, bach(), continue_abc=bad))
+
+
+def test_the_seed_shown_while_writing_is_the_seed_of_the_kept_piece(server):
+    """No seed asked for (the page's -1): the studio draws one before the first patch; every
+    progress line and the record show it, and asking for it again writes the same piece."""
+    from webui.app import _compose_request
+    from webui.studio import Progress
+
+    url, studio, tmp = server
+    key = "s" * 20 + "-seed-shown"
+    request = _compose_request(BACH.period, BACH.composer, BACH.instrumentation, 1.2, 9, 0.9, -1, 24, 1)
+    assert request.seed is None
+    items = list(studio.compose(key, request))
+    (kept,) = items[-1]
+    shown = {i.seed for i in items[:-1] if isinstance(i, Progress)}
+    assert shown == {kept.record.seed}
+    (manifest,) = kept.folder.glob("*.manifest.json")
+    assert json.loads(manifest.read_text())["seed"] == kept.record.seed
+    (again,) = list(studio.compose(key, bach(max_patches=24, seed=kept.record.seed)))[-1]
+    assert again.abc == kept.abc

@@ -12,6 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import handle_file  # noqa: E402
 
 from engine.audio.musicgen import AudioSettings  # noqa: E402
+from engine.requests import AudioRequest  # noqa: E402
 from webui.config import StudioConfig  # noqa: E402
 
 KEY = "u" * 20 + "-audio"
@@ -79,7 +80,8 @@ def test_a_score_is_performed_through_the_server(server):
 
 @pytest.mark.parametrize("args,message", [
     (audio_args(prompt="   "), "prompt is empty"),
-    (audio_args(duration=1000), "duration must be from 0.5 to 60"),
+    (audio_args(duration=100), "duration must be from 0.5 to 60 seconds on this server"),
+    (audio_args(duration=1000), "duration .seconds. must be a number from 0.5 to 300"),  # past the engine's own limit
     (audio_args(variations=50), "variations"),
     (audio_args(key="short"), "session"),
     (audio_args(model="no/such-musicgen"), "no model 'no/such-musicgen' on this server"),
@@ -119,7 +121,7 @@ def test_stop_and_a_closed_page_keep_the_audio_made_so_far(server):
     url, studio, tmp = server
     key = "t" * 20 + "-stop-audio"
     s = AudioSettings(duration=55.0, seed=1)
-    run = studio.audio(key, "slow piano", s)
+    run = studio.audio(key, AudioRequest("slow piano", s))
     first = next(run)  # progress: the worker is running
     assert first.total > 2700
     while first.steps < 60:  # some frames made (the engine finishes long before its 2700 steps)
@@ -130,7 +132,7 @@ def test_stop_and_a_closed_page_keep_the_audio_made_so_far(server):
     record = last[0].record
     assert record.stop_reason == "cancelled" and 0 < record.settings["audio_seconds"] < 55
     # a closed page: the iterator is closed, the worker stops and still keeps its piece
-    run = studio.audio(key, "fast jazz", AudioSettings(duration=55.0, seed=2))
+    run = studio.audio(key, AudioRequest("fast jazz", AudioSettings(duration=55.0, seed=2)))
     next(run)
     run.close()
     deadline = time.monotonic() + 60
@@ -143,15 +145,13 @@ def test_stop_and_a_closed_page_keep_the_audio_made_so_far(server):
 def test_a_session_composing_and_making_audio_at_once_stops_each_on_its_own(server):
     """Jobs are keyed by job: the audio Stop leaves the score being written alone, and the other
     way round (they were keyed by session, so one overwrote the other's stop)."""
-    from conftest import BACH
-    from webui.studio import ComposeSettings
+    from conftest import bach
 
     url, studio, tmp = server
     key = "w" * 20 + "-both-at-once"
-    score = studio.compose(key, BACH.period, BACH.composer, BACH.instrumentation,
-                           ComposeSettings(seed=3, max_patches=4000))
+    score = studio.compose(key, bach(seed=3, max_patches=4000))
     next(score)
-    sound = studio.audio(key, "slow piano", AudioSettings(duration=55.0, seed=4))
+    sound = studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=55.0, seed=4)))
     next(sound)
     assert studio.stop(key, "audio")
     for item in sound:
@@ -164,3 +164,22 @@ def test_a_session_composing_and_making_audio_at_once_stops_each_on_its_own(serv
     for item in score:
         last_score = item
     assert last_score[0].record.stop_reason == "cancelled" and not studio.running()
+
+
+def test_the_seed_shown_while_making_audio_is_the_seed_of_the_kept_clip(server):
+    import soundfile as sf
+
+    from engine.api import AudioProgress
+    from webui.app import _audio_request
+
+    url, studio, tmp = server
+    key = "v" * 20 + "-audio-seed"
+    request = _audio_request("slow piano", 1.0, -1)  # the page's -1: a random seed
+    assert request.settings.seed is None
+    items = list(studio.audio(key, request))
+    (kept,) = items[-1]
+    shown = {i.seed for i in items[:-1] if isinstance(i, AudioProgress)}
+    assert shown == {kept.record.seed} and kept.record.settings["seed"] == kept.record.seed
+    (again,) = list(studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=1.0, seed=kept.record.seed))))[-1]
+    first, second = (sf.read(str(o.paths("wav")[0]))[0] for o in (kept, again))
+    assert (first == second).all()

@@ -18,15 +18,21 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from engine.audio.musicgen import KNOWN_MODELS
+from engine.api import AudioProgress
+from engine.audio.musicgen import KNOWN_MODELS, AudioSettings
+from engine.checks import page_seed
 from engine.errors import CadenzaError
+from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
+from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
-from webui.guard import LoginBackoff, number, public
-from webui.studio import SAMPLING, AudioProgress, ComposeSettings, Outcome, Progress, Studio
+from webui.guard import LoginBackoff, public
+from webui.studio import Outcome, Progress, Studio
 
 log = logging.getLogger("cadenza.web")
 
+# The page's and the API's defaults are the engine's: read from its request classes' fields
+# (ComposeRequest.max_patches ...), never written here.
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
 AUDIO_KINDS = ("audio", "performed")
 AUDIO_PLAYERS = 4  # variations shown with a player each (all are in the downloads)
@@ -157,20 +163,19 @@ def _show_audio(studio: Studio, key: str, o: Outcome):
             [_servable(p) for p in o.downloads()], _history_rows(studio, key))
 
 
-def _audio_settings(dur, guidance, tk, tp, temp, sd, var):
-    """The numbers of an audio request, checked as numbers (ranges: the studio and the engine)."""
-    from engine.audio.musicgen import AudioSettings
-
-    return AudioSettings(duration=number(dur, "duration (seconds)"), guidance_scale=number(guidance, "guidance scale"),
-                         top_k=number(tk, "top-k", integer=True), top_p=number(tp, "top-p"),
-                         temperature=number(temp, "temperature"),
-                         seed=-1 if sd is None else number(sd, "seed", -1, 2**63 - 1, integer=True),
-                         variations=number(var, "variations", integer=True))
+def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=AudioSettings.top_k, tp=AudioSettings.top_p,
+                   temp=AudioSettings.temperature, var=AudioSettings.variations, melody=None, score=None) -> AudioRequest:
+    """The page's and the API's values as they come -> an AudioRequest, which checks them (the
+    page's seed -1 means a random one: None from here on)."""
+    settings = AudioSettings(duration=dur, guidance_scale=guidance, top_k=tk, top_p=tp, temperature=temp,
+                             seed=page_seed(sd), variations=var)
+    return AudioRequest(text, settings, melody=melody or None, score=score)
 
 
-def _compose_settings(temp, tk, tp, sd, mp, var, br=ComposeSettings.bar_retries) -> ComposeSettings:
-    """Page and API values as they come; Studio.check_settings checks and converts them."""
-    return ComposeSettings(temperature=temp, top_k=tk, top_p=tp, seed=sd, max_patches=mp, variations=var, bar_retries=br)
+def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries) -> ComposeRequest:
+    """The page's and the API's values as they come -> a ComposeRequest, which checks them."""
+    return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp), seed=page_seed(sd),
+                          variations=var, max_patches=mp, bar_retries=br)
 
 
 def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
@@ -209,15 +214,15 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.use_model = gr.Button("Use this model")
         with gr.Accordion("Advanced settings", open=False):
             with gr.Row():
-                ui.temperature = gr.Slider(0.1, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature")
-                ui.top_k = gr.Slider(0, 128, value=SAMPLING.top_k, step=1, label="Top-k (0 = off)")
-                ui.top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.01, label="Top-p")
+                ui.temperature = gr.Slider(0.1, 2.0, value=SamplingSettings.temperature, step=0.05, label="Temperature")
+                ui.top_k = gr.Slider(0, 128, value=SamplingSettings.top_k, step=1, label="Top-k (0 = off)")
+                ui.top_p = gr.Slider(0.05, 1.0, value=SamplingSettings.top_p, step=0.01, label="Top-p")
             with gr.Row():
                 ui.seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                ui.max_patches = gr.Slider(16, config.max_patches, value=min(1024, config.max_patches), step=16,
+                ui.max_patches = gr.Slider(16, config.max_patches, value=min(ComposeRequest.max_patches, config.max_patches), step=16,
                                         label="Maximum length (patches of 16 characters)")
                 ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
-                ui.bar_retries = gr.Slider(0, 32, value=16, step=1, label="Bar retries (0 = NotaGen's sampling)")
+                ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1, label="Bar retries (0 = NotaGen's sampling)")
         with gr.Row():
             ui.generate = gr.Button("Generate", variant="primary")
             ui.stop = gr.Button("Stop", variant="stop")
@@ -261,14 +266,14 @@ def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                                   placeholder="warm string quartet, slow, melancholic")
             ui.a_model = gr.Dropdown(label="MusicGen model", value=config.audio_model, allow_custom_value=True,
                                   choices=_musicgen_choices(studio, config.audio_model, melody=False))
-        ui.a_duration = gr.Slider(1, config.max_audio_seconds, value=10, step=1,
+        ui.a_duration = gr.Slider(1, config.max_audio_seconds, value=AudioSettings.duration, step=1,
                                label="Duration (seconds; past 30 s it is made in overlapping windows)")
         with gr.Accordion("Advanced settings", open=False):
             with gr.Row():
-                ui.a_guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance scale")
-                ui.a_top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k")
-                ui.a_top_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Top-p (0 = off)")
-                ui.a_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                ui.a_guidance = gr.Slider(0, 10, value=AudioSettings.guidance_scale, step=0.1, label="Guidance scale")
+                ui.a_top_k = gr.Slider(0, 1000, value=AudioSettings.top_k, step=1, label="Top-k")
+                ui.a_top_p = gr.Slider(0, 1, value=AudioSettings.top_p, step=0.01, label="Top-p (0 = off)")
+                ui.a_temperature = gr.Slider(0.1, 2.0, value=AudioSettings.temperature, step=0.05, label="Temperature")
             with gr.Row():
                 ui.a_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                 ui.a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
@@ -396,9 +401,10 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
         if not valid_key(k):
             yield _keep_page(NO_SESSION, len(ui.shown))
             return
-        settings = _compose_settings(temp, tk, tp, sd, mp, var, br)
         try:
-            for item in studio.compose(k, p, c, i, settings, model=spec or None, continue_abc=cont_abc):
+            studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
+            request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br)
+            for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc):
                 if isinstance(item, Progress):
                     line = (f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, "
                             f"{item.elapsed:.1f}s")
@@ -473,8 +479,8 @@ def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> No
             yield _keep_page(NO_SESSION, len(ui.audio_shown))
             return
         try:
-            settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
-            for item in studio.audio(k, text, settings, model=spec or None, melody=melody or None):
+            request = _audio_request(text, dur, sd, guidance, tk, tp, temp, var, melody=melody)
+            for item in studio.audio(k, request, model=spec or None):
                 if isinstance(item, AudioProgress):
                     line = f"making audio (seed {item.seed}): step {item.steps} of {item.total}, {item.elapsed:.1f}s"
                     yield (line,) + (gr.skip(),) * (len(ui.audio_shown) - 1)
@@ -496,8 +502,7 @@ def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> No
             yield _keep_page(NO_SESSION, len(ui.perform_shown))
             return
         try:
-            settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
-            for item in studio.audio(k, style_text, settings, model=spec or None, score_abc=text or ""):
+            for item in studio.audio(k, _audio_request(style_text, dur, sd, score=text or ""), model=spec or None):
                 if isinstance(item, AudioProgress):
                     yield (f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
                            f"{item.elapsed:.1f}s", gr.skip(), gr.skip(), gr.skip())
@@ -610,21 +615,21 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         model_in = gr.Textbox(label="model")
         p_in, c_in, i_in = gr.Textbox(label="period"), gr.Textbox(label="composer"), gr.Textbox(label="instrumentation")
         seed_in = gr.Number(label="seed", value=-1, precision=0)
-        temp_in = gr.Number(label="temperature", value=SAMPLING.temperature)
-        tk_in = gr.Number(label="top_k", value=SAMPLING.top_k, precision=0)
-        tp_in = gr.Number(label="top_p", value=SAMPLING.top_p)
-        mp_in = gr.Number(label="max_patches", value=1024, precision=0)
+        temp_in = gr.Number(label="temperature", value=SamplingSettings.temperature)
+        tk_in = gr.Number(label="top_k", value=SamplingSettings.top_k, precision=0)
+        tp_in = gr.Number(label="top_p", value=SamplingSettings.top_p)
+        mp_in = gr.Number(label="max_patches", value=ComposeRequest.max_patches, precision=0)
         var_in = gr.Number(label="variations", value=1, precision=0)
         info_out = gr.JSON(label="result")
         files_out = gr.File(label="files", file_count="multiple")
         file_in = gr.File(label="score", type="filepath")
         melody_in = gr.File(label="melody", type="filepath")
         style_in = gr.Textbox(label="style")
-        dur_in = gr.Number(label="duration", value=10.0)
-        guid_in = gr.Number(label="guidance_scale", value=3.0)
-        atk_in = gr.Number(label="audio_top_k", value=250, precision=0)
-        atp_in = gr.Number(label="audio_top_p", value=0.0)
-        atemp_in = gr.Number(label="audio_temperature", value=1.0)
+        dur_in = gr.Number(label="duration", value=AudioSettings.duration)
+        guid_in = gr.Number(label="guidance_scale", value=AudioSettings.guidance_scale)
+        atk_in = gr.Number(label="audio_top_k", value=AudioSettings.top_k, precision=0)
+        atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
+        atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
         buttons = [gr.Button(visible=False) for _ in range(9)]
         b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform, b_delete = buttons
     h = _api_handlers(studio)
@@ -658,9 +663,8 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
 
     def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var):
         k = _check_key(k)
-        settings = _compose_settings(temp, tk, tp, sd, mp, var)
         try:
-            for item in studio.compose(k, p, c, i, settings, model=spec or None):
+            for item in studio.compose(k, _compose_request(p, c, i, temp, tk, tp, sd, mp, var), model=spec or None):
                 if isinstance(item, Progress):
                     yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
                            "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
@@ -706,9 +710,9 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
 
 def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
     """/audio and /perform: MusicGen, streamed."""
-    def audio_stream(k, prompt, spec, settings, melody=None, score_abc=None):
+    def audio_stream(k, spec, make_request):
         try:
-            for item in studio.audio(k, prompt, settings, model=spec or None, melody=melody or None, score_abc=score_abc):
+            for item in studio.audio(k, make_request(), model=spec or None):
                 if isinstance(item, AudioProgress):
                     yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
                            "elapsed": round(item.elapsed, 2)}, None
@@ -719,19 +723,11 @@ def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
 
     def audio(k, prompt, spec, dur, sd, guidance, tk, tp, temp, var, melody):
         k = _check_key(k)
-        try:
-            settings = _audio_settings(dur, guidance, tk, tp, temp, sd, var)
-        except CadenzaError as e:
-            _fail(e)
-        yield from audio_stream(k, prompt, spec, settings, melody=melody)
+        yield from audio_stream(k, spec, lambda: _audio_request(prompt, dur, sd, guidance, tk, tp, temp, var, melody=melody))
 
     def perform(k, abc_text, style_text, spec, dur, sd):
         k = _check_key(k)
-        try:
-            settings = _audio_settings(dur, 3.0, 250, 0.0, 1.0, sd, 1)
-        except CadenzaError as e:
-            _fail(e)
-        yield from audio_stream(k, style_text, spec, settings, score_abc=abc_text or "")
+        yield from audio_stream(k, spec, lambda: _audio_request(style_text, dur, sd, score=abc_text or ""))
 
     return SimpleNamespace(audio=audio, perform=perform)
 

@@ -240,18 +240,3 @@ async def _refuse(send, wait: float) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"retry-after", str(int(wait) + 1).encode()),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def number(value, label: str, lo: float | None = None, hi: float | None = None, integer: bool = False) -> float | int:
-    """A number from a client: a clear message for None, text, NaN or a value out of [lo, hi] (no
-    bounds: the engine checks the range, once)."""
-    bounds = f" from {lo:g} to {hi:g}" if lo is not None and hi is not None else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise SettingsError(f"{label} must be a number{bounds}, got {value!r}")
-    if bounds and not lo <= value <= hi:
-        raise SettingsError(f"{label} must be from {lo:g} to {hi:g}, got {value:g}")
-    if integer:
-        if value != int(value):
-            raise SettingsError(f"{label} must be a whole number, got {value:g}")
-        return int(value)
-    return float(value)

@@ -4,8 +4,8 @@ progress, rendering, uploads and history, each call for one session. The Gradio 
 Nothing here lives in module globals: a Studio holds it all."""
 from __future__ import annotations
 
+import gc
 import logging
-import queue
 import random
 import secrets
 import shutil
@@ -14,24 +14,28 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+
+import torch
 
 from engine import api
 from engine.errors import CadenzaError, SettingsError
 from engine.files import write_atomic
 from engine.render.pipeline import stop_workers
+from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session
-from engine.symbolic.sampling import SamplingSettings
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import check_alignment, to_abc
+from engine.symbolic.prompts import Prompt
 from webui.config import StudioConfig
-from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache, number
+from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache
 
 log = logging.getLogger("cadenza.studio")
-SAMPLING = SamplingSettings()  # the engine's defaults: the page, the API and the CLI read them from here
 
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
-PROGRESS_EVERY_S = 0.5  # audio progress reaches the page at most this often
 MAX_MODELS = 3  # models held at once (each costs memory); the server's own counts; a new one lets go of the least recently used
 MAX_AUDIO_MODELS = 2  # MusicGen models held at once (likewise)
 RETRY_FAILED_S = 30.0  # a model that failed to load is tried again after this long (never holds a slot)
@@ -149,14 +153,6 @@ class ModelSlot:
 
 
 @dataclass
-class AudioProgress:
-    steps: int
-    total: int
-    elapsed: float
-    seed: int
-
-
-@dataclass
 class Job:
     """One piece being made (a score, an audio clip, a render), keyed by its own id: Stop and a
     shutdown reach it through its cancel event; it ends when its record is written."""
@@ -164,18 +160,6 @@ class Job:
     session: str  # the session's folder id
     kind: str  # compose | audio | render
     cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class ComposeSettings:
-    temperature: float = SAMPLING.temperature
-    top_k: int = SAMPLING.top_k
-    top_p: float = SAMPLING.top_p
-    seed: int | None = None  # None or negative: a random one (always reported)
-    max_patches: int = 1024
-    variations: int = 1
-    bar_retries: int = 16
-    extra: dict = field(default_factory=dict)
 
 
 class Studio:
@@ -191,9 +175,6 @@ class Studio:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # job id -> the piece being made
         self.closing = threading.Event()  # set on shutdown: no new work, running work stops and is kept
-        # MusicGen samples with torch's global generator (seeds would collide) and a static cache
-        # belongs to one call: one audio request runs at a time, the rest wait in the queue.
-        self._audio_lock = threading.Lock()
         swept = self.store.sweep()
         if swept:
             log.warning("removed %d unfinished piece folder(s) left by an earlier run", swept)
@@ -278,23 +259,6 @@ class Studio:
         composers = table.composers(period)
         composer = composer if composer in composers else composers[0]
         return period, composers, composer, table.instrumentations(period, composer)
-
-    # --- composing ---------------------------------------------------------------------------------
-    def check_settings(self, s: ComposeSettings) -> ComposeSettings:
-        """The server's bounds on a compose request (the sampling values' ranges are the engine's,
-        checked by SamplingSettings), with a clear message for each value."""
-        c = self.config
-        s.temperature = number(s.temperature, "temperature")
-        s.top_k = number(s.top_k, "top-k", integer=True)
-        s.top_p = number(s.top_p, "top-p")
-        s.max_patches = number(s.max_patches, "maximum length (patches)", 1, c.max_patches, integer=True)
-        s.variations = number(s.variations, "variations", 1, c.max_variations, integer=True)
-        s.bar_retries = number(s.bar_retries, "bar retries", 0, 64, integer=True)
-        if s.seed is not None:
-            s.seed = number(s.seed, "seed", -1, 2**63 - 1, integer=True)
-        if s.seed is not None and s.seed < 0:
-            s.seed = None
-        return s
 
     # --- jobs, disk and shutdown -------------------------------------------------------------------
     @contextmanager
@@ -390,41 +354,41 @@ class Studio:
         return (f"this session holds {pieces} of at most {self.config.session_max_pieces} pieces, "
                 f"{used / 2**20:.1f} of {self.config.session_quota_mb} MB")
 
-    def compose(self, key: str, period: str, composer: str, instrumentation: str, settings: ComposeSettings,
-                model: str | None = None, continue_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
+    # --- composing ---------------------------------------------------------------------------------
+    def compose(self, key: str, request: ComposeRequest, model: str | None = None,
+                continue_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
-        kept, and so it is when the server shuts down."""
+        kept, and so it is when the server shuts down. The request is held to this server's limits;
+        its seed (drawn now when it has none) is the one every Progress and record shows."""
+        c = self.config
         session = self.store.session(key)
-        s = self.check_settings(settings)
+        request = request.within(c.max_patches, c.max_variations, c.max_seconds).seeded()
         slot = self.model(model)
         slot.get()
-        if isinstance(continue_abc, str) and len(continue_abc) > self.config.max_score_chars:
-            raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
-                                f"{self.config.max_score_chars:,}")
-        prefix = api.continuation_prefix(continue_abc) if continue_abc else ""
+        if continue_abc:
+            if len(continue_abc) > c.max_score_chars:
+                raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
+                                    f"{c.max_score_chars:,}")
+            request = request.update(prefix=api.continuation_prefix(continue_abc))
         with self.job(session, "compose") as job:
             lm = slot.checkout()
             try:
-                yield from self._compose(session, lm, period, composer, instrumentation, s, prefix, job.cancel)
+                yield from self._compose(session, lm, request, job.cancel)
             except Exception as e:
                 if _out_of_memory(e):
-                    raise CadenzaError(_oom_message(lm, s)) from e
+                    raise CadenzaError(_oom_message(lm, request)) from e
                 raise
             finally:
                 slot.checkin(lm)
 
-    def _compose(self, session: Session, lm, period, composer, instrumentation, s: ComposeSettings,
-                 prefix: str, cancel: threading.Event) -> Iterator[Progress | list[Outcome]]:
-        seed = s.seed if s.seed is not None else random.randrange(2**31)
+    def _compose(self, session: Session, lm, request: ComposeRequest,
+                 cancel: threading.Event) -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
         last_preview = 0
-        stream = api.compose_stream(lm, period, composer, instrumentation, seed=seed, top_k=int(s.top_k),
-                                    top_p=float(s.top_p), temperature=float(s.temperature),
-                                    max_patches=int(s.max_patches), max_seconds=self.config.max_seconds,
-                                    variations=int(s.variations), cancel=cancel, bar_retries=int(s.bar_retries),
-                                    prefix=prefix)
+        prefix = request.prefix
+        stream = api.compose_stream(lm, request, cancel)
         kind = "continued" if prefix else "composed"
         closed = False
         try:
@@ -440,7 +404,7 @@ class Studio:
                 if ev.bars - last_preview >= self.config.preview_every_bars and not self.closing.is_set():
                     last_preview = ev.bars
                     preview = self.preview(prefix + texts[0])
-                yield Progress(prefix + texts[0], ev.patches, ev.bars, ev.elapsed, seed, preview)
+                yield Progress(prefix + texts[0], ev.patches, ev.bars, ev.elapsed, request.seed, preview)
         except GeneratorExit:
             closed = True
             raise
@@ -448,22 +412,18 @@ class Studio:
             cancel.set()  # a closed iterator (tab closed, request cancelled) stops the batch
             stream.close()
             if closed:  # nobody is listening any more: keep the text written so far, quickly
-                self._keep_unfinished(session, lm, kind, (period, composer, instrumentation), seed, prefix, texts,
-                                      done, "closed")
+                self._keep_unfinished(session, lm, kind, request, texts, done, "closed")
         if self.closing.is_set():  # shutting down: keep the text now, no time to render
-            yield self._keep_unfinished(session, lm, kind, (period, composer, instrumentation), seed, prefix, texts,
-                                        done, "shutdown")
+            yield self._keep_unfinished(session, lm, kind, request, texts, done, "shutdown")
             return
-        yield [self._keep(session, lm, c, kind, s) for c in sorted(done, key=lambda c: c.piece.index)]
+        yield [self._keep(session, lm, c, kind, request) for c in sorted(done, key=lambda c: c.piece.index)]
 
-    def _keep_unfinished(self, session: Session, lm, kind: str, prompt: tuple[str, str, str], seed: int, prefix: str,
-                         texts: dict[int, str], done: list, reason: str) -> list[Outcome]:
+    def _keep_unfinished(self, session: Session, lm, kind: str, request: ComposeRequest, texts: dict[int, str],
+                         done: list, reason: str) -> list[Outcome]:
         """Each variation's text as written so far, as ABC with a record saying why it stopped, not
         rendered (quick: the page is gone, or the server is going down)."""
-        from engine.symbolic.prompts import Prompt
-        from engine.symbolic.postprocess import to_abc
-
-        period, composer, instrumentation = prompt
+        r, seed = request, request.seed
+        period, composer, instrumentation = r.period, r.composer, r.instrumentation
         finished = {c.piece.index: c for c in done}
         why = {"closed": "the page was closed or the request cancelled",
                "shutdown": "the server was shut down"}[reason]
@@ -472,14 +432,15 @@ class Studio:
             c = finished.get(i)
             if c is None and not texts.get(i):
                 continue
-            result = c.abc if c is not None else to_abc("".join(Prompt(*prompt).lines()) + prefix + texts[i])
+            result = c.abc if c is not None else to_abc("".join(Prompt(period, composer, instrumentation).lines())
+                                                           + r.prefix + texts[i])
             stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
             piece_id, folder = self.new_piece(session, f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}")
             record = PieceRecord(
                 id=piece_id, created=_now(), kind=kind, title=f"{composer} / {instrumentation}",
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
-                alignment=str(result.alignment), files={"abc": ["score.abc"]},
+                alignment=str(result.alignment), files={"abc": ["score.abc"]}, settings=r.settings(),
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
                 write_atomic(folder / "score.abc", result.abc)
@@ -489,8 +450,6 @@ class Studio:
 
     def preview(self, model_text: str) -> str | None:
         """The first page of the sheet music so far (None when it cannot be drawn yet)."""
-        from engine.symbolic.postprocess import to_abc
-
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 r = api.render(to_abc(model_text).abc, tmp, ("svg",), "preview", strict=False,
@@ -500,7 +459,7 @@ class Studio:
             pages = r.paths("svg")
             return pages[0].read_text() if pages else None
 
-    def _keep(self, session: Session, lm, comp: api.Composition, kind: str, s: ComposeSettings) -> Outcome:
+    def _keep(self, session: Session, lm, comp: api.Composition, kind: str, request: ComposeRequest) -> Outcome:
         p = comp.piece
         piece_id, folder = self.new_piece(session, comp.stem())
         with self.saving(folder):
@@ -513,9 +472,7 @@ class Studio:
                 seed=p.seed, model=lm.name, bars=comp.abc.alignment.total, seconds=round(p.elapsed, 2),
                 stop_reason=p.stop_reason, alignment=str(comp.abc.alignment),
                 files={f: st.files for f, st in result.status.items() if st.ok},
-                errors=result.failed, warnings=comp.warnings + result.warnings,
-                settings={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                          "max_patches": s.max_patches, "bar_retries": s.bar_retries})
+                errors=result.failed, warnings=comp.warnings + result.warnings, settings=request.settings())
             session.save(record)
         saved = [folder / f for f in record.files.get("abc", [])]
         return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
@@ -523,9 +480,6 @@ class Studio:
     # --- rendering and uploads ---------------------------------------------------------------------
     def render(self, key: str, abc_text: str, title: str = "my score") -> Outcome:
         """The user's ABC (edited or written by hand) -> every export, kept in the session."""
-        from engine.symbolic.postprocess import check_alignment
-        from engine.symbolic.patches import split_tunebody
-
         session = self.store.session(key)
         if isinstance(abc_text, str) and len(abc_text) > self.config.max_score_chars:
             raise SettingsError(f"the score is {len(abc_text):,} characters: this server renders at most "
@@ -581,97 +535,42 @@ class Studio:
         return self._slot(self.audio_models, name, MAX_AUDIO_MODELS, lambda: ModelSlot(
             name, self.config.device, lambda s, device: self._load_audio_placed(s, device, local_only=not download)))
 
-    def check_audio(self, s, melody: str | Path | None = None):
-        """The server's bounds on an audio request (the engine checks the rest)."""
-        if not isinstance(s.duration, (int, float)) or not 0.5 <= s.duration <= self.config.max_audio_seconds:
-            raise SettingsError(f"duration must be from 0.5 to {self.config.max_audio_seconds:g} seconds on this server, "
-                                f"got {s.duration}")
-        if s.seed is None or s.seed < 0:
-            s.seed = random.randrange(2**31)
-        s.check()
-        if melody is not None:
-            from engine.audio.musicgen import MELODY_SUFFIXES
-
-            path = Path(melody)
-            if path.suffix.lower() not in MELODY_SUFFIXES:
-                raise SettingsError(f"{path.name} is not an audio file: expected {', '.join(MELODY_SUFFIXES)}")
-            if path.is_file() and path.stat().st_size > self.config.max_upload_mb * 2**20:
-                raise SettingsError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB: uploads are limited to "
-                                    f"{self.config.max_upload_mb} MB")
-        return s
-
-    def audio(self, key: str, prompt: str, settings, model: str | None = None, melody: str | Path | None = None,
-              score_abc: str | None = None) -> Iterator[AudioProgress | list[Outcome]]:
+    def audio(self, key: str, request: AudioRequest,
+              model: str | None = None) -> Iterator[api.AudioProgress | list[Outcome]]:
         """Yields AudioProgress while MusicGen works, then the kept piece (one Outcome holding every
-        variation). score_abc: that score performed by a melody model, `prompt` being the style.
-        Stop, or closing the iterator (a closed tab), ends it within a step; what was made is kept."""
-        from engine.audio import musicgen
-
+        variation). Stop, or closing the iterator (a closed tab), ends it within a step; what was
+        made is kept. The request is held to this server's limits; its seed (drawn now when it has
+        none) is the one the progress and the record show."""
+        c = self.config
         session = self.store.session(key)
-        s = self.check_audio(settings, melody)
-        prompt = musicgen.check_prompt(prompt)
-        if score_abc is not None and not score_abc.strip():
-            raise SettingsError("there is no score to perform: compose, write or upload one first")
-        am = self.audio_model(model, melody=melody is not None or score_abc is not None).get()
-        kind = "performed" if score_abc is not None else "audio"
-        job = self.start_job(session, "audio")  # ended by the worker once the record is written
-        events: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._audio_work, name="musicgen", daemon=True,
-                                  args=(session, am, kind, prompt, s, melody, score_abc, job, events))
-        worker.start()
-        finished = False
-        try:
-            while True:  # bounded by the engine (a fixed number of steps; Stop ends it) and by the worker
+        request = request.within(c.max_audio_seconds, c.max_upload_mb).seeded()
+        am = self.audio_model(model, melody=request.follows_melody).get()
+        stem = "performance" if request.score is not None else "audio"
+        with self.job(session, "audio") as job:
+            piece_id, folder = self.new_piece(session, f"{request.kind}-{request.prompt[:40]}-seed{request.settings.seed}")
+            with self.saving(folder):
+                stream = api.audio_stream(am, request, folder, stem, job.cancel)
+                out, closed = None, False
                 try:
-                    kind_, value = events.get(timeout=1.0)
-                except queue.Empty:
-                    if not worker.is_alive() and events.empty():
-                        finished = True
-                        raise CadenzaError("MusicGen stopped without a result") from None
-                    continue
-                if kind_ == "progress":
-                    yield value
-                elif kind_ == "done":
-                    finished = True
-                    yield [value]
-                    return
-                else:
-                    finished = True
-                    raise value
-        finally:
-            if not finished:
-                job.cancel.set()  # a closed tab: stop now; the worker still keeps what was made
-
-    def _audio_work(self, session: Session, am, kind, prompt, s, melody, score_abc, job: Job, events) -> None:
-        """Runs in a thread: MusicGen, then the record. Reports progress, the outcome or the error."""
-        t0, last = time.monotonic(), [0.0]
-
-        def progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY_S or done == total:
-                last[0] = now
-                events.put(("progress", AudioProgress(done, total, now - t0, s.seed)))
-
-        try:
-            piece_id, folder = self.new_piece(session, f"{kind}-{prompt[:40]}-seed{s.seed}")
-            with self.saving(folder), self._audio_lock:
-                if score_abc is not None:
-                    out = api.perform(am, score_abc, prompt, s, folder, "performance", progress, job.cancel)
-                else:
-                    out = api.make_audio(am, prompt, s, folder, "audio", melody, progress, job.cancel)
-                record = self._audio_record(piece_id, kind, prompt, s, out, score_abc is not None)
+                    for ev in stream:
+                        if isinstance(ev, api.AudioOutput):
+                            out = ev
+                        else:
+                            yield ev
+                except GeneratorExit:  # a closed tab: stop MusicGen, wait for what it made, keep it
+                    closed = True
+                    job.cancel.set()
+                    out = next((ev for ev in stream if isinstance(ev, api.AudioOutput)), None)
+                if out is None:
+                    raise CadenzaError("MusicGen stopped without a result")
+                record = self._audio_record(piece_id, request, out)
                 session.save(record)
-            events.put(("done", Outcome(record, folder, score_abc or "")))
-        except Exception as e:  # noqa: BLE001 - reported to the page; the server stays up (saving() cleaned up)
-            events.put(("error", e if isinstance(e, CadenzaError) else CadenzaError(f"MusicGen failed: {e}")))
-        finally:
-            self.end_job(job)
+        if not closed:
+            yield [Outcome(record, folder, request.score or "")]
 
     @staticmethod
-    def _audio_record(piece_id: str, kind: str, prompt: str, s, out: api.AudioOutput, performed: bool) -> PieceRecord:
-        from dataclasses import asdict
-
-        r = out.result
+    def _audio_record(piece_id: str, request: AudioRequest, out: api.AudioOutput) -> PieceRecord:
+        r, performed = out.result, request.score is not None
         files = {"wav": [p.name for p in out.wavs], "png": [p.name for p in out.pictures],
                  "manifest": [out.manifest.name]}
         if performed:
@@ -679,10 +578,11 @@ class Studio:
             files["soundfont"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.wav")]
         warnings = ["stopped: kept the audio made so far"] if r.stop_reason == "cancelled" else []
         return PieceRecord(
-            id=piece_id, created=_now(), kind=kind, title=("Performance: " if performed else "") + prompt[:80],
-            prompt={"text": prompt, **({"melody": r.melody} if r.melody else {})}, seed=s.seed, model=r.model,
-            seconds=round(r.seconds, 2), stop_reason=r.stop_reason, files=files, warnings=warnings,
-            settings={**asdict(s), "audio_seconds": round(r.audio_seconds, 2), "windows": r.windows})
+            id=piece_id, created=_now(), kind=request.kind,
+            title=("Performance: " if performed else "") + request.prompt[:80],
+            prompt={"text": request.prompt, **({"melody": r.melody} if r.melody else {})}, seed=r.settings.seed,
+            model=r.model, seconds=round(r.seconds, 2), stop_reason=r.stop_reason, files=files, warnings=warnings,
+            settings={**asdict(r.settings), "audio_seconds": round(r.audio_seconds, 2), "windows": r.windows})
 
     # --- history ---------------------------------------------------------------------------------
     def history(self, key: str) -> list[PieceRecord]:
@@ -698,8 +598,6 @@ class Studio:
 
     # --- system ----------------------------------------------------------------------------------
     def system(self) -> dict:
-        import torch
-
         devices = []
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
@@ -716,23 +614,17 @@ class Studio:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    import torch
-
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _oom_message(lm, s: ComposeSettings) -> str:
+def _oom_message(lm, r: ComposeRequest) -> str:
     """After a device ran out of memory: free what the failed request held (the model stays
     loaded, the next request works) and say what to change."""
-    import gc
-
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     where = ", ".join(sorted({str(p.device) for p in lm.model.parameters()}))
-    return (f"{where} ran out of memory writing {s.variations} variation(s) of up to {s.max_patches} patches: "
+    return (f"{where} ran out of memory writing {r.variations} variation(s) of up to {r.max_patches} patches: "
             "the model stays loaded; ask for fewer variations or a shorter piece, or place the model on more GPUs")
 
 
@@ -746,7 +638,5 @@ def _host_memory() -> dict:
 
 
 def _now() -> str:
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

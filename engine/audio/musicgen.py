@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.checks import check_seed, draw_seed, real, whole, with_checked
 from engine.errors import CheckpointError, SettingsError
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -45,34 +46,34 @@ MELODY_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MAX_MELODY_MB = 50
 MAX_MELODY_SECONDS = 600.0  # longer files are refused before decoding; a melody is cut to one window anyway
 MAX_PROMPT_CHARS = 2000
+# transformers samples MusicGen with torch's global generator, so two calls at once would mix
+# their seeds' random streams (and a static KV cache belongs to one call): one at a time.
+_SAMPLING_LOCK = threading.Lock()
 
 
-@dataclass
+@dataclass(frozen=True)
 class AudioSettings:
+    """How MusicGen samples; checked once, when made (engine.requests says why)."""
     duration: float = 10.0  # seconds of audio; over 30 s runs as windows
     guidance_scale: float = 3.0  # <= 1: no guidance
     top_k: int = 250
     top_p: float = 0.0  # 0: off
     temperature: float = 1.0
-    seed: int = 0
+    seed: int | None = None  # None: drawn by seeded() (engine.checks.draw_seed), reported in the result
     variations: int = 1  # generated together, as one batch
 
-    def check(self) -> None:
-        if isinstance(self.duration, bool) or not isinstance(self.duration, (int, float)) \
-                or not 0.5 <= self.duration <= MAX_SECONDS:
-            raise SettingsError(f"duration must be from 0.5 to {MAX_SECONDS:g} seconds, got {self.duration!r}")
-        if not 0.0 <= float(self.guidance_scale) <= 20.0:
-            raise SettingsError(f"guidance scale must be from 0 to 20, got {self.guidance_scale!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= 4096:
-            raise SettingsError(f"top-k must be a whole number from 0 to 4096, got {self.top_k!r}")
-        if not 0.0 <= float(self.top_p) <= 1.0:
-            raise SettingsError(f"top-p must be from 0 to 1, got {self.top_p!r}")
-        if not 0.0 < float(self.temperature) <= 5.0:
-            raise SettingsError(f"temperature must be more than 0 and at most 5, got {self.temperature!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise SettingsError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}")
-        if isinstance(self.variations, bool) or not isinstance(self.variations, int) or not 1 <= self.variations <= 8:
-            raise SettingsError(f"variations must be a whole number from 1 to 8, got {self.variations!r}")
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        put("duration", real(self.duration, "duration (seconds)", 0.5, MAX_SECONDS))
+        put("guidance_scale", real(self.guidance_scale, "guidance scale", 0, 20))
+        put("top_k", whole(self.top_k, "top-k", 0, 4096))
+        put("top_p", real(self.top_p, "top-p", 0, 1))
+        put("temperature", real(self.temperature, "temperature", 0, 5, above=True))
+        put("seed", check_seed(self.seed))
+        put("variations", whole(self.variations, "variations", 1, 8))
+
+    def seeded(self) -> "AudioSettings":
+        return self if self.seed is not None else with_checked(self, seed=draw_seed())
 
 
 @dataclass
@@ -305,6 +306,8 @@ def generate_codes(am: AudioModel, prompt: str, s: AudioSettings, melody: np.nda
     tail = max(am.delays)  # the delay pattern: the last frame needs this many steps more
     total, done = sum(new + tail for _, new in plan), 0
     codes: torch.Tensor | None = None
+    if s.seed is None:
+        raise SettingsError("generate_codes needs a seed: pass settings.seeded()")
     torch.manual_seed(s.seed)  # transformers samples with the global generator
     for i, (p, new) in enumerate(plan):
         prompt_codes = None if p == 0 else codes[..., -p:]
@@ -365,15 +368,15 @@ def generate(am: AudioModel, prompt: str, settings: AudioSettings | None = None,
              on_progress: Callable[[int, int], None] | None = None,
              cancel: threading.Event | None = None, melody: np.ndarray | None = None,
              melody_name: str | None = None) -> AudioResult:
-    """`settings.duration` seconds of audio for a text prompt (and, for melody models, a melody
-    from load_melody), `settings.variations` at once. A cancelled run keeps what was made."""
-    s = settings or AudioSettings()
-    s.check()
-    prompt = check_prompt(prompt)
+    """`settings.duration` seconds of audio for a text prompt (checked by engine.requests.AudioRequest)
+    and, for melody models, a melody from load_melody, `settings.variations` at once. A cancelled
+    run keeps what was made. One call runs at a time (see _SAMPLING_LOCK); others wait."""
+    s = (settings or AudioSettings()).seeded()
     if melody is not None:
         check_follows_melody(am)
     t0 = time.monotonic()
-    codes, stop_reason, windows = generate_codes(am, prompt, s, melody, on_progress, cancel)
+    with _SAMPLING_LOCK:
+        codes, stop_reason, windows = generate_codes(am, prompt, s, melody, on_progress, cancel)
     t1 = time.monotonic()
     audio = decode(am, codes).float().cpu().numpy()[..., : int(round(s.duration * am.sampling_rate))]
     t2 = time.monotonic()

@@ -33,9 +33,14 @@ def check_field(name: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class Prompt:
+    """What a piece is conditioned on; each field is checked once, here (check_field)."""
     period: str
     composer: str
     instrumentation: str
+
+    def __post_init__(self) -> None:
+        for name in ("period", "composer", "instrumentation"):
+            object.__setattr__(self, name, check_field(name, getattr(self, name)))  # frozen: the stripped text
 
     def lines(self) -> list[str]:
         """The three metadata lines NotaGen is conditioned on."""
@@ -119,10 +124,9 @@ class PromptTable:
             f"Nearest valid combinations: {near}. `python -m engine prompts` lists all {len(self)}.")
 
 
-def make_prompt(period: str, composer: str, instrumentation: str, table: PromptTable | None) -> tuple[Prompt, list[str]]:
-    """Validates the three fields (and the combination, when the model has a table)."""
-    prompt = Prompt(check_field("period", period), check_field("composer", composer),
-                    check_field("instrumentation", instrumentation))
+def known_prompt(prompt: Prompt, table: PromptTable | None) -> tuple[Prompt, list[str]]:
+    """The table's spelling of the prompt (refused with the nearest valid ones when the model does
+    not know it); a model without a table takes any prompt, with a warning."""
     if table is None:
         return prompt, ["the model has no prompt table: the combination is not checked"]
     return table.check(prompt), []

@@ -6,13 +6,12 @@ generator, so a piece's result depends on its seed, not on what else is in the b
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from engine.errors import SettingsError
+from engine.checks import real, whole
 
 
 @dataclass(frozen=True)
@@ -22,20 +21,14 @@ class SamplingSettings:
     temperature: float = 1.2  # then p ** (1 / temperature); 0 means greedy
 
     def __post_init__(self) -> None:
-        check_sampling(self.top_k, self.top_p, self.temperature)
+        # checked once, here; a page's 9.0 becomes 9 (frozen: set through object.__setattr__)
+        object.__setattr__(self, "top_k", whole(self.top_k, "top_k (0: off)", 0, 128))
+        object.__setattr__(self, "top_p", real(self.top_p, "top_p", 0, 1, above=True))
+        object.__setattr__(self, "temperature", real(self.temperature, "temperature (0: greedy)", 0, 10))
 
     @property
     def greedy(self) -> bool:
         return self.top_k == 1 or self.temperature == 0
-
-
-def check_sampling(top_k, top_p, temperature) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= 128:
-        raise SettingsError(f"top_k must be a whole number from 0 (off) to 128, got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not (0 < top_p <= 1) or math.isnan(top_p):
-        raise SettingsError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(temperature, (int, float)) or not (0 <= temperature <= 10) or math.isnan(temperature):
-        raise SettingsError(f"temperature must be between 0 (greedy) and 10, got {temperature!r}")
 
 
 def sample(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor,

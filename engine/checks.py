@@ -1,0 +1,58 @@
+"""The checks every request field goes through, once, when a request object is made: a number
+from a client (the page's float, a script's int or a stray string) becomes the type the engine
+uses or a SettingsError that names the field, the range and what came."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+from engine.errors import SettingsError
+
+SEED_LIMIT = 2**63  # seeds are whole numbers from 0 to SEED_LIMIT - 1 (torch's generators take them)
+
+
+def whole(value, label: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi]; 4.0 (a float from a page's number box) is taken as 4."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise SettingsError(f"{label} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{label} must be a whole number from {lo:,} to {hi:,}, got {value:g}")
+    return int(value)
+
+
+def real(value, label: str, lo: float, hi: float, above: bool = False) -> float:
+    """A number in [lo, hi] (in (lo, hi] when `above`), NaN refused."""
+    span = f"more than {lo:g} and at most {hi:g}" if above else f"from {lo:g} to {hi:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SettingsError(f"{label} must be a number {span}, got {value!r}")
+    if not (lo < value <= hi if above else lo <= value <= hi):
+        raise SettingsError(f"{label} must be a number {span}, got {value:g}")
+    return float(value)
+
+
+def check_seed(value) -> int | None:
+    """None (draw one, see draw_seed) or a whole number from 0 to 2**63-1."""
+    return None if value is None else whole(value, "seed", 0, SEED_LIMIT - 1)
+
+
+def draw_seed() -> int:
+    """The one place a random seed is drawn: the request that gets it reports it with its result."""
+    return random.randrange(2**31)
+
+
+def page_seed(value):
+    """The page and the HTTP API spell 'random' as -1 (a number box cannot be empty): -> None.
+    Anything else goes on to the request's own check."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0):
+        return None
+    return value
+
+
+def with_checked(obj, **values):
+    """A copy of a checked, frozen request with fields whose new values are known to be valid
+    (a drawn seed, the server's own time bound): nothing is checked twice."""
+    new = copy.copy(obj)
+    for name, value in values.items():
+        object.__setattr__(new, name, value)
+    return new

@@ -1,0 +1,261 @@
+"""One piece being written: what was asked (PieceRequest), where it stands (PieceState), the
+points it can return to (Mark), and what it reports (PatchEvent while written, Piece at the end).
+The retry rules that decide to take text back live in engine.symbolic.retries."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.checks import SEED_LIMIT
+from engine.errors import SettingsError
+from engine.symbolic.config import EOS_ID, PAD_ID
+from engine.symbolic.patches import encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_tunebody
+from engine.symbolic.prompts import Prompt
+from engine.symbolic.retries import KEEP, Verdict, take_back_header, take_back_misaligned_line
+from engine.symbolic.sampling import SamplingSettings
+
+MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
+
+
+@dataclass
+class PieceRequest:
+    prompt: Prompt
+    seed: int = 0
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    max_patches: int = 4096  # patches to write at most (the prompt not counted)
+    max_seconds: float = 1200.0  # wall-clock bound for this piece
+    max_chars: int = MAX_CHARS  # bound on the piece's text
+    cancel: threading.Event | None = None  # set from another thread to stop after the current patch
+    prefix: str = ""  # text in the model's format to continue (metadata and/or tune-body lines)
+    stop_at_eos: bool = True  # False only for benchmarks that need a fixed number of patches
+    # Times one tune-body line whose voices disagree in length (or that leaves a chord, grace
+    # note group or annotation open) is written again (then kept as it is). 0 is NotaGen's own
+    # algorithm. Patches taken back do not count towards max_patches: the work is bounded by the
+    # retries per line (and max_seconds).
+    bar_retries: int = 0
+    # The numbers of voices the header may declare (the counts most of the prompt's training
+    # pieces have; one number or several), and how many times a header that declares another
+    # number is written again. Only for new pieces (no prefix); None or 0 retries is NotaGen's own
+    # algorithm.
+    voices: int | tuple[int, ...] | None = None
+    header_retries: int = 0
+
+    def allowed_voices(self) -> frozenset[int] | None:
+        """`voices` as a set (None: any number)."""
+        if self.voices is None:
+            return None
+        return frozenset(self.voices) if isinstance(self.voices, (tuple, list, set, frozenset)) else frozenset([self.voices])
+
+    def __post_init__(self) -> None:
+        """Made by api.compose_stream from a ComposeRequest, whose fields were checked when it was
+        made (engine.requests); here only what a piece request alone holds: its voices, its text
+        bound and its seed's place in the batch."""
+        if not isinstance(self.prompt, Prompt):
+            raise SettingsError(f"prompt must be a Prompt (period, composer, instrumentation), got {self.prompt!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise SettingsError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}")
+        if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
+            raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
+        counts = self.allowed_voices()
+        if counts is not None:
+            if not counts or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64 for v in counts):
+                raise SettingsError(
+                    f"voices must be a whole number from 1 to 64, several such numbers, or None, got {self.voices!r}")
+
+
+@dataclass
+class PatchEvent:
+    """One patch of one piece: what it added and where the piece stands."""
+    index: int  # the piece's position in the batch
+    text: str  # the characters this patch added
+    patches: int  # patches written so far
+    chars: int  # characters written so far (prompt not counted)
+    bars: int  # complete tune-body lines so far (a line is one bar of every voice)
+    elapsed: float  # seconds since the piece started
+    ids: list[int] = field(default_factory=list)  # the patch as it entered the context (padded after eos)
+    # Characters to take off the end of the text reported so far before adding `text`: a line
+    # taken back to be written again (bar_retries).
+    retract: int = 0
+
+
+@dataclass
+class Piece:
+    index: int
+    prompt: Prompt
+    seed: int
+    sampling: SamplingSettings
+    text: str  # everything in the model's format: prompt lines, metadata, tune body
+    stop_reason: str  # eos | max_patches | max_seconds | max_chars | cancelled | context
+    patches: int
+    chars: int
+    bars: int
+    elapsed: float
+    context_resets: int  # times the context overflowed and was re-encoded
+    lines_rewritten: int = 0  # bars and headers taken back and written again (bar/header retries)
+
+    @property
+    def complete(self) -> bool:
+        return self.stop_reason == "eos"
+
+    @property
+    def cut_short(self) -> bool:
+        return not self.complete
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point a piece can return to: the start of a line or of its header."""
+    text: int  # characters of text
+    context: int  # patches of context
+    patches: int
+    bars: int
+    in_tunebody: bool
+    epoch: int  # the context it belongs to (a re-encoded context cannot return to it)
+
+
+class PieceState:
+    """Where one piece stands: its text, its context in patches, its bounds."""
+
+    def __init__(self, index: int, req: PieceRequest, patch_length: int, patch_size: int, device):
+        self.index, self.req = index, req
+        self.patch_length, self.patch_size = patch_length, patch_size
+        self.prompt_text = "".join(req.prompt.lines())
+        self.text = self.prompt_text + req.prefix
+        self.generator = torch.Generator(device=device).manual_seed(req.seed)
+        self.start = time.monotonic()
+        self.patches = self.bars = self.resets = self.rewritten = 0
+        self.epoch = 0  # bumped whenever the context is rebuilt, so caches know to prefill
+        self.stop_reason: str | None = None
+        meta, body = split_tunebody(self.text)
+        self.in_tunebody = bool(body)
+        self.body_start = 0  # first tune-body line inside the context
+        if not body and self.text and not self.text.endswith("\n"):
+            self.text += "\n"  # metadata lines are whole lines
+        self.context, self.tail = self._encode(meta, body)
+        self.line_start: Mark | None = None  # where the current line began (see _mark_line)
+        self.retries = 0  # retries used on the current line
+        self.header_tries = 0  # headers taken back so far
+        # Where the header begins (just after the prompt lines), when the header is the model's,
+        # and whether it is being checked (until the tune body begins with a header that passes).
+        self.header_start = self._mark() if not req.prefix and not self.tail else None
+        self.header_open = self.header_start is not None
+        if len(self.context) >= patch_length:
+            self._reencode()
+        self.mark_line()
+
+    def _encode(self, meta, body):
+        if not body:
+            return prompt_patches(meta, self.patch_size), []
+        return encode_for_generation(meta, body, self.patch_size)
+
+    @property
+    def chars(self) -> int:
+        return len(self.text) - len(self.prompt_text)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def check_bounds(self) -> None:
+        req = self.req
+        if req.cancel is not None and req.cancel.is_set():
+            self.stop_reason = "cancelled"
+        elif self.patches >= req.max_patches:
+            self.stop_reason = "max_patches"
+        elif self.elapsed >= req.max_seconds:
+            self.stop_reason = "max_seconds"
+        elif self.chars >= req.max_chars:
+            self.stop_reason = "max_chars"
+
+    def accept(self, ids: list[int]) -> PatchEvent | None:
+        """ids: the 16 ids of the next patch, the context's partial tail included."""
+        new = ids[len(self.tail):]
+        if is_eos_patch(new) and self.req.stop_at_eos:
+            if not self.in_tunebody and self.header_open:
+                # A piece cannot end in its header: write the header again while retries are left.
+                back = take_back_header(self, finished=True, ended=True)
+                if back.verdict is not Verdict.KEEP:
+                    return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
+                                      retract=back.chars)
+            self.stop_reason = "eos"
+            return None
+        text = patch_text(new)
+        if self.in_tunebody and self.header_open:
+            back = take_back_header(self, finished=True)
+            if back.verdict is not Verdict.KEEP:  # REWIND_LINE: the patch is dropped, the header goes on
+                return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
+                                  retract=back.chars)
+        self.text += text
+        self.patches += 1
+        self.bars += text.count("\n") if self.in_tunebody else 0
+        full = list(ids)
+        if EOS_ID in full:
+            cut = full.index(EOS_ID) + 1
+            full[cut:] = [PAD_ID] * (len(full) - cut)
+        self.context.append(full)
+        self.tail = []
+        back = KEEP
+        if text.endswith("\n"):
+            if not self.in_tunebody and self.header_open:
+                back = take_back_header(self, finished=False)  # never REWIND_LINE while unfinished
+            else:
+                back = take_back_misaligned_line(self)
+            if back.verdict is Verdict.KEEP:
+                self.mark_line()
+        if len(self.context) >= self.patch_length:
+            self._reencode()
+        if back.verdict is not Verdict.KEEP:
+            return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, full,
+                              retract=back.chars - len(text))
+        return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
+
+    def begin_tunebody(self) -> None:
+        """The patch being written starts the tune body (generate._step forced its "[r:0/")."""
+        self.in_tunebody = True
+
+    def mark_line(self) -> None:
+        """Remembers the start of the next line, when it falls on a patch boundary."""
+        self.retries = 0
+        self.line_start = None
+        if not self.tail and (not self.text or self.text.endswith("\n")):
+            self.line_start = self._mark()
+
+    def _mark(self) -> Mark:
+        return Mark(len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch)
+
+    def return_to(self, mark: Mark) -> None:
+        self.patches, self.bars, self.in_tunebody = mark.patches, mark.bars, mark.in_tunebody
+        self.text, self.context, self.tail = self.text[:mark.text], self.context[:mark.context], []
+        if not self.in_tunebody and self.header_start is not None:
+            self.header_open = True  # back before the tune body: the header is being written again
+
+    def at_line_start(self) -> bool:
+        """The text ends where the current line began (nothing of it is in the text yet)."""
+        mark = self.line_start
+        return mark is not None and mark.epoch == self.epoch and mark.text == len(self.text)
+
+    def _reencode(self) -> None:
+        """Context full: keep the metadata and the later half of the tune-body lines in context."""
+        meta, body = split_tunebody(self.text)
+        in_context = len(body) - self.body_start
+        keep = in_context // 2
+        while keep > 0:
+            context, tail = encode_for_generation(meta, body[len(body) - keep:], self.patch_size)
+            if len(context) < self.patch_length:
+                self.context, self.tail = context, tail
+                self.body_start = len(body) - keep
+                self.epoch += 1
+                self.resets += 1
+                return
+            keep //= 2
+        self.stop_reason = "context"  # one line (or the metadata) alone fills the context
+
+    def result(self) -> Piece:
+        r = self.req
+        return Piece(self.index, r.prompt, r.seed, r.sampling, self.text, self.stop_reason or "eos",
+                     self.patches, self.chars, self.bars, self.elapsed, self.resets, self.rewritten)
+
+

@@ -1,0 +1,124 @@
+"""The retry rules: after a patch, keep what was written, or take a line or the header back to
+write it again. Each rule reads a PieceState and, when it takes text back, returns it to a Mark
+and says how much text went (a TakeBack with its Verdict).
+
+- header: when the tune body begins the header must declare one of the request's numbers of
+  voices, with part names that fit the instrumentation (header_retries);
+- bar: a tune-body line whose voices disagree in length, or that leaves a chord, grace-note group
+  or annotation open, is written again (bar_retries).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from engine.symbolic.labels import fits_label
+from engine.symbolic.postprocess import CLOSERS, OPENERS, bar_well_formed, count_voices, line_aligned, line_segments
+
+if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
+    from engine.symbolic.piece import PieceState
+
+HEADER_LINE = re.compile(r"^(%|[A-Za-z]:)")  # a header field (K:, V:1 ...) or a comment
+
+
+class Verdict(Enum):
+    """What a retry rule decides about what was just written."""
+    KEEP = "keep"
+    REWIND_LINE = "rewind line"  # the patch just written is dropped; go on from the current line's start
+    REWIND = "rewind"  # the line (or the header) is taken back and written again
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    verdict: Verdict
+    chars: int = 0  # characters of text taken back (REWIND)
+
+
+KEEP = TakeBack(Verdict.KEEP)
+
+
+def take_back_header(s: "PieceState", finished: bool, ended: bool = False) -> TakeBack:
+    """When the tune body begins (finished) the header must declare one of the request's numbers
+    of voices, with part names that fit the prompt's instrumentation; while it is written, it
+    must not declare more; the piece must not end in it (ended). Otherwise, while retries are
+    left, the header is written again (REWIND, from its start; or REWIND_LINE, see below)."""
+    meta = s.text[s.header_start.text:]
+    wanted, tries = s.req.allowed_voices(), s.req.header_retries
+    if wanted is None or s.header_tries >= tries or s.header_start.epoch != s.epoch:
+        s.header_open = False  # no (more) checks: the header stays
+        return KEEP
+    lines = meta.splitlines()
+    voices = count_voices(lines)
+    # A header line is a field (K:, V:1 ...) or a comment; anything else is a bar written
+    # without its [r:] marker, so the header never ended properly.
+    header_like = all(header_line_ok(ln) for ln in lines)
+    # %%score, the header's first line when there are several voices, names them all: a
+    # wrong count is known there, before the V: lines are written, so a retry costs a line.
+    declared = next((score_voices(ln) for ln in lines if ln.startswith("%%score")), None)
+    limit = max(wanted) if declared is None else declared
+    # a finished header's part names must fit the prompt's instrumentation too (four singers
+    # are no Vocal-Orchestral piece), but only in the first half of the retries: the last
+    # header written is kept when they run out, and a right voice count matters more
+    fits = (not finished or s.header_tries >= tries // 2
+            or fits_label(lines, s.req.prompt.instrumentation))
+    if header_like and not ended and fits and (declared is None or declared in wanted) and (
+            (voices in wanted and declared in (None, voices)) or (not finished and voices < limit)):
+        if finished:
+            s.header_open = False  # checked: the header stays
+        return KEEP
+    if finished and header_like and declared in wanted and voices < declared and s.at_line_start():
+        # %%score named every voice but a V: line is missing: write on from the header's last
+        # line (the patch just written is dropped) rather than from its start.
+        s.return_to(s.line_start)
+        s.header_tries += 1
+        s.rewritten += 1
+        s.mark_line()
+        return TakeBack(Verdict.REWIND_LINE)
+    s.return_to(s.header_start)
+    s.header_tries += 1
+    s.rewritten += 1
+    s.mark_line()
+    # an eos straight after the prompt leaves no header to take back: the piece ends (ended)
+    return TakeBack(Verdict.REWIND, len(meta)) if meta else KEEP
+
+
+
+def take_back_misaligned_line(s: "PieceState") -> TakeBack:
+    """A tune-body line just ended: if its voices disagree and retries are left, the text and
+    context return to the line's start (REWIND)."""
+    if s.line_start is None or not s.in_tunebody or s.retries >= s.req.bar_retries:
+        return KEEP
+    line = s.text[s.line_start.text:]
+    if s.line_start.epoch != s.epoch or line.count("\n") != 1 or (
+            line_aligned(line) and all(bar_well_formed(t) for t in line_segments(line).values())):
+        return KEEP
+    s.return_to(s.line_start)
+    s.retries += 1
+    s.rewritten += 1
+    return TakeBack(Verdict.REWIND, len(line))
+
+
+
+def score_voices(line: str) -> int:
+    """Voices a %%score line names (1 [ 2 | 3 ] { 4 | 5 } names five; a repeated one counts once)."""
+    return len(set(re.findall(r"[A-Za-z0-9_]+", line[len("%%score"):])))
+
+
+def header_line_ok(line: str) -> bool:
+    """A field (K:, V:1 ...) or a comment, with its quotes closed (part names) and, for %%score,
+    its brackets balanced: a header that ABC readers can take."""
+    if not HEADER_LINE.match(line) or line.count('"') % 2:
+        return False
+    if line.startswith("%%score"):
+        stack = []
+        for c in line:
+            if c in OPENERS:
+                stack.append(CLOSERS[OPENERS.index(c)])
+            elif c in CLOSERS and (not stack or stack.pop() != c):
+                return False
+        return not stack
+    return True
+
+
