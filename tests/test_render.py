@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED
 from engine.errors import CadenzaError
 from engine.render.convert import SAMPLE_RATE
-from engine.render.instruments import gm_program
+from engine.symbolic.instruments import gm_program
 from engine.render.pipeline import FORMATS, RenderOptions, render, render_file
 from engine.symbolic.abcformat import interleave, musicxml_to_abc, to_model_text
 from engine.symbolic.postprocess import to_abc

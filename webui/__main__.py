@@ -2,12 +2,11 @@
 import sys
 
 from engine.errors import CadenzaError
+from webui.app import launch
+from webui.config import from_args
 
 
 def main(argv=None) -> int:
-    from webui.app import launch
-    from webui.config import from_args
-
     try:
         launch(from_args(argv))
     except CadenzaError as e:

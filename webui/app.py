@@ -3,7 +3,9 @@ which calls the engine. Per-user data comes in through the session key the brows
 (gr.BrowserState) and lives on disk under the outputs directory, never in module globals."""
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import logging
 import os
 import secrets
@@ -21,7 +23,7 @@ import gradio as gr
 from engine.api import AudioProgress
 from engine.audio.musicgen import KNOWN_MODELS, AudioSettings
 from engine.checks import page_seed
-from engine.errors import CadenzaError
+from engine.errors import CadenzaError, SettingsError
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
 from engine.symbolic.sampling import SamplingSettings
@@ -57,17 +59,47 @@ def _fail(e: Exception):
     raise gr.Error(_refused(e), duration=None, print_exception=False)
 
 
-def _keep_page(message: str, n: int) -> tuple:
+def _keep_page(message) -> dict:
     """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
-    the score and the downloads already shown all stay."""
+    the score and the downloads already shown all stay (one skip() leaves every output as it was)."""
     gr.Warning(_refused(message), duration=None)
-    return (gr.skip(),) * n
+    return gr.skip()
 
 
-def _check_key(key) -> str:
-    if not valid_key(key):
-        raise gr.Error(_refused(NO_SESSION), print_exception=False)
-    return key
+def _session(fn=None, *, api: bool = False, errors: tuple = (CadenzaError,)):
+    """The one session check, for a handler whose first argument is the session key. Without a
+    valid key, or when the step is refused (`errors`), the page shows a notice and keeps what it
+    shows; an API caller (api=True) gets the message as its error. Generators stay generators
+    (Gradio streams them)."""
+    if fn is None:
+        return functools.partial(_session, api=api, errors=errors)
+
+    def refuse(message):
+        if api:
+            _fail(message)
+        return _keep_page(message)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def steps(key, *args):
+            if not valid_key(key):
+                yield refuse(NO_SESSION)
+                return
+            try:
+                yield from fn(key, *args)
+            except errors as e:
+                yield refuse(e)
+        return steps
+
+    @functools.wraps(fn)
+    def step(key, *args):
+        if not valid_key(key):
+            return refuse(NO_SESSION)
+        try:
+            return fn(key, *args)
+        except errors as e:
+            return refuse(e)
+    return step
 
 
 SERVE_DIR = "cadenza-serve"  # under the temp folder: copies of outputs kept elsewhere, deleted with Gradio's cache
@@ -128,14 +160,15 @@ def _summary(o: Outcome) -> str:
     return "\n\n".join(lines)
 
 
-def _show(studio: Studio, key: str, o: Outcome):
-    """Everything the page shows of a finished piece."""
+def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome) -> dict:
+    """Everything the page shows of a finished piece, by component."""
     pages = [str(p) for p in o.paths("svg")]
     first = Path(pages[0]).read_text() if pages else None
     wav = o.paths("wav")
-    return (o.abc, _summary(o), _page_html(first, 0, len(pages)), pages, 0,
-            _servable(wav[0]) if wav else None, [_servable(p) for p in o.downloads()],
-            _history_rows(studio, key), o.record.id)
+    return {ui.abc: o.abc, ui.progress: _summary(o), ui.score: _page_html(first, 0, len(pages)), ui.pages: pages,
+            ui.page_no: 0, ui.audio: _servable(wav[0]) if wav else None,
+            ui.downloads: [_servable(p) for p in o.downloads()], ui.history: _history_rows(studio, key),
+            ui.piece_id: o.record.id}
 
 
 def _audio_summary(o: Outcome) -> str:
@@ -157,10 +190,11 @@ def _audio_players(o: Outcome) -> list:
             else gr.update(value=None, visible=False) for i in range(AUDIO_PLAYERS)]
 
 
-def _show_audio(studio: Studio, key: str, o: Outcome):
-    """Everything the Audio page shows of a finished clip (in the order of ui.audio_shown)."""
-    return (_audio_summary(o), *_audio_players(o), [_servable(p) for p in o.paths("png")],
-            [_servable(p) for p in o.downloads()], _history_rows(studio, key))
+def _show_audio(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome) -> dict:
+    """Everything the Audio page shows of a finished clip, by component."""
+    return {ui.a_progress: _audio_summary(o), **dict(zip(ui.a_players, _audio_players(o))),
+            ui.a_pictures: [_servable(p) for p in o.paths("png")], ui.a_files: [_servable(p) for p in o.downloads()],
+            ui.history: _history_rows(studio, key)}
 
 
 def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=AudioSettings.top_k, tp=AudioSettings.top_p,
@@ -398,60 +432,42 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
 def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Generate, Continue and Stop."""
     def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
-        if not valid_key(k):
-            yield _keep_page(NO_SESSION, len(ui.shown))
-            return
-        try:
-            studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
-            request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br)
-            for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc):
-                if isinstance(item, Progress):
-                    line = (f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, "
-                            f"{item.elapsed:.1f}s")
-                    score_html = _page_html(item.preview_svg) if item.preview_svg else gr.skip()
-                    yield (item.abc, line, score_html) + (gr.skip(),) * 6
-                elif item:
-                    yield _show(studio, k, item[0])
-        except CadenzaError as e:
-            yield _keep_page(str(e), len(ui.shown))
+        studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
+        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br)
+        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc):
+            if isinstance(item, Progress):
+                line = f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, {item.elapsed:.1f}s"
+                yield {ui.abc: item.abc, ui.progress: line,
+                       **({ui.score: _page_html(item.preview_svg)} if item.preview_svg else {})}
+            elif item:
+                yield _show(ui, studio, k, item[0])
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
-              ui.max_patches,
-              ui.variations, ui.bar_retries]
-    ui.generate.click(run, inputs, ui.shown, api_visibility="private", concurrency_id="model",
-                   concurrency_limit=config.concurrency)
+              ui.max_patches, ui.variations, ui.bar_retries]
+    ui.generate.click(_session(run), inputs, ui.shown, api_visibility="private", concurrency_id="model",
+                      concurrency_limit=config.concurrency)
 
+    @_session
     def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
         if not text or not text.strip():
-            yield _keep_page("there is no score to continue: write or upload some ABC first", len(ui.shown))
-            return
+            raise SettingsError("there is no score to continue: write or upload some ABC first")
         yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
 
     ui.cont.click(run_continue, inputs + [ui.abc], ui.shown, api_visibility="private", concurrency_id="model",
-               concurrency_limit=config.concurrency)
-
-    def on_stop(k):
-        if valid_key(k) and studio.stop(k, "compose"):
-            return "stopping after this patch ..."
-        return gr.skip()
-
-    ui.stop.click(on_stop, [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
+                  concurrency_limit=config.concurrency)
+    ui.stop.click(_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
+                  [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
 
 
 def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Render, upload and turning the score's pages."""
-    def kept(step, k, arg):
-        """A Studio call that keeps one piece, shown; a refusal leaves the page as it was."""
-        try:
-            return _show(studio, _check_key(k), step(k, arg))
-        except (CadenzaError, gr.Error) as e:
-            return _keep_page(getattr(e, "message", None) or str(e), len(ui.shown))
-
+    @_session
     def on_render(k, text):
-        return kept(studio.render, k, text)
+        return _show(ui, studio, k, studio.render(k, text))
 
+    @_session
     def on_upload(k, path):
-        return kept(studio.upload, k, path) if path else (gr.skip(),) * len(ui.shown)
+        return _show(ui, studio, k, studio.upload(k, path)) if path else gr.skip()
 
     ui.render.click(on_render, [ui.key, ui.abc], ui.shown, api_visibility="private", concurrency_id="render",
                     concurrency_limit=2)
@@ -464,100 +480,75 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
         n = max(0, min(len(paths) - 1, n + step))
         return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
 
-    ui.prev_page.click(lambda ps, n: turn(ps, n, -1), [ui.pages, ui.page_no], [ui.score, ui.page_no],
-                       api_visibility="private",
-                    concurrency_limit=None)
-    ui.next_page.click(lambda ps, n: turn(ps, n, 1), [ui.pages, ui.page_no], [ui.score, ui.page_no],
-                       api_visibility="private",
-                    concurrency_limit=None)
+    for button, step in ((ui.prev_page, -1), (ui.next_page, 1)):
+        button.click(functools.partial(turn, step=step), [ui.pages, ui.page_no], [ui.score, ui.page_no],
+                     api_visibility="private", concurrency_limit=None)
 
 
 def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """The Audio page and "Perform with MusicGen"."""
+    @_session(errors=(CadenzaError, ValueError, TypeError))  # (a melody file soundfile cannot read)
     def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
-        if not valid_key(k):
-            yield _keep_page(NO_SESSION, len(ui.audio_shown))
-            return
-        try:
-            request = _audio_request(text, dur, sd, guidance, tk, tp, temp, var, melody=melody)
-            for item in studio.audio(k, request, model=spec or None):
-                if isinstance(item, AudioProgress):
-                    line = f"making audio (seed {item.seed}): step {item.steps} of {item.total}, {item.elapsed:.1f}s"
-                    yield (line,) + (gr.skip(),) * (len(ui.audio_shown) - 1)
-                else:
-                    yield _show_audio(studio, k, item[0])
-        except (CadenzaError, ValueError, TypeError) as e:
-            yield _keep_page(str(e), len(ui.audio_shown))
+        request = _audio_request(text, dur, sd, guidance, tk, tp, temp, var, melody=melody)
+        for item in studio.audio(k, request, model=spec or None):
+            if isinstance(item, AudioProgress):
+                yield {ui.a_progress: f"making audio (seed {item.seed}): step {item.steps} of {item.total}, "
+                                      f"{item.elapsed:.1f}s"}
+            else:
+                yield _show_audio(ui, studio, k, item[0])
 
     ui.a_go.click(run_audio, [ui.key, ui.a_prompt, ui.a_model, ui.a_duration, ui.a_guidance, ui.a_top_k, ui.a_top_p,
                               ui.a_temperature, ui.a_seed, ui.a_variations, ui.a_melody], ui.audio_shown,
-                  api_visibility="private", concurrency_id="audio",
-               concurrency_limit=1)
-    ui.a_stop.click(lambda k: "stopping ..." if valid_key(k) and studio.stop(k, "audio") else gr.skip(), [ui.key],
-                 [ui.a_progress], api_visibility="private", concurrency_limit=None)
-
-
-    def run_perform(k, text, style_text, spec, dur, sd):
-        if not valid_key(k):
-            yield _keep_page(NO_SESSION, len(ui.perform_shown))
-            return
-        try:
-            for item in studio.audio(k, _audio_request(style_text, dur, sd, score=text or ""), model=spec or None):
-                if isinstance(item, AudioProgress):
-                    yield (f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
-                           f"{item.elapsed:.1f}s", gr.skip(), gr.skip(), gr.skip())
-                else:
-                    o = item[0]
-                    wavs = o.paths("wav")
-                    yield (_audio_summary(o), _servable(wavs[0]) if wavs else None,
-                           [_servable(p) for p in o.downloads()], _history_rows(studio, k))
-        except (CadenzaError, ValueError, TypeError) as e:
-            yield _keep_page(str(e), len(ui.perform_shown))
-
-    ui.perform.click(run_perform, [ui.key, ui.abc, ui.style, ui.perform_model, ui.perform_seconds, ui.seed], ui.perform_shown,
                   api_visibility="private", concurrency_id="audio", concurrency_limit=1)
+    ui.a_stop.click(_session(lambda k: "stopping ..." if studio.stop(k, "audio") else gr.skip()), [ui.key],
+                    [ui.a_progress], api_visibility="private", concurrency_limit=None)
+
+    @_session(errors=(CadenzaError, ValueError, TypeError))
+    def run_perform(k, text, style_text, spec, dur, sd):
+        for item in studio.audio(k, _audio_request(style_text, dur, sd, score=text or ""), model=spec or None):
+            if isinstance(item, AudioProgress):
+                yield {ui.perform_progress: f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
+                                            f"{item.elapsed:.1f}s"}
+            else:
+                o = item[0]
+                wavs = o.paths("wav")
+                yield {ui.perform_progress: _audio_summary(o), ui.perform_audio: _servable(wavs[0]) if wavs else None,
+                       ui.perform_files: [_servable(p) for p in o.downloads()], ui.history: _history_rows(studio, k)}
+
+    ui.perform.click(run_perform, [ui.key, ui.abc, ui.style, ui.perform_model, ui.perform_seconds, ui.seed],
+                     ui.perform_shown, api_visibility="private", concurrency_id="audio", concurrency_limit=1)
 
 
 def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """History: a score opens on the Score page, audio on the Audio page; Delete."""
+    @_session
     def on_history(k, evt: gr.SelectData):
-        k = _check_key(k)
         rows = _history_rows(studio, k)
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        nothing = (gr.skip(),) * (len(ui.shown) + len(ui.audio_shown) + 1)
         if not isinstance(row, int) or not 0 <= row < len(rows):
-            return nothing
-        try:
-            o = studio.outcome(k, rows[row][-1])
-        except CadenzaError as e:
-            return _keep_page(str(e), len(nothing))
+            return gr.skip()
+        o = studio.outcome(k, rows[row][-1])
         if o.record.kind in AUDIO_KINDS:
-            return (gr.skip(),) * len(ui.shown) + _show_audio(studio, k, o) + (gr.Tabs(selected="audio"),)
-        return _show(studio, k, o) + (gr.skip(),) * len(ui.audio_shown) + (gr.Tabs(selected="score"),)
+            return {**_show_audio(ui, studio, k, o), ui.tabs: gr.Tabs(selected="audio")}
+        return {**_show(ui, studio, k, o), ui.tabs: gr.Tabs(selected="score")}
 
-    ui.history.select(on_history, [ui.key], ui.shown + ui.audio_shown + [ui.tabs], api_visibility="private",
-                      concurrency_limit=None)
+    ui.history.select(on_history, [ui.key], list(dict.fromkeys(ui.shown + ui.audio_shown + [ui.tabs])),
+                      api_visibility="private", concurrency_limit=None)
 
-    def on_history_tab(k):
-        if not valid_key(k):
-            return gr.skip(), gr.skip(), gr.skip()
-        records = studio.history(k)
-        choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in records]
-        return _history_rows(studio, k), gr.update(choices=choices, value=[]), studio.usage(k)
+    def listing(k) -> dict:
+        choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in studio.history(k)]
+        return {ui.history: _history_rows(studio, k), ui.to_delete: gr.update(choices=choices, value=[]),
+                ui.usage: studio.usage(k)}
 
-    ui.history_tab.select(on_history_tab, [ui.key], [ui.history, ui.to_delete, ui.usage], api_visibility="private",
-                       concurrency_limit=None)
-
+    @_session
     def on_delete(k, ids):
-        try:
-            n, freed = studio.delete(_check_key(k), ids or [])
-        except CadenzaError as e:
-            return _keep_page(str(e), 3)
+        n, freed = studio.delete(k, ids or [])
         gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
-        return on_history_tab(k)
+        return listing(k)
 
-    ui.delete.click(on_delete, [ui.key, ui.to_delete], [ui.history, ui.to_delete, ui.usage], api_visibility="private",
-                 concurrency_limit=None)
+    listed = [ui.history, ui.to_delete, ui.usage]
+    ui.history_tab.select(_session(listing), [ui.key], listed, api_visibility="private", concurrency_limit=None)
+    ui.delete.click(on_delete, [ui.key, ui.to_delete], listed, api_visibility="private", concurrency_limit=None)
 
 
 def _wire_system(ui: SimpleNamespace, demo: gr.Blocks, studio: Studio) -> None:
@@ -587,8 +578,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
             _history_tab(ui)
             _system_tab(ui)
         ui.page_no = gr.State(0)
+        # what a finished piece, clip or performance may change on the page (handlers return dicts by component)
         ui.shown = [ui.abc, ui.progress, ui.score, ui.pages, ui.page_no, ui.audio, ui.downloads, ui.history,
-                    ui.piece_id]  # what _show() returns, in its order
+                    ui.piece_id]
         ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history]
         ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history]
         _wire_session(ui, config, studio, demo)
@@ -607,8 +599,12 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
 
 def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
     """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece,
-    /audio (MusicGen, optionally following a melody file), /perform (a score played by MusicGen).
-    They go through the same queue and limits as the page."""
+    /audio (MusicGen, optionally following a melody file), /perform (a score played by MusicGen),
+    /delete. They go through the same queue and limits as the page. Those that only take and give
+    JSON are typed functions (gr.api); those that take or give files are events on hidden
+    components, because gr.api skips Gradio's file handling: an upload would not be checked to be
+    one, and a result would hand out server paths instead of downloads."""
+    _api_json(studio)
     with gr.Row(visible=False):
         session = gr.Textbox(label="session_key")
         text_in = gr.Textbox(label="text")
@@ -630,106 +626,92 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         atk_in = gr.Number(label="audio_top_k", value=AudioSettings.top_k, precision=0)
         atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
         atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
-        buttons = [gr.Button(visible=False) for _ in range(9)]
-        b_prompts, b_compose, b_render, b_history, b_piece, b_upload, b_audio, b_perform, b_delete = buttons
+        b_compose, b_render, b_piece, b_upload, b_audio, b_perform = (gr.Button(visible=False) for _ in range(6))
     h = _api_handlers(studio)
+    out = [info_out, files_out]
     b_audio.click(h.audio, [session, text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in,
-                          melody_in], [info_out, files_out], api_name="audio", concurrency_id="audio", concurrency_limit=1)
-    b_perform.click(h.perform, [session, text_in, style_in, model_in, dur_in, seed_in], [info_out, files_out],
-                    api_name="perform", concurrency_id="audio", concurrency_limit=1)
-    b_prompts.click(h.prompts, [model_in], [info_out], api_name="prompts", concurrency_limit=None)
+                            melody_in], out, api_name="audio", concurrency_id="audio", concurrency_limit=1)
+    b_perform.click(h.perform, [session, text_in, style_in, model_in, dur_in, seed_in], out, api_name="perform",
+                    concurrency_id="audio", concurrency_limit=1)
     b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
-                    [info_out, files_out], api_name="compose", concurrency_id="model",
-                    concurrency_limit=config.concurrency)
-    b_render.click(h.render, [session, text_in], [info_out, files_out], api_name="render", concurrency_id="render",
-                   concurrency_limit=2)
-    b_upload.click(h.upload, [session, file_in], [info_out, files_out], api_name="upload", concurrency_id="render",
-                   concurrency_limit=2)
-    b_history.click(h.history, [session], [info_out], api_name="history")
-    b_piece.click(h.piece, [session, text_in], [info_out, files_out], api_name="piece")
-    b_delete.click(h.delete, [session, text_in], [info_out], api_name="delete", concurrency_limit=None)
+                    out, api_name="compose", concurrency_id="model", concurrency_limit=config.concurrency)
+    b_render.click(h.render, [session, text_in], out, api_name="render", concurrency_id="render", concurrency_limit=2)
+    b_upload.click(h.upload, [session, file_in], out, api_name="upload", concurrency_id="render", concurrency_limit=2)
+    b_piece.click(h.piece, [session, text_in], out, api_name="piece")
 
 
-
-def _api_handlers(studio: Studio) -> SimpleNamespace:
-    """The functions behind the named endpoints (their names are the endpoints' handlers)."""
-    def prompts(spec):
+def _api_json(studio: Studio) -> None:
+    """/prompts, /history and /delete: JSON in, JSON out, as typed functions."""
+    def prompts(model: str = "") -> dict:
+        """The period / composer / instrumentation combinations the model knows."""
         try:
-            table = studio.prompts(spec or None)
+            table = studio.prompts(model or None)
         except CadenzaError as e:
             _fail(e)
         return {"prompts": [{"period": p.period, "composer": p.composer, "instrumentation": p.instrumentation}
                             for p in table.prompts]}
 
+    @_session(api=True)
+    def history(session_key: str) -> dict:
+        """Every piece of the session, newest first."""
+        return {"pieces": [asdict(r) for r in studio.history(session_key)]}
+
+    @_session(api=True)
+    def delete(session_key: str, text: str) -> dict:
+        """Removes one piece (its id, as /history gives it) from the session."""
+        n, freed = studio.delete(session_key, [text])
+        return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(session_key)}
+
+    gr.api(prompts, api_name="prompts", concurrency_limit=None)
+    gr.api(history, api_name="history")
+    gr.api(delete, api_name="delete", concurrency_limit=None)
+
+
+def _api_handlers(studio: Studio) -> SimpleNamespace:
+    """The functions behind the endpoints that give files: (JSON, files) while streaming and at the end."""
+    def files(outcomes: list[Outcome]) -> tuple[dict, list[str]]:
+        return _result(outcomes), [_servable(p) for o in outcomes for p in o.downloads()]
+
+    @_session(api=True)
     def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var):
-        k = _check_key(k)
-        try:
-            for item in studio.compose(k, _compose_request(p, c, i, temp, tk, tp, sd, mp, var), model=spec or None):
-                if isinstance(item, Progress):
-                    yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
-                           "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
-                else:
-                    yield _result(item), [_servable(p) for o in item for p in o.downloads()]
-        except CadenzaError as e:
-            _fail(e)
+        for item in studio.compose(k, _compose_request(p, c, i, temp, tk, tp, sd, mp, var), model=spec or None):
+            if isinstance(item, Progress):
+                yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
+                       "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
+            else:
+                yield files(item)
 
-    def one_piece(step, k, arg):
-        """A Studio call that keeps one piece -> (its record and ABC, its files)."""
-        k = _check_key(k)
-        try:
-            o = step(k, arg)
-        except CadenzaError as e:
-            _fail(e)
-        return _result([o]), [_servable(p) for p in o.downloads()]
-
+    @_session(api=True)
     def render(k, text):
-        return one_piece(studio.render, k, text)
+        return files([studio.render(k, text)])
 
+    @_session(api=True)
     def upload(k, path):
         if not path:
-            raise gr.Error(_refused("no file: expected an .abc, .musicxml, .xml or .mxl score"), print_exception=False)
-        return one_piece(studio.upload, k, path)
+            raise SettingsError("no file: expected an .abc, .musicxml, .xml or .mxl score")
+        return files([studio.upload(k, path)])
 
-    def history(k):
-        return {"pieces": [asdict(r) for r in studio.history(_check_key(k))]}
-
+    @_session(api=True)
     def piece(k, pid):
-        return one_piece(studio.outcome, k, pid)
+        return files([studio.outcome(k, pid)])
 
-    def delete(k, pid):
-        k = _check_key(k)
-        try:
-            n, freed = studio.delete(k, [pid])
-        except CadenzaError as e:
-            _fail(e)
-        return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(k)}
+    def audio_stream(k, spec, request):
+        for item in studio.audio(k, request, model=spec or None):
+            if isinstance(item, AudioProgress):
+                yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
+                       "elapsed": round(item.elapsed, 2)}, None
+            else:
+                yield files(item)
 
-    return SimpleNamespace(prompts=prompts, compose=compose, render=render, upload=upload, history=history,
-                           piece=piece, delete=delete, **vars(_api_audio_handlers(studio)))
-
-
-def _api_audio_handlers(studio: Studio) -> SimpleNamespace:
-    """/audio and /perform: MusicGen, streamed."""
-    def audio_stream(k, spec, make_request):
-        try:
-            for item in studio.audio(k, make_request(), model=spec or None):
-                if isinstance(item, AudioProgress):
-                    yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
-                           "elapsed": round(item.elapsed, 2)}, None
-                else:
-                    yield _result(item), [_servable(p) for o in item for p in o.downloads()]
-        except (CadenzaError, ValueError, TypeError) as e:
-            _fail(e)
-
+    @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
     def audio(k, prompt, spec, dur, sd, guidance, tk, tp, temp, var, melody):
-        k = _check_key(k)
-        yield from audio_stream(k, spec, lambda: _audio_request(prompt, dur, sd, guidance, tk, tp, temp, var, melody=melody))
+        yield from audio_stream(k, spec, _audio_request(prompt, dur, sd, guidance, tk, tp, temp, var, melody=melody))
 
+    @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
     def perform(k, abc_text, style_text, spec, dur, sd):
-        k = _check_key(k)
-        yield from audio_stream(k, spec, lambda: _audio_request(style_text, dur, sd, score=abc_text or ""))
+        yield from audio_stream(k, spec, _audio_request(style_text, dur, sd, score=abc_text or ""))
 
-    return SimpleNamespace(audio=audio, perform=perform)
+    return SimpleNamespace(compose=compose, render=render, upload=upload, piece=piece, audio=audio, perform=perform)
 
 
 def _result(outcomes: list[Outcome]) -> dict:

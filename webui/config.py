@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import SettingsError
+from engine.api import MODELS_DIR
+from webui.guard import hf_cache
 
 
 @dataclass
@@ -62,9 +64,6 @@ class StudioConfig:
 
     def model_roots(self) -> tuple[Path, ...]:
         """The models folders, then the Hugging Face cache (where Download puts checkpoints)."""
-        from engine.api import MODELS_DIR
-        from webui.guard import hf_cache
-
         given = [Path(d).expanduser() for d in self.models_dirs] or [Path(os.environ.get("CADENZA_MODELS_DIR", MODELS_DIR))]
         return (*given, hf_cache())
 

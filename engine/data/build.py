@@ -18,8 +18,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine import quiet
 from engine.errors import CadenzaError
 from engine.symbolic.labels import infer_instrumentation
+from engine.symbolic.abcformat import clean_part_names, interleave, musicxml_to_abc, to_model_text, xml_to_abc
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.prompts import Prompt
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".abc", ".krn")
@@ -115,10 +119,6 @@ def convert_source(src: Source, transpose: tuple[int, ...] = ()) -> dict:
 
 
 def _convert(src: Source, transpose: tuple[int, ...]) -> dict:
-    from engine.symbolic.abcformat import clean_part_names, interleave, to_model_text
-    from engine.symbolic.patches import split_tunebody
-    from engine.symbolic.prompts import Prompt
-
     abc = ascii_only(_source_abc(src))
     lines = interleave(abc)
     meta, body = split_tunebody("".join(lines))
@@ -146,8 +146,6 @@ def ascii_only(text: str) -> str:
 
 
 def _source_abc(src: Source) -> str:
-    from engine.symbolic.abcformat import musicxml_to_abc, xml_to_abc
-
     path = Path(src.path)
     suffix = path.suffix.lower()
     if suffix in (".mxl", ".xml", ".musicxml"):
@@ -170,7 +168,6 @@ def _abc_to_xml(abc: str) -> bytes:
 
     from abctoolkit import abc2xml
 
-    from engine import quiet
 
     with quiet.captured():
         docs = abc2xml.getXmlDocs(quiet.drop_includes(abc)[0])
@@ -225,8 +222,6 @@ def build(sources: list[Source], out: str | Path, workers: int = 2, transpose: t
 
 
 def body_key(text: str) -> str:
-    from engine.symbolic.patches import split_tunebody
-
     _, body = split_tunebody(text)
     return hashlib.sha1("".join(re.sub(r"^\[r:[^\]]*\]", "", ln) for ln in body).encode()).hexdigest()
 

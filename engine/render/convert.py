@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from engine import quiet
+from engine.symbolic.instruments import gm_program
 
 SAMPLE_RATE = 44_100
 TARGET_DBFS = -16.0  # gated RMS loudness the WAV is normalised to
@@ -106,7 +107,6 @@ def musicxml_to_midi(xml_path: Path, midi_path: Path) -> dict:
     import mido
     from music21 import converter, instrument, midi, repeat
 
-    from engine.render.instruments import gm_program
 
     score = converter.parse(str(xml_path), format="musicxml")
     parts = []

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from engine import __version__
 from engine.errors import CadenzaError
-from engine.files import unique_stem, write_atomic
+from engine.files import slug, unique_stem, write_atomic
+from engine.render.convert import default_soundfont
+from engine.symbolic.postprocess import close_brackets
 
 FORMATS = ("abc", "musicxml", "midi", "wav", "svg", "pdf", "png", "zip")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +45,6 @@ class RenderOptions:
     def soundfont_path(self) -> Path:
         if self.soundfont or os.environ.get("CADENZA_SOUNDFONT"):
             return Path(self.soundfont or os.environ["CADENZA_SOUNDFONT"]).expanduser()
-        from engine.render.convert import default_soundfont
         return default_soundfont()
 
 
@@ -182,7 +183,6 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
     if not path.is_file():
         raise CadenzaError(f"no file at {path}")
     suffix = path.suffix.lower()
-    from engine.files import slug
     stem = stem or slug(path.stem)
     if suffix == ".abc":
         try:
@@ -213,8 +213,6 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
 
 
 def _abc_warnings(abc_text: str) -> list[str]:
-    from engine.symbolic.postprocess import close_brackets
-
     warnings = []
     for line in abc_text.splitlines():
         if line.startswith("%%score") and close_brackets(line + "\n").rstrip("\n") != line.rstrip():
@@ -355,7 +353,5 @@ class _Run:
 
 
 def _close_score_brackets(abc: str) -> str:
-    from engine.symbolic.postprocess import close_brackets
-
     lines = abc.splitlines(keepends=True)
     return "".join(close_brackets(ln) if ln.startswith("%%score") else ln for ln in lines)

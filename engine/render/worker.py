@@ -12,6 +12,10 @@ import resource
 import sys
 from pathlib import Path
 
+from engine.render import convert
+from engine.render.convert import ConversionError
+from engine.symbolic.abcformat import musicxml_to_abc
+
 
 def die_with_parent() -> None:
     """Linux: the kernel kills this worker when the server that started it dies, even by SIGKILL.
@@ -35,8 +39,6 @@ def limit_memory(megabytes: int) -> None:
 
 
 def run_stage(stage: str, a: dict) -> dict:
-    from engine.render import convert
-
     if stage == "musicxml":
         xml, warnings = convert.abc_to_musicxml(Path(a["abc"]).read_text())
         Path(a["out"]).write_text(xml, encoding="utf-8")
@@ -44,7 +46,6 @@ def run_stage(stage: str, a: dict) -> dict:
     if stage == "import":
         data = convert.read_musicxml(Path(a["src"]))
         Path(a["xml"]).write_bytes(data)
-        from engine.symbolic.abcformat import musicxml_to_abc
         Path(a["abc"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
         return {"files": [a["xml"], a["abc"]]}
     if stage == "midi":
@@ -75,7 +76,6 @@ def main() -> int:
     die_with_parent()
     stage, args = sys.argv[1], json.loads(sys.argv[2])
     limit_memory(int(args.get("memory_mb", 3072)))
-    from engine.render.convert import ConversionError
 
     try:
         result = run_stage(stage, args)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import CheckpointError
+from engine.files import file_checksum
 from engine.symbolic.config import NotaGenConfig
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.prompts import PromptTable
@@ -46,7 +47,6 @@ class LoadedModel:
     def checksum(self) -> str:
         """sha256 of the weights file (computed once, on first use: a 2 GB file takes seconds)."""
         if self._checksum is None:
-            from engine.files import file_checksum
             self._checksum = file_checksum(self.source / WEIGHTS_FILE if self.source.is_dir() else self.source)
         return self._checksum
 

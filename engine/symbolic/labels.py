@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from engine.symbolic.instruments import gm_program
+
 # names notation programs give a part nobody named: they say nothing of the instrument
 PLACEHOLDER = re.compile(r"^(musicxml part|part|p|staff|instrument|untitled)?\s*\d*$", re.I)
 LABELS = ("Choral", "Vocal-Orchestral", "Art Song", "Keyboard", "Chamber", "Orchestral", "Melody")
@@ -15,7 +17,6 @@ KEYBOARD = re.compile(r"piano|klavier|keyboard|harpsichord|cembalo|clavecin|orga
 def part_kind(name: str) -> str:
     """'voice', 'keys' (keyboards and continuo) or 'inst' for a part name ('' when unnamed or a
     placeholder such as "MusicXML Part")."""
-    from engine.render.instruments import gm_program
 
     if KEYBOARD.search(name):  # before the voices: "Basso continuo" is played, not sung
         return "keys"

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import CadenzaError
+from engine.symbolic.checkpoint import save_model
 from engine.symbolic.config import EOS_ID, PAD_ID, NotaGenConfig
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import bos_patch, split_bars, split_patches, split_tunebody, to_ids
+from engine.symbolic.postprocess import count_voices
 from engine.symbolic.prompts import Prompt, PromptTable
 
 STATE_FILE = "trainer_state.pt"
@@ -148,7 +150,6 @@ TYPICAL_SHARE = 0.8  # the voice counts kept for a prompt cover at least this sh
 def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, list[int]]:
     """Each prompt's typical voice counts, most common first: the fewest that together cover
     TYPICAL_SHARE of its training pieces (4 for Bach's chorales; 4, 5 and 6 for Palestrina)."""
-    from engine.symbolic.postprocess import count_voices
 
     counts: dict[str, Counter] = {}
     for p in pieces:
@@ -188,7 +189,6 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
     """Trains in place; checkpoints to `out` every eval_every steps and at the end. Returns the
     history (losses, validation bits per character, throughput). `base_prompts`/`base_voices`:
     the starting model's table and voice counts, kept beside the data's own."""
-    from engine.symbolic.checkpoint import save_model
 
     if not train_pieces:
         raise CadenzaError("no training pieces: build a dataset first (python -m engine dataset ...)")
