@@ -121,7 +121,8 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
     pieces = [PieceRequest(prompt, seed=request.seed + i, sampling=request.sampling, max_patches=request.max_patches,
                            max_seconds=request.max_seconds, cancel=cancel, prefix=request.prefix,
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
-                           header_retries=request.header_retries)
+                           header_retries=request.header_retries,
+                           bar_rules=lm.bar_rules.get(prompt.key(), frozenset()))
               for i in range(request.variations)]
     for ev in stream(lm.model, pieces, backend):
         if isinstance(ev, Piece):

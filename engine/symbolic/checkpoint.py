@@ -41,6 +41,10 @@ class LoadedModel:
     # -> counts, most common first): generation writes a header again when it declares another
     # number (see PieceRequest.voices).
     voices: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # The bar rules each prompt's training pieces keep ("full": no voice left out of a bar;
+    # "metre": bars as long as the metre): a generated bar that breaks one is written again
+    # (see PieceRequest.bar_rules and engine.symbolic.train.bar_rules).
+    bar_rules: dict[str, frozenset[str]] = field(default_factory=dict)
     plan: object | None = None  # engine.placement.Plan when placed by api.load_placed
     _checksum: str | None = None
 
@@ -175,7 +179,8 @@ def load_model_folder(folder: str | Path, device=None, dtype=None) -> LoadedMode
     if prompts is None:
         warnings.append(f"{folder} has no {PROMPTS_FILE}: any prompt is accepted")
     voices = {str(k): read_voices(v) for k, v in config.get("prompt_voices", {}).items()}
-    return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings, voices)
+    rules = {str(k): frozenset(map(str, v)) for k, v in config.get("prompt_bar_rules", {}).items()}
+    return LoadedModel(model, prompts, config.get("name", folder.name), folder, warnings, voices, rules)
 
 
 def read_voices(value) -> tuple[int, ...]:

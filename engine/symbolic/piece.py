@@ -14,7 +14,8 @@ from engine.errors import SettingsError
 from engine.symbolic.config import EOS_ID, PAD_ID
 from engine.symbolic.patches import encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_tunebody
 from engine.symbolic.prompts import Prompt
-from engine.symbolic.retries import KEEP, Verdict, take_back_header, take_back_misaligned_line
+from engine.symbolic.postprocess import Metre
+from engine.symbolic.retries import KEEP, Verdict, take_back_ending, take_back_header, take_back_line
 from engine.symbolic.sampling import SamplingSettings
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
@@ -42,6 +43,9 @@ class PieceRequest:
     # algorithm.
     voices: int | tuple[int, ...] | None = None
     header_retries: int = 0
+    # The bar rules the prompt's training pieces keep ("full": every declared voice in every bar;
+    # "metre": bars as long as the metre), checked with the bar retries (engine.symbolic.retries).
+    bar_rules: frozenset[str] = frozenset()
 
     def allowed_voices(self) -> frozenset[int] | None:
         """`voices` as a set (None: any number)."""
@@ -114,6 +118,7 @@ class Mark:
     bars: int
     in_tunebody: bool
     epoch: int  # the context it belongs to (a re-encoded context cannot return to it)
+    metre: Metre | None = None  # where the piece stood in its metre (None: before the tune body)
 
 
 class PieceState:
@@ -135,7 +140,11 @@ class PieceState:
         if not body and self.text and not self.text.endswith("\n"):
             self.text += "\n"  # metadata lines are whole lines
         self.context, self.tail = self._encode(meta, body)
-        self.line_start: Mark | None = None  # where the current line began (see _mark_line)
+        self.line_start: Mark | None = None  # where the current line began (see mark_line)
+        self.last_line: Mark | None = None  # where the line before it began (the ending rule returns there)
+        self.metre: Metre | None = None  # the tune body's place in its metre (set by the first line's rules)
+        self.declared = 0  # voices the header declares (set with the metre)
+        self.ending_tries = 0  # endings taken back so far
         self.retries = 0  # retries used on the current line
         self.header_tries = 0  # headers taken back so far
         # Where the header begins (just after the prompt lines), when the header is the model's,
@@ -180,6 +189,11 @@ class PieceState:
                 if back.verdict is not Verdict.KEEP:
                     return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
                                       retract=back.chars)
+            if self.in_tunebody:
+                back = take_back_ending(self)
+                if back.verdict is not Verdict.KEEP:  # the last bar is written again
+                    return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
+                                      retract=back.chars)
             self.stop_reason = "eos"
             return None
         text = patch_text(new)
@@ -202,7 +216,7 @@ class PieceState:
             if not self.in_tunebody and self.header_open:
                 back = take_back_header(self, finished=False)  # never REWIND_LINE while unfinished
             else:
-                back = take_back_misaligned_line(self)
+                back = take_back_line(self)
             if back.verdict is Verdict.KEEP:
                 self.mark_line()
         if len(self.context) >= self.patch_length:
@@ -219,16 +233,17 @@ class PieceState:
     def mark_line(self) -> None:
         """Remembers the start of the next line, when it falls on a patch boundary."""
         self.retries = 0
-        self.line_start = None
+        self.last_line, self.line_start = self.line_start, None
         if not self.tail and (not self.text or self.text.endswith("\n")):
             self.line_start = self._mark()
 
     def _mark(self) -> Mark:
-        return Mark(len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch)
+        return Mark(len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch, self.metre)
 
     def return_to(self, mark: Mark) -> None:
         self.patches, self.bars, self.in_tunebody = mark.patches, mark.bars, mark.in_tunebody
         self.text, self.context, self.tail = self.text[:mark.text], self.context[:mark.context], []
+        self.metre = mark.metre
         if not self.in_tunebody and self.header_start is not None:
             self.header_open = True  # back before the tune body: the header is being written again
 

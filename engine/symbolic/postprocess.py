@@ -20,6 +20,8 @@ R_MARKER = re.compile(r"^\[r:[^\]]*\]")
 VOICE_SEGMENT = re.compile(r"\[V:(\d+)\](.*?)(?=\[V:|$)")
 BARLINE = re.compile(r"(\|\|:|:\|\||\[\|:|:\|\]|\|\]:|:\[\||\|:|::|:\||\[\||\|\||\|\]|\|)")
 OPENERS, CLOSERS = "({[", ")}]"
+SECTION_END = re.compile(r"(:\||\|\]|\|\||::)\s*$")  # a bar that closes a section (or the piece) may be short
+INLINE_KEY = re.compile(r"\[K:([^\]]*)\]")
 
 
 @dataclass
@@ -106,7 +108,8 @@ def bar_well_formed(text: str) -> bool:
         return False
     depth = {"[": 0, "{": 0}
     closer = {"]": "[", "}": "{"}
-    for c in re.sub(r'"[^"]*"|![^!]*!', "", text):  # annotations and decorations may hold anything
+    # annotations and decorations may hold anything; |] and [| are barlines, not chord brackets
+    for c in re.sub(r'"[^"]*"|![^!]*!|\|\]|\[\|', "", text):
         if c in depth:
             depth[c] += 1
         elif c in closer:
@@ -114,6 +117,71 @@ def bar_well_formed(text: str) -> bool:
             if depth[closer[c]] < 0:
                 return False
     return not any(depth.values())
+
+
+def header_field(metadata: list[str], name: str) -> str | None:
+    """The value of the header's first `name:` line (M, L, K ...), stripped."""
+    return next((ln[len(name) + 1:].strip() for ln in metadata if ln.startswith(name + ":")), None)
+
+
+def metre_bar(metadata: list[str]) -> Fraction | None:
+    """A full bar in units of L, from the header's M: and L: (M:C is 4/4, M:C| 2/2; L defaults to
+    1/8 as in NotaGen's data); None for free metre or a metre that cannot be read."""
+    m, unit = header_field(metadata, "M"), header_field(metadata, "L") or "1/8"
+    m = {"C": "4/4", "C|": "2/2"}.get(m or "", m or "")
+    try:
+        return Fraction(m) / Fraction(unit) if re.fullmatch(r"\d+/\d+", m) and re.fullmatch(r"\d+/\d+", unit) else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def closes_section(line: str) -> bool:
+    """Every voice of the line ends with a section's or the piece's closing barline (:| |] || ::)."""
+    segments = line_segments(line)
+    return bool(segments) and all(SECTION_END.search(t) for t in segments.values())
+
+
+def line_bars(line: str) -> list[Fraction | None]:
+    """The lengths of a tune-body line's bars, in units of L, from its first voice (line_aligned
+    says whether the others agree)."""
+    segments = list(line_segments(line).values())
+    if not segments:
+        return [None]
+    return [bar_duration(b) for b in BARLINE.split(segments[0]) if b and not BARLINE.fullmatch(b)] or [None]
+
+
+@dataclass(frozen=True)
+class Metre:
+    """Where a piece stands in its metre after a line: `open` is the part of a bar still to come
+    (a bar split across two lines, as at Bach's mid-bar fermatas); `fresh` says the next line may
+    be a pickup (the first line, or after a section closes)."""
+    bar: Fraction | None  # a full bar in units of L (None: free metre, nothing is checked)
+    open: Fraction = Fraction(0)
+    fresh: bool = True
+
+    def after(self, line: str) -> "Metre | None":
+        """The state after `line`, or None when its bars do not fit the metre: longer than a bar,
+        longer than what the open bar needs, or a short bar that leaves the previous one open.
+        A pickup, the bar that completes a split bar and the short bar that closes a section are
+        fine; a line with its own M: changes the metre (not checked)."""
+        if self.bar is None or "[M:" in line:
+            return Metre(self.bar)
+        state = self
+        for d in line_bars(line):
+            if d is None:
+                return None
+            if state.fresh:
+                fits, left = d <= self.bar, Fraction(0)
+            elif state.open:
+                fits, left = d <= state.open, state.open - d
+            else:
+                fits, left = d <= self.bar, (self.bar - d) % self.bar
+            if not fits:
+                return None
+            state = Metre(self.bar, left, False)
+        if closes_section(line):
+            return Metre(self.bar, Fraction(0), True)
+        return state
 
 
 def line_aligned(line: str) -> bool:
@@ -125,15 +193,34 @@ def line_aligned(line: str) -> bool:
     return bool(per_voice) and all(None not in d for d in per_voice) and all(d == per_voice[0] for d in per_voice)
 
 
-def check_alignment(body_lines: list[str]) -> Alignment:
-    """Every voice of a line must last as long as the others (bar by bar)."""
-    aligned, bad = 0, []
+def check_alignment(body_lines: list[str], bar: Fraction | None = None) -> Alignment:
+    """Every voice of a line must last as long as the others (bar by bar) and, given the metre's
+    bar, fit the metre (see Metre.after; a line that does not fit starts the count afresh)."""
+    aligned, bad, metre = 0, [], Metre(bar)
     for n, line in enumerate(body_lines, 1):
-        if line_aligned(line):
+        after = metre.after(line)
+        if line_aligned(line) and after is not None:
             aligned += 1
         else:
             bad.append(n)
+        metre = after or Metre(bar, Fraction(0), False)
     return Alignment(aligned, len(body_lines), bad)
+
+
+def normalise_inline_keys(body: list[str]) -> tuple[list[str], int]:
+    """An inline key ([K:F]) that only some voices of a line take, or that voices disagree on, is
+    not a modulation: the printed page would show one key while the part plays another (verovio
+    draws a part's first key only). Such keys are taken out (the header's key holds); a key every
+    voice changes to at the same bar stays. -> (lines, lines changed)."""
+    out, changed = [], 0
+    for line in body:
+        segments = line_segments(line)
+        keys = {v: tuple(INLINE_KEY.findall(t)) for v, t in segments.items()}
+        if any(keys.values()) and (not all(keys.values()) or len(set(keys.values())) > 1):
+            line = INLINE_KEY.sub("", line)
+            changed += 1
+        out.append(line)
+    return out, changed
 
 
 def restore_voices(metadata: list[str], body: list[str]) -> list[str]:
@@ -184,6 +271,9 @@ def to_abc(text: str) -> AbcResult:
         warnings.append("the model wrote no key (K:); C major assumed")
     if not body:
         warnings.append("the piece has no complete bar")
-    alignment = check_alignment(body)
+    body, rekeyed = normalise_inline_keys(body)
+    if rekeyed:
+        warnings.append(f"{rekeyed} bar(s) changed key in some voices only: the header's key kept there")
+    alignment = check_alignment(body, metre_bar(metadata))
     restored = restore_voices(metadata, body)
     return AbcResult("X:1\n" + "".join(header) + "".join(restored), alignment, warnings)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from engine.symbolic.labels import fits_label
-from engine.symbolic.postprocess import CLOSERS, OPENERS, bar_well_formed, count_voices, line_aligned, line_segments
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import (CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
+                                         line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
     from engine.symbolic.piece import PieceState
@@ -85,20 +88,56 @@ def take_back_header(s: "PieceState", finished: bool, ended: bool = False) -> Ta
 
 
 
-def take_back_misaligned_line(s: "PieceState") -> TakeBack:
-    """A tune-body line just ended: if its voices disagree and retries are left, the text and
-    context return to the line's start (REWIND)."""
-    if s.line_start is None or not s.in_tunebody or s.retries >= s.req.bar_retries:
+def take_back_line(s: "PieceState") -> TakeBack:
+    """A tune-body line just ended: if it breaks a bar rule and retries are left, the text and
+    context return to the line's start (REWIND). The rules: every voice lasts as long as the others
+    and closes what it opens (always, with bar_retries); and those the prompt's training pieces
+    keep (PieceRequest.bar_rules): "full", every declared voice is in the bar (a voice left out
+    becomes a whole-bar rest); "metre", the bar is as long as the metre (postprocess.Metre)."""
+    if s.line_start is None or not s.in_tunebody:
         return KEEP
     line = s.text[s.line_start.text:]
-    if s.line_start.epoch != s.epoch or line.count("\n") != 1 or (
-            line_aligned(line) and all(bar_well_formed(t) for t in line_segments(line).values())):
+    if s.line_start.epoch != s.epoch or line.count("\n") != 1:
         return KEEP
-    s.return_to(s.line_start)
-    s.retries += 1
-    s.rewritten += 1
-    return TakeBack(Verdict.REWIND, len(line))
+    if s.metre is None:  # the first line: the header is complete
+        meta = split_tunebody(s.text)[0]
+        s.metre, s.declared = Metre(metre_bar(meta)), count_voices(meta)
+    after = s.metre.after(line)
+    if s.retries < s.req.bar_retries and not line_keeps_rules(s, line, after):
+        s.return_to(s.line_start)
+        s.retries += 1
+        s.rewritten += 1
+        return TakeBack(Verdict.REWIND, len(line))
+    s.metre = after or Metre(s.metre.bar, Fraction(0), False)
+    return KEEP
 
+
+def line_keeps_rules(s: "PieceState", line: str, after: Metre | None) -> bool:
+    segments = line_segments(line)
+    if not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())):
+        return False
+    rules = s.req.bar_rules
+    return ("full" not in rules or len(segments) >= s.declared) and ("metre" not in rules or after is not None)
+
+
+def take_back_ending(s: "PieceState") -> TakeBack:
+    """The piece ends (eos): its last line must be complete, close every voice together with a
+    final barline (|] :| || ::) and, for "full" prompts, hold every voice. Otherwise, while bar
+    retries are left for endings, the last line is taken back and written again (REWIND)."""
+    unfinished = not s.text.endswith("\n")  # eos in the middle of a line: that line is written again
+    mark = s.line_start if unfinished else s.last_line
+    if s.req.bar_retries == 0 or s.ending_tries >= s.req.bar_retries or mark is None or not mark.in_tunebody \
+            or mark.epoch != s.epoch:
+        return KEEP
+    line = s.text[mark.text:]
+    if not unfinished and (line.count("\n") != 1 or (closes_section(line) and (
+            "full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared))):
+        return KEEP
+    s.return_to(mark)
+    s.ending_tries += 1
+    s.rewritten += 1
+    s.mark_line()
+    return TakeBack(Verdict.REWIND, len(line))
 
 
 def score_voices(line: str) -> int:

@@ -25,7 +25,7 @@ from engine.symbolic.checkpoint import save_model
 from engine.symbolic.config import EOS_ID, PAD_ID, NotaGenConfig
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import bos_patch, split_bars, split_patches, split_tunebody, to_ids
-from engine.symbolic.postprocess import count_voices
+from engine.symbolic.postprocess import R_MARKER, check_alignment, count_voices, line_segments, metre_bar
 from engine.symbolic.prompts import Prompt, PromptTable
 
 STATE_FILE = "trainer_state.pt"
@@ -158,6 +158,27 @@ def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, list[int]
     return {pr.key(): typical(counts[pr.key()]) for pr in table.prompts if pr.key() in counts}
 
 
+RULE_SHARE = {"full": 0.99, "metre": 0.97}  # a prompt keeps a bar rule when this share of its training bars do
+
+
+def bar_rules(pieces: list[dict]) -> dict[str, list[str]]:
+    """The bar rules each prompt's training pieces keep: "full", no declared voice left out of a
+    bar (Bach's chorales: 99.86% of bars; Palestrina: 58%); "metre", every bar as long as the
+    metre, pickups and split bars aside (Bach's chorales 99.6%, Irish tunes 98.8%, Beethoven's
+    chamber music 81.5%). A generated bar that breaks a rule its prompt keeps is written again."""
+    bars, kept = Counter(), Counter()
+    for p in pieces:
+        if "@t" in p["id"]:
+            continue
+        meta, body = split_tunebody(p["text"])
+        key, declared = "_".join(p["labels"]), count_voices(meta)
+        lines = [R_MARKER.sub("", ln) for ln in body]
+        bars[key] += len(lines)
+        kept[key, "full"] += sum(len(line_segments(ln)) >= declared for ln in lines)
+        kept[key, "metre"] += check_alignment(lines, metre_bar(meta)).aligned
+    return {k: [r for r, share in RULE_SHARE.items() if kept[k, r] >= share * n] for k, n in bars.items() if n}
+
+
 def typical(counts: Counter) -> list[int]:
     kept, covered, total = [], 0, sum(counts.values())
     for value, n in counts.most_common():
@@ -220,6 +241,9 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
     table = prompt_table(train_pieces, cfg, base_prompts)
     keys = {p.key() for p in table.prompts}
     voices = {k: list(v) for k, v in (base_voices or {}).items() if k in keys} | prompt_voices(train_pieces, table)
+    # what generation holds each prompt to, learnt from its training pieces (config.json)
+    styles = {"prompt_voices": voices,
+              "prompt_bar_rules": {k: v for k, v in bar_rules(train_pieces).items() if k in keys and v}}
     weights = label_weights(train_pieces, cfg.balance)
     t0, seen_patches = time.monotonic(), 0
     while step < cfg.steps:  # bounded by cfg.steps
@@ -242,15 +266,15 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
             if val_pieces:
                 record["val_bpc"] = evaluate(model, val_pieces[: cfg.eval_pieces])
                 history["val_bpc"].append({"step": step, "bpc": record["val_bpc"]})
-            _checkpoint(model, opt, step, history, rng, gen, out, table, voices, name, save_model)
+            _checkpoint(model, opt, step, history, rng, gen, out, table, styles, name, save_model)
         if on_step:
             on_step(record)
     model.eval().requires_grad_(False)
     return history
 
 
-def _checkpoint(model, opt, step, history, rng, gen, out: Path, table, voices, name, save_model) -> None:
-    save_model(model, out, prompts=table, extra_config={"name": name, "trained_steps": step, "prompt_voices": voices})
+def _checkpoint(model, opt, step, history, rng, gen, out: Path, table, styles: dict, name, save_model) -> None:
+    save_model(model, out, prompts=table, extra_config={"name": name, "trained_steps": step, **styles})
     (out / "history.json").write_text(json.dumps(history) + "\n")
     tmp = out / (STATE_FILE + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,

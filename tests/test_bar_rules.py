@@ -1,0 +1,121 @@
+"""The bar rules of issue 16: keys the page prints as they play, no whole-bar rests where the
+prompt's music has none, bars as long as the metre, endings that close every voice. Checked on
+real scores from music21's corpus (the rules must pass them) and on hand-made bars (they must
+catch what breaks them)."""
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import BACH
+from engine.data.build import read_split
+from engine.render.convert import abc_to_musicxml
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.piece import PieceRequest, PieceState
+from engine.symbolic.postprocess import R_MARKER, Metre, check_alignment, metre_bar, normalise_inline_keys, to_abc
+from engine.symbolic.retries import Verdict
+from engine.symbolic.train import bar_rules
+
+CORPUS = Path(__file__).resolve().parents[1] / "assets" / "data" / "corpus"
+HEADER = "%%score [ 1 | 2 ]\nL:1/8\nM:4/4\nK:C\nV:1 treble\nV:2 bass\n"
+FULL = "[V:1]c2 d2 e2 f2|[V:2]C,2 D,2 E,2 F,2|\n"
+
+
+def test_a_key_some_voices_take_alone_is_not_printed_apart_from_what_plays():
+    """The model's [V:2][K:Db] in a C major piece: the MusicXML had two keys for the alto and
+    verovio drew the first. The key is taken out; a key every voice changes to stays."""
+    lines = ["[V:1]c2 d2 e2 f2|[V:2][K:Db] C2 D2 E2 F2|\n", "[V:1][K:G] g8|[V:2][K:G] G8|\n"]
+    fixed, changed = normalise_inline_keys(lines)
+    assert changed == 1 and "[K:" not in fixed[0] and fixed[1] == lines[1]
+    text = "%Baroque\n%Bach, Johann Sebastian\n%Choral\n" + HEADER + "".join(f"[r:{i}/1]" + ln for i, ln in enumerate(lines))
+    result = to_abc(text)
+    assert "changed key in some voices only" in " ".join(result.warnings)
+    xml, _ = abc_to_musicxml(result.abc)
+    first_bars = re.findall(r'<measure number="1"[^>]*>(.*?)</measure>', xml, re.S)
+    assert all(b.count("<fifths>") == 1 and "<fifths>0</fifths>" in b for b in first_bars)
+
+
+@pytest.fixture(scope="module")
+def training():
+    return read_split(CORPUS, "train")
+
+
+def test_real_bach_chorales_keep_the_rules_and_the_rules_are_learnt_from_them(training):
+    chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
+                and "@t" not in p["id"]]
+    bars = fitting = 0
+    for p in chorales:
+        meta, body = split_tunebody(p["text"])
+        a = check_alignment([R_MARKER.sub("", ln) for ln in body], metre_bar(meta))
+        bars, fitting = bars + a.total, fitting + a.aligned
+    assert len(chorales) > 300 and fitting / bars > 0.99  # pickups and bars split at fermatas pass
+    rules = bar_rules(training)
+    assert rules["Baroque_Bach, Johann Sebastian_Choral"] == ["full", "metre"]
+    assert "full" not in rules["Renaissance_Palestrina, Giovanni Pierluigi da_Choral"]  # its voices rest
+    assert "metre" not in rules["Classical_Beethoven, Ludwig van_Chamber"]
+
+
+def test_a_bar_that_does_not_fill_the_metre_is_counted_wrong():
+    """The Beethoven 'Chamber' piece in 3/4 whose every voice held 11 eighths was reported aligned."""
+    bar = metre_bar(["M:3/4\n", "L:1/8\n"])
+    eleven = "[V:1]c2 d2 e2 f2 g3|[V:2]C2 D2 E2 F2 G3|"
+    assert bar == 6 and check_alignment([eleven] * 4, bar).aligned == 0
+    assert check_alignment([eleven] * 4).aligned == 4  # voices alone agree
+    pickup, full, split = "[V:1]c2|[V:2]C2|", "[V:1]c2 d2 e2|[V:2]C2 D2 E2|", "[V:1]c4|[V:2]C4|"
+    assert check_alignment([pickup, full, split, pickup, full], bar).aligned == 5  # a pickup, a bar split in two
+    assert Metre(bar).after(pickup).after(full).after(split).after(full) is None  # a split bar left open
+
+
+def _state(rules=frozenset(), retries=2):
+    s = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=retries, bar_rules=frozenset(rules)), 128, 16, "cpu")
+    s.in_tunebody = True
+    return s
+
+
+EOS = [1, 2] + [0] * 14  # NotaGen's end-of-piece patch
+
+
+def _feed(state, text):
+    events = []
+    for chunk in [text[i:i + 16] for i in range(0, len(text), 16)]:
+        ids = [ord(c) for c in chunk] + ([2] if len(chunk) < 16 else [])
+        events.append(state.accept(ids + [0] * (16 - len(ids))))
+    return events
+
+
+@pytest.mark.parametrize("rules,line,kept", [
+    ({"full"}, "[r:0/3][V:1]c2 d2 e2 f2|\n", False),  # the bass left out: a whole-bar rest
+    (set(), "[r:0/3][V:1]c2 d2 e2 f2|\n", True),  # Palestrina's voices rest: no rule
+    ({"metre"}, "[r:0/3][V:1]c2 d2 e2 f2 g2|[V:2]C,2 D,2 E,2 F,2 G,2|\n", False),  # 10 eighths in 4/4
+    ({"full", "metre"}, "[r:0/3]" + FULL, True),
+])
+def test_a_bar_breaking_a_rule_its_prompt_keeps_is_written_again(rules, line, kept):
+    s = _state(rules)
+    start = s.text
+    _feed(s, line)
+    assert (s.text == start + line) is kept and (s.rewritten == 0) is kept
+
+
+def test_an_ending_that_does_not_close_every_voice_is_written_again():
+    s = _state({"full"})
+    _feed(s, "[r:0/2]" + FULL)
+    body_start = len(s.text)
+    _feed(s, "[r:1/1]" + FULL)  # ends with | only
+    eos = s.accept(EOS)
+    assert eos is not None and eos.retract > 0 and s.stop_reason is None and len(s.text) == body_start
+    _feed(s, "[r:1/1][V:1]c8|][V:2]C,8|]\n")
+    assert s.accept(EOS) is None and s.stop_reason == "eos" and s.text.endswith("|]\n")
+
+
+def test_an_ending_in_the_middle_of_a_bar_is_written_again_and_retries_are_bounded():
+    s = _state(retries=1)
+    _feed(s, "[r:0/2]" + FULL)
+    _feed(s, "[r:1/1][V:1]c2 d2 e2 f2 g2 a2 b2 c'2 d'2 e'2|")  # no newline yet: eos arrives mid-line
+    before = len(s.text)
+    eos = s.accept(EOS)
+    assert eos is not None and s.stop_reason is None and len(s.text) < before and s.text.endswith("|\n")
+    assert s.accept(EOS) is None and s.stop_reason == "eos"  # its one retry is spent: the piece ends
+    s2 = _state(retries=0)  # no retries: NotaGen's own ending
+    _feed(s2, "[r:0/1]" + FULL)
+    assert s2.accept(EOS) is None and s2.stop_reason == "eos"
+    assert Verdict.REWIND.value == "rewind"
