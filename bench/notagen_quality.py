@@ -10,6 +10,7 @@ from the training set (the longest run of bars copied from a training piece); he
 character. Prints a table, then one JSON line.
 
     python -m bench.notagen_quality [--model assets/models/...] [--k 4] [--data assets/data/corpus]
+    python -m bench.notagen_quality --musical [--n 20]   # chorales and German melodies, real vs generated
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 
+from bench import musicality
 from engine import api
 from engine.data.build import read_split
 from engine.render.convert import ConversionError, abc_to_musicxml
@@ -67,10 +69,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bar-retries", type=int, default=16, help="0: NotaGen's own sampling")
     ap.add_argument("--header-retries", type=int, default=64, help="0: NotaGen's own sampling")
+    ap.add_argument("--musical", action="store_true",
+                    help="instead: Bach chorales and German melodies measured as a musician would (bench.musicality), "
+                         "real pieces against plain sampling, retries, and retries with the critic")
+    ap.add_argument("--n", type=int, default=20, help="(--musical) generated pieces per mode")
     args = ap.parse_args()
 
     lm = api.load(args.model)
     train = [p for p in read_split(args.data, "train") if "@t" not in p["id"]]
+    if args.musical:
+        result = musicality.compare(lm, train, n=args.n, seed=args.seed, max_patches=args.max_patches)
+        musicality.print_table(result)
+        print(json.dumps({"bench": "notagen_quality_musical", "model": lm.name, **result}))
+        return
     val = read_split(args.data, "val")
     copies = CopyFinder([p["text"] for p in train])
     # the same sets generation's header retries aim at (the model's config holds them too)

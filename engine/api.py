@@ -122,7 +122,7 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            max_seconds=request.max_seconds, cancel=cancel, prefix=request.prefix,
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
-                           bar_rules=lm.bar_rules.get(prompt.key(), frozenset()))
+                           bar_rules=_bar_rules(lm, prompt, request))
               for i in range(request.variations)]
     for ev in stream(lm.model, pieces, backend):
         if isinstance(ev, Piece):
@@ -133,6 +133,13 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
             yield Composition(ev, result, notes + result.warnings)
         else:
             yield ev
+
+
+def _bar_rules(lm: LoadedModel, prompt, request: ComposeRequest) -> frozenset[str]:
+    """The bar rules the prompt's training pieces keep (the model's config); "harmony" only with
+    the critic on."""
+    rules = lm.bar_rules.get(prompt.key(), frozenset())
+    return rules if request.critic else rules - {"harmony"}
 
 
 def compose(lm: LoadedModel, request: ComposeRequest, on_event: Callable[[PatchEvent], None] | None = None,

@@ -87,6 +87,9 @@ def _add_compose(sub) -> None:
     c.add_argument("--header-retries", type=int, default=r.header_retries,
                    help=f"times a header with an unusual number of voices for the prompt is written again "
                         f"(default {r.header_retries})")
+    c.add_argument("--critic", choices=["on", "off"], default="on" if r.critic else "off",
+                   help="the musical critic writes again bars of several voices that fit no chord or move in "
+                        "parallel fifths or octaves, where the prompt's real music does not (default on)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -214,7 +217,7 @@ def cmd_compose(args) -> int:
                              SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature),
                              seed=args.seed, variations=args.variations, max_patches=args.max_patches,
                              max_seconds=args.max_seconds, bar_retries=args.bar_retries,
-                             header_retries=args.header_retries).seeded()
+                             header_retries=args.header_retries, critic=args.critic == "on").seeded()
     print(f"loading model ... (seed {request.seed})", file=sys.stderr)
     if args.devices or args.max_memory or args.placement != "auto":
         # one request: a replicate plan's first copy writes it

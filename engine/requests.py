@@ -55,6 +55,7 @@ class ComposeRequest:
     max_seconds: float = 1200.0  # wall-clock bound per piece
     bar_retries: int = 16  # times a bar whose voices disagree in length is written again (0: NotaGen's own)
     header_retries: int = 64  # times a header with an unusual number of voices for the prompt is written again
+    critic: bool = True  # the musical critic judges bars of several voices (False: only the bar rules)
     prefix: str = ""  # text in the model's format to continue (api.continuation_prefix makes it from ABC)
     prompt: Prompt = field(init=False, repr=False, compare=False)  # the three fields, checked (made here)
 
@@ -74,6 +75,8 @@ class ComposeRequest:
         _set(self, "prompt", Prompt(self.period, self.composer, self.instrumentation))
         for name in ("period", "composer", "instrumentation"):
             _set(self, name, getattr(self.prompt, name))
+        if not isinstance(self.critic, bool):
+            raise SettingsError(f"critic must be on (True) or off (False), got {self.critic!r}")
         if not isinstance(self.prefix, str):
             raise SettingsError("the text to continue must be text in the model's format")
         bad = sorted({c for c in self.prefix if ord(c) > 127})
@@ -100,7 +103,7 @@ class ComposeRequest:
     def settings(self) -> dict:
         """How the pieces were written, for their records (the seed is recorded per piece)."""
         return {**dataclasses.asdict(self.sampling), "max_patches": self.max_patches,
-                "bar_retries": self.bar_retries, "variations": self.variations}
+                "bar_retries": self.bar_retries, "variations": self.variations, "critic": self.critic}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ prompt's music has none, bars as long as the metre, endings that close every voi
 real scores from music21's corpus (the rules must pass them) and on hand-made bars (they must
 catch what breaks them)."""
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from engine.data.build import read_split
 from engine.render.convert import abc_to_musicxml
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.piece import PieceRequest, PieceState
-from engine.symbolic.postprocess import R_MARKER, Metre, check_alignment, metre_bar, normalise_inline_keys, to_abc
+from engine.symbolic.postprocess import (R_MARKER, Metre, check_alignment, line_segments, metre_bar, normalise_inline_keys,
+                                         to_abc)
 from engine.symbolic.retries import Verdict
 from engine.symbolic.train import bar_rules
 
@@ -50,8 +52,10 @@ def test_real_bach_chorales_keep_the_rules_and_the_rules_are_learnt_from_them(tr
         bars, fitting = bars + a.total, fitting + a.aligned
     assert len(chorales) > 300 and fitting / bars > 0.99  # pickups and bars split at fermatas pass
     rules = bar_rules(training)
-    assert rules["Baroque_Bach, Johann Sebastian_Choral"] == ["full", "metre"]
-    assert "full" not in rules["Renaissance_Palestrina, Giovanni Pierluigi da_Choral"]  # its voices rest
+    assert rules["Baroque_Bach, Johann Sebastian_Choral"] == ["full", "metre", "harmony"]
+    palestrina = rules["Renaissance_Palestrina, Giovanni Pierluigi da_Choral"]
+    assert "full" not in palestrina and "harmony" not in palestrina  # its voices rest; its counterpoint is not chordal
+    assert "harmony" not in rules["Folk_Traditional, Irish_Melody"]  # one voice: nothing for the critic
     assert "metre" not in rules["Classical_Beethoven, Ludwig van_Chamber"]
 
 
@@ -119,3 +123,47 @@ def test_an_ending_in_the_middle_of_a_bar_is_written_again_and_retries_are_bound
     _feed(s2, "[r:0/1]" + FULL)
     assert s2.accept(EOS) is None and s2.stop_reason == "eos"
     assert Verdict.REWIND.value == "rewind"
+
+
+# --- the musical critic (engine.symbolic.harmony) -------------------------------------------------
+from engine.symbolic.harmony import (Critic, beat_length, chord_fit, final_cadence, key_alterations,  # noqa: E402
+                                     parallels, read_bar)
+
+
+def test_notes_are_read_with_the_key_accidentals_tuplets_and_broken_rhythm():
+    gmin = key_alterations("Gmin")
+    assert gmin == {"B": -1, "E": -1} and key_alterations("D") == {"F": 1, "C": 1} and key_alterations("Ador") == {"F": 1} and key_alterations("Ddor") == {}
+    events = read_bar("!fermata!B2 ^c/d/ (3efg [CEG]2 z2 A>B", gmin)
+    assert [e.pitches for e in events[:3]] == [(70,), (73,), (74,)]  # B flat from the key, C sharp, D
+    assert [e.length for e in events] == [2, Fraction(1, 2), Fraction(1, 2)] + [Fraction(2, 3)] * 3 + [2, 2] + \
+        [Fraction(3, 2), Fraction(1, 2)]
+    assert events[6].pitches == (60, 63, 67) and events[7].pitches == ()  # E flat in G minor
+    assert read_bar("^F F", {})[1].pitches == (66,)  # an accidental holds to the bar's end
+
+
+def test_chords_and_parallels_are_named_as_a_musician_would():
+    assert chord_fit({0, 4, 7}) == "full" and chord_fit({7, 11, 2, 5}) == "full"  # C major, G7
+    assert chord_fit({0, 7}) == "fits" and chord_fit({0, 1, 2}) == "none"
+    assert parallels([(72,), (60,)], [(74,), (62,)]) == (1, 1)  # octaves moving up together
+    assert parallels([(72,), (65,)], [(74,), (67,)]) == (1, 1)  # fifths
+    assert parallels([(72,), (65,)], [(71,), (67,)]) == (1, 0)  # contrary motion
+    assert beat_length("6/8", "1/8") == 3 and beat_length("C", "1/8") == 2
+
+
+def test_the_critic_passes_almost_every_real_chorale_bar_and_catches_parallel_fifths(training):
+    chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
+                and "@t" not in p["id"]][:60]
+    judged = passed = cadences = 0
+    for p in chorales:
+        meta, body = split_tunebody(p["text"])
+        critic = Critic(key_alterations(re.search(r"^K:(.*)$", "".join(meta), re.M).group(1)), Fraction(2), Fraction(8))
+        before = None
+        lines = [R_MARKER.sub("", ln) for ln in body]
+        for line in lines:
+            ok, before = critic.judge(list(line_segments(line).values()), before)
+            judged, passed = judged + 1, passed + ok
+        cadences += final_cadence(list(line_segments(lines[-1]).values()), list(line_segments(lines[-2]).values()),
+                                  critic.key)
+    assert passed / judged > 0.93 and cadences / len(chorales) > 0.8
+    fifths = ["[V:1]c2 d2 e2 f2|", "[V:2]F,2 G,2 A,2 B,2|"]  # C/F, D/G, E/A, F/Bb: fifths every step
+    assert not Critic({}, Fraction(2), Fraction(8)).judge([s.split("]", 1)[1] for s in fifths], None)[0]

@@ -206,10 +206,11 @@ def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=Audi
     return AudioRequest(text, settings, melody=melody or None, score=score)
 
 
-def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries) -> ComposeRequest:
+def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries,
+                     critic=ComposeRequest.critic) -> ComposeRequest:
     """The page's and the API's values as they come -> a ComposeRequest, which checks them."""
     return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp), seed=page_seed(sd),
-                          variations=var, max_patches=mp, bar_retries=br)
+                          variations=var, max_patches=mp, bar_retries=br, critic=critic)
 
 
 def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
@@ -257,6 +258,7 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                                         label="Maximum length (patches of 16 characters)")
                 ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
                 ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1, label="Bar retries (0 = NotaGen's sampling)")
+                ui.critic = gr.Checkbox(value=ComposeRequest.critic, label="Musical critic (chords, parallels, cadence)")
         with gr.Row():
             ui.generate = gr.Button("Generate", variant="primary")
             ui.stop = gr.Button("Stop", variant="stop")
@@ -431,9 +433,9 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
 
 def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Generate, Continue and Stop."""
-    def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=None):
+    def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, cont_abc=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
-        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br)
+        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic))
         for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc):
             if isinstance(item, Progress):
                 line = f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, {item.elapsed:.1f}s"
@@ -443,15 +445,15 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
                 yield _show(ui, studio, k, item[0])
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
-              ui.max_patches, ui.variations, ui.bar_retries]
+              ui.max_patches, ui.variations, ui.bar_retries, ui.critic]
     ui.generate.click(_session(run), inputs, ui.shown, api_visibility="private", concurrency_id="model",
                       concurrency_limit=config.concurrency)
 
     @_session
-    def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, text):
+    def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, text):
         if not text or not text.strip():
             raise SettingsError("there is no score to continue: write or upload some ABC first")
-        yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, cont_abc=text)
+        yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, cont_abc=text)
 
     ui.cont.click(run_continue, inputs + [ui.abc], ui.shown, api_visibility="private", concurrency_id="model",
                   concurrency_limit=config.concurrency)

@@ -16,13 +16,16 @@ import re
 import signal
 from collections import Counter
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from engine import quiet
 from engine.errors import CadenzaError
 from engine.symbolic.labels import infer_instrumentation
 from engine.symbolic.abcformat import clean_part_names, interleave, musicxml_to_abc, to_model_text, xml_to_abc
+from engine.symbolic.harmony import key_alterations, read_bar
 from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import metre_bar
 from engine.symbolic.prompts import Prompt
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -154,7 +157,7 @@ def _source_abc(src: Source) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
         if src.tune is not None:
             text = re.split(r"^(?=X:)", text, flags=re.M)[1:][src.tune]
-        return xml_to_abc(_abc_to_xml(text), timeout=0)
+        return xml_to_abc(_abc_to_xml(close_phrase_bars(text)), timeout=0)
     if suffix == ".krn":
         from music21 import converter
         from music21.musicxml.m21ToXml import GeneralObjectExporter
@@ -163,11 +166,43 @@ def _source_abc(src: Source) -> str:
     raise CadenzaError(f"{path.suffix} is not a score format we convert")
 
 
+LINE_END_BAR = re.compile(r"(\||:|\]|::)\s*$")
+
+
+def close_phrase_bars(abc: str) -> str:
+    """Folk collections in ABC (the Essen songs above all) write one phrase a line and leave out
+    the barline where a phrase ends on a bar's end: `| d4d4` then `z2d4d2 |` is two bars of 4/2,
+    but read as written it is one bar of double length (24.7% of the German tunes' bars were
+    wrong). A line that ends without a barline gets one when the bar it ends is full; a phrase
+    that ends mid-bar (its next line starts with the rest of the bar) is left as it is."""
+    head, _, body = abc.partition("\nK:")
+    if not body:
+        return abc
+    key_line, _, tune = body.partition("\n")
+    metre = re.search(r"^M:\s*(\S+)", head, re.M)
+    unit = re.search(r"^L:\s*(\d+/\d+)", head, re.M)
+    bar = metre_bar([f"M:{metre.group(1)}\n" if metre else "", f"L:{unit.group(1) if unit else '1/8'}\n"])
+    if bar is None:
+        return abc
+    key = key_alterations(key_line)
+    out, open_bar = [], Fraction(0)
+    for line in tune.split("\n"):
+        if not line.strip() or re.match(r"^[A-Za-z]:|^%", line):
+            out.append(line)
+            continue
+        last = re.split(r"\|+|:\||\|:|::", line)[-1]  # what follows the line's last barline
+        length = sum((e.length for e in read_bar(last, key)), Fraction(0))
+        open_bar = length + (open_bar if len(re.split(r"\|", line)) == 1 else 0)
+        if not LINE_END_BAR.search(line) and open_bar == bar:
+            line, open_bar = line.rstrip() + " |", Fraction(0)
+        out.append(line)
+    return head + "\nK:" + key_line + "\n" + "\n".join(out)
+
+
 def _abc_to_xml(abc: str) -> bytes:
     import xml.etree.ElementTree as ET
 
     from abctoolkit import abc2xml
-
 
     with quiet.captured():
         docs = abc2xml.getXmlDocs(quiet.drop_includes(abc)[0])

@@ -16,9 +16,10 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from engine.symbolic.labels import fits_label
+from engine.symbolic.harmony import Critic, beat_length, final_cadence, key_alterations
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import (CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
-                                         line_aligned, line_segments, metre_bar)
+                                         header_field, line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
     from engine.symbolic.piece import PieceState
@@ -102,6 +103,9 @@ def take_back_line(s: "PieceState") -> TakeBack:
     if s.metre is None:  # the first line: the header is complete
         meta = split_tunebody(s.text)[0]
         s.metre, s.declared = Metre(metre_bar(meta)), count_voices(meta)
+        beat = beat_length(header_field(meta, "M"), header_field(meta, "L"))
+        s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar) \
+            if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
     after = s.metre.after(line)
     if s.retries < s.req.bar_retries and not line_keeps_rules(s, line, after):
         s.return_to(s.line_start)
@@ -109,6 +113,8 @@ def take_back_line(s: "PieceState") -> TakeBack:
         s.rewritten += 1
         return TakeBack(Verdict.REWIND, len(line))
     s.metre = after or Metre(s.metre.bar, Fraction(0), False)
+    if s.critic is not None:
+        s.sounding = s.critic.judge(list(line_segments(line).values()), s.sounding)[1]
     return KEEP
 
 
@@ -117,7 +123,9 @@ def line_keeps_rules(s: "PieceState", line: str, after: Metre | None) -> bool:
     if not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())):
         return False
     rules = s.req.bar_rules
-    return ("full" not in rules or len(segments) >= s.declared) and ("metre" not in rules or after is not None)
+    if ("full" in rules and len(segments) < s.declared) or ("metre" in rules and after is None):
+        return False
+    return s.critic is None or len(segments) < 2 or s.critic.judge(list(segments.values()), s.sounding)[0]
 
 
 def take_back_ending(s: "PieceState") -> TakeBack:
@@ -131,13 +139,23 @@ def take_back_ending(s: "PieceState") -> TakeBack:
         return KEEP
     line = s.text[mark.text:]
     if not unfinished and (line.count("\n") != 1 or (closes_section(line) and (
-            "full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared))):
+            "full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared) and cadences(s, line, mark))):
         return KEEP
     s.return_to(mark)
     s.ending_tries += 1
     s.rewritten += 1
     s.mark_line()
     return TakeBack(Verdict.REWIND, len(line))
+
+
+def cadences(s: "PieceState", line: str, mark) -> bool:
+    """For "harmony" prompts, the last bar closes with a V-I or IV-I cadence (harmony.final_cadence),
+    in the first half of the ending's retries: the second half only asks that it closes every voice."""
+    if s.critic is None or s.ending_tries >= s.req.bar_retries // 2:
+        return True
+    before = s.text[:mark.text].rsplit("\n", 2)
+    previous = list(line_segments(before[-2]).values()) if len(before) >= 2 else []
+    return final_cadence(list(line_segments(line).values()), previous, s.critic.key)
 
 
 def score_voices(line: str) -> int:
