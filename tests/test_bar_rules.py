@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BACH
+from test_generation import _feed  # feeds text as the model writes it
 from engine.data.build import read_split
 from engine.render.convert import abc_to_musicxml
 from engine.symbolic.patches import split_tunebody
@@ -77,14 +78,6 @@ def _state(rules=frozenset(), retries=2):
 
 
 EOS = [1, 2] + [0] * 14  # NotaGen's end-of-piece patch
-
-
-def _feed(state, text):
-    events = []
-    for chunk in [text[i:i + 16] for i in range(0, len(text), 16)]:
-        ids = [ord(c) for c in chunk] + ([2] if len(chunk) < 16 else [])
-        events.append(state.accept(ids + [0] * (16 - len(ids))))
-    return events
 
 
 @pytest.mark.parametrize("rules,line,kept", [
