@@ -258,7 +258,9 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                                         label="Maximum length (patches of 16 characters)")
                 ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
                 ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1, label="Bar retries (0 = NotaGen's sampling)")
-                ui.critic = gr.Checkbox(value=ComposeRequest.critic, label="Musical critic (chords, parallels, cadence)")
+            ui.critic = gr.Checkbox(value=ComposeRequest.critic,  # its own line: a narrow page squeezed it off the row
+                                    label="Musical critic: write again bars that fit no chord or move in parallel "
+                                          "fifths or octaves, and end on a cadence (where the style's real music does)")
         with gr.Row():
             ui.generate = gr.Button("Generate", variant="primary")
             ui.stop = gr.Button("Stop", variant="stop")
