@@ -16,8 +16,8 @@ import re
 import time
 from fractions import Fraction
 
-from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, key_alterations,
-                                     parallels, read_bar)
+from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, final_cadence,
+                                     key_alterations, parallels, read_bar)
 from engine.symbolic.postprocess import BARLINE, check_alignment, header_field, line_segments, metre_bar
 
 TONIC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -80,7 +80,7 @@ def chorale_measures(abc: str) -> dict:
                 m["parallels"] += bad
             previous = now
     if body and beat and bar:
-        m["cadence"], m["end_together"] = _ending(body, voices, key, beat, bar)
+        m["cadence"], m["end_together"] = _ending(body, voices, key)
     return m
 
 
@@ -92,26 +92,16 @@ def _one_key(body: list[str], voices: list[str]) -> bool:
     return len(set(first.values())) <= 1
 
 
-def _ending(body: list[str], voices: list[str], key: dict, beat: Fraction, bar: Fraction) -> tuple[int, int]:
-    last = [read_bar(t, key) for t in segments_of(body[-1], voices)]
+def _ending(body: list[str], voices: list[str], key: dict) -> tuple[int, int]:
+    """(a final V-I or IV-I cadence, the sampler's own test: harmony.final_cadence; every voice
+    sounding to the end)."""
+    last_bar = segments_of(body[-1], voices)
+    last = [read_bar(t, key) for t in last_bar]
     ends = [max((e.onset + e.length for e in v if e.pitches), default=None) for v in last]
     ended = [max((e.onset + e.length for e in v), default=Fraction(0)) for v in last]
     together = int(all(x is not None for x in ends) and len(set(ends)) == 1 and ends[0] == max(ended))
-    bass = [(e.onset, min(e.pitches)) for e in last[-1] if e.pitches] if last else []
-    if len(body) > 1 and len(bass) < 2:  # the approach may lie in the bar before
-        before = [(e.onset - 1000, min(e.pitches)) for e in read_bar(segments_of(body[-2], voices)[-1], key)
-                  if e.pitches]
-        bass = before + bass
-    if len(bass) < 2:
-        return 0, together
-    final_t, root = bass[-1]
-    sounding = {p % 12 for v in last for e in v if e.pitches and e.onset <= final_t < e.onset + e.length
-                for p in e.pitches}
-    approach = next((p for _, p in reversed(bass[:-1]) if p % 12 != root % 12), None)
-    triad = sounding <= {root % 12, (root + 4) % 12, (root + 7) % 12} or sounding <= {
-        root % 12, (root + 3) % 12, (root + 7) % 12}
-    cadence = triad and len(sounding) >= 2 and approach is not None and (approach - root) % 12 in (7, 5)
-    return int(cadence), together
+    before = segments_of(body[-2], voices) if len(body) > 1 else []
+    return int(final_cadence(last_bar, before, key)), together
 
 
 def melody_measures(abc: str) -> dict:

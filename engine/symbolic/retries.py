@@ -107,25 +107,27 @@ def take_back_line(s: "PieceState") -> TakeBack:
         s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar) \
             if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
     after = s.metre.after(line)
-    if s.retries < s.req.bar_retries and not line_keeps_rules(s, line, after):
+    segments = list(line_segments(line).values())
+    # the critic reads the bar once: its verdict now, and what sounds at its end for the next bar
+    judged = s.critic.judge(segments, s.sounding) if s.critic is not None and len(segments) > 1 else None
+    if s.retries < s.req.bar_retries and not line_keeps_rules(s, line, after, judged is None or judged[0]):
         s.return_to(s.line_start)
         s.retries += 1
         s.rewritten += 1
         return TakeBack(Verdict.REWIND, len(line))
     s.metre = after or Metre(s.metre.bar, Fraction(0), False)
-    if s.critic is not None:
-        s.sounding = s.critic.judge(list(line_segments(line).values()), s.sounding)[1]
+    if judged is not None:
+        s.sounding = judged[1]
     return KEEP
 
 
-def line_keeps_rules(s: "PieceState", line: str, after: Metre | None) -> bool:
+def line_keeps_rules(s: "PieceState", line: str, after: Metre | None, harmonious: bool) -> bool:
     segments = line_segments(line)
     if not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())):
         return False
     rules = s.req.bar_rules
-    if ("full" in rules and len(segments) < s.declared) or ("metre" in rules and after is None):
-        return False
-    return s.critic is None or len(segments) < 2 or s.critic.judge(list(segments.values()), s.sounding)[0]
+    return not (("full" in rules and len(segments) < s.declared) or ("metre" in rules and after is None)) \
+        and harmonious
 
 
 def take_back_ending(s: "PieceState") -> TakeBack:
