@@ -24,6 +24,7 @@ from engine.render.pipeline import FORMATS, RenderOptions
 from engine.requests import AudioRequest, ComposeRequest
 from engine.symbolic.backend import FastBackend
 from engine.symbolic.config import NotaGenConfig
+from engine.symbolic.grow import deepen
 from engine.symbolic.prompts import check_field
 from engine.symbolic.reference import ReferenceBackend
 from engine.symbolic.sampling import SamplingSettings
@@ -115,11 +116,18 @@ def _add_training(sub) -> None:
     t.add_argument("--out", required=True, help="model folder to write (and resume from)")
     t.add_argument("--init", default=None, help="start from this model (Cadenza folder or NotaGen .pth)")
     t.add_argument("--hidden", type=int, default=256, help="(from scratch) hidden size, a multiple of 64")
-    t.add_argument("--patch-layers", type=int, default=6, help="(from scratch) patch-level decoder layers")
-    t.add_argument("--char-layers", type=int, default=2, help="(from scratch) character-level decoder layers")
+    t.add_argument("--patch-layers", type=int, default=None,
+                   help="patch-level decoder layers (from scratch, default 6; with --init, grow the model to this depth: "
+                        "its blocks are spread out and the new ones start as the identity)")
+    t.add_argument("--char-layers", type=int, default=None,
+                   help="character-level decoder layers (from scratch, default 2; with --init, grow as --patch-layers)")
     t.add_argument("--patch-length", type=int, default=512, help="(from scratch) context in patches")
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch", type=int, default=8, help="pieces per step")
+    t.add_argument("--patch-sampling", type=int, default=TrainConfig.patch_sampling,
+                   help="patches per step the character decoder learns from (NotaGen's patch sampling)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop with a checkpoint after this many minutes (resume later with the same command)")
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
@@ -341,17 +349,22 @@ def cmd_train(args) -> int:
         model = lm.model
         if not args.only_data_prompts:
             base, base_voices = lm.prompts, lm.voices
+        if args.patch_layers or args.char_layers:
+            model = deepen(model, args.patch_layers or model.config.patch_num_layers,
+                           args.char_layers or model.config.char_num_layers)
     else:
-        cfg = NotaGenConfig(patch_length=args.patch_length, patch_num_layers=args.patch_layers,
-                            char_num_layers=args.char_layers, hidden_size=args.hidden)
+        cfg = NotaGenConfig(patch_length=args.patch_length, patch_num_layers=args.patch_layers or 6,
+                            char_num_layers=args.char_layers or 2, hidden_size=args.hidden)
         model = new_model(cfg).to(device)
     train_pieces, val_pieces = read_split(args.data, "train"), read_split(args.data, "val")
     cfg = TrainConfig(steps=args.steps, batch_pieces=args.batch, lr=args.lr, eval_every=args.eval_every,
-                      warmup=args.warmup, balance=args.balance)
+                      warmup=args.warmup, balance=args.balance, patch_sampling=args.patch_sampling,
+                      max_minutes=args.max_minutes)
     history = _train_loop(model, train_pieces, val_pieces, args.out, cfg, base, not args.fresh,
                           args.name or Path(args.out).name, base_voices)
     last = history["val_bpc"][-1]["bpc"] if history["val_bpc"] else float("nan")
-    print(f"wrote {args.out}: {cfg.steps} steps, validation {last:.3f} bits per character", file=sys.stderr)
+    done = history["steps"][-1]["step"] if history["steps"] else 0
+    print(f"wrote {args.out}: {done} of {cfg.steps} steps, validation {last:.3f} bits per character", file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BACH
-from test_generation import _feed  # feeds text as the model writes it
+from test_generation import _feed, _replay  # feed text as the model writes it; replay the events
 from engine.data.build import read_split
 from engine.render.convert import abc_to_musicxml
 from engine.symbolic.patches import split_tunebody
@@ -91,6 +91,28 @@ def test_a_bar_breaking_a_rule_its_prompt_keeps_is_written_again(rules, line, ke
     start = s.text
     _feed(s, line)
     assert (s.text == start + line) is kept and (s.rewritten == 0) is kept
+
+
+def test_when_the_retries_run_out_the_attempt_breaking_the_fewest_rules_is_kept():
+    """Three tries of a bar with rules full+metre: the first leaves the bass out (full), the second
+    is a beat too long in both voices (metre, which weighs less), the last misaligned (form, the
+    worst). The second is kept, the events replay to it, and the cache counts as stale."""
+    s = _state({"full", "metre"}, retries=2)
+    start, version, n0 = s.text, s.cache_version, len(s.context)
+    too_long = "[r:0/3][V:1]c2 d2 e2 f2 g2|[V:2]C,2 D,2 E,2 F,2 G,2|\n"
+    events = []
+    for line in ("[r:0/3][V:1]c2 d2 e2 f2|\n", too_long, "[r:0/3][V:1]c2 d2 e2 f2|[V:2]C,2|\n"):
+        s.in_tunebody = True
+        events += _feed(s, line)
+    assert s.text == start + too_long and _replay(start, events) == s.text
+    assert s.bars == 1 and s.rewritten == 2 and s.cache_version != version
+    assert "".join(chr(c) for p in s.context[n0:] for c in p if c > 2) == too_long  # the context holds it too
+    assert s.line_start is not None and s.line_start.text == len(s.text)  # the next line can be taken back
+    s2 = _state({"full", "metre"}, retries=1)  # the last attempt is the best: it stays, as before
+    for line in ("[r:0/3][V:1]c2 d2 e2 f2|[V:2]C,2|\n", too_long):
+        s2.in_tunebody = True
+        _feed(s2, line)
+    assert s2.text.endswith(too_long) and s2.cache_version == (0, 0)
 
 
 def test_an_ending_that_does_not_close_every_voice_is_written_again():

@@ -225,3 +225,13 @@ def test_balanced_drawing_evens_out_labels():
     assert 0.19 < share(half) < 0.30  # sqrt(10) / (sqrt(10) + sqrt(90)) = 0.25
     with pytest.raises(CadenzaError, match="balance"):
         TrainConfig(balance=1.5)
+
+
+def test_a_time_budget_stops_training_with_a_checkpoint(tmp_path):
+    model = tiny_model(patch_length=256, hidden=64, std=0.02)
+    cfg = TrainConfig(steps=1000, batch_pieces=2, patch_sampling=32, eval_every=500, min_prompt_pieces=1,
+                      max_minutes=0.0)
+    history = train(model, _pieces(), _pieces(), tmp_path / "m", cfg)
+    assert [s["step"] for s in history["steps"]] == [1]  # out of time after the first step
+    assert history["val_bpc"][0]["step"] == 1
+    assert load_model(tmp_path / "m").model.config == model.config

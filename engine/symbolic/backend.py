@@ -33,7 +33,7 @@ class FastBackend:
         self.patch_caches = model.patch_level_decoder.base.new_caches(rows, cfg.patch_length, dev, dt)
         self.char_caches = model.char_level_decoder.base.transformer.new_caches(rows, cfg.patch_size + 1, dev, dt)
         self.rows: list[PieceState] = []  # cache row i holds self.rows[i]
-        self.cached: dict[int, tuple[int, int]] = {}  # piece index -> (epoch, patches in cache)
+        self.cached: dict[int, tuple[tuple, int]] = {}  # piece index -> (its cache_version, patches in cache)
         # Early exit from a patch needs a host sync per character: worth it on CPU, where the
         # skipped compute is the cost, not on a GPU, where the sync is.
         self.early_exit = model.device.type == "cpu"
@@ -57,15 +57,15 @@ class FastBackend:
         hidden: list[torch.Tensor | None] = [None] * len(states)
         stepping = []
         for r, s in enumerate(states):
-            epoch, n = self.cached.get(s.index, (-1, -1))
+            version, n = self.cached.get(s.index, (None, -1))
             # n >= len(context) after a line was taken back: the cache still holds the kept
             # patches' keys and values, and the step rewrites the last one's in place.
-            if epoch == s.epoch and n >= len(s.context) - 1:
+            if version == s.cache_version and n >= len(s.context) - 1:
                 stepping.append(r)
             else:
                 ids = torch.tensor(s.context, device=dev)[None]  # (1, n, patch_size)
                 hidden[r] = self.model.patch_level_decoder(ids, self.patch_caches, r)[0, -1]
-            self.cached[s.index] = (s.epoch, len(s.context))
+            self.cached[s.index] = (s.cache_version, len(s.context))
         if stepping:
             out = self._step([states[r] for r in stepping], stepping)
             for j, r in enumerate(stepping):

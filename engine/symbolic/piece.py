@@ -133,6 +133,7 @@ class PieceState:
         self.start = time.monotonic()
         self.patches = self.bars = self.resets = self.rewritten = 0
         self.epoch = 0  # bumped whenever the context is rebuilt, so caches know to prefill
+        self.restores = 0  # lines replaced by an earlier attempt (their patches are not in the cache)
         self.stop_reason: str | None = None
         meta, body = split_tunebody(self.text)
         self.in_tunebody = bool(body)
@@ -148,6 +149,7 @@ class PieceState:
         self.sounding = None  # what the last kept bar's voices sound at its end (the critic's "before")
         self.ending_tries = 0  # endings taken back so far
         self.retries = 0  # retries used on the current line
+        self.best_attempt = None  # retries.Attempt: the current line's best version that broke a rule
         self.header_tries = 0  # headers taken back so far
         # Where the header begins (just after the prompt lines), when the header is the model's,
         # and whether it is being checked (until the tune body begins with a header that passes).
@@ -161,6 +163,11 @@ class PieceState:
         if not body:
             return prompt_patches(meta, self.patch_size), []
         return encode_for_generation(meta, body, self.patch_size)
+
+    @property
+    def cache_version(self) -> tuple[int, int]:
+        """Changes whenever a backend's cache of this piece's context can no longer be stepped on."""
+        return self.epoch, self.restores
 
     @property
     def chars(self) -> int:
@@ -219,10 +226,13 @@ class PieceState:
                 back = take_back_header(self, finished=False)  # never REWIND_LINE while unfinished
             else:
                 back = take_back_line(self)
-            if back.verdict is Verdict.KEEP:
+            if back.verdict in (Verdict.KEEP, Verdict.RESTORE):
                 self.mark_line()
         if len(self.context) >= self.patch_length:
             self._reencode()
+        if back.verdict is Verdict.RESTORE:  # the reported line is replaced by its best attempt
+            return PatchEvent(self.index, back.text, self.patches, self.chars, self.bars, self.elapsed, full,
+                              retract=back.chars - len(text))
         if back.verdict is not Verdict.KEEP:
             return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, full,
                               retract=back.chars - len(text))
@@ -234,7 +244,7 @@ class PieceState:
 
     def mark_line(self) -> None:
         """Remembers the start of the next line, when it falls on a patch boundary."""
-        self.retries = 0
+        self.retries, self.best_attempt = 0, None
         self.last_line, self.line_start = self.line_start, None
         if not self.tail and (not self.text or self.text.endswith("\n")):
             self.line_start = self._mark()
@@ -248,6 +258,16 @@ class PieceState:
         self.metre = mark.metre
         if not self.in_tunebody and self.header_start is not None:
             self.header_open = True  # back before the tune body: the header is being written again
+
+    def restore_line(self, text: str, context: list[list[int]]) -> None:
+        """Replaces the line just written (from line_start) by an earlier version of it. Its
+        patches differ from those in the backend's cache, which must prefill again (cache_version);
+        the marks before the line still hold (same text and context), so the epoch stays."""
+        mark = self.line_start
+        self.text = self.text[:mark.text] + text
+        self.context = self.context[:mark.context] + context
+        self.patches, self.bars, self.tail = mark.patches + len(context), mark.bars + text.count("\n"), []
+        self.restores += 1
 
     def at_line_start(self) -> bool:
         """The text ends where the current line began (nothing of it is in the text yet)."""

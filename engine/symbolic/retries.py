@@ -5,7 +5,8 @@ and says how much text went (a TakeBack with its Verdict).
 - header: when the tune body begins the header must declare one of the request's numbers of
   voices, with part names that fit the instrumentation (header_retries);
 - bar: a tune-body line whose voices disagree in length, or that leaves a chord, grace-note group
-  or annotation open, is written again (bar_retries).
+  or annotation open, is written again (bar_retries); when the retries run out, the attempt that
+  broke the fewest rules is kept (Attempt), not merely the last.
 """
 from __future__ import annotations
 
@@ -32,12 +33,24 @@ class Verdict(Enum):
     KEEP = "keep"
     REWIND_LINE = "rewind line"  # the patch just written is dropped; go on from the current line's start
     REWIND = "rewind"  # the line (or the header) is taken back and written again
+    RESTORE = "restore"  # the retries ran out: the line is replaced by its best earlier attempt
 
 
 @dataclass(frozen=True)
 class TakeBack:
     verdict: Verdict
-    chars: int = 0  # characters of text taken back (REWIND)
+    chars: int = 0  # characters of text taken back (REWIND, RESTORE)
+    text: str = ""  # the text put in their place (RESTORE)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One written version of a line that broke a rule: kept while it is the best so far."""
+    faults: int  # line_faults: lower is better
+    text: str
+    context: tuple[tuple[int, ...], ...]  # its patches as they entered the context
+    metre: "Metre | None"  # where the metre stands after it
+    sounding: object = None  # the critic's "before" for the next bar
 
 
 KEEP = TakeBack(Verdict.KEEP)
@@ -110,24 +123,43 @@ def take_back_line(s: "PieceState") -> TakeBack:
     segments = list(line_segments(line).values())
     # the critic reads the bar once: its verdict now, and what sounds at its end for the next bar
     judged = s.critic.judge(segments, s.sounding) if s.critic is not None and len(segments) > 1 else None
-    if s.retries < s.req.bar_retries and not line_keeps_rules(s, line, after, judged is None or judged[0]):
-        s.return_to(s.line_start)
-        s.retries += 1
-        s.rewritten += 1
-        return TakeBack(Verdict.REWIND, len(line))
+    faults = line_faults(s, line, after, judged is None or judged[0]) if s.req.bar_retries else 0
+    if faults:
+        attempt = Attempt(faults, line, tuple(map(tuple, s.context[s.line_start.context:])), after,
+                          judged[1] if judged else s.sounding)
+        if s.best_attempt is None or faults < s.best_attempt.faults:
+            s.best_attempt = attempt
+        if s.retries < s.req.bar_retries:
+            s.return_to(s.line_start)
+            s.retries += 1
+            s.rewritten += 1
+            return TakeBack(Verdict.REWIND, len(line))
+        if s.best_attempt is not attempt:  # out of retries: an earlier attempt was better
+            best = s.best_attempt
+            s.restore_line(best.text, [list(p) for p in best.context])
+            s.metre, s.sounding = best.metre or Metre(s.metre.bar, Fraction(0), False), best.sounding
+            return TakeBack(Verdict.RESTORE, len(line), best.text)
     s.metre = after or Metre(s.metre.bar, Fraction(0), False)
     if judged is not None:
         s.sounding = judged[1]
     return KEEP
 
 
-def line_keeps_rules(s: "PieceState", line: str, after: Metre | None, harmonious: bool) -> bool:
+# What each broken rule weighs when attempts are compared: a bar whose voices disagree or leave a
+# chord open is unreadable; a voice left out or a bar the wrong length is heard; a dissonant bar is
+# only less idiomatic.
+FAULT_WEIGHTS = {"form": 8, "full": 4, "metre": 2, "harmony": 1}
+
+
+def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: bool) -> int:
+    """The weighted rules a line breaks (0: it keeps them all)."""
     segments = line_segments(line)
-    if not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())):
-        return False
     rules = s.req.bar_rules
-    return not (("full" in rules and len(segments) < s.declared) or ("metre" in rules and after is None)) \
-        and harmonious
+    broken = [not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())) and "form",
+              "full" in rules and len(segments) < s.declared and "full",
+              "metre" in rules and after is None and "metre",
+              not harmonious and "harmony"]
+    return sum(FAULT_WEIGHTS[b] for b in broken if b)
 
 
 def take_back_ending(s: "PieceState") -> TakeBack:

@@ -52,6 +52,9 @@ class TrainConfig:
     # equally often. Between them, small labels (Bach's 17 chamber pieces beside 346 chorales)
     # are seen often enough for the prompt lines to steer the music.
     balance: float = 0.0
+    # Stop (with a checkpoint) once this much wall time has passed, whatever the step: a run sized
+    # for a GPU lent for ten minutes must not overrun it. The schedule still follows `steps`.
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.balance <= 1.0:
@@ -286,13 +289,16 @@ def train(model: NotaGenModel, train_pieces: list[dict], val_pieces: list[dict],
         record = {"step": step, "loss": loss.detach().item(), "lr": lr_at(step - 1, cfg), "grad_norm": float(norm),
                   "patches_per_s": seen_patches / (time.monotonic() - t0)}
         history["steps"].append(record)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        out_of_time = cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             if val_pieces:
                 record["val_bpc"] = evaluate(model, val_pieces[: cfg.eval_pieces])
                 history["val_bpc"].append({"step": step, "bpc": record["val_bpc"]})
             _checkpoint(model, opt, step, history, rng, gen, out, table, styles, name, save_model)
         if on_step:
             on_step(record)
+        if out_of_time:
+            break
     model.eval().requires_grad_(False)
     return history
 
