@@ -27,6 +27,7 @@ from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render,
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
 from engine.symbolic.abcformat import interleave, reduce_rests, xml_to_abc
 from engine.symbolic.checkpoint import LoadedModel, load_model
+from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import AbcResult, to_abc
@@ -79,6 +80,7 @@ class Composition:
     abc: AbcResult
     warnings: list[str] = field(default_factory=list)
     rendered: RenderResult | None = None  # set by export()
+    controls: Controls = field(default_factory=Controls)  # what the composer fixed (bars, key, metre, tempo)
 
     def stem(self) -> str:
         """A file name that says what the piece is: bach-choral-seed1234."""
@@ -91,6 +93,7 @@ class Composition:
             "prompt": {"period": p.prompt.period, "composer": p.prompt.composer, "instrumentation": p.prompt.instrumentation},
             "seed": p.seed,
             "sampling": {"top_k": p.sampling.top_k, "top_p": p.sampling.top_p, "temperature": p.sampling.temperature},
+            "controls": self.controls.to_dict(),
             "model": {"name": lm.name, "checksum": lm.checksum(), "config": lm.model.config.to_dict()},
             "generation": {"stop_reason": p.stop_reason, "complete": p.complete, "patches": p.patches, "chars": p.chars,
                            "bars": p.bars, "seconds": round(p.elapsed, 3), "context_resets": p.context_resets},
@@ -122,7 +125,7 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            max_seconds=request.max_seconds, cancel=cancel, prefix=request.prefix,
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
-                           bar_rules=_bar_rules(lm, prompt, request))
+                           bar_rules=_bar_rules(lm, prompt, request), controls=request.controls)
               for i in range(request.variations)]
     for ev in stream(lm.model, pieces, backend):
         if isinstance(ev, Piece):
@@ -130,7 +133,7 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
             if ev.cut_short:
                 notes.append(f"cut short ({ev.stop_reason}) after {ev.patches} patches")
             result = to_abc(ev.text)
-            yield Composition(ev, result, notes + result.warnings)
+            yield Composition(ev, result, notes + result.warnings, controls=request.controls)
         else:
             yield ev
 

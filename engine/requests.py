@@ -18,10 +18,12 @@ from pathlib import Path
 from engine.audio.musicgen import MELODY_SUFFIXES, AudioSettings, check_prompt
 from engine.checks import SEED_LIMIT, check_seed, draw_seed, real, whole, with_checked
 from engine.errors import SettingsError
+from engine.symbolic.controls import Controls, fit_prefix
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.sampling import SamplingSettings
 
-_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingSettings))
+_COMPOSE_NESTED = {"sampling": tuple(f.name for f in dataclasses.fields(SamplingSettings)),
+                   "controls": tuple(f.name for f in dataclasses.fields(Controls))}
 MAX_VARIATIONS = 64  # pieces in one batch, at most (a server sets its own, lower, limit)
 
 
@@ -29,16 +31,18 @@ def _set(obj, name: str, value) -> None:
     object.__setattr__(obj, name, value)  # frozen dataclasses: a checked value replaces the raw one
 
 
-def _update(request, nested: str, nested_fields: tuple[str, ...], changes: dict):
-    """dataclasses.replace that also takes the nested settings' fields by name (temperature=1.0)."""
-    inner = {k: changes.pop(k) for k in nested_fields if k in changes}
+def _update(request, nested: dict[str, tuple[str, ...]], changes: dict):
+    """dataclasses.replace that also takes the nested settings' fields by name (temperature=1.0,
+    key="D"): `nested` maps a field holding settings to the names of its own fields."""
+    inner = {name: {k: changes.pop(k) for k in fields if k in changes} for name, fields in nested.items()}
     known = {f.name for f in dataclasses.fields(request)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}: expected some of "
-                            f"{', '.join(sorted(known | set(nested_fields)))}")
-    if inner:
-        changes[nested] = dataclasses.replace(changes.get(nested, getattr(request, nested)), **inner)
+        every = known.union(*nested.values())
+        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(every))}")
+    for name, values in inner.items():
+        if values:
+            changes[name] = dataclasses.replace(changes.get(name, getattr(request, name)), **values)
     return dataclasses.replace(request, **changes)
 
 
@@ -57,11 +61,14 @@ class ComposeRequest:
     header_retries: int = 64  # times a header with an unusual number of voices for the prompt is written again
     critic: bool = True  # the musical critic judges bars of several voices (False: only the bar rules)
     prefix: str = ""  # text in the model's format to continue (api.continuation_prefix makes it from ABC)
+    controls: Controls = field(default_factory=Controls)  # length in bars, key, metre, tempo (None: the model's)
     prompt: Prompt = field(init=False, repr=False, compare=False)  # the three fields, checked (made here)
 
     def __post_init__(self) -> None:
         if not isinstance(self.sampling, SamplingSettings):
             raise SettingsError(f"sampling must be SamplingSettings, got {type(self.sampling).__name__}")
+        if not isinstance(self.controls, Controls):
+            raise SettingsError(f"controls must be Controls (bars, key, meter, tempo), got {type(self.controls).__name__}")
         _set(self, "seed", check_seed(self.seed))
         _set(self, "variations", whole(self.variations, "variations", 1, MAX_VARIATIONS))
         _set(self, "max_patches", whole(self.max_patches, "maximum length (patches)", 1, 1_000_000))
@@ -82,10 +89,13 @@ class ComposeRequest:
         bad = sorted({c for c in self.prefix if ord(c) > 127})
         if bad:
             raise SettingsError(f"the text to continue contains non-ASCII characters {bad[:5]}: the model reads ASCII only")
+        # the score to continue under the controls: renumbered to the length asked, its key and metre
+        # checked against those asked (controls.fit_prefix; it is the same text when fitted again)
+        _set(self, "prefix", fit_prefix(self.prefix, self.controls))
 
     def update(self, **changes) -> "ComposeRequest":
         """A new request with these fields changed (sampling's too: temperature=1.0), checked."""
-        return _update(self, "sampling", _SAMPLING_FIELDS, changes)
+        return _update(self, _COMPOSE_NESTED, changes)
 
     def seeded(self) -> "ComposeRequest":
         return self if self.seed is not None else with_checked(self, seed=draw_seed())
@@ -103,7 +113,8 @@ class ComposeRequest:
     def settings(self) -> dict:
         """How the pieces were written, for their records (the seed is recorded per piece)."""
         return {**dataclasses.asdict(self.sampling), "max_patches": self.max_patches,
-                "bar_retries": self.bar_retries, "variations": self.variations, "critic": self.critic}
+                "bar_retries": self.bar_retries, "variations": self.variations, "critic": self.critic,
+                "controls": self.controls.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,7 @@ class AudioRequest:
         return "performed" if self.score is not None else "audio"
 
     def update(self, **changes) -> "AudioRequest":
-        return _update(self, "settings", tuple(f.name for f in dataclasses.fields(AudioSettings)), changes)
+        return _update(self, {"settings": tuple(f.name for f in dataclasses.fields(AudioSettings))}, changes)
 
     def seeded(self) -> "AudioRequest":
         return with_checked(self, settings=self.settings.seeded())

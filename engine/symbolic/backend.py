@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from engine.symbolic.config import EOS_ID, PAD_ID
+from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.piece import PieceState
 from engine.symbolic.sampling import sample
@@ -104,11 +104,15 @@ class FastBackend:
         plen = torch.tensor([len(p) for p in prefixes], device=dev)
         top_k, top_p, temp = _settings_tensors(states, dev)
         u = torch.stack([torch.rand(size, generator=s.generator, device=dev) for s in states])  # (rows, size)
+        # a piece that may not end yet (a length in bars) never starts a free patch with bos: no eos patch
+        no_eos = torch.tensor([not s.eos_allowed() for s in states], device=dev) & (plen == 0)
         out = torch.full((rows, size), PAD_ID, dtype=torch.long, device=dev)
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
         x = hidden
         for t in range(size):
             probs = torch.softmax(char.step(x, caches, t).float(), dim=-1)
+            if t == 0 and bool(no_eos.any()):
+                probs[no_eos, BOS_ID] = 0.0
             tok = sample(probs, top_k, top_p, temp, u[:, t])
             tok = torch.where(t < plen, prefix[:, t], tok)
             tok = torch.where(done, torch.full_like(tok, PAD_ID), tok)

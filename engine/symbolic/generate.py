@@ -27,8 +27,6 @@ from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import patch_text
 from engine.symbolic.piece import PatchEvent, Piece, PieceRequest, PieceState
 
-TUNEBODY_START = "[r:0/"  # NotaGen forces the first tune-body line to be numbered 0
-
 
 def stream(model: NotaGenModel, requests: list[PieceRequest],
            backend: Callable[[NotaGenModel, int], Backend] = FastBackend) -> Iterator[PatchEvent | Piece]:
@@ -61,13 +59,13 @@ def stream(model: NotaGenModel, requests: list[PieceRequest],
 
 def _step(backend: Backend, active: list[PieceState]) -> Iterator[PatchEvent]:
     hidden = backend.encode(active)
-    patches = backend.sample(hidden, active, [s.tail for s in active])
+    patches = backend.sample(hidden, active, [s.next_prefix() for s in active])
     # NotaGen numbers the first tune-body line 0: when a piece's first tune-body patch appears,
-    # it is written again with "[r:0/" forced.
+    # it is written again with "[r:0/" forced (the whole "[r:0/N]" with a length in bars).
     redo = [i for i, s in enumerate(active)
             if not s.in_tunebody and patch_text(patches[i][len(s.tail):]).startswith("[r:")]
     if redo:
-        forced = [active[i].tail + [ord(c) for c in TUNEBODY_START] for i in redo]
+        forced = [active[i].tail + [ord(c) for c in active[i].tunebody_start()] for i in redo]
         again = backend.sample(hidden[redo], [active[i] for i in redo], forced)
         for i, p in zip(redo, again):
             patches[i] = p

@@ -11,11 +11,13 @@ import torch
 
 from engine.checks import SEED_LIMIT
 from engine.errors import SettingsError
-from engine.symbolic.config import EOS_ID, PAD_ID
-from engine.symbolic.patches import encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_tunebody
+from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
+from engine.symbolic.controls import Controls, header_edit, marker
+from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_patches,
+                                     split_tunebody, to_ids)
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.postprocess import Metre
-from engine.symbolic.retries import KEEP, Verdict, take_back_ending, take_back_header, take_back_line
+from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, take_back_header, take_back_line
 from engine.symbolic.sampling import SamplingSettings
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
@@ -46,6 +48,8 @@ class PieceRequest:
     # The bar rules the prompt's training pieces keep ("full": every declared voice in every bar;
     # "metre": bars as long as the metre), checked with the bar retries (engine.symbolic.retries).
     bar_rules: frozenset[str] = frozenset()
+    # Length in bars, key, metre and tempo fixed by the composer (engine.symbolic.controls).
+    controls: Controls = field(default_factory=Controls)
 
     def allowed_voices(self) -> frozenset[int] | None:
         """`voices` as a set (None: any number)."""
@@ -137,6 +141,7 @@ class PieceState:
         self.stop_reason: str | None = None
         meta, body = split_tunebody(self.text)
         self.in_tunebody = bool(body)
+        self.lines_before = sum(ln.endswith("\n") for ln in body)  # complete tune-body lines of the prefix
         self.body_start = 0  # first tune-body line inside the context
         if not body and self.text and not self.text.endswith("\n"):
             self.text += "\n"  # metadata lines are whole lines
@@ -163,6 +168,29 @@ class PieceState:
         if not body:
             return prompt_patches(meta, self.patch_size), []
         return encode_for_generation(meta, body, self.patch_size)
+
+    def next_prefix(self) -> list[int]:
+        """The characters forced at the start of the next patch: the context's partial tail, and,
+        with a length in bars, each line's [r:i/j] marker, then the end after the last line."""
+        bars = self.req.controls.bars
+        if bars is not None and self.tail and self.text.endswith("\n"):
+            # a continued score's last line, complete in a partial patch: the patch closes there (as
+            # in training, a line ends its patch) so that the next line starts with its marker
+            return self.tail + [EOS_ID]
+        if bars is None or not self.in_tunebody or self.tail or not self.text.endswith("\n"):
+            return self.tail
+        index = self.lines_before + self.bars
+        return [BOS_ID, EOS_ID] if index >= bars else [ord(c) for c in marker(index, bars)]
+
+    def tunebody_start(self) -> str:
+        """What the first tune-body line is forced to begin with (NotaGen numbers it 0)."""
+        bars = self.req.controls.bars
+        return "[r:0/" if bars is None else marker(self.lines_before, bars)
+
+    def eos_allowed(self) -> bool:
+        """With a length in bars the piece may not end before its last line."""
+        bars = self.req.controls.bars
+        return bars is None or self.lines_before + self.bars >= bars
 
     @property
     def cache_version(self) -> tuple[int, int]:
@@ -224,8 +252,10 @@ class PieceState:
         if text.endswith("\n"):
             if not self.in_tunebody and self.header_open:
                 back = take_back_header(self, finished=False)  # never REWIND_LINE while unfinished
-            else:
+            elif self.in_tunebody:
                 back = take_back_line(self)
+            if not self.in_tunebody and back.verdict is Verdict.KEEP:
+                back = self._control_header()
             if back.verdict in (Verdict.KEEP, Verdict.RESTORE):
                 self.mark_line()
         if len(self.context) >= self.patch_length:
@@ -259,14 +289,29 @@ class PieceState:
         if not self.in_tunebody and self.header_start is not None:
             self.header_open = True  # back before the tune body: the header is being written again
 
-    def restore_line(self, text: str, context: list[list[int]]) -> None:
-        """Replaces the line just written (from line_start) by an earlier version of it. Its
+    def _control_header(self) -> TakeBack:
+        """A header line just finished: a K:/M:/Q: line the composer fixed is replaced by theirs,
+        and the fields the header left out go in before its first V: line (controls.header_edit)."""
+        mark = self.line_start
+        if not self.req.controls or mark is None or mark.epoch != self.epoch or mark.text < len(self.prompt_text):
+            return KEEP
+        line = self.text[mark.text:]
+        header = self.text[len(self.prompt_text):mark.text].splitlines(keepends=True)
+        new = header_edit(line, header, self.req.controls) if line.count("\n") == 1 else None
+        if new is None:
+            return KEEP
+        self.replace_line(new, [to_ids(p) for ln in new.splitlines(keepends=True) for p in split_patches(ln)])
+        return TakeBack(Verdict.RESTORE, len(line), new)
+
+    def replace_line(self, text: str, context: list[list[int]]) -> None:
+        """Replaces the line just written (from line_start) by another version of it. Its
         patches differ from those in the backend's cache, which must prefill again (cache_version);
         the marks before the line still hold (same text and context), so the epoch stays."""
         mark = self.line_start
         self.text = self.text[:mark.text] + text
         self.context = self.context[:mark.context] + context
-        self.patches, self.bars, self.tail = mark.patches + len(context), mark.bars + text.count("\n"), []
+        bars = text.count("\n") if mark.in_tunebody else 0
+        self.patches, self.bars, self.tail = mark.patches + len(context), mark.bars + bars, []
         self.restores += 1
 
     def at_line_start(self) -> bool:

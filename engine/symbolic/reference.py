@@ -92,6 +92,8 @@ class ReferenceBackend:
             generated: list[int] = []
             while True:  # NotaGen's loop: 16 - len(prefix) characters, eos or not
                 probs = self.ref.char_probs(h, torch.tensor(tokens, device=self.device)).cpu().numpy()
+                if len(tokens) == 1 and not s.eos_allowed():  # as FastBackend: no eos patch before the last bar
+                    probs[BOS_ID] = 0.0
                 token = sample_numpy(probs, s.req.sampling, u[len(tokens) - 1])
                 generated.append(token)
                 if len(tokens) >= size:

@@ -136,7 +136,7 @@ def take_back_line(s: "PieceState") -> TakeBack:
             return TakeBack(Verdict.REWIND, len(line))
         if s.best_attempt is not attempt:  # out of retries: an earlier attempt was better
             best = s.best_attempt
-            s.restore_line(best.text, [list(p) for p in best.context])
+            s.replace_line(best.text, [list(p) for p in best.context])
             s.metre, s.sounding = best.metre or Metre(s.metre.bar, Fraction(0), False), best.sounding
             return TakeBack(Verdict.RESTORE, len(line), best.text)
     s.metre = after or Metre(s.metre.bar, Fraction(0), False)
