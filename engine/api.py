@@ -19,13 +19,14 @@ from unidecode import unidecode
 
 from engine import placement
 from engine.audio import musicgen
+from engine.checks import whole
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
 from engine.render.convert import ConversionError, abc_to_musicxml
 from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
-from engine.symbolic.abcformat import interleave, reduce_rests, xml_to_abc
+from engine.symbolic.abcformat import interleave, musicxml_to_abc, reduce_rests, xml_to_abc
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
@@ -157,12 +158,13 @@ def compose(lm: LoadedModel, request: ComposeRequest, on_event: Callable[[PatchE
     return sorted(done, key=lambda c: c.piece.index)
 
 
-def continuation_prefix(abc_text: str, more_bars: int = 32) -> str:
+def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | None = None) -> str:
     """A score in ABC (the user's, or a piece cut short) -> the model's format, ready to continue.
     The bar markers count `more_bars` bars still to come, so the model does not read the score
-    as finished. Goes through MusicXML, so any voice layout ABC allows comes out interleaved."""
-    if isinstance(more_bars, bool) or not isinstance(more_bars, int) or not 1 <= more_bars <= 10_000:
-        raise SettingsError(f"more_bars must be a whole number from 1 to 10000, got {more_bars!r}")
+    as finished. Goes through MusicXML, so any voice layout ABC allows comes out interleaved.
+    rewrite_from=N keeps bars 1..N-1 only, numbered for the score's own length, so that the rest
+    is written again (N=1: only the header is kept)."""
+    more_bars = whole(more_bars, "more bars", 1, 10_000)
     try:
         xml, _ = abc_to_musicxml(abc_text)
     except ConversionError as e:
@@ -171,8 +173,29 @@ def continuation_prefix(abc_text: str, more_bars: int = 32) -> str:
     if not body:
         raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")
     n = len(body) + more_bars
+    if rewrite_from is not None:
+        rewrite_from = whole(rewrite_from, f"the bar to rewrite from (this score has {len(body)} bars)", 1, len(body))
+        n, body = len(body), body[:rewrite_from - 1]
     text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
+
+
+def read_score(path: str | Path, max_mb: float = 20.0) -> str:
+    """A score file for Continue or Rewrite: .abc as it is, MusicXML (.musicxml, .xml, .mxl) as ABC."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"{path} is not a file: expected an .abc, .musicxml, .xml or .mxl score")
+    if path.stat().st_size > max_mb * 2**20:
+        raise SettingsError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB: scores are limited to {max_mb:g} MB")
+    suffix = path.suffix.lower()
+    if suffix == ".abc":
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SettingsError(f"{path.name} is not UTF-8 text: expected ABC notation") from e
+    if suffix in (".musicxml", ".xml", ".mxl"):
+        return musicxml_to_abc(path)
+    raise SettingsError(f"{path.name} is not a score: expected an .abc, .musicxml, .xml or .mxl file")
 
 
 def fetch_checkpoint(repo_id: str, filename: str, revision: str | None = None) -> Path:

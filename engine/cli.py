@@ -19,11 +19,12 @@ from engine import __version__, api, placement
 from engine.audio.musicgen import AudioSettings
 from engine.data import build as data
 from engine.data.build import read_split
-from engine.errors import CadenzaError
+from engine.errors import CadenzaError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions
 from engine.requests import AudioRequest, ComposeRequest
 from engine.symbolic.backend import FastBackend
 from engine.symbolic.config import NotaGenConfig
+from engine.symbolic.controls import Controls
 from engine.symbolic.grow import deepen
 from engine.symbolic.prompts import check_field
 from engine.symbolic.reference import ReferenceBackend
@@ -91,6 +92,14 @@ def _add_compose(sub) -> None:
     c.add_argument("--critic", choices=["on", "off"], default="on" if r.critic else "off",
                    help="the musical critic writes again bars of several voices that fit no chord or move in "
                         "parallel fifths or octaves, where the prompt's real music does not (default on)")
+    c.add_argument("--bars", type=int, default=None, help="the piece's length in bars (default: the model decides)")
+    c.add_argument("--key", default=None, help="an ABC key: D, Bb, F#m, Dmin, 'Eb dorian' (default: the model's)")
+    c.add_argument("--meter", default=None, help="3/4, 6/8, C, C| ... (default: the model's)")
+    c.add_argument("--tempo", type=int, default=None, help="quarter notes per minute (default: the model's)")
+    c.add_argument("--from-score", default=None, metavar="FILE",
+                   help="continue this score (.abc, .musicxml, .xml, .mxl) instead of starting a new piece")
+    c.add_argument("--rewrite-from", type=int, default=None, metavar="N",
+                   help="(with --from-score) keep bars 1..N-1 of the score and write the rest again")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -225,7 +234,14 @@ def cmd_compose(args) -> int:
                              SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature),
                              seed=args.seed, variations=args.variations, max_patches=args.max_patches,
                              max_seconds=args.max_seconds, bar_retries=args.bar_retries,
-                             header_retries=args.header_retries, critic=args.critic == "on").seeded()
+                             header_retries=args.header_retries, critic=args.critic == "on",
+                             controls=Controls(args.bars, args.key, args.meter, args.tempo))
+    if args.rewrite_from is not None and not args.from_score:
+        raise SettingsError("--rewrite-from needs the score to rewrite: --from-score FILE")
+    if args.from_score:
+        prefix = api.continuation_prefix(api.read_score(args.from_score), rewrite_from=args.rewrite_from)
+        request = request.update(prefix=prefix)
+    request = request.seeded()
     print(f"loading model ... (seed {request.seed})", file=sys.stderr)
     if args.devices or args.max_memory or args.placement != "auto":
         # one request: a replicate plan's first copy writes it

@@ -97,3 +97,22 @@ def test_offline_compose_with_the_default_model_writes_every_export(tmp_path):
     assert manifest["model"]["name"] == BUNDLED.name
     for fmt in ("abc", "musicxml", "midi", "wav", "svg", "pdf", "png", "zip"):
         assert manifest["exports"][fmt]["ok"], (fmt, manifest["exports"][fmt]["error"])
+
+
+def test_asked_bars_key_and_metre_reach_the_musicxml(lm):
+    """Issue 17: --bars 24 --key D --meter 3/4 with real music: 24 measures in every part, a
+    two-sharp key signature, 3/4 time."""
+    from music21 import converter
+
+    from engine.symbolic.controls import Controls
+
+    request = api.ComposeRequest("Folk", "Traditional, German", "Melody", seed=1,
+                                 controls=Controls(bars=24, key="D", meter="3/4"))
+    piece, = api.compose(lm, request)
+    assert piece.piece.complete and piece.piece.bars == 24
+    xml, _ = abc_to_musicxml(piece.abc.abc)
+    score = converter.parseData(xml, format="musicxml")
+    for part in score.parts:
+        measures = part.getElementsByClass("Measure")
+        assert len(measures) == 24
+        assert measures[0].keySignature.sharps == 2 and measures[0].timeSignature.ratioString == "3/4"
