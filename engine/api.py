@@ -24,7 +24,7 @@ from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
 from engine.render.convert import ConversionError, abc_to_musicxml
-from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file  # noqa: F401
+from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file, transpose  # noqa: F401
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
 from engine.symbolic.abcformat import interleave, musicxml_to_abc, reduce_rests, xml_to_abc
 from engine.symbolic.checkpoint import LoadedModel, load_model

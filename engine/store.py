@@ -33,7 +33,7 @@ def valid_key(key) -> bool:
 class PieceRecord:
     id: str  # the piece's folder name inside its session
     created: str  # ISO 8601, UTC
-    kind: str  # composed | continued | rendered | uploaded
+    kind: str  # composed | continued | rewritten | rendered | transposed | uploaded
     title: str  # what the history shows: "Bach, Johann Sebastian / Choral"
     prompt: dict = field(default_factory=dict)  # period, composer, instrumentation
     seed: int | None = None

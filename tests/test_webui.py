@@ -298,3 +298,61 @@ def test_the_seed_shown_while_writing_is_the_seed_of_the_kept_piece(server):
     assert json.loads(manifest.read_text())["seed"] == kept.record.seed
     (again,) = list(studio.compose(key, bach(max_patches=24, seed=kept.record.seed)))[-1]
     assert again.abc == kept.abc
+
+
+def test_controls_reach_the_piece_through_the_api(server):
+    """/compose with bars, key, metre and tempo (the bundled model, real music): a piece of that
+    length in that key and metre; a bad value is refused with what is accepted."""
+    bundled = api.bundled_model()
+    if bundled is None:
+        pytest.skip("no bundled model")
+    url, studio, tmp = server
+    c = client(url, tmp, "controls")
+    melody = Prompt("Folk", "Traditional, Irish", "Melody")
+    info, files = c.predict(*compose_args(KEY_A, melody, seed=2, max_patches=400, model=str(bundled)), 8, "Am", "6/8",
+                            120, api_name="/compose")
+    piece = info["pieces"][0]
+    assert piece["bars"] == 8 and piece["settings"]["controls"] == {"bars": 8, "key": "Am", "meter": "6/8", "tempo": 120}
+    abc = Path(next(f for f in files if f.endswith(".abc"))).read_text()
+    assert "\nK:Am" in abc and "\nM:6/8" in abc and "\nQ:1/4=120" in abc
+    with pytest.raises(Exception, match="metre must be"):
+        c.predict(*compose_args(KEY_A, melody, model=str(bundled)), 8, "", "7/0", 0, api_name="/compose")
+
+
+def test_rewrite_from_a_bar_keeps_the_bars_before_it_as_a_new_piece(server):
+    from music21 import corpus
+
+    from engine.errors import CadenzaError
+    from engine.symbolic.abcformat import musicxml_to_abc
+    url, studio, tmp = server
+    key = "r" * 20 + "-rewrite"
+    abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
+    items = list(studio.compose(key, bach(max_patches=12, seed=4), continue_abc=abc, rewrite_from=3))
+    (outcome,) = items[-1]
+    assert outcome.record.kind == "rewritten"
+    kept = api.continuation_prefix(abc, rewrite_from=3)
+    assert kept.count("[r:") == 2 and "[r:1/" in kept  # bars 1 and 2, numbered for the score's own length
+    body = [ln for ln in outcome.abc.splitlines() if ln.startswith("[V:1]")]
+    original = [ln for ln in api.to_abc("".join(BACH.lines()) + api.continuation_prefix(abc)).abc.splitlines()
+                if ln.startswith("[V:1]")]
+    assert body[:2] == original[:2] and len(body) > 2
+    with pytest.raises(CadenzaError, match="from 1 to"):
+        list(studio.compose(key, bach(), continue_abc=abc, rewrite_from=500))
+
+
+def test_transpose_makes_a_new_piece_in_the_asked_key(server):
+    from music21 import converter, corpus
+
+    from engine.errors import CadenzaError
+    from engine.symbolic.abcformat import musicxml_to_abc
+    url, studio, tmp = server
+    key = "t" * 20 + "-transpose"
+    abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))  # F# minor (three sharps)
+    outcome = studio.transpose(key, abc, "Bbm")
+    assert outcome.record.kind == "transposed" and "from F# minor to Bb minor" in outcome.record.warnings[0]
+    xml = next(outcome.folder.glob("*.musicxml"))
+    score = converter.parse(str(xml))
+    assert score.parts[0].getElementsByClass("Measure")[0].keySignature.sharps == -5
+    assert len(studio.history(key)) == 1  # the original was not a piece of this session; it is untouched
+    with pytest.raises(CadenzaError, match="key must be"):
+        studio.transpose(key, abc, "Q")

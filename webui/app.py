@@ -26,6 +26,7 @@ from engine.checks import page_seed
 from engine.errors import CadenzaError, SettingsError
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
+from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
 from webui.guard import LoginBackoff, public
@@ -207,10 +208,12 @@ def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=Audi
 
 
 def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries,
-                     critic=ComposeRequest.critic) -> ComposeRequest:
-    """The page's and the API's values as they come -> a ComposeRequest, which checks them."""
+                     critic=ComposeRequest.critic, bars=None, music_key=None, meter=None, tempo=None) -> ComposeRequest:
+    """The page's and the API's values as they come -> a ComposeRequest, which checks them (an
+    empty control box, or 0, leaves it to the model)."""
     return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp), seed=page_seed(sd),
-                          variations=var, max_patches=mp, bar_retries=br, critic=critic)
+                          variations=var, max_patches=mp, bar_retries=br, critic=critic,
+                          controls=Controls.from_page(bars, music_key, meter, tempo))
 
 
 def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
@@ -258,6 +261,11 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                                         label="Maximum length (patches of 16 characters)")
                 ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
                 ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1, label="Bar retries (0 = NotaGen's sampling)")
+            with gr.Row():  # empty (or 0): the model decides
+                ui.bars = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_BARS, label="Length in bars (0 = the model's)")
+                ui.music_key = gr.Textbox(value="", label="Key (empty = the model's)", placeholder="D, Bb, F#m, Eb dorian")
+                ui.meter = gr.Textbox(value="", label="Metre (empty = the model's)", placeholder="3/4, 6/8, C")
+                ui.tempo = gr.Number(value=0, precision=0, minimum=0, maximum=400, label="Tempo, quarter = (0 = the model's)")
             ui.critic = gr.Checkbox(value=ComposeRequest.critic,  # its own line: a narrow page squeezed it off the row
                                     label="Musical critic: write again bars that fit no chord or move in parallel "
                                           "fifths or octaves, and end on a cadence (where the style's real music does)")
@@ -266,6 +274,11 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.stop = gr.Button("Stop", variant="stop")
             ui.render = gr.Button("Render my edits")
             ui.cont = gr.Button("Continue this score")
+        with gr.Row():
+            ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=1, label="Bar", scale=0, min_width=90)
+            ui.rewrite = gr.Button("Rewrite from this bar (a new seed)")
+            ui.transpose_key = gr.Textbox(value="", label="Key", placeholder="D, Bb, F#m", scale=0, min_width=110)
+            ui.transpose = gr.Button("Transpose to this key")
         ui.progress = gr.Markdown("")
         with gr.Row():
             with gr.Column(scale=3):
@@ -435,10 +448,11 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
 
 def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Generate, Continue and Stop."""
-    def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, cont_abc=None):
+    def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, bars, mkey, meter, tempo, cont_abc=None,
+            rewrite_from=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
-        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic))
-        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc):
+        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
+        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from):
             if isinstance(item, Progress):
                 line = f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, {item.elapsed:.1f}s"
                 yield {ui.abc: item.abc, ui.progress: line,
@@ -447,18 +461,28 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
                 yield _show(ui, studio, k, item[0])
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
-              ui.max_patches, ui.variations, ui.bar_retries, ui.critic]
+              ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
     ui.generate.click(_session(run), inputs, ui.shown, api_visibility="private", concurrency_id="model",
                       concurrency_limit=config.concurrency)
 
     @_session
-    def run_continue(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, text):
+    def run_continue(k, *values):
+        *settings, text = values
         if not text or not text.strip():
             raise SettingsError("there is no score to continue: write or upload some ABC first")
-        yield from run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, cont_abc=text)
+        yield from run(k, *settings, cont_abc=text)
+
+    @_session
+    def run_rewrite(k, *values):
+        *settings, text, bar = values
+        if not text or not text.strip():
+            raise SettingsError("there is no score to rewrite: open, write or upload one first")
+        yield from run(k, *settings, cont_abc=text, rewrite_from=bar)
 
     ui.cont.click(run_continue, inputs + [ui.abc], ui.shown, api_visibility="private", concurrency_id="model",
                   concurrency_limit=config.concurrency)
+    ui.rewrite.click(run_rewrite, inputs + [ui.abc, ui.rewrite_bar], ui.shown, api_visibility="private",
+                     concurrency_id="model", concurrency_limit=config.concurrency)
     ui.stop.click(_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
                   [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
 
@@ -473,8 +497,18 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
     def on_upload(k, path):
         return _show(ui, studio, k, studio.upload(k, path)) if path else gr.skip()
 
+    @_session
+    def on_transpose(k, text, to_key):
+        if not text or not text.strip():
+            raise SettingsError("there is no score to transpose: open, write or upload one first")
+        if not to_key or not to_key.strip():
+            raise SettingsError("type the key to transpose to first (D, Bb, F#m ...)")
+        return _show(ui, studio, k, studio.transpose(k, text, to_key))
+
     ui.render.click(on_render, [ui.key, ui.abc], ui.shown, api_visibility="private", concurrency_id="render",
                     concurrency_limit=2)
+    ui.transpose.click(on_transpose, [ui.key, ui.abc, ui.transpose_key], ui.shown, api_visibility="private",
+                       concurrency_id="render", concurrency_limit=2)
     ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown, api_visibility="private", concurrency_id="render",
                      concurrency_limit=2)
 
@@ -620,6 +654,9 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
         tp_in = gr.Number(label="top_p", value=SamplingSettings.top_p)
         mp_in = gr.Number(label="max_patches", value=ComposeRequest.max_patches, precision=0)
         var_in = gr.Number(label="variations", value=1, precision=0)
+        bars_in = gr.Number(label="bars", value=0, precision=0)
+        mkey_in, meter_in = gr.Textbox(label="key", value=""), gr.Textbox(label="meter", value="")
+        tempo_in = gr.Number(label="tempo", value=0, precision=0)
         info_out = gr.JSON(label="result")
         files_out = gr.File(label="files", file_count="multiple")
         file_in = gr.File(label="score", type="filepath")
@@ -637,7 +674,8 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
                             melody_in], out, api_name="audio", concurrency_id="audio", concurrency_limit=1)
     b_perform.click(h.perform, [session, text_in, style_in, model_in, dur_in, seed_in], out, api_name="perform",
                     concurrency_id="audio", concurrency_limit=1)
-    b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in],
+    b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in,
+                                bars_in, mkey_in, meter_in, tempo_in],
                     out, api_name="compose", concurrency_id="model", concurrency_limit=config.concurrency)
     b_render.click(h.render, [session, text_in], out, api_name="render", concurrency_id="render", concurrency_limit=2)
     b_upload.click(h.upload, [session, file_in], out, api_name="upload", concurrency_id="render", concurrency_limit=2)
@@ -677,8 +715,10 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
         return _result(outcomes), [_servable(p) for o in outcomes for p in o.downloads()]
 
     @_session(api=True)
-    def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var):
-        for item in studio.compose(k, _compose_request(p, c, i, temp, tk, tp, sd, mp, var), model=spec or None):
+    def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var, bars=0, mkey="", meter="", tempo=0):
+        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, bars=bars, music_key=mkey, meter=meter,
+                                   tempo=tempo)
+        for item in studio.compose(k, request, model=spec or None):
             if isinstance(item, Progress):
                 yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
                        "elapsed": round(item.elapsed, 2), "abc": item.abc}, None

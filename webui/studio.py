@@ -356,7 +356,7 @@ class Studio:
 
     # --- composing ---------------------------------------------------------------------------------
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
-                continue_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
+                continue_abc: str | None = None, rewrite_from: int | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
         kept, and so it is when the server shuts down. The request is held to this server's limits;
@@ -370,11 +370,14 @@ class Studio:
             if len(continue_abc) > c.max_score_chars:
                 raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
                                     f"{c.max_score_chars:,}")
-            request = request.update(prefix=api.continuation_prefix(continue_abc))
+            request = request.update(prefix=api.continuation_prefix(continue_abc, rewrite_from=rewrite_from))
+        elif rewrite_from is not None:
+            raise SettingsError("there is no score to rewrite: open, write or upload one first")
         with self.job(session, "compose") as job:
             lm = slot.checkout()
             try:
-                yield from self._compose(session, lm, request, job.cancel)
+                kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
+                yield from self._compose(session, lm, request, job.cancel, kind)
             except Exception as e:
                 if _out_of_memory(e):
                     raise CadenzaError(_oom_message(lm, request)) from e
@@ -382,14 +385,13 @@ class Studio:
             finally:
                 slot.checkin(lm)
 
-    def _compose(self, session: Session, lm, request: ComposeRequest,
-                 cancel: threading.Event) -> Iterator[Progress | list[Outcome]]:
+    def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
+                 kind: str) -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
         last_preview = 0
         prefix = request.prefix
         stream = api.compose_stream(lm, request, cancel)
-        kind = "continued" if prefix else "composed"
         closed = False
         try:
             for ev in stream:
@@ -480,19 +482,31 @@ class Studio:
     # --- rendering and uploads ---------------------------------------------------------------------
     def render(self, key: str, abc_text: str, title: str = "my score") -> Outcome:
         """The user's ABC (edited or written by hand) -> every export, kept in the session."""
+        return self._render(key, abc_text, title)
+
+    def transpose(self, key: str, abc_text: str, to_key: str) -> Outcome:
+        """The score moved to another key (music21), kept as a new piece; the original stays."""
+        return self._render(key, abc_text, f"transposed to {to_key}", to_key=to_key)
+
+    def _render(self, key: str, abc_text: str, title: str, to_key: str | None = None) -> Outcome:
         session = self.store.session(key)
         if isinstance(abc_text, str) and len(abc_text) > self.config.max_score_chars:
             raise SettingsError(f"the score is {len(abc_text):,} characters: this server renders at most "
                                 f"{self.config.max_score_chars:,}")
         with self.job(session, "render"):
+            notes = []
+            if to_key is not None:
+                abc_text, note = api.transpose(abc_text, to_key)
+                notes.append(note)
             piece_id, folder = self.new_piece(session, title)
             with self.saving(folder):
                 result = api.render(abc_text, folder, self.config.formats, "score")
                 body = split_tunebody(abc_text)[1]
-                record = PieceRecord(id=piece_id, created=_now(), kind="rendered", title=title, bars=len(body),
+                record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
+                                     title=title, bars=len(body),
                                      alignment=str(check_alignment(body)) if "[V:" in abc_text else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
-                                     errors=result.failed, warnings=result.warnings)
+                                     errors=result.failed, warnings=notes + result.warnings)
                 session.save(record)
         return Outcome(record, folder, abc_text)
 

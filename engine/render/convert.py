@@ -300,3 +300,39 @@ def svg_to_png(svg: str, png_path: Path, width: int = 800) -> None:
     import cairosvg
 
     cairosvg.svg2png(bytestring=printable(svg), write_to=str(png_path), output_width=width, background_color="white")
+
+
+# ---- transposition -------------------------------------------------------------------------------
+
+ABC_KEY = re.compile(r"^K:[ \t]*([A-Ga-g][#b]?)[ \t]*([A-Za-z]*)", re.M)
+
+
+def transpose_musicxml(abc_text: str, to_key: str) -> tuple[str, str]:
+    """An ABC score moved to another tonic (music21 spells the notes and the key signature) ->
+    (MusicXML, what was done). The mode stays the score's: G major to D is D major. The shorter
+    way round is taken (at most a tritone up or a fourth down)."""
+    from music21 import converter, interval, pitch
+
+    from engine.symbolic.controls import check_key
+
+    m = ABC_KEY.search(abc_text)
+    if m is None:
+        raise ConversionError("the score has no key (K: line) to transpose from")
+    source, target = m.group(1)[0].upper() + m.group(1)[1:], check_key(to_key)
+    tonic = re.match(r"[A-G][#b]?", target).group(0)
+    start, end = (pitch.Pitch(n.replace("b", "-") + "4") for n in (source, tonic))
+    if end.midi - start.midi > 6:
+        end.octave -= 1
+    elif end.midi - start.midi < -5:
+        end.octave += 1
+    xml, _ = abc_to_musicxml(abc_text)
+    with quiet.captured():
+        score = converter.parseData(xml, format="musicxml")
+        step = interval.Interval(noteStart=start, noteEnd=end)
+        score.transpose(step, inPlace=True)
+        from music21.musicxml.m21ToXml import GeneralObjectExporter
+
+        out = GeneralObjectExporter(score).parse().decode("utf-8")
+    mode = {"": "major", "m": "minor", "min": "minor"}.get(m.group(2).lower(), m.group(2))
+    moved = f"{step.directedNiceName.lower()}" if step.semitones else "not moved (it is in that key already)"
+    return out, f"transposed from {source} {mode} to {tonic} {mode}: {moved}"

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -21,6 +22,7 @@ from engine import __version__
 from engine.errors import CadenzaError
 from engine.files import slug, unique_stem, write_atomic
 from engine.render.convert import default_soundfont
+from engine.symbolic.controls import check_key
 from engine.symbolic.postprocess import close_brackets
 
 FORMATS = ("abc", "musicxml", "midi", "wav", "svg", "pdf", "png", "zip")
@@ -210,6 +212,33 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
     run.done("musicxml", ExportStatus(True, [f"{stem}.musicxml"]))
     run.after_musicxml()
     return run.finish(meta or {}, {"kind": suffix.lstrip("."), "name": path.name})
+
+
+def transpose(abc_text: str, to_key: str, options: RenderOptions | None = None) -> tuple[str, str]:
+    """An ABC score moved to another key (music21, in a worker like every conversion) -> (its ABC,
+    what was done). The key is checked first (engine.symbolic.controls.check_key)."""
+    check_key(to_key)
+    problem = _not_abc(abc_text)
+    if problem:
+        raise CadenzaError(problem)
+    opts = options or RenderOptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, xml, out = (Path(tmp) / n for n in ("in.abc", "moved.musicxml", "moved.abc"))
+        src.write_text(abc_text, encoding="utf-8")
+        try:
+            result = run_stage("transpose", {"abc": str(src), "to_key": to_key, "xml": str(xml), "out": str(out)}, opts)
+        except StageError as e:
+            raise CadenzaError(f"the score could not be transposed: {e}") from e
+        return _with_titles(out.read_text(encoding="utf-8"), abc_text), result["note"]
+
+
+def _with_titles(abc: str, original: str) -> str:
+    """The original's T: and C: lines (after X:) in place of music21's, which repeat the title or
+    make one up ("Music21 Fragment")."""
+    lines = [ln for ln in abc.splitlines(keepends=True) if not re.match(r"[TC]:", ln)]
+    titles = re.findall(r"^[TC]:.*\n", original, flags=re.M)
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("X:")), 0)
+    return "".join(lines[:at] + titles + lines[at:])
 
 
 def _abc_warnings(abc_text: str) -> list[str]:

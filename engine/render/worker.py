@@ -48,6 +48,11 @@ def run_stage(stage: str, a: dict) -> dict:
         Path(a["xml"]).write_bytes(data)
         Path(a["abc"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
         return {"files": [a["xml"], a["abc"]]}
+    if stage == "transpose":
+        xml, note = convert.transpose_musicxml(Path(a["abc"]).read_text(), a["to_key"])
+        Path(a["xml"]).write_text(xml, encoding="utf-8")
+        Path(a["out"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
+        return {"files": [a["out"]], "note": note}
     if stage == "midi":
         info = convert.musicxml_to_midi(Path(a["xml"]), Path(a["out"]))
         return {"files": [a["out"]], **info}
