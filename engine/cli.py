@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
     r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml or FILE.mxl")
     r.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
+    r.add_argument("--transpose", default=None, metavar="KEY",
+                   help="move the score to this key first (D, Bb, F#m ...; the score's mode is kept)")
     _format_args(r)
 
     pr = sub.add_parser("prompts", help="list the period / composer / instrumentation combinations a model knows")
@@ -297,7 +299,14 @@ def cmd_compose(args) -> int:
 
 
 def cmd_render(args) -> int:
-    result = api.render_file(args.file, Path(args.out), _formats(args), options=api.RenderOptions(soundfont=args.soundfont))
+    options = api.RenderOptions(soundfont=args.soundfont)
+    if args.transpose:
+        moved, note = api.transpose(api.read_score(args.file), args.transpose, options)
+        print(f"{args.file}: {note}", file=sys.stderr)
+        stem = f"{Path(args.file).stem}-in-{args.transpose.replace(' ', '')}"
+        result = api.render(moved, Path(args.out), _formats(args), stem, options=options)
+    else:
+        result = api.render_file(args.file, Path(args.out), _formats(args), options=options)
     print(f"{args.file}:", file=sys.stderr)
     _print_render(result)
     return 0 if not result.failed else 1

@@ -87,6 +87,12 @@ def test_prompts_lists_the_table(checkpoint):
      "top_p must be a number more than 0 and at most 1, got 2"),
     (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--max-patches", "0"],
      "maximum length (patches) must be a whole number from 1"),
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--bars", "10000"],
+     "length (bars) must be a whole number from 1 to 512"),
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--meter", "7/0"],
+     "metre must be beats/note value"),
+    (["--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral", "--rewrite-from", "3"],
+     "--rewrite-from needs the score to rewrite"),
 ])
 def test_bad_input_gets_a_clear_error_not_a_traceback(checkpoint, args, message):
     r = cli("compose", *args, "--model", checkpoint)
@@ -143,3 +149,21 @@ def test_reference_checkpoint_without_table_composes_with_a_warning(tmp_path):
     r = cli("compose", "--period", "Folk", "--composer", "Traditional, Irish", "--instrumentation", "Melody",
             "--model", TINY_PTH, "--max-patches", 3, "-o", tmp_path, "--quiet")
     assert r.returncode == 0 and "any prompt is accepted" in r.stderr
+
+
+def test_rewrite_from_a_bar_and_transpose_on_the_command_line(checkpoint, tmp_path):
+    """--from-score FILE --rewrite-from N keeps bars 1..N-1 of a real chorale; render --transpose
+    moves it to another key."""
+    from music21 import corpus
+
+    score = tmp_path / "bwv66.6.mxl"
+    score.write_bytes(open(corpus.getWork("bach/bwv66.6"), "rb").read())
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--model", checkpoint, "--seed", 1, "--max-patches", 4, "--from-score", score, "--rewrite-from", 3,
+            "--formats", "abc", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    body = [ln for ln in (tmp_path / "out" / "bach-choral-seed1.abc").read_text().splitlines() if ln.startswith("[V:1]")]
+    assert len(body) >= 2
+    r = cli("render", score, "--transpose", "Gm", "--formats", "abc", "-o", tmp_path / "moved")
+    assert r.returncode == 0 and "from F# minor to G minor: ascending minor second" in r.stderr, r.stderr
+    assert "\nK:Gm" in (tmp_path / "moved" / "bwv66.6-in-Gm.abc").read_text()

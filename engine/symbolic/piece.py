@@ -310,7 +310,7 @@ class PieceState:
         mark = self.line_start
         self.text = self.text[:mark.text] + text
         self.context = self.context[:mark.context] + context
-        bars = text.count("\n") if mark.in_tunebody else 0
+        bars = text.count("\n") if self.in_tunebody else 0  # (the mark may predate the tune body's start)
         self.patches, self.bars, self.tail = mark.patches + len(context), mark.bars + bars, []
         self.restores += 1
 

@@ -179,6 +179,10 @@ def take_back_ending(s: "PieceState") -> TakeBack:
     s.ending_tries += 1
     s.rewritten += 1
     s.mark_line()
+    # the line written again for the ending gets one bar retry, not a fresh budget: an ending the
+    # model cannot close (a length in bars ends it where it would not) costs at most twice the
+    # ending's retries, not their product with the bar retries
+    s.retries = max(0, s.req.bar_retries - 1)
     return TakeBack(Verdict.REWIND, len(line))
 
 
