@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CadenzaError, SettingsError
+from engine.errors import CadenzaError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 MODEL_FILE_SUFFIXES = (".pth",)
