@@ -150,17 +150,21 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
     ("on_use_model", ["/etc/passwd"], NOT_OFFERED),
     ("on_use_model", ["../../../../etc"], NOT_OFFERED),
     ("tick", [False, "/root"], NOT_OFFERED),
-    ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True], "no session"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0, True], "greater than maximum value 8"),  # Gradio's slider
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True], "period is empty"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 10**30, 16, 1, 0, True], "seed must be a whole number from 0 to"),
-    ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True], NOT_OFFERED),
+    ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "no session"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0, True, 0, "", "", 0], "greater than maximum value 8"),  # Gradio's slider
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "period is empty"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 10**30, 16, 1, 0, True, 0, "", "", 0], "seed must be a whole number from 0 to"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "../../etc/passwd", "", 0], "key must be"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "1/0", 0], "metre must be"),
+    ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], NOT_OFFERED),
     ("on_render", ["bad key", SCORE], "no session"),
     ("on_delete", [KEY, ["../../other-session"]], "is not in the list of choices"),  # only this session's pieces
     ("run_audio", [KEY, "piano", "/etc", 5, 3.0, 250, 0.0, 1.0, 1, 1, None], NOT_OFFERED),
     ("run_audio", [KEY, "piano", "", 5, 3.0, 250, 0.0, 1.0, 10**30, 1, None], "seed must be a whole number from 0 to"),
     ("run_perform", [KEY, SCORE, "strings", "/etc", 5, 1], NOT_OFFERED),
-    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, SCORE], NOT_OFFERED),
+    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE], NOT_OFFERED),
+    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, 2], NOT_OFFERED),
+    ("on_transpose", [KEY, SCORE, "H#"], "key must be"),
     ("on_surprise", ["/etc/hosts"], NOT_OFFERED),
     ("on_upload", [KEY, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], None),  # Gradio: not uploaded
 ])
