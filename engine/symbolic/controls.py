@@ -127,18 +127,17 @@ def fit_prefix(prefix: str, controls: Controls) -> str:
     if not prefix or not controls:
         return prefix
     meta, body = split_tunebody(prefix)
-    wanted = controls.fields()
     if body:
-        for f, name in (("K", "key"), ("M", "metre")):
-            have, asked = header_field(meta, f), wanted.get(f, "")[2:].strip()
+        for f, name, asked in (("K", "key", controls.key), ("M", "metre", controls.meter)):
+            have = header_field(meta, f)
             if asked and have is not None and _same(f, have) != asked:
                 raise SettingsError(f"the score being continued is in {name} {have}; to continue it in {asked}, "
                                     f"{'transpose it first' if f == 'K' else 'start a new piece'}, "
                                     f"or leave the {name} empty to keep {have}")
-        wanted = {k: v for k, v in wanted.items() if k == "Q"}
+    header_controls = Controls(tempo=controls.tempo) if body else controls  # notes written: the tempo only
     edited: list[str] = []
     for line in meta:
-        new = header_edit(line, edited, Controls(tempo=controls.tempo) if body else controls)
+        new = header_edit(line, edited, header_controls)
         edited += (new or line).splitlines(keepends=True)
     if controls.bars is not None and body:
         done = sum(ln.endswith("\n") for ln in body)
