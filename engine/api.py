@@ -24,7 +24,8 @@ from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
 from engine.render.convert import ConversionError, abc_to_musicxml
-from engine.render.pipeline import FORMATS, RenderOptions, RenderResult, render, render_file, transpose  # noqa: F401
+from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, not_abc, render, render_file,  # noqa: F401
+                                    transpose, with_titles)
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
 from engine.symbolic.abcformat import interleave, musicxml_to_abc, reduce_rests, xml_to_abc
 from engine.symbolic.checkpoint import LoadedModel, load_model
@@ -165,6 +166,9 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     rewrite_from=N keeps bars 1..N-1 only, numbered for the score's own length, so that the rest
     is written again (N=1: only the header is kept)."""
     more_bars = whole(more_bars, "more bars", 1, 10_000)
+    problem = not_abc(abc_text)  # as Render says it: plain text is refused, not continued as a new piece
+    if problem:
+        raise SettingsError(problem)
     try:
         xml, _ = abc_to_musicxml(abc_text)
     except ConversionError as e:
@@ -176,8 +180,16 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     if rewrite_from is not None:
         rewrite_from = whole(rewrite_from, f"the bar to rewrite from (this score has {len(body)} bars)", 1, len(body))
         n, body = len(body), body[:rewrite_from - 1]
+    if rewrite_from is None:
+        body = body[:-1] + [open_ending(body[-1])]
     text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
+
+
+def open_ending(line: str) -> str:
+    """The score's last bar without its final barline (|] or ||, in every voice): the music goes
+    on after it, so the final barline must not stay mid-piece."""
+    return re.sub(r"(\|\]|\|\|)(?=\s*(\[V:|$))", "|", line)
 
 
 def read_score(path: str | Path, max_mb: float = 20.0) -> str:

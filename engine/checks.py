@@ -42,9 +42,10 @@ def draw_seed() -> int:
 
 
 def page_seed(value):
-    """The page and the HTTP API spell 'random' as -1 (a number box cannot be empty): -> None.
-    Anything else goes on to the request's own check."""
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0):
+    """An empty seed box (None) means a random seed; scripts may also send -1, the HTTP API's old
+    spelling of it. Any other number goes on to the request's own check, so -5 is refused there
+    with the range, never taken silently as 'random'."""
+    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == -1):
         return None
     return value
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +23,7 @@ RECORD_FILE = "record.json"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the whole key (fullmatch: no trailing newline)
 PIECE_ID = re.compile(r"[A-Za-z0-9-]{1,120}")
 MAX_HISTORY = 500  # pieces listed at most (newest first); older ones stay on disk
+MAX_TITLE = 120  # characters in a title a user gives a piece
 
 
 def valid_key(key) -> bool:
@@ -97,6 +98,15 @@ class Session:
             return 0, 0
         pieces = [p for p in self.folder.iterdir() if p.is_dir()]
         return sum(_size(p) for p in pieces), sum((p / RECORD_FILE).is_file() for p in pieces)
+
+    def rename(self, piece_id: str, title: str) -> PieceRecord:
+        """A new title for a piece (History's Rename): its record only; files keep their names."""
+        title = title.strip() if isinstance(title, str) else ""
+        if not 1 <= len(title) <= MAX_TITLE or any(ord(ch) < 32 for ch in title):
+            raise CadenzaError(f"a title is 1 to {MAX_TITLE} characters on one line")
+        record = replace(self.record(piece_id), title=title)
+        self.save(record)
+        return record
 
     def delete(self, piece_id: str) -> int:
         """Removes a piece and its files; returns the bytes freed."""

@@ -1,5 +1,6 @@
 """Every export from real scores of music21's corpus, and bad input that must fail cleanly."""
 import json
+import re
 import time
 import wave
 from pathlib import Path
@@ -336,6 +337,8 @@ def test_compose_manifest_says_how_the_piece_was_made(tmp_path):
     assert m["bar_alignment"] == {"aligned": 10, "total": 10, "misaligned_bars": []}
     assert m["generation"]["seconds"] == 3.2 and m["engine_version"]
     assert all(e["ok"] for e in m["exports"].values())
+    abc = (tmp_path / "out" / "bach-choral-seed1234.abc").read_text()  # the prompt gave it a title
+    assert abc.startswith("X:1\nT:Chorale in the style of Bach\nC:after Johann Sebastian Bach (Baroque)\n")
 
 
 @pytest.mark.parametrize("body", ["|: CDEF GABc |: cdef gabc :| CDEF GABc |]", "CDEF GABc |: cdef gabc |]",
@@ -347,3 +350,140 @@ def test_repeats_that_do_not_pair_up_are_played_as_written(tmp_path, body):
     assert any("repeats could not be followed" in w for w in r.warnings)
     with wave.open(str(r.paths("wav")[0])) as w:
         assert w.getnframes() > SAMPLE_RATE  # three bars of music, not silence or nothing
+
+
+# ---- the piece's identity on the page and in the sound ---------------------------------------------
+
+IRISH = {"period": "Folk", "composer": "Traditional, Irish", "instrumentation": "Melody"}
+BACH_CHORAL = {"period": "Baroque", "composer": "Bach, Johann Sebastian", "instrumentation": "Choral"}
+UNTITLED_TUNE = "X:1\nL:1/8\nQ:1/4=104\nM:2/4\nK:G\nV:1 treble \n[V:1]GABc|\n[V:1]d2B2|\n[V:1]G4|]\n"
+UNNAMED_CHORALE = ("X:1\n%%score [ 1 | 2 | 3 | 4 ]\nL:1/8\nM:4/4\nK:C\nV:1 treble\nV:2 treble\nV:3 bass\nV:4 bass\n"
+                   "[V:1]e2 d2 c4|[V:2]c2 B2 G4|[V:3]G2 G2 E4|[V:4]C2 G,2 C4|]\n")
+
+
+def _programs(midi_path) -> list[int]:
+    import mido
+
+    tracks = [t for t in mido.MidiFile(str(midi_path)).tracks if any(m.type == "note_on" for m in t)]
+    return [next(m.program for m in t if m.type == "program_change") for t in tracks]
+
+
+def test_a_generated_melody_gets_a_title_composer_line_and_a_fiddle(tmp_path):
+    from music21 import converter
+
+    result = render(UNTITLED_TUNE, tmp_path, ("abc", "musicxml", "midi", "svg"), "tune", meta={"prompt": IRISH},
+                    options=_opts())
+    assert result.failed == {}
+    abc = result.paths("abc")[0].read_text()
+    assert "T:Irish melody\n" in abc and "C:Traditional, Irish (Folk)\n" in abc
+    assert 'V:1 treble nm="Fiddle" snm="Fdl."' in abc
+    score = converter.parse(str(result.paths("musicxml")[0]))
+    assert score.metadata.title == "Irish melody" and score.metadata.composer == "Traditional, Irish (Folk)"
+    assert [p.partName for p in score.parts] == ["Fiddle"]
+    svg = result.paths("svg")[0].read_text()
+    for text in ("Irish melody", "Traditional, Irish (Folk)", "Fiddle"):  # drawn on the page, not only stored
+        assert f">{text}</tspan>" in svg, text
+    assert _programs(result.paths("midi")[0]) == [40]  # GM 41, violin: a fiddle tune is not played on piano
+
+
+def test_other_folk_melodies_play_on_a_flute_and_early_ones_on_a_recorder(tmp_path):
+    english = dict(IRISH, composer="Traditional, English")
+    result = render(UNTITLED_TUNE, tmp_path, ("abc", "musicxml", "midi"), "tune", meta={"prompt": english},
+                    options=_opts())
+    assert _programs(result.paths("midi")[0]) == [73]  # GM 74, flute
+    assert "T:English melody\n" in result.paths("abc")[0].read_text()
+    from engine.render.identity import part_names
+
+    assert part_names({"period": "Medieval", "composer": "Ciconia, Johannes", "instrumentation": "Melody"}, 1) == [
+        "Recorder"]
+    assert gm_program("Recorder") == 74
+
+
+def test_a_generated_chorale_gets_satb_names_and_choir_voices(tmp_path):
+    from lxml import etree
+
+    result = render(UNNAMED_CHORALE, tmp_path, ("abc", "musicxml", "midi", "svg"), "chorale",
+                    meta={"prompt": BACH_CHORAL}, options=_opts())
+    assert result.failed == {}
+    doc = etree.parse(str(result.paths("musicxml")[0]))
+    assert doc.findtext("work/work-title") == "Chorale in the style of Bach"
+    assert doc.findtext("identification/creator[@type='composer']") == "after Johann Sebastian Bach (Baroque)"
+    assert [e.text for e in doc.xpath("//part-name")] == ["Soprano", "Alto", "Tenor", "Bass"]
+    assert ">Chorale in the style of Bach</tspan>" in result.paths("svg")[0].read_text()
+    assert _programs(result.paths("midi")[0]) == [52] * 4  # GM 53, choir aahs
+
+
+def test_the_users_own_title_composer_and_part_names_are_kept(tmp_path):
+    from music21 import converter
+
+    own = UNTITLED_TUNE.replace("X:1\n", "X:1\nT:My Reel\nC:Mary Smith\n").replace("V:1 treble ", 'V:1 treble nm="Oboe"')
+    result = render(own, tmp_path, ("abc", "musicxml", "midi"), "own", meta={"prompt": IRISH}, options=_opts())
+    abc = result.paths("abc")[0].read_text()
+    assert abc == own  # nothing added: it has a title, a composer and its part's name
+    score = converter.parse(str(result.paths("musicxml")[0]))
+    assert (score.metadata.title, score.metadata.composer) == ("My Reel", "Mary Smith")
+    assert _programs(result.paths("midi")[0]) == [68]  # the oboe it says
+    plain = render(UNTITLED_TUNE, tmp_path, ("abc",), "plain", options=_opts())  # no prompt: the ABC as given
+    assert plain.paths("abc")[0].read_text() == UNTITLED_TUNE
+
+
+def test_titles_and_composer_lines_say_what_the_piece_is():
+    from engine.render.identity import composer_line, title
+
+    assert title(BACH_CHORAL) == "Chorale in the style of Bach"
+    assert composer_line(BACH_CHORAL) == "after Johann Sebastian Bach (Baroque)"
+    assert title({"composer": "Traditional, Various", "instrumentation": "Melody"}) == "Traditional melody"
+
+
+def _pdf_fonts(pdf_path) -> list[tuple[str, str, bytes]]:
+    """(name, ToUnicode CMap text, embedded font program) of every font the PDF's pages use."""
+    from pypdf import PdfReader
+
+    fonts = []
+    for page in PdfReader(str(pdf_path)).pages:
+        for ref in page["/Resources"]["/Font"].values():
+            font = ref.get_object()
+            desc = (font["/DescendantFonts"][0].get_object() if "/DescendantFonts" in font else font)
+            fd = desc["/FontDescriptor"].get_object() if "/FontDescriptor" in desc else {}
+            program = next((fd[k].get_object().get_data() for k in ("/FontFile3", "/FontFile2", "/FontFile") if k in fd), b"")
+            cmap = font["/ToUnicode"].get_object().get_data().decode("latin-1") if "/ToUnicode" in font else ""
+            fonts.append((str(font["/BaseFont"]), cmap, program))
+    return fonts
+
+
+def test_the_tempo_mark_note_is_drawn_from_the_music_font(rendered):
+    """The tempo mark's note (SMuFL U+ECA5) must come out as the music font's glyph, embedded in the
+    PDF, not as a system font's empty 'missing glyph' box."""
+    import io
+
+    from fontTools.cffLib import CFFFontSet
+    from fontTools.pens.boundsPen import BoundsPen
+
+    _, result, _ = rendered["chorale"]  # bwv66.6 has Q:1/4=96
+    svg = result.paths("svg")[0].read_text()
+    assert "\ueca5" in svg or "\ue1d5" in svg  # verovio writes the note as a SMuFL text glyph
+    with_note = [f for f in _pdf_fonts(result.paths("pdf")[0]) if re.search(r"<(ECA5|E1D5)>", f[1], re.I)]
+    assert with_note, "no PDF font draws the tempo note"
+    name, _, program = with_note[0]
+    assert "DejaVu" not in name and "Liberation" not in name  # the system fonts have no such glyph
+    cff = CFFFontSet()
+    cff.decompile(io.BytesIO(program), None)
+    glyphs = cff[cff.fontNames[0]].CharStrings
+    drawn = []
+    for g in glyphs.keys():
+        if g != ".notdef":
+            pen = BoundsPen(glyphs)
+            glyphs[g].draw(pen)
+            drawn.append(pen.bounds)
+    assert drawn and all(b is not None for b in drawn)  # a real outline, not an empty glyph
+
+
+def test_printable_keeps_the_music_font_when_it_can_be_loaded(rendered):
+    from engine.render.convert import WEB_FONT, load_web_fonts, printable
+
+    _, result, _ = rendered["chorale"]
+    svg = result.paths("svg")[0].read_text()
+    fonts = dict(WEB_FONT.findall(svg))
+    assert set(fonts) == {"Leipzig"} and load_web_fonts(fonts) == {"Leipzig"}
+    out = printable(svg).decode()
+    assert 'font-family="Leipzig"' in out and "\ueca5" in out  # drawn with the font, no look-alike swapped in

@@ -149,7 +149,7 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
 @pytest.mark.parametrize("handler,data,expected", [
     ("on_use_model", ["/etc/passwd"], NOT_OFFERED),
     ("on_use_model", ["../../../../etc"], NOT_OFFERED),
-    ("tick", [False, "/root"], NOT_OFFERED),
+    ("tick", [False, "/root", {}], NOT_OFFERED),
     ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "no session"),
     ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0, True, 0, "", "", 0], "greater than maximum value 8"),  # Gradio's slider
     ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "period is empty"),
@@ -157,15 +157,18 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
     ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "../../etc/passwd", "", 0], "key must be"),
     ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "1/0", 0], "metre must be"),
     ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], NOT_OFFERED),
-    ("on_render", ["bad key", SCORE], "no session"),
+    ("on_render", ["bad key", SCORE, {}], "no session"),
     ("on_delete", [KEY, ["../../other-session"]], "is not in the list of choices"),  # only this session's pieces
     ("run_audio", [KEY, "piano", "/etc", 5, 3.0, 250, 0.0, 1.0, 1, 1, None], NOT_OFFERED),
     ("run_audio", [KEY, "piano", "", 5, 3.0, 250, 0.0, 1.0, 10**30, 1, None], "seed must be a whole number from 0 to"),
     ("run_perform", [KEY, SCORE, "strings", "/etc", 5, 1], NOT_OFFERED),
-    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE], NOT_OFFERED),
-    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, 2], NOT_OFFERED),
-    ("on_transpose", [KEY, SCORE, "H#"], "key must be"),
-    ("on_surprise", ["/etc/hosts"], NOT_OFFERED),
+    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, {}], NOT_OFFERED),
+    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, 2, {}], NOT_OFFERED),
+    ("on_transpose", [KEY, SCORE, "H#", {}], "key must be"),
+    ("on_surprise", ["/etc/hosts", *NO_PROMPT], NOT_OFFERED),
+    ("on_rename", [KEY, "../../other-session", "mine now"], "no piece"),
+    ("on_rename", [KEY, "nope", "a\ntitle"], "a title is 1 to 120 characters"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, -5, 16, 1, 0, True, 0, "", "", 0], "seed must be a whole number from 0 to"),
     ("on_upload", [KEY, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], None),  # Gradio: not uploaded
 ])
 def test_page_handlers_called_through_the_queue_refuse_hostile_arguments(served, handler, data, expected):
@@ -182,7 +185,7 @@ def test_page_handlers_called_through_the_queue_refuse_hostile_arguments(served,
 
 def test_the_history_handler_ignores_rows_that_are_not_there(served):
     demo, studio, url, tmp = served
-    msg = join(url, fn_index(demo, "on_history"), [KEY])  # no event data at all
+    msg = join(url, fn_index(demo, "on_history"), [KEY, ["../../etc"]])  # no event data at all
     assert msg.get("msg") == "process_completed"
 
 

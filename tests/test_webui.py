@@ -1,6 +1,7 @@
 """The studio served for real on localhost, driven by gradio_client as a script or a second user
 would: streaming, stop and cancel, uploads, downloads, sessions kept apart, bad input."""
 import json
+import re
 import socket
 import threading
 import time
@@ -263,21 +264,28 @@ def test_continue_carries_on_from_the_users_score(server):
     from engine.symbolic.abcformat import musicxml_to_abc
     url, studio, tmp = server
     abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
+    abc = re.sub(r"^[TC]:.*\n", "", abc, flags=re.M).replace("X:1\n", "X:1\nT:My chorale\nC:after J. S. Bach\n", 1)
+    assert "|]" in abc  # the score ends with a final barline ...
     prefix = api.continuation_prefix(abc, more_bars=8)
     assert prefix.count("[r:") >= 8 and "[r:0/" in prefix
+    assert "|]" not in prefix  # ... which must not stay mid-piece once the music goes on
     key = "k" * 20 + "-continue"
-    items = list(studio.compose(key, bach(max_patches=24, seed=3), continue_abc=abc))
+    items = list(studio.compose(key, bach(max_patches=24, seed=3), continue_abc=abc, title="My chorale"))
     (outcome,) = items[-1]
-    assert outcome.record.kind == "continued"
+    assert outcome.record.kind == "continued" and outcome.record.title == "My chorale (continued)"
     from engine.symbolic.postprocess import to_abc
 
-    opening = to_abc("".join(BACH.lines()) + prefix).abc.splitlines()[:14]  # header and first bars
-    assert outcome.abc.splitlines()[:14] == opening  # the user's opening is kept as it was
+    music = lambda text: [ln for ln in text.splitlines() if not re.match(r"[TC]:", ln)][:14]  # noqa: E731
+    opening = music(to_abc("".join(BACH.lines()) + prefix).abc)  # header and first bars
+    assert music(outcome.abc) == opening  # the user's opening is kept as it was
+    assert "T:My chorale" in outcome.abc and "C:after J. S. Bach" in outcome.abc  # and so are the user's titles
     from engine.errors import CadenzaError
 
     for bad in ("X:1\nK:C\n", "X:1\nK:C\n[V:1 ((( ]]] |"):  # no bars; unreadable
-        with pytest.raises(CadenzaError, match="no bars|cannot be read|could not convert"):  # shown in the page
+        with pytest.raises(CadenzaError, match="no bars|no notes|cannot be read|could not convert"):  # shown in the page
             list(studio.compose(key, bach(), continue_abc=bad))
+    with pytest.raises(CadenzaError, match="not ABC notation"):  # as Render says it, not a new piece written
+        list(studio.compose(key, bach(), continue_abc="please continue my melody"))
 
 
 def test_the_seed_shown_while_writing_is_the_seed_of_the_kept_piece(server):

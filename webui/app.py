@@ -26,23 +26,37 @@ from engine.checks import page_seed
 from engine.errors import CadenzaError, SettingsError
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
-from engine.symbolic.controls import MAX_BARS, Controls
+from engine.symbolic.controls import Controls
 from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
 from webui.guard import LoginBackoff, public
+from webui import views
 from webui.studio import Outcome, Progress, Studio
 
 log = logging.getLogger("cadenza.web")
 
 # The page's and the API's defaults are the engine's: read from its request classes' fields
 # (ComposeRequest.max_patches ...), never written here.
-HISTORY_HEADERS = ["created", "title", "kind", "seed", "model", "bars", "seconds", "id"]
 AUDIO_KINDS = ("audio", "performed")
 AUDIO_PLAYERS = 4  # variations shown with a player each (all are in the downloads)
+STATIC = Path(__file__).parent / "static"  # abcjs (vendored, pinned) and the script that engraves with it
 CSS = """
+#live-abc { display: none !important; }
+#live-score { background: white; color: black; overflow: auto; max-height: 78vh; min-height: 160px; padding: 4px 8px; }
+#live-score .placeholder { color: #666; padding: 2em; }
 #score-page { background: white; overflow-x: auto; max-height: 80vh; }
 #score-page svg { width: 100%; height: auto; }
+#status { min-height: 1.6em; }
+.abc-incipit { background: white; min-height: 60px; overflow: hidden; }
+#history-table table { table-layout: fixed; }
+#history-table td, #history-table th { word-break: normal; overflow-wrap: anywhere; }
 """
+
+
+def _head() -> str:
+    """abcjs and the engraving script, inlined: no file route to open, works offline."""
+    scripts = [STATIC / "abcjs-basic-min.js", STATIC / "cadenza-score.js", STATIC / "page.js"]
+    return "".join(f"<script>{p.read_text(encoding='utf-8')}</script>" for p in scripts if p.is_file())
 
 
 NO_SESSION = "this page has no session yet: reload it"
@@ -139,37 +153,58 @@ def sweep_served(max_age_s: float) -> int:
 
 def _page_html(svg: str | None, page: int = 0, pages: int = 0) -> str:
     if not svg:
-        return "<p><i>The sheet music appears here.</i></p>"
+        return "<p><i>The printed page appears here when the piece is finished.</i></p>"
     label = f"<p>page {page + 1} of {pages}</p>" if pages > 1 else ""
     return f"{label}<div id='score-page'>{svg}</div>"
 
 
 def _history_rows(studio: Studio, key: str) -> list[list]:
-    return [[r.created.replace("T", " ")[:19], r.title, r.kind, r.seed if r.seed is not None else "", r.model,
-             r.bars, r.seconds, r.id] for r in studio.history(key)]
+    return views.history_rows(studio.history(key))
 
 
-def _summary(o: Outcome) -> str:
-    r = o.record
-    lines = [f"**{html.escape(r.title)}** - {r.kind}"]
-    if r.seed is not None:
-        lines.append(f"seed **{r.seed}** (use it to write this piece again), model {r.model}, stop: {r.stop_reason}")
-    if r.alignment:
-        lines.append(f"bar alignment: {r.alignment}")
-    lines += [f"- {fmt} failed: {html.escape(public(err))}" for fmt, err in r.errors.items()]
-    lines += [f"- note: {html.escape(public(w))}" for w in r.warnings[:8]]
-    return "\n\n".join(lines)
+def _history_ids(studio: Studio, key: str) -> list[str]:
+    return [r.id for r in studio.history(key)]
 
 
-def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome) -> dict:
-    """Everything the page shows of a finished piece, by component."""
+def _identity(r) -> dict:
+    """What the page keeps of the open piece (gr.State): enough to continue, render, transpose or
+    write it again as the piece it is."""
+    return {"id": r.id, "title": r.title, "kind": r.kind, "prompt": r.prompt, "seed": r.seed,
+            "settings": r.settings}
+
+
+def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: list[Outcome] | None = None) -> dict:
+    """Everything the page shows of a finished piece, by component; `siblings`: the variations
+    written with it (cards side by side), None to leave the cards as they are."""
     pages = [str(p) for p in o.paths("svg")]
     first = Path(pages[0]).read_text() if pages else None
     wav = o.paths("wav")
-    return {ui.abc: o.abc, ui.progress: _summary(o), ui.score: _page_html(first, 0, len(pages)), ui.pages: pages,
-            ui.page_no: 0, ui.audio: _servable(wav[0]) if wav else None,
-            ui.downloads: [_servable(p) for p in o.downloads()], ui.history: _history_rows(studio, key),
-            ui.piece_id: o.record.id}
+    r = o.record
+    seed_info = views.seed_line(r) or (
+        "" if r.prompt else "This score has no style of its own: Continue and Rewrite write it as the Period, "
+                            "Composer and Instrumentation chosen above.")
+    shown = {ui.abc: o.abc, ui.live: o.abc, ui.progress: views.summary(r), ui.notes: views.notes(r),
+             ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
+             ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
+             ui.audio: _servable(wav[0]) if wav else None, ui.downloads: [_servable(p) for p in o.downloads()],
+             ui.history: _history_rows(studio, key), ui.history_ids: _history_ids(studio, key),
+             ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
+    if siblings is not None:
+        shown |= _cards(ui, siblings)
+    return shown
+
+
+def _cards(ui: SimpleNamespace, outcomes: list[Outcome]) -> dict:
+    """The variations side by side: each card its seed, first bars, player and an Open button."""
+    many = len(outcomes) > 1
+    shown = {ui.cards_row: gr.update(visible=many), ui.card_ids: [o.record.id for o in outcomes] if many else []}
+    for n, card in enumerate(ui.cards):
+        o = outcomes[n] if many and n < len(outcomes) else None
+        wav = o.paths("wav") if o else []
+        shown |= {card.box: gr.update(visible=o is not None),
+                  card.text: views.card(o.record, n + 1, o.abc) if o else "",
+                  card.audio: _servable(wav[0]) if wav else None}
+    return shown
 
 
 def _audio_summary(o: Outcome) -> str:
@@ -231,17 +266,98 @@ def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
 
 
 def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
-    """The Score tab: prompt, model, settings, buttons, the sheet music and the ABC, MusicGen performance."""
+    """The Score tab: the prompt and the controls a composer sets each time, the buttons, then the
+    music in the middle (engraved as it is written), its player, downloads and variations, then
+    the ABC to edit. The settings set once live in the sidebar (see _settings_sidebar)."""
     with gr.Tab("Score", id="score"):
-        with gr.Row():
+        with gr.Row(equal_height=True):
             ui.period = gr.Dropdown(label="Period", choices=[], interactive=True)
             ui.composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
             ui.instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
-            ui.surprise = gr.Button("Surprise me", scale=0)
+            ui.surprise = gr.Button("Surprise me", scale=0, min_width=120)
+        with gr.Row(equal_height=True):  # empty: the model decides
+            ui.bars = gr.Number(value=None, precision=0, label="Length in bars", placeholder="the model's", min_width=120)
+            ui.music_key = gr.Textbox(value="", label="Key", placeholder="the model's: D, Bb, F#m, Eb dorian", min_width=120)
+            ui.meter = gr.Textbox(value="", label="Metre", placeholder="the model's: 3/4, 6/8, C", min_width=110)
+            ui.tempo = gr.Number(value=None, precision=0, label="Tempo (quarter =)", placeholder="the model's",
+                                 min_width=110)
+            ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations", min_width=140)
+            ui.seed = gr.Number(value=None, precision=0, label="Seed", placeholder="random", min_width=110)
+        with gr.Row():
+            ui.generate = gr.Button("Generate", variant="primary")
+            ui.stop = gr.Button("Stop", variant="secondary")
+            ui.cont = gr.Button("Continue this score")
+            ui.render = gr.Button("Render my edits")
+        ui.progress = gr.Markdown("", elem_id="status")
+        with gr.Row(equal_height=True):
+            ui.seed_info = gr.Markdown("")
+            ui.again = gr.Button("Write this again", visible=False, scale=0, min_width=160)
+        ui.live = gr.Textbox(value="", elem_id="live-abc", show_label=False, container=False, lines=1)
+        ui.score = gr.HTML(views.LIVE_SCORE_HTML, elem_id="score")
+        with gr.Row():
+            ui.audio = gr.Audio(label="Listen", type="filepath", interactive=False, elem_id="score-player", scale=3)
+            ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, scale=2)
+        ui.notes = gr.HTML("")
+        with gr.Row(visible=False) as ui.cards_row:
+            ui.cards = []
+            for n in range(config.max_variations):
+                with gr.Column(visible=False, min_width=280) as box:
+                    card = SimpleNamespace(box=box, text=gr.Markdown(""),
+                                           audio=gr.Audio(type="filepath", interactive=False, show_label=False),
+                                           open=gr.Button(f"Open variation {n + 1}", size="sm"))
+                ui.cards.append(card)
+        with gr.Accordion("The score as ABC: edit, continue, rewrite, transpose, upload", open=True):
+            with gr.Row():
+                ui.abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=12, max_lines=30,
+                                 wrap_lines=True, scale=3)
+                with gr.Column(scale=1, min_width=260):
+                    ui.upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", type="filepath",
+                                        file_types=[".abc", ".musicxml", ".xml", ".mxl"])
+                    with gr.Row():
+                        ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=1, label="Bar", min_width=80)
+                        ui.rewrite = gr.Button("Rewrite from this bar (a new seed)", min_width=150)
+                    with gr.Row():
+                        ui.transpose_key = gr.Textbox(value="", label="Key", placeholder="D, Bb, F#m", min_width=80)
+                        ui.transpose = gr.Button("Transpose to this key", min_width=150)
+        with gr.Accordion("The printed page (as in the PDF)", open=False):
+            ui.printed = gr.HTML(_page_html(None))
+            with gr.Row():
+                ui.prev_page = gr.Button("< page", scale=0)
+                ui.next_page = gr.Button("page >", scale=0)
+        with gr.Accordion("Perform with MusicGen", open=False):
+            gr.Markdown("The score above is played with the SoundFont and given to a MusicGen melody model "
+                        "as the melody; it plays the piece again in the style you describe.")
+            ui.perform_weights = gr.Markdown(_weights_note(studio, config.melody_model, melody=True))
+            with gr.Row():
+                ui.style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
+                ui.perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
+                                               choices=_musicgen_choices(studio, config.melody_model, melody=True))
+                ui.perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
+                                               step=1, label="At most (seconds)")
+            ui.perform = gr.Button("Perform with MusicGen")
+            ui.perform_progress = gr.Markdown("")
+            ui.perform_audio = gr.Audio(label="Performance", type="filepath", interactive=False)
+            ui.perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
+
+
+def _settings_sidebar(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+    """What a composer sets once, out of the way of the music: the model and the sampling."""
+    with gr.Sidebar(label="Settings", open=False, position="right"):
+        gr.Markdown("### Settings\nFor Generate, Continue and Rewrite.")
+        ui.temperature = gr.Slider(0.1, 2.0, value=SamplingSettings.temperature, step=0.05, label="Temperature")
+        ui.top_k = gr.Slider(0, 128, value=SamplingSettings.top_k, step=1, label="Top-k (0 = off)")
+        ui.top_p = gr.Slider(0.05, 1.0, value=SamplingSettings.top_p, step=0.01, label="Top-p")
+        ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1,
+                                   label="Bar retries (0 = NotaGen's sampling)")
+        ui.critic = gr.Checkbox(value=ComposeRequest.critic,
+                                label="Musical critic: write again bars that fit no chord or move in parallel "
+                                      "fifths or octaves, and end on a cadence (where the style's real music does)")
+        ui.max_patches = gr.Slider(16, config.max_patches, value=min(ComposeRequest.max_patches, config.max_patches),
+                                   step=16, label="Longest text the model may write (x16 characters)")
         with gr.Accordion("Model", open=False):
             offered = ", ".join(studio.policy.offered()[:8]) or "none"
             ui.model = gr.Textbox(label="Model", value="", placeholder="empty: the server's model; or the name of "
-                               f"a model in its models folder ({offered})")
+                                  f"a model in its models folder ({offered})")
             if not config.allow_downloads:
                 gr.Markdown("Downloading from the Hugging Face Hub is off on this server (the person running "
                             "it can start it with `--allow-downloads`).")
@@ -250,61 +366,12 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                 ui.repo_file = gr.Textbox(label="File", placeholder="weights_notagenx_p_size_16_p_length_1024_p_layers_20_h_size_1280.pth")
                 ui.fetch = gr.Button("Download", scale=0)
             ui.use_model = gr.Button("Use this model")
-        with gr.Accordion("Advanced settings", open=False):
-            with gr.Row():
-                ui.temperature = gr.Slider(0.1, 2.0, value=SamplingSettings.temperature, step=0.05, label="Temperature")
-                ui.top_k = gr.Slider(0, 128, value=SamplingSettings.top_k, step=1, label="Top-k (0 = off)")
-                ui.top_p = gr.Slider(0.05, 1.0, value=SamplingSettings.top_p, step=0.01, label="Top-p")
-            with gr.Row():
-                ui.seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                ui.max_patches = gr.Slider(16, config.max_patches, value=min(ComposeRequest.max_patches, config.max_patches), step=16,
-                                        label="Maximum length (patches of 16 characters)")
-                ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations written together")
-                ui.bar_retries = gr.Slider(0, 32, value=ComposeRequest.bar_retries, step=1, label="Bar retries (0 = NotaGen's sampling)")
-            with gr.Row():  # empty (or 0): the model decides
-                ui.bars = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_BARS, label="Length in bars (0 = the model's)")
-                ui.music_key = gr.Textbox(value="", label="Key (empty = the model's)", placeholder="D, Bb, F#m, Eb dorian")
-                ui.meter = gr.Textbox(value="", label="Metre (empty = the model's)", placeholder="3/4, 6/8, C")
-                ui.tempo = gr.Number(value=0, precision=0, minimum=0, maximum=400, label="Tempo, quarter = (0 = the model's)")
-            ui.critic = gr.Checkbox(value=ComposeRequest.critic,  # its own line: a narrow page squeezed it off the row
-                                    label="Musical critic: write again bars that fit no chord or move in parallel "
-                                          "fifths or octaves, and end on a cadence (where the style's real music does)")
-        with gr.Row():
-            ui.generate = gr.Button("Generate", variant="primary")
-            ui.stop = gr.Button("Stop", variant="stop")
-            ui.render = gr.Button("Render my edits")
-            ui.cont = gr.Button("Continue this score")
-        with gr.Row():
-            ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=1, label="Bar", scale=0, min_width=90)
-            ui.rewrite = gr.Button("Rewrite from this bar (a new seed)")
-            ui.transpose_key = gr.Textbox(value="", label="Key", placeholder="D, Bb, F#m", scale=0, min_width=110)
-            ui.transpose = gr.Button("Transpose to this key")
-        ui.progress = gr.Markdown("")
-        with gr.Row():
-            with gr.Column(scale=3):
-                ui.score = gr.HTML(_page_html(None), elem_id="score")
-                with gr.Row():
-                    ui.prev_page = gr.Button("< page", scale=0)
-                    ui.next_page = gr.Button("page >", scale=0)
-                ui.audio = gr.Audio(label="Listen", type="filepath", interactive=False)
-                ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            with gr.Column(scale=2):
-                ui.abc = gr.Code(label="ABC (editable)", language=None, interactive=True, lines=24)
-                ui.upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", file_types=[".abc", ".musicxml", ".xml", ".mxl"],
-                                 type="filepath")
-        with gr.Accordion("Perform with MusicGen", open=False):
-            gr.Markdown("The score above is played with the SoundFont and given to a MusicGen melody model "
-                        "as the melody; it plays the piece again in the style you describe.")
-            with gr.Row():
-                ui.style = gr.Textbox(label="Style", value="string quartet, warm hall", scale=2)
-                ui.perform_model = gr.Dropdown(label="Melody model", value=config.melody_model, allow_custom_value=True,
-                                            choices=_musicgen_choices(studio, config.melody_model, melody=True))
-                ui.perform_seconds = gr.Slider(1, config.max_audio_seconds, value=min(30, config.max_audio_seconds),
-                                            step=1, label="At most (seconds)")
-            ui.perform = gr.Button("Perform with MusicGen")
-            ui.perform_progress = gr.Markdown("")
-            ui.perform_audio = gr.Audio(label="Performance", type="filepath", interactive=False)
-            ui.perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
+
+
+def _weights_note(studio: Studio, spec: str, melody: bool) -> str:
+    """Said before anyone presses a button: whether MusicGen's weights are on this server."""
+    missing = studio.audio_weights_missing(spec, melody)
+    return "" if missing is None else f"**MusicGen is not set up on this server.** {missing}"
 
 
 def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
@@ -312,6 +379,7 @@ def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
     with gr.Tab("Audio", id="audio"):
         gr.Markdown("Text to music with Meta's MusicGen (weights CC-BY-NC 4.0: non-commercial use). "
                     "Melody models can follow a melody you upload or record.")
+        ui.a_weights = gr.Markdown(_weights_note(studio, config.audio_model, melody=False))
         with gr.Row():
             ui.a_prompt = gr.Textbox(label="Describe the music", lines=2, scale=3,
                                   placeholder="warm string quartet, slow, melancholic")
@@ -326,7 +394,7 @@ def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                 ui.a_top_p = gr.Slider(0, 1, value=AudioSettings.top_p, step=0.01, label="Top-p (0 = off)")
                 ui.a_temperature = gr.Slider(0.1, 2.0, value=AudioSettings.temperature, step=0.05, label="Temperature")
             with gr.Row():
-                ui.a_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                ui.a_seed = gr.Number(value=None, precision=0, label="Seed", placeholder="random")
                 ui.a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
         ui.a_melody = gr.Audio(label="Melody to follow (melody models only): upload or record", type="filepath",
                             sources=["upload", "microphone"])
@@ -341,40 +409,97 @@ def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
 
 
 def _history_tab(ui: SimpleNamespace) -> None:
-    """The History tab: this session's pieces, its quota, Delete."""
+    """The History tab: this session's pieces; a clicked row is selected: play, open, rename, delete."""
     with gr.Tab("History", id="history") as ui.history_tab:
-        gr.Markdown("Every piece of this browser's session, newest first. Click a row to open it.")
-        ui.history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+        gr.Markdown("Every piece of this browser's session, newest first. Click a row to select it.")
+        ui.history = gr.Dataframe(headers=views.HISTORY_HEADERS, interactive=False, wrap=True,
+                                  column_widths=views.HISTORY_WIDTHS, max_height=420, elem_id="history-table")
+        with gr.Group(visible=False) as ui.picked_box:
+            ui.picked_text = gr.Markdown("")
+            ui.picked_audio = gr.Audio(type="filepath", interactive=False, show_label=False)
+            with gr.Row(equal_height=True):
+                ui.open_picked = gr.Button("Open", variant="primary", scale=0, min_width=100)
+                ui.new_title = gr.Textbox(label="New title", scale=2)
+                ui.rename = gr.Button("Rename", scale=0, min_width=100)
+                ui.delete_picked = gr.Button("Delete", variant="stop", scale=0, min_width=100)
         ui.usage = gr.Markdown("")
-        with gr.Row():
-            ui.to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
-            ui.delete = gr.Button("Delete", variant="stop", scale=0)
+        with gr.Accordion("Delete several", open=False):
+            with gr.Row():
+                ui.to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
+                ui.delete = gr.Button("Delete", variant="stop", scale=0)
 
 
 def _system_tab(ui: SimpleNamespace) -> None:
-    """The System tab: devices, models, the queue."""
+    """The System tab: devices, models, the queue, as tables."""
     with gr.Tab("System", id="system"):
-        ui.system = gr.JSON(label="Devices, models, queue")
+        ui.sys_line = gr.Markdown("")
+        ui.sys_devices = gr.Dataframe(headers=["device", "name", "free GiB", "total GiB"], label="Devices",
+                                      interactive=False, wrap=True)
+        ui.sys_models = gr.Dataframe(headers=["model", "kind", "status", "placement"], label="Models",
+                                     interactive=False, wrap=True)
         ui.refresh = gr.Button("Refresh")
 
 
+def _prompt_lists(studio: Studio, spec, prompt) -> tuple | None:
+    """The three dropdowns showing `prompt` (a Prompt or a record's dict), each offering what the
+    cascade allows; None when the model is not ready or the prompt is not one it knows."""
+    p = prompt if not isinstance(prompt, dict) else SimpleNamespace(**{f: prompt.get(f) for f in PROMPT_FIELDS})
+    try:
+        _, composers, _, instrumentations = studio.choices(spec or None, p.period, p.composer)
+        periods = studio.prompts(spec or None).periods()
+    except CadenzaError:
+        return None
+    if p.period not in periods or p.composer not in composers or p.instrumentation not in instrumentations:
+        return None
+    return (gr.update(choices=periods, value=p.period), gr.update(choices=composers, value=p.composer),
+            gr.update(choices=instrumentations, value=p.instrumentation))
+
+
+PROMPT_FIELDS = ("period", "composer", "instrumentation")
+
+
+def _restore(ui: SimpleNamespace, studio: Studio, spec, record, with_length: bool = False) -> dict:
+    """The settings a piece was written with, back in the page (opening it from History, Write
+    this again): its prompt in the lists, its sampling, key, metre and tempo; its length only to
+    write it again (Continue needs a longer one)."""
+    out = dict(zip((ui.period, ui.composer, ui.instrumentation), _prompt_lists(studio, spec, record.prompt) or ()))
+    st = record.settings or {}
+    for comp, name in ((ui.temperature, "temperature"), (ui.top_k, "top_k"), (ui.top_p, "top_p"),
+                       (ui.bar_retries, "bar_retries"), (ui.critic, "critic"), (ui.max_patches, "max_patches")):
+        if name in st:
+            out[comp] = st[name]
+    controls = st.get("controls") or {}
+    out |= {ui.music_key: controls.get("key") or "", ui.meter: controls.get("meter") or "",
+            ui.tempo: controls.get("tempo") or None}
+    out[ui.bars] = (controls.get("bars") or None) if with_length else None
+    return out
+
+
 def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, demo: gr.Blocks) -> None:
-    """The session key, the model loading at start and the cascading prompt lists."""
-    def init(k):
+    """The session key, the work area kept over a reload, the model loading at start and the
+    cascading prompt lists."""
+    def init(k, work):
         if not valid_key(k):
             k = secrets.token_urlsafe(24)
-        return k, _history_rows(studio, k), public(studio.model(None).status())
+        shown = {ui.key: k, ui.history: _history_rows(studio, k), ui.history_ids: _history_ids(studio, k),
+                 ui.status: public(studio.model(None).status())}
+        return shown | _reopen(k, work)
 
-    def lists(spec, prompt):
-        """The three dropdowns showing `prompt`, each offering what the cascade allows."""
-        _, composers, _, instrumentations = studio.choices(spec or None, prompt.period, prompt.composer)
-        return (gr.update(choices=studio.prompts(spec or None).periods(), value=prompt.period),
-                gr.update(choices=composers, value=prompt.composer),
-                gr.update(choices=instrumentations, value=prompt.instrumentation))
+    def _reopen(k, work) -> dict:
+        """The piece open before the reload, and the ABC being edited in it (unsaved)."""
+        work = work if isinstance(work, dict) else {}
+        draft = work.get("draft") if isinstance(work.get("draft"), str) else None
+        try:
+            shown = _show(ui, studio, k, studio.outcome(k, work.get("piece"))) if work.get("piece") else {}
+        except CadenzaError:
+            shown = {}
+        if draft is not None and len(draft) <= config.max_score_chars:
+            shown |= {ui.abc: draft, ui.live: draft, ui.work: {"piece": work.get("piece"), "draft": draft}}
+        return shown
 
-    def tick(done, spec):
-        """While a model loads: its status each second, then the lists; the timer then stops
-        (ticks go through the queue like every request)."""
+    def tick(done, spec, current):
+        """While a model loads: its status each second, then the lists (the open piece's prompt
+        when it has one); the timer then stops (ticks go through the queue like every request)."""
         idle = gr.Timer(active=False)
         if done:
             return (gr.skip(),) * 4 + (done, idle)
@@ -385,12 +510,18 @@ def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, dem
             first = studio.prompts(spec or None).prompts[0]
         except CadenzaError as e:
             return public(str(e)), gr.skip(), gr.skip(), gr.skip(), True, idle
-        return (public(slot.status()), *lists(spec, first), True, idle)
+        opened = (current or {}).get("prompt") if isinstance(current, dict) else None
+        shown = _prompt_lists(studio, spec, opened or {}) or _prompt_lists(studio, spec, first) or (gr.skip(),) * 3
+        return (public(slot.status()), *shown, True, idle)
 
-    demo.load(init, [ui.key], [ui.key, ui.history, ui.status], api_visibility="private", concurrency_limit=None)
+    restored = list(dict.fromkeys([ui.key, ui.status] + ui.shown))
+    demo.load(init, [ui.key, ui.work], restored, api_visibility="private", concurrency_limit=None)
+    demo.load(lambda: (_weights_note(studio, config.audio_model, False), _weights_note(studio, config.melody_model, True)),
+              None, [ui.a_weights, ui.perform_weights], api_visibility="private", concurrency_limit=None)
     ui.timer = gr.Timer(1.0)
-    ui.timer.tick(tick, [ui.filled, ui.model], [ui.status, ui.period, ui.composer, ui.instrumentation, ui.filled, ui.timer],
-               api_visibility="private", concurrency_limit=None)
+    ui.timer.tick(tick, [ui.filled, ui.model, ui.current],
+                  [ui.status, ui.period, ui.composer, ui.instrumentation, ui.filled, ui.timer],
+                  api_visibility="private", concurrency_limit=None)
 
     def on_period(spec, p):
         try:
@@ -407,19 +538,31 @@ def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, dem
         return gr.update(choices=ins, value=ins[0])
 
     ui.period.input(on_period, [ui.model, ui.period], [ui.composer, ui.instrumentation], api_visibility="private",
-                 concurrency_limit=None)
+                    concurrency_limit=None)
     ui.composer.input(on_composer, [ui.model, ui.period, ui.composer], [ui.instrumentation], api_visibility="private",
-                   concurrency_limit=None)
+                      concurrency_limit=None)
 
-    def on_surprise(spec):
+    def on_surprise(spec, p="", c="", i=""):
+        """Another prompt than the one shown (a few draws, bounded: a table of one repeats)."""
         try:
-            return lists(spec, studio.surprise(spec or None))
+            for _ in range(8):
+                pick = studio.surprise(spec or None)
+                if (pick.period, pick.composer, pick.instrumentation) != (p, c, i):
+                    break
+            return _prompt_lists(studio, spec, pick) or (gr.skip(),) * 3
         except CadenzaError as e:
             _fail(e)
 
-    ui.surprise.click(on_surprise, [ui.model], [ui.period, ui.composer, ui.instrumentation], api_visibility="private",
-                   concurrency_limit=None)
+    ui.surprise.click(on_surprise, [ui.model, ui.period, ui.composer, ui.instrumentation],
+                      [ui.period, ui.composer, ui.instrumentation], api_visibility="private", concurrency_limit=None)
 
+    def keep_draft(work, text):
+        """Every edit of the ABC goes to this browser's storage, so a reload finds it."""
+        work = work if isinstance(work, dict) else {}
+        return {"piece": work.get("piece"), "draft": text if isinstance(text, str) else None}
+
+    ui.abc.input(keep_draft, [ui.work, ui.abc], [ui.work], api_visibility="private", concurrency_limit=None,
+                 trigger_mode="always_last", show_progress="hidden")
 
 
 def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
@@ -446,71 +589,107 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
                 concurrency_limit=1)
 
 
+def _title(current) -> str | None:
+    return current.get("title") if isinstance(current, dict) and isinstance(current.get("title"), str) else None
+
+
+def _prompt_of(current) -> dict | None:
+    return current.get("prompt") if isinstance(current, dict) and isinstance(current.get("prompt"), dict) else None
+
+
 def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
-    """Generate, Continue and Stop."""
+    """Generate, Continue, Rewrite, Write this again, Stop and the variation cards."""
     def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, bars, mkey, meter, tempo, cont_abc=None,
-            rewrite_from=None):
+            rewrite_from=None, title=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
-        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from):
+        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
+                                   title=title):
             if isinstance(item, Progress):
-                line = f"writing (seed {item.seed}): {item.bars} bars, {item.patches} patches, {item.elapsed:.1f}s"
-                yield {ui.abc: item.abc, ui.progress: line,
-                       **({ui.score: _page_html(item.preview_svg)} if item.preview_svg else {})}
+                yield {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
             elif item:
-                yield _show(ui, studio, k, item[0])
+                # the seed box is emptied: a seed typed once is not used again without asking
+                # (the seed of this piece is shown, with Write this again)
+                yield _show(ui, studio, k, item[0], siblings=item) | {ui.seed: None}
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
-    ui.generate.click(_session(run), inputs, ui.shown, api_visibility="private", concurrency_id="model",
-                      concurrency_limit=config.concurrency)
+    composing = dict(api_visibility="private", concurrency_id="model", concurrency_limit=config.concurrency,
+                     show_progress_on=[ui.progress])
+    ui.generate.click(_session(run), inputs, ui.shown, **composing)
 
     @_session
     def run_continue(k, *values):
-        *settings, text = values
+        *settings, text, current = values
         if not text or not text.strip():
             raise SettingsError("there is no score to continue: write or upload some ABC first")
-        yield from run(k, *settings, cont_abc=text)
+        yield from run(k, *settings, cont_abc=text, title=_title(current))
 
     @_session
     def run_rewrite(k, *values):
-        *settings, text, bar = values
+        *settings, text, bar, current = values
         if not text or not text.strip():
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
-        yield from run(k, *settings, cont_abc=text, rewrite_from=bar)
+        yield from run(k, *settings, cont_abc=text, rewrite_from=bar, title=_title(current))
 
-    ui.cont.click(run_continue, inputs + [ui.abc], ui.shown, api_visibility="private", concurrency_id="model",
-                  concurrency_limit=config.concurrency)
-    ui.rewrite.click(run_rewrite, inputs + [ui.abc, ui.rewrite_bar], ui.shown, api_visibility="private",
-                     concurrency_id="model", concurrency_limit=config.concurrency)
+    ui.cont.click(run_continue, inputs + [ui.abc, ui.current], ui.shown, **composing)
+    ui.rewrite.click(run_rewrite, inputs + [ui.abc, ui.rewrite_bar, ui.current], ui.shown, **composing)
     ui.stop.click(_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
                   [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
+
+    def again(current):
+        """The open piece's prompt, settings, length and seed back in the page, to write it again."""
+        if not isinstance(current, dict) or current.get("seed") is None:
+            return gr.skip()
+        record = SimpleNamespace(prompt=current.get("prompt") or {}, settings=current.get("settings") or {})
+        return _restore(ui, studio, None, record, with_length=True) | {
+            ui.seed: current["seed"], ui.variations: 1}
+
+    restored = [ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.bar_retries,
+                ui.critic, ui.max_patches, ui.music_key, ui.meter, ui.tempo, ui.bars, ui.seed, ui.variations]
+    ui.again.click(again, [ui.current], restored, api_visibility="private", concurrency_limit=None).then(
+        _session(run), inputs, ui.shown, **composing)
+
+    def open_card(k, ids, n):
+        if not valid_key(k) or not isinstance(ids, list) or n >= len(ids):
+            return gr.skip()
+        try:
+            return _show(ui, studio, k, studio.outcome(k, ids[n]))
+        except CadenzaError as e:
+            return _keep_page(e)
+
+    for n, card in enumerate(ui.cards):
+        card.open.click(functools.partial(open_card, n=n), [ui.key, ui.card_ids], ui.shown, api_visibility="private",
+                        concurrency_limit=None)
 
 
 def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
     """Render, upload and turning the score's pages."""
     @_session
-    def on_render(k, text):
-        return _show(ui, studio, k, studio.render(k, text))
+    def on_render(k, text, current=None):
+        """The edits are the open piece's: its title and prompt go with them."""
+        return _show(ui, studio, k, studio.render(k, text, _title(current) or "my score", _prompt_of(current)))
 
     @_session
     def on_upload(k, path):
-        return _show(ui, studio, k, studio.upload(k, path)) if path else gr.skip()
+        if not path:
+            return gr.skip()
+        # the box is emptied once the score is read: the piece is in the work area and History
+        return _show(ui, studio, k, studio.upload(k, path)) | {ui.upload: None}
 
     @_session
-    def on_transpose(k, text, to_key):
+    def on_transpose(k, text, to_key, current=None):
         if not text or not text.strip():
             raise SettingsError("there is no score to transpose: open, write or upload one first")
         if not to_key or not to_key.strip():
             raise SettingsError("type the key to transpose to first (D, Bb, F#m ...)")
-        return _show(ui, studio, k, studio.transpose(k, text, to_key))
+        return _show(ui, studio, k, studio.transpose(k, text, to_key, _title(current), _prompt_of(current)))
 
-    ui.render.click(on_render, [ui.key, ui.abc], ui.shown, api_visibility="private", concurrency_id="render",
-                    concurrency_limit=2)
-    ui.transpose.click(on_transpose, [ui.key, ui.abc, ui.transpose_key], ui.shown, api_visibility="private",
-                       concurrency_id="render", concurrency_limit=2)
-    ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown, api_visibility="private", concurrency_id="render",
-                     concurrency_limit=2)
+    rendering = dict(api_visibility="private", concurrency_id="render", concurrency_limit=2,
+                     show_progress_on=[ui.progress])
+    ui.render.click(on_render, [ui.key, ui.abc, ui.current], ui.shown, **rendering)
+    ui.transpose.click(on_transpose, [ui.key, ui.abc, ui.transpose_key, ui.current], ui.shown, **rendering)
+    ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown + [ui.upload], **rendering)
 
     def turn(paths, n, step):
         if not paths:
@@ -519,7 +698,7 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
         return _page_html(Path(paths[n]).read_text(), n, len(paths)), n
 
     for button, step in ((ui.prev_page, -1), (ui.next_page, 1)):
-        button.click(functools.partial(turn, step=step), [ui.pages, ui.page_no], [ui.score, ui.page_no],
+        button.click(functools.partial(turn, step=step), [ui.pages, ui.page_no], [ui.printed, ui.page_no],
                      api_visibility="private", concurrency_limit=None)
 
 
@@ -558,25 +737,50 @@ def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> No
 
 
 def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
-    """History: a score opens on the Score page, audio on the Audio page; Delete."""
+    """History: a clicked row is selected (its player, Open, Rename, Delete); a score opens on the
+    Score page with its prompt and settings, audio on the Audio page."""
+    def listing(k) -> dict:
+        records = studio.history(k)
+        choices = [(f"{r.created.replace('T', ' ')[:16]} {r.title}", r.id) for r in records]
+        return {ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records],
+                ui.to_delete: gr.update(choices=choices, value=[]), ui.usage: studio.usage(k),
+                ui.picked: "", ui.picked_box: gr.update(visible=False)}
+
     @_session
-    def on_history(k, evt: gr.SelectData):
-        rows = _history_rows(studio, k)
+    def on_history(k, ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not isinstance(row, int) or not 0 <= row < len(rows):
+        if not isinstance(ids, list) or not isinstance(row, int) or not 0 <= row < len(ids):
             return gr.skip()
-        o = studio.outcome(k, rows[row][-1])
+        o = studio.outcome(k, ids[row])
+        r = o.record
+        wav = o.paths("wav")
+        about = f"{views.summary(r)}" + (f" · seed {r.seed}" if r.seed is not None else "") + f" · {r.created[:16]}"
+        return {ui.picked: r.id, ui.picked_box: gr.update(visible=True), ui.picked_text: about,
+                ui.picked_audio: _servable(wav[0]) if wav else None, ui.new_title: r.title}
+
+    picked = [ui.picked, ui.picked_box, ui.picked_text, ui.picked_audio, ui.new_title]
+    ui.history.select(on_history, [ui.key, ui.history_ids], picked, api_visibility="private", concurrency_limit=None)
+
+    @_session
+    def on_open(k, pid, spec):
+        o = studio.outcome(k, pid)
         if o.record.kind in AUDIO_KINDS:
             return {**_show_audio(ui, studio, k, o), ui.tabs: gr.Tabs(selected="audio")}
-        return {**_show(ui, studio, k, o), ui.tabs: gr.Tabs(selected="score")}
+        return {**_show(ui, studio, k, o, siblings=[o]), **_restore(ui, studio, spec, o.record),
+                ui.tabs: gr.Tabs(selected="score")}
 
-    ui.history.select(on_history, [ui.key], list(dict.fromkeys(ui.shown + ui.audio_shown + [ui.tabs])),
-                      api_visibility="private", concurrency_limit=None)
+    opened = list(dict.fromkeys(ui.shown + ui.audio_shown + [ui.tabs, ui.period, ui.composer, ui.instrumentation,
+                                                             ui.temperature, ui.top_k, ui.top_p, ui.bar_retries,
+                                                             ui.critic, ui.max_patches, ui.music_key, ui.meter,
+                                                             ui.tempo, ui.bars]))
+    ui.open_picked.click(on_open, [ui.key, ui.picked, ui.model], opened, api_visibility="private",
+                         concurrency_limit=None)
 
-    def listing(k) -> dict:
-        choices = [(f"{r.created.replace('T', ' ')[:19]} {r.title}", r.id) for r in studio.history(k)]
-        return {ui.history: _history_rows(studio, k), ui.to_delete: gr.update(choices=choices, value=[]),
-                ui.usage: studio.usage(k)}
+    @_session
+    def on_rename(k, pid, title):
+        r = studio.rename(k, pid, title)
+        gr.Info(f"renamed: {r.title}")
+        return listing(k)
 
     @_session
     def on_delete(k, ids):
@@ -584,21 +788,27 @@ def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
         gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
         return listing(k)
 
-    listed = [ui.history, ui.to_delete, ui.usage]
+    listed = [ui.history, ui.history_ids, ui.to_delete, ui.usage, ui.picked, ui.picked_box]
     ui.history_tab.select(_session(listing), [ui.key], listed, api_visibility="private", concurrency_limit=None)
+    ui.rename.click(on_rename, [ui.key, ui.picked, ui.new_title], listed, api_visibility="private",
+                    concurrency_limit=None)
+    ui.delete_picked.click(_session(lambda k, pid: on_delete(k, [pid] if pid else [])), [ui.key, ui.picked], listed,
+                           api_visibility="private", concurrency_limit=None)
     ui.delete.click(on_delete, [ui.key, ui.to_delete], listed, api_visibility="private", concurrency_limit=None)
 
 
 def _wire_system(ui: SimpleNamespace, demo: gr.Blocks, studio: Studio) -> None:
-    """The System page."""
+    """The System page, as tables."""
     def system_info():
         # Gradio has no public call for the queue's length; read it if this version has it.
         queue = getattr(demo, "_queue", None)
         waiting = len(queue) if queue is not None and hasattr(queue, "__len__") else None
-        return {**studio.system(), "waiting_in_queue": waiting}
+        devices, models, line = views.system_tables({**studio.system(), "waiting_in_queue": waiting})
+        return line, devices, models
 
-    ui.refresh.click(system_info, None, [ui.system], api_visibility="private", concurrency_limit=None)
-    demo.load(system_info, None, [ui.system], api_visibility="private", concurrency_limit=None)
+    shown = [ui.sys_line, ui.sys_devices, ui.sys_models]
+    ui.refresh.click(system_info, None, shown, api_visibility="private", concurrency_limit=None)
+    demo.load(system_info, None, shown, api_visibility="private", concurrency_limit=None)
 
 
 def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
@@ -606,19 +816,27 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
     studio = studio or Studio(config)
     cache_s = int(config.cache_hours * 3600)
     with gr.Blocks(title="Cadenza", delete_cache=(min(3600, cache_s), cache_s)) as demo:
-        ui = SimpleNamespace(key=gr.BrowserState("", storage_key="cadenza-session", secret=studio.store.secret()),
-                             pages=gr.State([]), piece_id=gr.State(""), filled=gr.State(False))
-        gr.Markdown("# Cadenza\nCompose with a NotaGen-style model: pick a style, generate, read, listen, download.")
-        ui.status = gr.Markdown("loading the model ...")
+        secret = studio.store.secret()
+        ui = SimpleNamespace(key=gr.BrowserState("", storage_key="cadenza-session", secret=secret),
+                             # the work area (open piece, unsaved ABC) kept in this browser over a reload
+                             work=gr.BrowserState({}, storage_key="cadenza-work", secret=secret),
+                             pages=gr.State([]), piece_id=gr.State(""), filled=gr.State(False),
+                             current=gr.State({}), card_ids=gr.State([]), history_ids=gr.State([]),
+                             picked=gr.State(""))
+        with gr.Row(equal_height=True):
+            gr.Markdown("## Cadenza\nPick a style, generate, read, listen, download. Settings: the sidebar on the right.")
+            ui.status = gr.Markdown("loading the model ...")
         with gr.Tabs() as ui.tabs:
             _score_tab(ui, config, studio)
             _audio_tab(ui, config, studio)
             _history_tab(ui)
             _system_tab(ui)
+        _settings_sidebar(ui, config, studio)
         ui.page_no = gr.State(0)
         # what a finished piece, clip or performance may change on the page (handlers return dicts by component)
-        ui.shown = [ui.abc, ui.progress, ui.score, ui.pages, ui.page_no, ui.audio, ui.downloads, ui.history,
-                    ui.piece_id]
+        ui.shown = [ui.abc, ui.live, ui.progress, ui.notes, ui.seed_info, ui.again, ui.printed, ui.pages, ui.page_no,
+                    ui.audio, ui.downloads, ui.history, ui.history_ids, ui.piece_id, ui.current, ui.work,
+                    ui.cards_row, ui.card_ids, ui.seed, *(x for c in ui.cards for x in (c.box, c.text, c.audio))]
         ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history]
         ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history]
         _wire_session(ui, config, studio, demo)
@@ -777,7 +995,7 @@ def start(config: StudioConfig, studio: Studio | None = None, quiet: bool = Fals
 
         middleware.append(Middleware(LoginBackoff, free_tries=config.login_free_tries))
     demo.launch(server_name=config.host, server_port=config.port, auth=config.auth, share=config.share,
-                max_file_size=f"{config.max_upload_mb}mb", css=CSS, show_error=False, prevent_thread_lock=True,
+                max_file_size=f"{config.max_upload_mb}mb", css=CSS, head=_head(), show_error=False, prevent_thread_lock=True,
                 quiet=quiet, app_kwargs={"middleware": middleware})
     return demo, studio, f"http://{config.host}:{config.port}/"
 

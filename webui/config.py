@@ -26,7 +26,6 @@ class StudioConfig:
     max_patches: int = 4096  # the most a user may ask for
     max_variations: int = 8
     max_seconds: float = 1200.0  # wall-clock bound per request
-    preview_every_bars: int = 8  # sheet music redrawn while composing
     devices: str | None = None  # GPUs for models, e.g. "0,1,2" (default: every visible one, else the CPU)
     placement: str = "auto"  # auto | single | split | replicate (see engine/placement.py)
     max_memory: str | None = None  # per-device budgets, e.g. "0=20GiB,1=20GiB"

@@ -120,6 +120,11 @@ class ModelPolicy:
         raise self._not_offered(spec)
 
 
+def weights_present(name: str) -> bool:
+    """A MusicGen model is at hand: a local folder with its config, or a hub id in the cache."""
+    return (Path(name) / "config.json").is_file() or (HUB_ID.fullmatch(name) is not None and _in_hub_cache(name))
+
+
 def _in_hub_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 

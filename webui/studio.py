@@ -7,14 +7,14 @@ from __future__ import annotations
 import gc
 import logging
 import random
+import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -28,10 +28,12 @@ from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import check_alignment, to_abc
+from engine.symbolic.postprocess import check_alignment, metre_bar, to_abc
 from engine.symbolic.prompts import Prompt
+
+MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
 from webui.config import StudioConfig
-from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache
+from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache, public, weights_present
 
 log = logging.getLogger("cadenza.studio")
 
@@ -45,12 +47,59 @@ MAX_FAILED = 8  # failed loads remembered (for their message) at most
 @dataclass
 class Progress:
     """One update while a piece is written (the first variation's text is the one shown)."""
-    abc: str  # the model's text so far, prompt lines left out
-    patches: int
+    abc: str  # the piece so far as ABC (X:1, header, bars; NotaGen's line markers taken out)
+    patches: int  # patches written, never fewer than before (a bar taken back counts as a retry)
     bars: int
     elapsed: float
     seed: int
-    preview_svg: str | None = None  # the sheet music so far, redrawn every few bars
+    retries: int = 0  # bars taken back and written again so far
+    target_bars: int | None = None  # the length asked for, when one was
+    eta: float | None = None  # seconds still to go, estimated from the bars so far (with a length asked)
+
+    def line(self) -> str:
+        """The status line the page shows: bars toward the length asked, an estimate, retries."""
+        bars = f"bar {self.bars} of {self.target_bars}" if self.target_bars else f"{self.bars} bars"
+        eta = f", about {self.eta:.0f} s to go" if self.eta is not None else ""
+        again = f", {self.retries} bar(s) written again" if self.retries else ""
+        return f"writing (seed {self.seed}): {bars}{eta}{again} - {self.elapsed:.1f} s"
+
+
+class LiveText:
+    """The piece as ABC while it is written: the complete bars go through to_abc (voices restored,
+    markers out) once per new bar; the bar being written is added as it stands, so the browser
+    can engrave every patch without the server converting the whole text each time."""
+
+    def __init__(self, head: str):
+        self.head = head  # the prompt lines and any continued score, in the model's format
+        self._done, self._bars = "", -1
+
+    def abc(self, text: str, bars: int) -> str:
+        whole, _, partial = (self.head + text).rpartition("\n")
+        if bars != self._bars:
+            self._done, self._bars = to_abc(whole + "\n").abc, bars
+        return self._done + MARKER.sub("", partial)
+
+
+@dataclass(frozen=True)
+class Named:
+    """What a written piece is called and keeps of the score it continues or rewrites: the open
+    piece's title and the T:/C: lines of its ABC (the model's format has no room for them)."""
+    title: str | None
+    source: str  # the ABC continued or rewritten ("" for a new piece)
+    kind: str  # composed | continued | rewritten
+
+    def title_for(self, prompt: Prompt) -> str:
+        if not self.title:
+            return f"{prompt.composer} / {prompt.instrumentation}"
+        base = re.sub(r"( \((continued|rewritten)\))+$", "", self.title.strip())[:100]
+        return base if self.kind == "composed" else f"{base} ({self.kind})"
+
+    def head(self, abc: str) -> str:
+        return api.with_titles(abc, self.source) if re.search(r"^[TC]:", self.source, flags=re.M) else abc
+
+    def headed(self, comp: api.Composition) -> api.Composition:
+        abc = self.head(comp.abc.abc)
+        return comp if abc == comp.abc.abc else replace(comp, abc=replace(comp.abc, abc=abc))
 
 
 @dataclass
@@ -339,6 +388,9 @@ class Studio:
         left = self.running()
         return {"stopped": len(jobs), "unfinished": left, "workers_killed": stop_workers()}
 
+    def rename(self, key: str, piece_id: str, title: str) -> PieceRecord:
+        return self.store.session(key).rename(piece_id, title)
+
     def delete(self, key: str, piece_ids: list[str]) -> tuple[int, int]:
         """Removes pieces from the session (History's Delete): (pieces removed, bytes freed)."""
         session = self.store.session(key)
@@ -356,11 +408,14 @@ class Studio:
 
     # --- composing ---------------------------------------------------------------------------------
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
-                continue_abc: str | None = None, rewrite_from: int | None = None) -> Iterator[Progress | list[Outcome]]:
+                continue_abc: str | None = None, rewrite_from: int | None = None,
+                title: str | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
         kept, and so it is when the server shuts down. The request is held to this server's limits;
-        its seed (drawn now when it has none) is the one every Progress and record shows."""
+        its seed (drawn now when it has none) is the one every Progress and record shows. A
+        continued or rewritten score keeps its T:/C: lines and its title (`title`, the open
+        piece's), with "continued"/"rewritten" added."""
         c = self.config
         session = self.store.session(key)
         request = request.within(c.max_patches, c.max_variations, c.max_seconds).seeded()
@@ -377,7 +432,8 @@ class Studio:
             lm = slot.checkout()
             try:
                 kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
-                yield from self._compose(session, lm, request, job.cancel, kind)
+                named = Named(title, continue_abc or "", kind)
+                yield from self._compose(session, lm, request, job.cancel, named)
             except Exception as e:
                 if _out_of_memory(e):
                     raise CadenzaError(_oom_message(lm, request)) from e
@@ -386,11 +442,12 @@ class Studio:
                 slot.checkin(lm)
 
     def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
-                 kind: str) -> Iterator[Progress | list[Outcome]]:
+                 named: "Named") -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
-        last_preview = 0
-        prefix = request.prefix
+        r = request
+        live = LiveText("".join(Prompt(r.period, r.composer, r.instrumentation).lines()) + r.prefix)
+        steps, retries, target = 0, 0, r.controls.bars
         stream = api.compose_stream(lm, request, cancel)
         closed = False
         try:
@@ -402,11 +459,10 @@ class Studio:
                 texts[ev.index] = t[: len(t) - ev.retract] + ev.text
                 if ev.index != 0:
                     continue
-                preview = None
-                if ev.bars - last_preview >= self.config.preview_every_bars and not self.closing.is_set():
-                    last_preview = ev.bars
-                    preview = self.preview(prefix + texts[0])
-                yield Progress(prefix + texts[0], ev.patches, ev.bars, ev.elapsed, request.seed, preview)
+                steps, retries = max(steps, ev.patches), retries + (ev.retract > 0)
+                eta = (target - ev.bars) * ev.elapsed / ev.bars if target and ev.bars else None
+                yield Progress(live.abc(texts[0], ev.bars), steps, ev.bars, ev.elapsed, request.seed, retries,
+                               target, eta)
         except GeneratorExit:
             closed = True
             raise
@@ -414,18 +470,19 @@ class Studio:
             cancel.set()  # a closed iterator (tab closed, request cancelled) stops the batch
             stream.close()
             if closed:  # nobody is listening any more: keep the text written so far, quickly
-                self._keep_unfinished(session, lm, kind, request, texts, done, "closed")
+                self._keep_unfinished(session, lm, named, request, texts, done, "closed")
         if self.closing.is_set():  # shutting down: keep the text now, no time to render
-            yield self._keep_unfinished(session, lm, kind, request, texts, done, "shutdown")
+            yield self._keep_unfinished(session, lm, named, request, texts, done, "shutdown")
             return
-        yield [self._keep(session, lm, c, kind, request) for c in sorted(done, key=lambda c: c.piece.index)]
+        yield [self._keep(session, lm, c, named, request) for c in sorted(done, key=lambda c: c.piece.index)]
 
-    def _keep_unfinished(self, session: Session, lm, kind: str, request: ComposeRequest, texts: dict[int, str],
+    def _keep_unfinished(self, session: Session, lm, named: "Named", request: ComposeRequest, texts: dict[int, str],
                          done: list, reason: str) -> list[Outcome]:
         """Each variation's text as written so far, as ABC with a record saying why it stopped, not
         rendered (quick: the page is gone, or the server is going down)."""
         r, seed = request, request.seed
         period, composer, instrumentation = r.period, r.composer, r.instrumentation
+        prompt = Prompt(period, composer, instrumentation)
         finished = {c.piece.index: c for c in done}
         why = {"closed": "the page was closed or the request cancelled",
                "shutdown": "the server was shut down"}[reason]
@@ -434,41 +491,31 @@ class Studio:
             c = finished.get(i)
             if c is None and not texts.get(i):
                 continue
-            result = c.abc if c is not None else to_abc("".join(Prompt(period, composer, instrumentation).lines())
-                                                           + r.prefix + texts[i])
+            result = c.abc if c is not None else to_abc("".join(prompt.lines()) + r.prefix + texts[i])
             stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
             piece_id, folder = self.new_piece(session, f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}")
             record = PieceRecord(
-                id=piece_id, created=_now(), kind=kind, title=f"{composer} / {instrumentation}",
+                id=piece_id, created=_now(), kind=named.kind, title=named.title_for(prompt),
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
                 alignment=str(result.alignment), files={"abc": ["score.abc"]}, settings=r.settings(),
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
-                write_atomic(folder / "score.abc", result.abc)
+                abc = named.head(result.abc)
+                write_atomic(folder / "score.abc", abc)
                 session.save(record)
-            kept.append(Outcome(record, folder, result.abc))
+            kept.append(Outcome(record, folder, abc))
         return kept
 
-    def preview(self, model_text: str) -> str | None:
-        """The first page of the sheet music so far (None when it cannot be drawn yet)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                r = api.render(to_abc(model_text).abc, tmp, ("svg",), "preview", strict=False,
-                               options=api.RenderOptions(timeout_s=20))
-            except CadenzaError:
-                return None
-            pages = r.paths("svg")
-            return pages[0].read_text() if pages else None
-
-    def _keep(self, session: Session, lm, comp: api.Composition, kind: str, request: ComposeRequest) -> Outcome:
+    def _keep(self, session: Session, lm, comp: api.Composition, named: "Named", request: ComposeRequest) -> Outcome:
         p = comp.piece
+        comp = named.headed(comp)
         piece_id, folder = self.new_piece(session, comp.stem())
         with self.saving(folder):
             result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
             record = PieceRecord(
-                id=piece_id, created=_now(), kind=kind,
-                title=f"{p.prompt.composer} / {p.prompt.instrumentation}",
+                id=piece_id, created=_now(), kind=named.kind,
+                title=named.title_for(p.prompt),
                 prompt={"period": p.prompt.period, "composer": p.prompt.composer,
                         "instrumentation": p.prompt.instrumentation},
                 seed=p.seed, model=lm.name, bars=comp.abc.alignment.total, seconds=round(p.elapsed, 2),
@@ -480,15 +527,20 @@ class Studio:
         return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
 
     # --- rendering and uploads ---------------------------------------------------------------------
-    def render(self, key: str, abc_text: str, title: str = "my score") -> Outcome:
-        """The user's ABC (edited or written by hand) -> every export, kept in the session."""
-        return self._render(key, abc_text, title)
+    def render(self, key: str, abc_text: str, title: str = "my score", prompt: dict | None = None) -> Outcome:
+        """The user's ABC (edited or written by hand) -> every export, kept in the session. An
+        edit of an open piece passes that piece's title and prompt, so the edit keeps them (and
+        Continue on it writes in the same style)."""
+        return self._render(key, abc_text, title or "my score", prompt=prompt)
 
-    def transpose(self, key: str, abc_text: str, to_key: str) -> Outcome:
+    def transpose(self, key: str, abc_text: str, to_key: str, title: str | None = None,
+                  prompt: dict | None = None) -> Outcome:
         """The score moved to another key (music21), kept as a new piece; the original stays."""
-        return self._render(key, abc_text, f"transposed to {to_key}", to_key=to_key)
+        name = f"{title} (in {to_key})" if title else f"transposed to {to_key}"
+        return self._render(key, abc_text, name, to_key=to_key, prompt=prompt)
 
-    def _render(self, key: str, abc_text: str, title: str, to_key: str | None = None) -> Outcome:
+    def _render(self, key: str, abc_text: str, title: str, to_key: str | None = None,
+                prompt: dict | None = None) -> Outcome:
         session = self.store.session(key)
         if isinstance(abc_text, str) and len(abc_text) > self.config.max_score_chars:
             raise SettingsError(f"the score is {len(abc_text):,} characters: this server renders at most "
@@ -501,10 +553,10 @@ class Studio:
             piece_id, folder = self.new_piece(session, title)
             with self.saving(folder):
                 result = api.render(abc_text, folder, self.config.formats, "score")
-                body = split_tunebody(abc_text)[1]
+                meta, body = split_tunebody(abc_text)
                 record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
-                                     title=title, bars=len(body),
-                                     alignment=str(check_alignment(body)) if "[V:" in abc_text else "",
+                                     title=title[:120], bars=len(body), prompt=_known(prompt),
+                                     alignment=str(check_alignment(body, metre_bar(meta))),
                                      files={f: st.files for f, st in result.status.items() if st.ok},
                                      errors=result.failed, warnings=notes + result.warnings)
                 session.save(record)
@@ -548,6 +600,22 @@ class Studio:
         name, download = self.policy.musicgen(spec or default)
         return self._slot(self.audio_models, name, MAX_AUDIO_MODELS, lambda: ModelSlot(
             name, self.config.device, lambda s, device: self._load_audio_placed(s, device, local_only=not download)))
+
+    def audio_weights_missing(self, spec: str | None = None, melody: bool = False) -> str | None:
+        """None when the MusicGen model can be loaded (its weights are here, or may be downloaded);
+        else what to do, in steps, for the page to say before anyone presses a button."""
+        default = self.config.melody_model if melody else self.config.audio_model
+        try:
+            name, download = self.policy.musicgen(spec or default)
+        except CadenzaError as e:
+            return public(str(e))
+        if download or weights_present(name):
+            return None
+        return (f"Its weights ({name}) are not here and this server does not download. The person running it "
+                f"can: 1. on a machine with internet, run `hf download {name}`; 2. copy that machine's "
+                f"Hugging Face cache folder (models--{name.replace('/', '--')}) into this server's; 3. reload "
+                "this page. Meanwhile every score plays with the SoundFont: its player and WAV are on the "
+                "Score page.")
 
     def audio(self, key: str, request: AudioRequest,
               model: str | None = None) -> Iterator[api.AudioProgress | list[Outcome]]:
@@ -649,6 +717,14 @@ def _host_memory() -> dict:
         return {"free_gib": round(kib("MemAvailable") / 2**20, 2), "total_gib": round(kib("MemTotal") / 2**20, 2)}
     except (OSError, KeyError, ValueError):
         return {}
+
+
+def _known(prompt) -> dict:
+    """A prompt a page sent back with an edit: the three fields as short strings, or nothing."""
+    fields = ("period", "composer", "instrumentation")
+    if not isinstance(prompt, dict) or not all(isinstance(prompt.get(f), str) for f in fields):
+        return {}
+    return {f: prompt[f][:200] for f in fields}
 
 
 def _now() -> str:

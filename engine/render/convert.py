@@ -19,10 +19,16 @@ MAX_UNZIPPED_BYTES = 100 * 2**20
 PAGE_OPTIONS = {"pageWidth": 2100, "pageHeight": 2970, "pageMarginLeft": 100, "pageMarginRight": 100,
                 "pageMarginTop": 80, "pageMarginBottom": 120, "scale": 45, "footer": "none", "header": "auto",
                 "breaks": "auto", "adjustPageHeight": False}  # A4 in tenths of a millimetre
-# SMuFL glyphs verovio writes inside text (tempo marks, dynamics) -> Unicode the PDF/PNG fonts have.
-SMUFL_TEXT = {"\ue1d2": "\U0001D15D", "\ue1d3": "\U0001D15E", "\ue1d5": "\u2669", "\ue1d7": "\u266A",
+# The web font verovio embeds in each SVG for its SMuFL text glyphs (tempo marks, dynamics).
+WEB_FONT = re.compile(r"font-family:\s*'([^']+)';\s*src:\s*url\(data:application/font-woff2;charset=utf-8;"
+                      r"base64,([A-Za-z0-9+/=]+)\)")
+# Only where that font cannot be loaded: the glyphs -> look-alike Unicode a system font has. Verovio
+# 6 writes tempo notes as metNote* (U+ECA0..), older versions as note* (U+E1D0..).
+SMUFL_TEXT = {"\ueca3": "\U0001D15E", "\ueca5": "\u2669", "\ueca7": "\u266A", "\uecb7": ".",
+              "\ue1d2": "\U0001D15D", "\ue1d3": "\U0001D15E", "\ue1d5": "\u2669", "\ue1d7": "\u266A",
               "\ue1e7": ".", "\ue520": "p", "\ue521": "m", "\ue522": "f", "\ue523": "r", "\ue524": "s",
               "\ue525": "z", "\ue526": "n"}
+_LOADED_FONTS: set[str] = set()  # web fonts this (worker) process has handed to fontconfig
 
 
 class ConversionError(Exception):
@@ -260,10 +266,26 @@ def musicxml_to_svg(xml_text: str) -> list[str]:
     tk.setOptions(PAGE_OPTIONS)
     if not tk.loadData(xml_text):
         raise ConversionError("verovio could not read the MusicXML")
+    _print_composer(tk)
     count = tk.getPageCount()
     if count == 0:
         raise ConversionError("verovio laid out no page: the score has no music")
     return [add_page_number(tk.renderToSVG(i), i, count) for i in range(1, count + 1)]
+
+
+def _print_composer(tk) -> None:
+    """verovio keeps a MusicXML score's composer (<creator type="composer">) in its MEI header as
+    respStmt/persName, but draws the page head from titleStmt/composer only: without this the
+    page has the title and no composer. Scores with their own page head (MusicXML credits) keep it."""
+    mei = tk.getMEI()
+    stmt = re.search(r"<titleStmt[^>]*>.*?</titleStmt>", mei, flags=re.S)
+    if stmt is None or "<pgHead" in mei or "<composer" in stmt.group(0):
+        return
+    names = re.findall(r'<persName role="composer">(.*?)</persName>', stmt.group(0), flags=re.S)
+    if names:
+        at = stmt.end() - len("</titleStmt>")
+        if not tk.loadData(mei[:at] + "".join(f"<composer>{n}</composer>" for n in names) + mei[at:]):
+            tk.loadData(mei)  # the score as read, without the composer line
 
 
 def add_page_number(svg: str, page: int, pages: int) -> str:
@@ -277,11 +299,70 @@ def add_page_number(svg: str, page: int, pages: int) -> str:
 
 
 def printable(svg: str) -> bytes:
-    """The SVG with SMuFL text glyphs swapped for Unicode ones a system font has (cairo cannot use
-    the web font verovio embeds)."""
-    for smufl, uni in SMUFL_TEXT.items():
-        svg = svg.replace(smufl, uni)
-    return svg.replace('font-family="Leipzig"', 'font-family="DejaVu Sans"').encode()
+    """The SVG as cairo draws it right: with the music font it embeds loaded (load_web_fonts), or,
+    where that cannot be done, its SMuFL text glyphs swapped for Unicode look-alikes."""
+    fonts = dict(WEB_FONT.findall(svg))  # family -> its WOFF2 data
+    for family in set(fonts) - load_web_fonts(fonts):
+        for smufl, uni in SMUFL_TEXT.items():
+            svg = svg.replace(smufl, uni)
+        svg = svg.replace(f'font-family="{family}"', 'font-family="DejaVu Sans"')
+    return svg.encode()
+
+
+def load_web_fonts(fonts: dict[str, str]) -> set[str]:
+    """Cairo cannot read the web fonts an SVG embeds (@font-face data), and no system font has
+    SMuFL's code points, so the tempo mark's note came out as an empty box. Each embedded font,
+    decoded to OpenType (a file in the temp folder) and added to fontconfig for this process, is
+    what cairo then draws with and embeds in the PDF. fonts: family -> WOFF2 data, base64.
+    -> the families cairo can use."""
+    loaded = set()
+    for family, data in fonts.items():
+        if family not in _LOADED_FONTS and _fontconfig_add(_font_file(family, data)):
+            _LOADED_FONTS.add(family)
+        if family in _LOADED_FONTS:
+            loaded.add(family)
+    return loaded
+
+
+def _font_file(family: str, woff2_base64: str) -> Path:
+    import base64
+    import hashlib
+    import os
+    import tempfile
+
+    from fontTools.ttLib import TTFont
+
+    digest = hashlib.sha256(woff2_base64.encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"cadenza-fonts-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():  # someone else's: a font could be planted there
+        folder = Path(tempfile.mkdtemp(prefix="cadenza-fonts-"))
+    path = folder / f"{re.sub(r'[^A-Za-z0-9]', '', family)}-{digest}.otf"
+    if not path.is_file():  # decoded once (half a second): later workers reuse the file
+        font = TTFont(io.BytesIO(base64.b64decode(woff2_base64)))
+        font.flavor = None  # WOFF2 -> plain OpenType, which FreeType reads
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        font.save(str(tmp))
+        os.replace(tmp, path)  # atomic: another worker never reads half a font
+    return path
+
+
+def _fontconfig_add(path: Path) -> bool:
+    """Adds a font file to fontconfig's current configuration, the one cairo's text uses."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    # Linux: the library cairo itself links to (find_library would start a subprocess to look)
+    name = "libfontconfig.so.1" if sys.platform.startswith("linux") else ctypes.util.find_library("fontconfig")
+    if name is None:  # no fontconfig: printable() falls back to Unicode look-alikes
+        return False
+    try:
+        fc = ctypes.CDLL(name)
+    except OSError:
+        return False
+    fc.FcConfigAppFontAddFile.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    return bool(fc.FcConfigAppFontAddFile(None, str(path).encode()))
 
 
 def svg_to_pdf(svgs: list[str], pdf_path: Path) -> int:

@@ -22,6 +22,7 @@ from engine import __version__
 from engine.errors import CadenzaError
 from engine.files import slug, unique_stem, write_atomic
 from engine.render.convert import default_soundfont
+from engine.render.identity import with_identity
 from engine.symbolic.controls import check_key
 from engine.symbolic.postprocess import close_brackets
 
@@ -144,12 +145,15 @@ def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "sco
     """ABC text (generated or the user's own) -> the chosen exports in out_dir. Text that is not ABC
     raises CadenzaError (strict) or, for a generated piece (strict=False), keeps the ABC and marks
     every conversion failed. A score that is ABC never raises: each export's status says what went
-    wrong, and the ABC is always written."""
+    wrong, and the ABC is always written. With meta["prompt"] (a generated piece's manifest), the
+    ABC gets the title, composer line and part names it lacks (engine.render.identity)."""
     opts = replace(options or RenderOptions(), formats=tuple(formats))  # the caller's options stay as they were
     opts.check()
-    problem = _not_abc(abc_text)
+    problem = not_abc(abc_text)
     if problem and (strict or not isinstance(abc_text, str)):
         raise CadenzaError(problem)
+    if not problem:  # a piece with a prompt (a generated one) gets its title and part names
+        abc_text = with_identity(abc_text, (meta or {}).get("prompt"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = unique_stem(out, stem)
@@ -165,7 +169,7 @@ def render(abc_text: str, out_dir: str | Path, formats=FORMATS, stem: str = "sco
     return run.finish(meta or {}, {"kind": "abc"})
 
 
-def _not_abc(abc_text) -> str | None:
+def not_abc(abc_text) -> str | None:
     if not isinstance(abc_text, str) or not abc_text.strip():
         return "the score is empty: expected ABC text with at least a K: line and some notes"
     if len(abc_text) > MAX_ABC_CHARS:
@@ -218,7 +222,7 @@ def transpose(abc_text: str, to_key: str, options: RenderOptions | None = None) 
     """An ABC score moved to another key (music21, in a worker like every conversion) -> (its ABC,
     what was done). The key is checked first (engine.symbolic.controls.check_key)."""
     check_key(to_key)
-    problem = _not_abc(abc_text)
+    problem = not_abc(abc_text)
     if problem:
         raise CadenzaError(problem)
     opts = options or RenderOptions()
@@ -229,10 +233,10 @@ def transpose(abc_text: str, to_key: str, options: RenderOptions | None = None) 
             result = run_stage("transpose", {"abc": str(src), "to_key": to_key, "xml": str(xml), "out": str(out)}, opts)
         except StageError as e:
             raise CadenzaError(f"the score could not be transposed: {e}") from e
-        return _with_titles(out.read_text(encoding="utf-8"), abc_text), result["note"]
+        return with_titles(out.read_text(encoding="utf-8"), abc_text), result["note"]
 
 
-def _with_titles(abc: str, original: str) -> str:
+def with_titles(abc: str, original: str) -> str:
     """The original's T: and C: lines (after X:) in place of music21's, which repeat the title or
     make one up ("Music21 Fragment")."""
     lines = [ln for ln in abc.splitlines(keepends=True) if not re.match(r"[TC]:", ln)]

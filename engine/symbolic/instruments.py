@@ -8,7 +8,7 @@ GM_PROGRAMS: list[tuple[tuple[str, ...], int]] = [
     (("violoncello", "cello", "vc."), 42),
     (("contrabass", "double bass", "kontrabass", "cb."), 43),
     (("viola", "vla", "va."), 41),
-    (("violin", "violino", "vl.", "vln", "vn."), 40),
+    (("violin", "violino", "fiddle", "vl.", "vln", "vn."), 40),
     (("harpsichord", "cembalo", "clavecin"), 6),
     (("organ", "organo", "orgel"), 19),
     (("piano", "klavier", "keyboard", "pianoforte", "pf.", "pno"), 0),
