@@ -142,8 +142,10 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
 
 def _bar_rules(lm: LoadedModel, prompt, request: ComposeRequest) -> frozenset[str]:
     """The bar rules the prompt's training pieces keep (the model's config); "harmony" only with
-    the critic on."""
+    the critic on; "metre" whenever the composer chose the metre (the bars must fit what was asked,
+    even for a style whose training bars do not always fit theirs)."""
     rules = lm.bar_rules.get(prompt.key(), frozenset())
+    rules = rules | {"metre"} if request.controls.meter else rules
     return rules if request.critic else rules - {"harmony"}
 
 
@@ -177,6 +179,8 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     if not body:
         raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")
     n = len(body) + more_bars
+    if sum(ln.startswith("V:") for ln in meta) == 1:  # a melody: its training tunes name no part
+        meta = [re.sub(r'\s+s?nm="[^"]*"', "", ln) if ln.startswith("V:") else ln for ln in meta]
     if rewrite_from is not None:
         rewrite_from = whole(rewrite_from, f"the bar to rewrite from (this score has {len(body)} bars)", 1, len(body))
         n, body = len(body), body[:rewrite_from - 1]

@@ -41,6 +41,24 @@ def draw_seed() -> int:
     return random.randrange(2**31)
 
 
+def page_number(value):
+    """A page's text box holding a number: "" or spaces -> None (empty: the default), "12" -> 12,
+    "1.5" -> 1.5; anything else goes on as it came, for the field's own check to refuse by name."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def page_seed(value):
     """An empty seed box (None) means a random seed; scripts may also send -1, the HTTP API's old
     spelling of it. Any other number goes on to the request's own check, so -5 is refused there

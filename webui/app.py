@@ -22,7 +22,7 @@ import gradio as gr
 
 from engine.api import AudioProgress
 from engine.audio.musicgen import KNOWN_MODELS, AudioSettings
-from engine.checks import page_seed
+from engine.checks import page_number, page_seed
 from engine.errors import CadenzaError, SettingsError
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
@@ -238,7 +238,7 @@ def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=Audi
     """The page's and the API's values as they come -> an AudioRequest, which checks them (the
     page's seed -1 means a random one: None from here on)."""
     settings = AudioSettings(duration=dur, guidance_scale=guidance, top_k=tk, top_p=tp, temperature=temp,
-                             seed=page_seed(sd), variations=var)
+                             seed=page_seed(page_number(sd)), variations=var)
     return AudioRequest(text, settings, melody=melody or None, score=score)
 
 
@@ -246,9 +246,9 @@ def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_r
                      critic=ComposeRequest.critic, bars=None, music_key=None, meter=None, tempo=None) -> ComposeRequest:
     """The page's and the API's values as they come -> a ComposeRequest, which checks them (an
     empty control box, or 0, leaves it to the model)."""
-    return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp), seed=page_seed(sd),
-                          variations=var, max_patches=mp, bar_retries=br, critic=critic,
-                          controls=Controls.from_page(bars, music_key, meter, tempo))
+    return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp),
+                          seed=page_seed(page_number(sd)), variations=var, max_patches=mp, bar_retries=br, critic=critic,
+                          controls=Controls.from_page(page_number(bars), music_key, meter, page_number(tempo)))
 
 
 def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
@@ -275,29 +275,31 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
             ui.instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
             ui.surprise = gr.Button("Surprise me", scale=0, min_width=120)
-        with gr.Row(equal_height=True):  # empty: the model decides
-            ui.bars = gr.Number(value=None, precision=0, label="Length in bars", placeholder="the model's", min_width=120)
-            ui.music_key = gr.Textbox(value="", label="Key", placeholder="the model's: D, Bb, F#m, Eb dorian", min_width=120)
-            ui.meter = gr.Textbox(value="", label="Metre", placeholder="the model's: 3/4, 6/8, C", min_width=110)
-            ui.tempo = gr.Number(value=None, precision=0, label="Tempo (quarter =)", placeholder="the model's",
-                                 min_width=110)
-            ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations", min_width=140)
-            ui.seed = gr.Number(value=None, precision=0, label="Seed", placeholder="random", min_width=110)
+        with gr.Row(equal_height=True):  # text boxes: empty means the model decides (a number box shows 0)
+            ui.bars = gr.Textbox(value="", label="Length in bars", placeholder="the model's", min_width=130)
+            ui.music_key = gr.Textbox(value="", label="Key", placeholder="the model's (D, Bb, F#m)", min_width=130)
+            ui.meter = gr.Textbox(value="", label="Metre", placeholder="the model's (3/4, 6/8)", min_width=130)
+            ui.tempo = gr.Textbox(value="", label="Tempo (quarter =)", placeholder="the model's", min_width=130)
+            ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations", min_width=200)
+            ui.seed = gr.Textbox(value="", label="Seed", placeholder="random", min_width=130)
         with gr.Row():
             ui.generate = gr.Button("Generate", variant="primary")
             ui.stop = gr.Button("Stop", variant="secondary")
             ui.cont = gr.Button("Continue this score")
             ui.render = gr.Button("Render my edits")
         ui.progress = gr.Markdown("", elem_id="status")
-        with gr.Row(equal_height=True):
-            ui.seed_info = gr.Markdown("")
-            ui.again = gr.Button("Write this again", visible=False, scale=0, min_width=160)
+        with gr.Row():  # the player, the seed and Write this again, right above the music
+            ui.audio = gr.Audio(label="Listen", type="filepath", interactive=False, elem_id="score-player", scale=3,
+                                min_width=360)
+            with gr.Column(scale=2, min_width=300):
+                ui.seed_info = gr.Markdown("")
+                ui.again = gr.Button("Write this again", visible=False, size="md")
         ui.live = gr.Textbox(value="", elem_id="live-abc", show_label=False, container=False, lines=1)
         ui.score = gr.HTML(views.LIVE_SCORE_HTML, elem_id="score")
         with gr.Row():
-            ui.audio = gr.Audio(label="Listen", type="filepath", interactive=False, elem_id="score-player", scale=3)
-            ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, scale=2)
-        ui.notes = gr.HTML("")
+            ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, height=200,
+                                   min_width=360)
+            ui.notes = gr.HTML("", min_width=300)
         with gr.Row(visible=False) as ui.cards_row:
             ui.cards = []
             for n in range(config.max_variations):
@@ -394,13 +396,13 @@ def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                 ui.a_top_p = gr.Slider(0, 1, value=AudioSettings.top_p, step=0.01, label="Top-p (0 = off)")
                 ui.a_temperature = gr.Slider(0.1, 2.0, value=AudioSettings.temperature, step=0.05, label="Temperature")
             with gr.Row():
-                ui.a_seed = gr.Number(value=None, precision=0, label="Seed", placeholder="random")
+                ui.a_seed = gr.Textbox(value="", label="Seed", placeholder="random")
                 ui.a_variations = gr.Slider(1, AUDIO_PLAYERS, value=1, step=1, label="Variations made together")
         ui.a_melody = gr.Audio(label="Melody to follow (melody models only): upload or record", type="filepath",
                             sources=["upload", "microphone"])
         with gr.Row():
             ui.a_go = gr.Button("Generate audio", variant="primary")
-            ui.a_stop = gr.Button("Stop", variant="stop")
+            ui.a_stop = gr.Button("Stop", variant="secondary")
         ui.a_progress = gr.Markdown("")
         ui.a_players = [gr.Audio(label=f"Variation {i + 1}", type="filepath", interactive=False, visible=i == 0)
                      for i in range(AUDIO_PLAYERS)]
@@ -436,7 +438,7 @@ def _system_tab(ui: SimpleNamespace) -> None:
         ui.sys_devices = gr.Dataframe(headers=["device", "name", "free GiB", "total GiB"], label="Devices",
                                       interactive=False, wrap=True)
         ui.sys_models = gr.Dataframe(headers=["model", "kind", "status", "placement"], label="Models",
-                                     interactive=False, wrap=True)
+                                     interactive=False, wrap=True, column_widths=["12%", "12%", "26%", "50%"])
         ui.refresh = gr.Button("Refresh")
 
 
@@ -469,9 +471,9 @@ def _restore(ui: SimpleNamespace, studio: Studio, spec, record, with_length: boo
         if name in st:
             out[comp] = st[name]
     controls = st.get("controls") or {}
-    out |= {ui.music_key: controls.get("key") or "", ui.meter: controls.get("meter") or "",
-            ui.tempo: controls.get("tempo") or None}
-    out[ui.bars] = (controls.get("bars") or None) if with_length else None
+    text = lambda v: "" if v in (None, 0) else str(v)  # noqa: E731 - the boxes are text: empty = the model's
+    out |= {ui.music_key: text(controls.get("key")), ui.meter: text(controls.get("meter")),
+            ui.tempo: text(controls.get("tempo")), ui.bars: text(controls.get("bars")) if with_length else ""}
     return out
 
 
@@ -610,7 +612,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             elif item:
                 # the seed box is emptied: a seed typed once is not used again without asking
                 # (the seed of this piece is shown, with Write this again)
-                yield _show(ui, studio, k, item[0], siblings=item) | {ui.seed: None}
+                yield _show(ui, studio, k, item[0], siblings=item) | {ui.seed: ""}
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
@@ -643,7 +645,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             return gr.skip()
         record = SimpleNamespace(prompt=current.get("prompt") or {}, settings=current.get("settings") or {})
         return _restore(ui, studio, None, record, with_length=True) | {
-            ui.seed: current["seed"], ui.variations: 1}
+            ui.seed: str(current["seed"]), ui.variations: 1}
 
     restored = [ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.bar_retries,
                 ui.critic, ui.max_patches, ui.music_key, ui.meter, ui.tempo, ui.bars, ui.seed, ui.variations]

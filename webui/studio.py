@@ -24,6 +24,7 @@ import torch
 from engine import api
 from engine.errors import CadenzaError, SettingsError
 from engine.files import write_atomic
+from engine.render.identity import title as piece_title
 from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session
@@ -89,8 +90,9 @@ class Named:
     kind: str  # composed | continued | rewritten
 
     def title_for(self, prompt: Prompt) -> str:
-        if not self.title:
-            return f"{prompt.composer} / {prompt.instrumentation}"
+        if not self.title:  # what the printed page's title says (engine.render.identity)
+            return piece_title({"period": prompt.period, "composer": prompt.composer,
+                                "instrumentation": prompt.instrumentation})
         base = re.sub(r"( \((continued|rewritten)\))+$", "", self.title.strip())[:100]
         return base if self.kind == "composed" else f"{base} ({self.kind})"
 
