@@ -1,17 +1,28 @@
 """The studio in a real browser: headless Chromium (Debian's chromium + chromedriver, driven by
 Selenium) opens the page, picks a prompt, generates with the bundled model, and sees the sheet
 music SVG, the audio player and the download links. A screenshot is saved to
-outputs/test-screenshots/studio.png. .ci/run installs chromium; without it the test is skipped
-locally (and CI, which installs it, runs it)."""
+outputs/test-screenshots/studio.png. Then the composer's journey of issue 18, one test a point:
+variations side by side, live engraving and a cursor that follows the player, the seed not
+reused silently, a reload that keeps the work, History's open/rename/delete, converter notes in
+plain words, numbers typed beyond a slider, upload, System as tables; screenshots at 1400 and
+820 px wide. .ci/run installs chromium; without it the tests are skipped locally (and CI, which
+installs it, runs them)."""
 import json
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from engine import api
+
+try:  # module level for the helpers below; the tests skip without chromium
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+except ImportError:  # pragma: no cover - selenium is in requirements.txt
+    By = Keys = None
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed")
@@ -45,6 +56,7 @@ def page(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required",
                  f"--user-data-dir={tmp / 'profile'}", "--window-size=1400,2200"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -186,3 +198,270 @@ def test_audio_page_makes_audio_and_a_score_is_performed(page):
     buttons[-1].click()
     wait_for(driver, lambda d: records("performed"), timeout=120, what="the performance to be kept")
     wait_for(driver, lambda d: "Performance:" in d.find_element(By.TAG_NAME, "body").text, what="the performance summary")
+
+
+# --- the composer's journey (issue 18) ---------------------------------------------------------------
+def shot(driver, name: str) -> None:
+    """Screenshots at both widths the studio is made for, scrolled to where the music is."""
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    for width in (1400, 820):
+        driver.set_window_size(width, 1100)
+        time.sleep(1.0)  # the engraving follows the new width
+        driver.save_screenshot(str(SCREENSHOT.with_name(f"{name}-{width}.png")))
+    driver.set_window_size(1400, 2200)
+
+
+def box(driver, placeholder: str):
+    """The visible text box (input or textarea) with this placeholder."""
+    return next(e for e in driver.find_elements(By.CSS_SELECTOR, f"input[placeholder=\"{placeholder}\"], "
+                                                                 f"textarea[placeholder=\"{placeholder}\"]")
+                if e.is_displayed())
+
+
+def typed(element, text: str) -> None:
+    element.click()
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(Keys.DELETE)
+    if text:
+        element.send_keys(text)
+    element.send_keys(Keys.TAB)  # Gradio takes a text box's value when it loses focus
+
+
+def button(driver, text: str):
+    return next(b for b in driver.find_elements(By.XPATH, f"//button[normalize-space()='{text}']") if b.is_displayed())
+
+
+def records(studio) -> list[dict]:
+    paths = sorted(studio.store.root.glob("*/*/record.json"), key=lambda p: p.parent.name)
+    return [json.loads(p.read_text()) | {"folder": str(p.parent)} for p in paths]
+
+
+def fresh(driver, studio) -> None:
+    driver.set_window_size(1400, 2200)
+    driver.get(f"http://127.0.0.1:{studio.config.port}/")
+    wait_for(driver, lambda d: "ready" in d.find_element(By.TAG_NAME, "body").text, what="the model to load")
+    wait_for(driver, lambda d: all(e.get_attribute("value") for e in d.find_elements(
+        By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]), what="the prompt lists")
+
+
+def generate(driver, studio, bars: str = "4", seed: str = "", variations: int | None = None) -> list[dict]:
+    """Generate with a length (short: quick on 2 cores) -> the records it kept."""
+    typed(box(driver, "the model's length"), bars)
+    typed(box(driver, "random"), seed)
+    if variations is not None:
+        slider_box = driver.find_element(By.XPATH, "//span[normalize-space()='Variations']/following::input[@type='number'][1]")
+        typed(slider_box, str(variations))
+    before = len(records(studio))
+    button(driver, "Generate").click()
+    wait_for(driver, lambda d: len(records(studio)) >= before + (variations or 1) and not studio.running(),
+             what="the pieces to be kept")
+    wait_for(driver, lambda d: "fit the metre" in d.find_element(By.ID, "status").text, what="the summary")
+    return records(studio)[before:]
+
+
+PLAY = """
+function find(root) {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'AUDIO' && el.src) return el;
+    if (el.shadowRoot) { const f = find(el.shadowRoot); if (f) return f; }
+  }
+  return null;
+}
+const a = find(document.querySelector('#score-player'));
+if (!a) return false;
+a.muted = true; a.currentTime = 0; a.play(); return true;
+"""
+
+
+def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    kept = generate(driver, studio, bars="4", variations=3)
+    seeds = sorted(r["seed"] for r in kept)
+    cards = wait_for(driver, lambda d: [b for b in d.find_elements(By.XPATH, "//button[starts-with(normalize-space(), "
+                                                                            "'Open variation')]") if b.is_displayed()],
+                     what="the variation cards")
+    assert len(cards) == 3
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert all(f"seed {s}" in body for s in seeds), (seeds, body[-800:])  # each card says its seed
+    # each card engraves its first bars and has its own player
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".abc-incipit svg")) >= 3, what="the incipits")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cards[0])
+    shot(driver, "variations")
+    cards[1].click()  # the second variation becomes the current piece
+    wait_for(driver, lambda d: f"Seed {seeds[1]}" in d.find_element(By.TAG_NAME, "body").text.replace("\n", " "),
+             timeout=60, what="the second variation opened")
+
+
+def test_the_piece_is_engraved_while_it_is_written_and_a_cursor_follows_the_player(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    typed(box(driver, "the model's length"), "12")
+    button(driver, "Generate").click()
+    # while the piece is being written, the browser has engraved it already (no record yet)
+    state = wait_for(driver, lambda d: studio.running() and d.execute_script(
+        "const s = window.cadenzaScore && window.cadenzaScore.state(); "
+        "return s && s.renders > 0 && document.querySelectorAll('#live-score .abcjs-note').length > 0 && s"),
+        timeout=120, what="live engraving while writing")
+    assert state["renders"] >= 1
+    driver.save_screenshot(str(SCREENSHOT.with_name("writing-1400.png")))
+    wait_for(driver, lambda d: not studio.running(), what="the piece to end")
+    wait_for(driver, lambda d: "fit the metre" in d.find_element(By.ID, "status").text, what="the summary")
+    assert driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
+    assert "[r:" not in driver.find_element(By.ID, "live-score").text  # the model's markers are not music
+    wait_for(driver, lambda d: d.execute_script(PLAY), what="the player's audio")
+    first = wait_for(driver, lambda d: d.execute_script("return window.cadenzaScore.state().highlighted"),
+                     timeout=30, what="the cursor on a note")
+    time.sleep(2.0)
+    state = driver.execute_script("return window.cadenzaScore.state()")
+    assert first > 0 and state["event"] > 0, state  # it moved on with the music
+    shot(driver, "cursor")
+
+
+def test_a_typed_seed_is_not_reused_silently_and_write_this_again_repeats_the_piece(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    (first,) = generate(driver, studio, bars="4", seed="7")
+    assert first["seed"] == 7
+    assert box(driver, "random").get_attribute("value") == ""  # the next Generate draws a new seed
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "Seed 7" in body.replace("\n", " ")
+    before = len(records(studio))
+    button(driver, "Write this again").click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the piece written again")
+    again = records(studio)[-1]
+    assert again["seed"] == 7
+    abc = lambda r: (Path(r["folder"]) / r["files"]["abc"][0]).read_text()  # noqa: E731
+    assert abc(again) == abc(first)
+    typed(box(driver, "random"), "-5")
+    button(driver, "Generate").click()
+    wait_for(driver, lambda d: "seed must be a whole number from 0" in d.find_element(By.TAG_NAME, "body").text,
+             timeout=60, what="-5 refused in words")
+
+
+def test_a_reload_keeps_the_open_piece_and_the_unsaved_edits(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, studio = page
+    fresh(driver, studio)
+    generate(driver, studio, bars="4")
+    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, Keys.END)
+    editor.send_keys("\n% my unsaved edit")
+    time.sleep(2.0)  # the edit reaches the browser's storage
+    driver.refresh()
+    wait_for(driver, lambda d: "my unsaved edit" in d.find_element(By.CSS_SELECTOR, ".cm-content").text,
+             timeout=60, what="the edit after the reload")
+    assert "fit the metre" in driver.find_element(By.ID, "status").text  # and the piece is open again
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note"), what="its music")
+
+
+def test_history_selects_plays_opens_with_the_prompt_renames_and_deletes(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    (kept,) = generate(driver, studio, bars="4")
+    prompt = kept["prompt"]
+    for _ in range(10):  # bounded: another prompt in the lists than the piece's
+        button(driver, "Surprise me").click()
+        time.sleep(0.8)
+        values = [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]]
+        if values != [prompt["period"], prompt["composer"], prompt["instrumentation"]]:
+            break
+    driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='History']").click()
+    cell = wait_for(driver, lambda d: d.find_elements(By.XPATH, f"//*[@id='history-table']//*[normalize-space()='{kept['seed']}']"),
+                    what="the piece's row")[-1]
+    cell.click()
+    wait_for(driver, lambda d: button(d, "Open"), what="the selected piece")
+    assert driver.find_elements(By.CSS_SELECTOR, "[data-testid='waveform-Audio'], audio")  # playable from History
+    shot(driver, "history")
+    button(driver, "Open").click()
+    wait_for(driver, lambda d: [e.get_attribute("value") for e in d.find_elements(
+        By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]] == [
+        prompt["period"], prompt["composer"], prompt["instrumentation"]], timeout=30, what="the piece's prompt restored")
+    # rename, then delete, from History
+    driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='History']").click()
+    cell = wait_for(driver, lambda d: d.find_elements(By.XPATH, f"//*[@id='history-table']//*[normalize-space()='{kept['seed']}']"),
+                    what="the row again")[-1]
+    cell.click()
+    typed(wait_for(driver, lambda d: box(d, "a title for this piece"), what="the title box"), "Morning chorale")
+    button(driver, "Rename").click()
+    wait_for(driver, lambda d: any(r["title"] == "Morning chorale" for r in records(studio)), timeout=30, what="renamed")
+    wait_for(driver, lambda d: "Morning chorale" in d.find_element(By.ID, "history-table").text, what="the new title")
+    before = len(records(studio))
+    cell = driver.find_elements(By.XPATH, "//*[@id='history-table']//*[normalize-space()='Morning chorale']")[-1]
+    cell.click()
+    wait_for(driver, lambda d: button(d, "Delete"), what="the selected piece")
+    button(driver, "Delete").click()
+    wait_for(driver, lambda d: len(records(studio)) == before - 1, timeout=30, what="deleted")
+
+
+def test_converter_notes_are_in_plain_words_folded_under_details(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, studio = page
+    fresh(driver, studio)
+    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys("X:1\nT:Notes\n%%score (1 2\nL:1/8\nM:2/4\nK:C\nV:1\nCDEF) |GABc|]\nV:2\nC,4|G,4|]\n")
+    button(driver, "Render my edits").click()
+    details = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "details"), timeout=60, what="the notes")
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "notes on the score" in body or "note on the score" in body
+    assert "^^^" not in body and "**" not in body and "ABC -> MusicXML" not in body  # no parser output
+    details[0].click()
+    assert "bracket" in details[0].text or "stray" in details[0].text, details[0].text
+
+
+def test_a_number_typed_beyond_a_slider_is_brought_into_range(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    slider_box = driver.find_element(By.XPATH, "//span[normalize-space()='Variations']/following::input[@type='number'][1]")
+    typed(slider_box, "99")
+    wait_for(driver, lambda d: slider_box.get_attribute("value") == str(studio.config.max_variations), timeout=10,
+             what="the value brought into range")
+    typed(slider_box, "1")
+    assert "Error" not in driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_an_upload_opens_says_it_has_no_style_yet_and_leaves_the_box_empty(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from test_audio import TUNE
+
+    driver, studio = page
+    fresh(driver, studio)
+    score = tmp_path / "my-tune.abc"
+    score.write_text(TUNE)
+    driver.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(score))
+    wait_for(driver, lambda d: "no style of its own" in d.find_element(By.TAG_NAME, "body").text, timeout=120,
+             what="the upload opened")
+    wait_for(driver, lambda d: "my-tune.abc" not in d.find_element(By.CSS_SELECTOR, "input[type='file']").find_element(
+        By.XPATH, "./ancestor::*[contains(@class, 'block')][1]").text, timeout=10, what="the upload box emptied")
+    assert driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
+
+
+def test_the_system_page_is_tables(page):
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='System']").click()
+    wait_for(driver, lambda d: "cpu" in d.find_element(By.XPATH, "//*[normalize-space()='Devices']/following::table[1]").text
+             or "cpu" in d.find_element(By.TAG_NAME, "body").text, timeout=30, what="the devices table")
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "being made now" in body and '"devices"' not in body  # words and tables, not a JSON dump

@@ -276,10 +276,10 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
             ui.surprise = gr.Button("Surprise me", scale=0, min_width=120)
         with gr.Row(equal_height=True):  # text boxes: empty means the model decides (a number box shows 0)
-            ui.bars = gr.Textbox(value="", label="Length in bars", placeholder="the model's", min_width=130)
+            ui.bars = gr.Textbox(value="", label="Length in bars", placeholder="the model's length", min_width=130)
             ui.music_key = gr.Textbox(value="", label="Key", placeholder="the model's (D, Bb, F#m)", min_width=130)
             ui.meter = gr.Textbox(value="", label="Metre", placeholder="the model's (3/4, 6/8)", min_width=130)
-            ui.tempo = gr.Textbox(value="", label="Tempo (quarter =)", placeholder="the model's", min_width=130)
+            ui.tempo = gr.Textbox(value="", label="Tempo (quarter =)", placeholder="the model's tempo", min_width=130)
             ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations", min_width=200)
             ui.seed = gr.Textbox(value="", label="Seed", placeholder="random", min_width=130)
         with gr.Row():
@@ -421,7 +421,7 @@ def _history_tab(ui: SimpleNamespace) -> None:
             ui.picked_audio = gr.Audio(type="filepath", interactive=False, show_label=False)
             with gr.Row(equal_height=True):
                 ui.open_picked = gr.Button("Open", variant="primary", scale=0, min_width=100)
-                ui.new_title = gr.Textbox(label="New title", scale=2)
+                ui.new_title = gr.Textbox(label="New title", placeholder="a title for this piece", scale=2)
                 ui.rename = gr.Button("Rename", scale=0, min_width=100)
                 ui.delete_picked = gr.Button("Delete", variant="stop", scale=0, min_width=100)
         ui.usage = gr.Markdown("")
