@@ -32,7 +32,7 @@ from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import AbcResult, to_abc
+from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, metre_bar, to_abc
 from engine.symbolic.prompts import known_prompt
 from engine.symbolic.reference import ReferenceBackend  # noqa: F401 - part of the API
 
@@ -188,6 +188,17 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
         body = body[:-1] + [open_ending(body[-1])]
     text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
+
+
+def check_bars(musicxml: Path) -> Alignment | None:
+    """A score's bars checked as a generated piece's are (postprocess.check_alignment): every voice
+    as long as the others and as the metre. Any ABC layout is read through its MusicXML, one line
+    per bar of every voice. None when the score cannot be read that way."""
+    try:
+        meta, body = split_tunebody("".join(interleave(xml_to_abc(Path(musicxml).read_bytes()))))
+    except Exception:  # noqa: BLE001 - xml2abc and abctoolkit raise bare errors on odd scores: no check then
+        return None
+    return check_alignment(body, metre_bar(meta)) if body else None
 
 
 def open_ending(line: str) -> str:

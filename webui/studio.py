@@ -28,8 +28,7 @@ from engine.render.identity import title as piece_title
 from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session
-from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import check_alignment, metre_bar, to_abc
+from engine.symbolic.postprocess import to_abc
 from engine.symbolic.prompts import Prompt
 
 MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
@@ -555,10 +554,11 @@ class Studio:
             piece_id, folder = self.new_piece(session, title)
             with self.saving(folder):
                 result = api.render(abc_text, folder, self.config.formats, "score")
-                meta, body = split_tunebody(abc_text)
+                xml = result.paths("musicxml")
+                bars = api.check_bars(xml[0]) if xml else None  # against the metre as well as between voices
                 record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
-                                     title=title[:120], bars=len(body), prompt=_known(prompt),
-                                     alignment=str(check_alignment(body, metre_bar(meta))),
+                                     title=title[:120], bars=bars.total if bars else 0, prompt=_known(prompt),
+                                     alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
                                      errors=result.failed, warnings=notes + result.warnings)
                 session.save(record)

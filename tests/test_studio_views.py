@@ -1,0 +1,125 @@
+"""What the studio shows of a piece and keeps of its identity, without a browser (issue 18): the
+converters' notes in plain words, the live text and progress, titles through Continue, Render
+and Rename, the seed box, bars checked against the metre, and whether MusicGen's weights are here.
+A tiny random model: plumbing only (the browser tests play the journey with the bundled model)."""
+import pytest
+
+from conftest import bach
+from engine.checks import page_number, page_seed
+from engine.errors import CadenzaError, SettingsError
+from engine.requests import ComposeRequest
+from engine.store import PieceRecord
+from engine.symbolic.controls import Controls
+from test_webui import tiny_folder
+from webui import views
+from webui.config import StudioConfig
+from webui.studio import Named, Progress, Studio
+
+KEY = "v" * 20 + "-views"
+TUNE_2_4_IN_3_4 = "X:1\nT:Wrong bars\nL:1/8\nM:3/4\nK:D\nV:1\nV:1\nDFAd|fedc|B2A2|d4|]\n"
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("views")
+    return Studio(StudioConfig(outputs=str(tmp / "out"), model=str(tiny_folder(tmp))))
+
+
+def test_converter_messages_are_in_plain_words_without_carets_or_paths():
+    raw = "ABC -> MusicXML: **misplaced symbol: )\n    CDEF) GABc\n        ^\n/home/me/secret/x.abc"
+    said = views.plain(raw)
+    assert "stray ')'" in said and "^" not in said and "**" not in said and "ABC -> MusicXML" not in said
+    assert "/home/me" not in said
+    assert "voice 3" in views.plain("score partname 3 does not exist")
+
+
+def test_notes_fold_under_details_and_failed_exports_stay_in_view():
+    r = PieceRecord(id="p", created="2026-12-02T10:00:00", kind="rendered", title="t",
+                    errors={"pdf": "verovio laid out no page"}, warnings=["misplaced symbol: )"] * 20)
+    html = views.notes(r)
+    assert html.index("could not be made") < html.index("<details>")  # the failure is not folded away
+    assert "20 notes on the score" in html and "and 8 more" in html
+    assert views.notes(PieceRecord(id="p", created="", kind="rendered", title="t")) == ""
+
+
+def test_an_incipit_is_the_header_and_the_first_bars():
+    abc = "X:1\nL:1/8\nM:4/4\nK:C\nV:1\n" + "".join(f"[V:1]C{i}|\n" for i in range(1, 9))
+    cut = views.incipit(abc, bars=3)
+    assert cut.endswith("[V:1]C3|\n") and "K:C" in cut and "C4" not in cut
+
+
+def test_the_seed_box_empty_is_random_and_a_negative_seed_is_refused():
+    assert page_seed(page_number("")) is None and page_seed(page_number("  ")) is None
+    assert page_seed(-1) is None  # the HTTP API's spelling of random
+    assert page_seed(page_number(" 42 ")) == 42
+    with pytest.raises(SettingsError, match="seed must be a whole number from 0"):
+        ComposeRequest("Baroque", "Bach, Johann Sebastian", "Choral", seed=page_seed(page_number("-5")))
+    with pytest.raises(SettingsError, match="seed must be a whole number"):
+        ComposeRequest("Baroque", "Bach, Johann Sebastian", "Choral", seed=page_seed(page_number("twelve")))
+    assert page_number("1.5") == 1.5 and page_number(None) is None
+
+
+def test_progress_never_goes_back_counts_retries_and_estimates_the_time_left(tmp_path):
+    from engine import api
+
+    if api.bundled_model() is None:
+        pytest.skip("no bundled model")
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out")))  # the bundled model: it writes bars
+    request = bach(max_patches=400, seed=3, bar_retries=4, controls=Controls(bars=4))
+    items = list(studio.compose(KEY, request))
+    progress = [i for i in items if isinstance(i, Progress)]
+    assert progress and all(a.patches <= b.patches for a, b in zip(progress, progress[1:]))
+    assert all(p.target_bars == 4 for p in progress)
+    assert any(p.eta is not None for p in progress if p.bars)
+    assert all(p.abc.startswith("X:1\n") and "[r:" not in p.abc for p in progress)  # ABC, no markers
+    line = progress[-1].line()
+    assert "of 4" in line and "[r:" not in line
+    if any(p.retries for p in progress):
+        assert "written again" in next(p.line() for p in progress if p.retries)
+
+
+def test_titles_carry_through_continue_and_do_not_pile_up():
+    from engine.symbolic.prompts import Prompt
+
+    p = Prompt("Baroque", "Bach, Johann Sebastian", "Choral")
+    assert Named(None, "", "composed").title_for(p) == "Chorale in the style of Bach"
+    assert Named("Evening (continued)", "", "continued").title_for(p) == "Evening (continued)"
+    assert Named("Evening (continued) (rewritten)", "", "rewritten").title_for(p) == "Evening (rewritten)"
+    kept = Named("x", "X:1\nT:Mine\nC:Me\nK:C\nCDEF|\n", "continued").head("X:1\nT:Other\nK:C\nCDEF|GABc|\n")
+    assert kept.startswith("X:1\nT:Mine\nC:Me\n") and "T:Other" not in kept
+
+
+def test_an_edit_keeps_the_pieces_title_and_prompt_and_its_bars_are_checked_against_the_metre(studio):
+    prompt = {"period": "Folk", "composer": "Traditional, Irish", "instrumentation": "Melody"}
+    o = studio.render(KEY, TUNE_2_4_IN_3_4, "My reel", prompt)
+    assert o.record.title == "My reel" and o.record.prompt == prompt
+    fit, total = map(int, o.record.alignment.split()[0].split("/"))
+    assert total == 4 and fit < total  # 2/4 bars in a 3/4 tune do not fit (a first short bar is a pickup)
+    hostile = studio.render(KEY, TUNE_2_4_IN_3_4, "x" * 5000, {"period": ["no"], "composer": 1})
+    assert len(hostile.record.title) <= 120 and hostile.record.prompt == {}
+
+
+def test_rename_changes_the_record_and_refuses_bad_titles(studio):
+    o = studio.render(KEY, TUNE_2_4_IN_3_4, "First title")
+    assert studio.rename(KEY, o.record.id, "  Second title ").title == "Second title"
+    assert studio.outcome(KEY, o.record.id).record.title == "Second title"
+    for bad in ("", "a\nb", "x" * 500, None):
+        with pytest.raises(CadenzaError, match="a title is 1 to 120 characters"):
+            studio.rename(KEY, o.record.id, bad)
+    with pytest.raises(CadenzaError, match="no piece"):
+        studio.rename(KEY, "../other", "mine")
+
+
+def test_the_audio_page_says_before_any_click_when_musicgen_weights_are_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from test_audio import tiny_musicgen
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    missing = Studio(StudioConfig(outputs=str(tmp_path / "a"), audio_model="facebook/musicgen-small"))
+    said = missing.audio_weights_missing()
+    assert said is not None and "hf download facebook/musicgen-small" in said and "SoundFont" in said
+    here = Studio(StudioConfig(outputs=str(tmp_path / "b"), audio_model=str(tiny_musicgen(tmp_path / "mg"))))
+    assert here.audio_weights_missing() is None
+    allowed = Studio(StudioConfig(outputs=str(tmp_path / "c"), allow_downloads=("*",)))
+    assert allowed.audio_weights_missing() is None  # it will be downloaded on first use
