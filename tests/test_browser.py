@@ -129,7 +129,8 @@ def test_bad_abc_gets_a_clear_message_in_the_page_and_the_page_goes_on(page):
              timeout=60, what="the error message")
     driver.save_screenshot(str(SCREENSHOT.with_name("bad-abc.png")))
     # what was already produced is kept: the score, the player and the downloads of the last piece
-    assert driver.find_elements(By.CSS_SELECTOR, "#score svg")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note"), timeout=10,
+             what="the music still shown")
     assert driver.find_elements(By.CSS_SELECTOR, "a[download], a[href*='/file=']")
     # the session goes on: Surprise me still answers
     driver.find_element(By.XPATH, "//button[normalize-space()='Surprise me']").click()

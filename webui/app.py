@@ -48,6 +48,7 @@ CSS = """
 #score-page svg { width: 100%; height: auto; }
 #status { min-height: 1.6em; }
 .abc-incipit { background: white; min-height: 60px; overflow: hidden; }
+.toast-wrap { top: auto !important; bottom: var(--size-4); }  /* notices at the foot: never over the lists and buttons */
 #history-table table { table-layout: fixed; }
 #history-table td, #history-table th { word-break: normal; overflow-wrap: anywhere; }
 """
@@ -60,6 +61,11 @@ def _head() -> str:
 
 
 NO_SESSION = "this page has no session yet: reload it"
+NOTICE_S = 20  # seconds a refusal stays on screen: long enough to read, then it uncovers the page
+# Runs in the browser as Generate, Continue, Rewrite or Write this again is pressed: the music
+# being written comes into view (the inputs go on unchanged).
+TO_THE_MUSIC = ("(...args) => { const s = document.getElementById('status'); "
+                "if (s) s.scrollIntoView({block: 'start', behavior: 'smooth'}); return args; }")
 
 
 def _refused(message) -> str:
@@ -77,7 +83,7 @@ def _fail(e: Exception):
 def _keep_page(message) -> dict:
     """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
     the score and the downloads already shown all stay (one skip() leaves every output as it was)."""
-    gr.Warning(_refused(message), duration=None)
+    gr.Warning(_refused(message), duration=NOTICE_S)
     return gr.skip()
 
 
@@ -617,7 +623,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
     composing = dict(api_visibility="private", concurrency_id="model", concurrency_limit=config.concurrency,
-                     show_progress_on=[ui.progress])
+                     show_progress_on=[ui.progress], js=TO_THE_MUSIC)
     ui.generate.click(_session(run), inputs, ui.shown, **composing)
 
     @_session
