@@ -31,6 +31,7 @@ from engine.symbolic.abcformat import interleave, musicxml_to_abc, reduce_rests,
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
+from engine.symbolic.scheduler import Scheduler, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, metre_bar, to_abc
 from engine.symbolic.prompts import known_prompt
@@ -115,12 +116,15 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
 
 
 def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.Event | None = None,
-                   backend: Callable = FastBackend) -> Iterator[PatchEvent | Composition]:
+                   backend: Callable = FastBackend,
+                   scheduler: Scheduler | None = None) -> Iterator[PatchEvent | Composition | Waiting]:
     """Writes the request's variations in one batch, yielding a PatchEvent per patch and a
     Composition as each piece ends. The seed used is in every result (request.seeded() draws one
     when none was given: call it first to know it before the pieces end). Setting `cancel`, or
     closing the iterator, stops the batch within a patch. backend: FastBackend, or
-    ReferenceBackend for NotaGen's own algorithm (tests and benchmarks)."""
+    ReferenceBackend for NotaGen's own algorithm (tests and benchmarks). With a `scheduler` (a
+    server's, see engine.symbolic.scheduler) the pieces join its running batch with everyone
+    else's, and Waiting(position) comes while they wait for a row."""
     request = request.seeded()
     prompt, warnings = known_prompt(request.prompt, lm.prompts)
     pieces = [PieceRequest(prompt, seed=request.seed + i, sampling=request.sampling, max_patches=request.max_patches,
@@ -129,7 +133,17 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            header_retries=request.header_retries,
                            bar_rules=_bar_rules(lm, prompt, request), controls=request.controls)
               for i in range(request.variations)]
-    for ev in stream(lm.model, pieces, backend):
+    job = scheduler.submit(pieces) if scheduler is not None else None
+    events = iter(job) if job is not None else stream(lm.model, pieces, backend)
+    try:
+        yield from _compositions(lm, request, events, warnings)
+    finally:  # a closed iterator (a closed tab) stops this request's rows, not the others'
+        if job is not None:
+            job.cancel()
+
+
+def _compositions(lm: LoadedModel, request: ComposeRequest, events, warnings: list[str]):
+    for ev in events:
         if isinstance(ev, Piece):
             notes = list(lm.warnings) + warnings
             if ev.cut_short:
@@ -156,7 +170,7 @@ def compose(lm: LoadedModel, request: ComposeRequest, on_event: Callable[[PatchE
     for ev in compose_stream(lm, request, **kwargs):
         if isinstance(ev, Composition):
             done.append(ev)
-        elif on_event is not None:
+        elif on_event is not None and isinstance(ev, PatchEvent):
             on_event(ev)
     return sorted(done, key=lambda c: c.piece.index)
 

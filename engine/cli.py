@@ -277,12 +277,16 @@ def cmd_compose(args) -> int:
                 sys.stdout.flush()
                 bar.refresh()
 
+    # the fast path is the studio's: the variations are rows of a batching scheduler
+    scheduler = api.Scheduler(lm.model, max_batch=request.variations) if args.mode != "reference" else None
     try:
-        results = api.compose(lm, request, on_event=on_event, cancel=cancel,
+        results = api.compose(lm, request, on_event=on_event, cancel=cancel, scheduler=scheduler,
                               backend=ReferenceBackend if args.mode == "reference" else FastBackend)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
+        if scheduler is not None:
+            scheduler.close()
     if stream_text:
         print()
     formats = _formats(args)

@@ -96,7 +96,7 @@ def test_header_edits_reach_the_events_the_context_and_the_cache():
     state = PieceState(0, req, 64, 16, "cpu")
     events = []
     for _ in range(4):
-        events += [e for e in gen_mod._step(backend, [state])]
+        events += [e for _, e in gen_mod.step(backend, [state])]
     replay = state.prompt_text
     for ev in events:
         replay = replay[: len(replay) - ev.retract] + ev.text

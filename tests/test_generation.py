@@ -227,7 +227,7 @@ def test_first_tune_body_line_is_rewritten_from_r0():
     """NotaGen's rule: when the tune body starts, the patch is written again with '[r:0/' forced."""
     state = PieceState(0, PieceRequest(BACH), patch_length=64, patch_size=16, device="cpu")
     backend = ScriptedBackend()
-    events = list(gen_mod._step(backend, [state]))
+    events = [ev for _, ev in gen_mod.step(backend, [state])]
     assert backend.prefixes == [[""], ["[r:0/"]]
     assert events[0].text == "[r:0/3][V:1]ab|\n" and state.in_tunebody and state.bars == 1
 

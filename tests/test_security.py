@@ -238,7 +238,7 @@ def test_every_spelling_of_a_model_is_one_slot_and_busy_models_are_not_let_go(tm
     spellings = ["m1", "m1/", "./m1", "m1/../m1", str(models / "m1"), str(models / "m0" / ".." / "m1")]
     slots = {id(studio.model(s)) for s in spellings}
     assert len(slots) == 1 and len(studio.models) == 2
-    busy = [studio.model(name).checkout() for name in ("m1", "m2")]  # both run a request
+    busy = [studio.model(name).checkout()[0] for name in ("m1", "m2")]  # both run a request (copy, scheduler)
     extra = tiny_folder(models / "m3", seed=3)
     with pytest.raises(CadenzaError, match="all are loading or in use"):
         studio.model(str(extra))  # m0 is the server's own, m1 and m2 are busy: none is let go

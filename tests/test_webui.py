@@ -16,6 +16,7 @@ from conftest import BACH, bach, tiny_model
 from engine import api
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.prompts import Prompt, PromptTable
+from engine.symbolic.sampling import SamplingSettings
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -364,3 +365,49 @@ def test_transpose_makes_a_new_piece_in_the_asked_key(server):
     assert len(studio.history(key)) == 1  # the original was not a piece of this session; it is untouched
     with pytest.raises(CadenzaError, match="key must be"):
         studio.transpose(key, abc, "Q")
+
+
+# --- continuous batching through the server (issue 19) ------------------------------------------------
+def test_eight_clients_at_once_are_batched_and_each_gets_its_own_correct_piece(server):
+    """Eight sessions compose together: every request completes, in the model's running batch, and
+    each piece is the one its seed writes alone (the same text as without the scheduler)."""
+    url, studio, tmp = server
+    results: dict[int, dict] = {}
+
+    def one(i):
+        c = client(url, tmp, f"batch-{i}")
+        args = list(compose_args(f"{'b' * 20}-batched-{i}", seed=100 + i, max_patches=24))
+        args[7] = 1  # top-k 1: greedy, so the text cannot depend on the batch's rounding (sampling: bench.studio_load)
+        info, _ = c.predict(*args, api_name="/compose")
+        results[i] = info["pieces"][0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert sorted(results) == list(range(8))
+    greedy = SamplingSettings(top_k=1, top_p=0.9, temperature=1.2)
+    for i, piece in results.items():
+        assert piece["seed"] == 100 + i
+        # the same request alone afterwards (a batch of one, the same export path)
+        (alone,) = list(studio.compose("a" * 20 + f"-alone-{i}", bach(seed=100 + i, max_patches=24, sampling=greedy)))[-1]
+        assert piece["abc"] == alone.abc
+    for i, piece in results.items():  # each session holds its own piece and no one else's
+        assert [r.id for r in studio.history(f"{'b' * 20}-batched-{i}")] == [piece["id"]]
+    assert max(s.status()["patches_per_s"] for s in studio.model(None).schedulers) > 0
+
+
+def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_path):
+    from webui.studio import Progress
+
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)), max_batch=1))
+    first = studio.compose("w" * 20 + "-first", bach(seed=1, max_patches=4000, max_seconds=8,
+                                                      prefix="L:1/8\nM:4/4\nK:C\nV:1\n"))
+    assert isinstance(next(first), Progress)  # the only row is taken
+    second = studio.compose("w" * 20 + "-second", bach(seed=2, max_patches=10))
+    waiting = next(second)
+    assert isinstance(waiting, Progress) and waiting.waiting == 1 and "position 1 in line" in waiting.line()
+    first.close()  # a closed tab: its row frees, the second request goes on
+    items = list(second)
+    assert isinstance(items[-1], list) and items[-1][0].record.seed == 2

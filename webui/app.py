@@ -443,8 +443,8 @@ def _system_tab(ui: SimpleNamespace) -> None:
         ui.sys_line = gr.Markdown("")
         ui.sys_devices = gr.Dataframe(headers=["device", "name", "free GiB", "total GiB"], label="Devices",
                                       interactive=False, wrap=True)
-        ui.sys_models = gr.Dataframe(headers=["model", "kind", "status", "placement"], label="Models",
-                                     interactive=False, wrap=True, column_widths=["12%", "12%", "26%", "50%"])
+        ui.sys_models = gr.Dataframe(headers=["model", "kind", "status", "placement", "batch"], label="Models",
+                                     interactive=False, wrap=True, column_widths=["10%", "10%", "22%", "38%", "20%"])
         ui.refresh = gr.Button("Refresh")
 
 
@@ -613,7 +613,9 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
         for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
                                    title=title):
-            if isinstance(item, Progress):
+            if isinstance(item, Progress) and item.waiting is not None:
+                yield {ui.progress: item.line()}
+            elif isinstance(item, Progress):
                 yield {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
             elif item:
                 # the seed box is emptied: a seed typed once is not used again without asking
@@ -622,7 +624,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
-    composing = dict(api_visibility="private", concurrency_id="model", concurrency_limit=config.concurrency,
+    composing = dict(api_visibility="private", concurrency_id="model", concurrency_limit=config.compose_limit(),
                      show_progress_on=[ui.progress], js=TO_THE_MUSIC)
     ui.generate.click(_session(run), inputs, ui.shown, **composing)
 
@@ -902,7 +904,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
                     concurrency_id="audio", concurrency_limit=1)
     b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in,
                                 bars_in, mkey_in, meter_in, tempo_in],
-                    out, api_name="compose", concurrency_id="model", concurrency_limit=config.concurrency)
+                    out, api_name="compose", concurrency_id="model", concurrency_limit=config.compose_limit())
     b_render.click(h.render, [session, text_in], out, api_name="render", concurrency_id="render", concurrency_limit=2)
     b_upload.click(h.upload, [session, file_in], out, api_name="upload", concurrency_id="render", concurrency_limit=2)
     b_piece.click(h.piece, [session, text_in], out, api_name="piece")
@@ -945,7 +947,9 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, bars=bars, music_key=mkey, meter=meter,
                                    tempo=tempo)
         for item in studio.compose(k, request, model=spec or None):
-            if isinstance(item, Progress):
+            if isinstance(item, Progress) and item.waiting is not None:
+                yield {"status": "waiting", "seed": item.seed, "position": item.waiting}, None
+            elif isinstance(item, Progress):
                 yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
                        "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
             else:

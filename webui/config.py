@@ -20,7 +20,9 @@ class StudioConfig:
     outputs: str = "outputs"  # every session's pieces live under here
     model: str | None = None  # None: the bundled model
     device: str = "auto"
-    concurrency: int = 1  # pieces composed at once per model (each may hold several variations)
+    concurrency: int = 1  # compose requests handed to a model at once, at least max_batch + queue_size (see compose_limit)
+    max_batch: int = 8  # pieces written together per model copy (continuous batching: engine.symbolic.scheduler)
+    max_wait_s: float = 120.0  # a piece that finds no row in the batch for this long is told the server is busy
     queue_size: int = 32  # requests waiting at most; more get "busy, try again shortly"
     max_upload_mb: int = 20
     max_patches: int = 4096  # the most a user may ask for
@@ -45,11 +47,19 @@ class StudioConfig:
     max_score_chars: int = 120_000  # an ABC score sent to Render / Continue (NotaGen's pieces stay under 102,400)
     shutdown_grace_s: float = 20.0  # on SIGTERM/Ctrl+C: how long running work has to stop and be kept
 
+    def compose_limit(self) -> int:
+        """Compose requests Gradio hands on at once: every row of the batch and its waiting line,
+        so that Gradio's queue does not serialise users (the scheduler batches them)."""
+        return max(self.concurrency, self.max_batch + self.queue_size)
+
     def check(self) -> None:
         if not 1 <= self.port <= 65535:
             raise SettingsError(f"port must be from 1 to 65535, got {self.port}")
         if self.concurrency < 1 or self.queue_size < 1:
             raise SettingsError("concurrency and queue size must be at least 1")
+        if not 1 <= self.max_batch <= 1024 or not 1 <= self.max_wait_s <= 3600:
+            raise SettingsError(f"max batch must be from 1 to 1024 and max wait from 1 to 3600 s, got "
+                                f"{self.max_batch} and {self.max_wait_s:g}")
         if not 1 <= self.max_audio_seconds <= 300:
             raise SettingsError(f"max audio seconds must be from 1 to 300, got {self.max_audio_seconds}")
         if not 1 <= self.max_upload_mb <= 1024:
@@ -88,7 +98,11 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
     ap.add_argument("--model", default=env("CADENZA_MODEL"), help="NotaGen .pth or Cadenza model folder (default: bundled)")
     ap.add_argument("--device", default=env("CADENZA_DEVICE", "auto"))
     ap.add_argument("--concurrency", type=int, default=int(env("CADENZA_CONCURRENCY", "1")),
-                    help="requests composed at once per model")
+                    help="compose requests handed to the model at once (it batches them: see --max-batch)")
+    ap.add_argument("--max-batch", type=int, default=int(env("CADENZA_MAX_BATCH", "8")),
+                    help="pieces written together per model copy, every user's in one batch (default 8)")
+    ap.add_argument("--max-wait", type=float, default=float(env("CADENZA_MAX_WAIT", "120")),
+                    help="seconds a piece may wait for a row in the batch before 'server busy' (default 120)")
     ap.add_argument("--queue-size", type=int, default=int(env("CADENZA_QUEUE_SIZE", "32")))
     ap.add_argument("--max-upload-mb", type=int, default=int(env("CADENZA_MAX_UPLOAD_MB", "20")))
     ap.add_argument("--devices", default=env("CADENZA_DEVICES"), help="GPUs for models, e.g. 0,1,2 (default: all visible)")
@@ -119,6 +133,7 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
     downloads = tuple(r.strip() for r in (a.allow_downloads or "").split(",") if r.strip())
     cfg = StudioConfig(host=a.host, port=a.port, auth=parse_auth(a.auth), share=a.share, outputs=a.outputs,
                        model=a.model, device=a.device, concurrency=a.concurrency, queue_size=a.queue_size,
+                       max_batch=a.max_batch, max_wait_s=a.max_wait,
                        max_upload_mb=a.max_upload_mb, devices=a.devices, placement=a.placement,
                        max_memory=a.max_memory, audio_model=a.audio_model, melody_model=a.melody_model,
                        max_audio_seconds=a.max_audio_seconds, models_dirs=tuple(dirs), allow_downloads=downloads,

@@ -55,9 +55,12 @@ class Progress:
     retries: int = 0  # bars taken back and written again so far
     target_bars: int | None = None  # the length asked for, when one was
     eta: float | None = None  # seconds still to go, estimated from the bars so far (with a length asked)
+    waiting: int | None = None  # not started yet: the place in the model's waiting line (1 = next)
 
     def line(self) -> str:
         """The status line the page shows: bars toward the length asked, an estimate, retries."""
+        if self.waiting is not None:
+            return f"waiting for the model (position {self.waiting} in line; every row of its batch is in use)"
         bars = f"bar {self.bars} of {self.target_bars}" if self.target_bars else f"{self.bars} bars"
         eta = f", about {self.eta:.0f} s to go" if self.eta is not None else ""
         again = f", {self.retries} bar(s) written again" if self.retries else ""
@@ -123,11 +126,13 @@ class ModelSlot:
     api.load_placed for NotaGen-family models, which may give a copy per GPU;
     api.load_audio_model for MusicGen). Requests check out the least-loaded copy."""
 
-    def __init__(self, spec: str | None, device: str, loader=None):
+    def __init__(self, spec: str | None, device: str, loader=None, batching: tuple[int, float] | None = None):
         self.spec, self.device = spec, device
         self.loader = loader or (lambda spec, device: api.load(spec, device=device))
+        self.batching = batching  # (max_batch, max_wait_s): a batching scheduler per copy (NotaGen models)
         self.lm = None  # the first copy: prompts, name, plan
         self.copies: list = []
+        self.schedulers: list = []  # one per copy, when batching
         self.busy: list[int] = []  # requests running on each copy
         self.error: str | None = None
         self.started = self.used = time.monotonic()
@@ -144,6 +149,10 @@ class ModelSlot:
             loaded = self.loader(self.spec, device=self.device)
             self.copies = loaded if isinstance(loaded, list) else [loaded]
             self.busy = [0] * len(self.copies)
+            if self.batching is not None:
+                rows, wait = self.batching
+                self.schedulers = [api.Scheduler(c.model, max_batch=rows, max_wait_s=wait, name=f"{c.name}-{i}")
+                                   for i, c in enumerate(self.copies)]
             self.lm = self.copies[0]
             self.loaded_in = time.monotonic() - self.started
         except Exception as e:  # noqa: BLE001 - the message is shown on the page, the server stays up
@@ -174,13 +183,21 @@ class ModelSlot:
         return self.lm
 
     def checkout(self, wait: float = 600.0):
-        """The copy with the fewest requests running (replicated models); give it back with
-        checkin()."""
+        """The copy with the most free rows in its batch (else the fewest requests running), with
+        its scheduler (None without batching): (copy, scheduler). Give it back with checkin()."""
         self.get(wait)
         with self._count:
-            i = min(range(len(self.copies)), key=lambda j: self.busy[j])
+            if self.schedulers:
+                i = max(range(len(self.copies)), key=lambda j: self.schedulers[j].free_rows())
+            else:
+                i = min(range(len(self.copies)), key=lambda j: self.busy[j])
             self.busy[i] += 1
-            return self.copies[i]
+            return self.copies[i], self.schedulers[i] if self.schedulers else None
+
+    def close(self) -> None:
+        """A model let go of: its schedulers' threads end (a request still running holds its copy)."""
+        for s in self.schedulers:
+            s.close(timeout=0)
 
     def checkin(self, lm) -> None:
         with self._count:
@@ -235,7 +252,9 @@ class Studio:
         or the server's own when spec is empty."""
         path = self.policy.notagen(spec or None) or self.config.model
         key = str(Path(path).resolve()) if path else ""  # one slot per model, however it is spelt
-        return self._slot(self.models, key, MAX_MODELS, lambda: ModelSlot(path, self.config.device, self._load_placed))
+        batching = (self.config.max_batch, self.config.max_wait_s)
+        return self._slot(self.models, key, MAX_MODELS,
+                          lambda: ModelSlot(path, self.config.device, self._load_placed, batching))
 
     def _slot(self, slots: OrderedDict, key: str, limit: int, make) -> ModelSlot:
         """The slot for `key`, made (and loading) if new. Failed loads never hold a place and are
@@ -259,7 +278,7 @@ class Studio:
                     if victim is None:
                         raise CadenzaError(f"this server holds {limit} models and all are loading or in use: use "
                                            "one of them, or try again in a moment")
-                    del slots[victim]
+                    slots.pop(victim).close()
                     held.remove(victim)
                     log.info("let go of model %s to make room", Path(victim).name or "bundled")
                 slot = slots[key] = make().start()
@@ -430,11 +449,11 @@ class Studio:
         elif rewrite_from is not None:
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
         with self.job(session, "compose") as job:
-            lm = slot.checkout()
+            lm, scheduler = slot.checkout()
             try:
                 kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
                 named = Named(title, continue_abc or "", kind)
-                yield from self._compose(session, lm, request, job.cancel, named)
+                yield from self._compose(session, lm, request, job.cancel, named, scheduler)
             except Exception as e:
                 if _out_of_memory(e):
                     raise CadenzaError(_oom_message(lm, request)) from e
@@ -443,18 +462,21 @@ class Studio:
                 slot.checkin(lm)
 
     def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
-                 named: "Named") -> Iterator[Progress | list[Outcome]]:
+                 named: "Named", scheduler=None) -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
         r = request
         live = LiveText("".join(Prompt(r.period, r.composer, r.instrumentation).lines()) + r.prefix)
         steps, retries, target = 0, 0, r.controls.bars
-        stream = api.compose_stream(lm, request, cancel)
+        stream = api.compose_stream(lm, request, cancel, scheduler=scheduler)
         closed = False
         try:
             for ev in stream:
                 if isinstance(ev, api.Composition):
                     done.append(ev)
+                    continue
+                if isinstance(ev, api.Waiting):  # every row of the batch is in use: its place in line
+                    yield Progress("", 0, 0, 0.0, request.seed, waiting=ev.position)
                     continue
                 t = texts.get(ev.index, "")
                 texts[ev.index] = t[: len(t) - ev.retract] + ev.text
@@ -689,7 +711,8 @@ class Studio:
                 devices.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
                                 "free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)})
         devices.append({"device": "cpu", **_host_memory()})
-        models = [{"model": Path(spec).name if spec else "bundled", "status": slot.status(), "placement": slot.plan()}
+        models = [{"model": Path(spec).name if spec else "bundled", "status": slot.status(), "placement": slot.plan(),
+                   "batching": [s.status() for s in slot.schedulers]}
                   for spec, slot in list(self.models.items())]
         models += [{"model": Path(spec).name, "kind": "MusicGen", "status": slot.status()}
                    for spec, slot in list(self.audio_models.items())]

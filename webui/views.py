@@ -103,9 +103,15 @@ def system_tables(info: dict) -> tuple[list[list], list[list], str]:
     """The System page: devices, models, and one line on the work going on."""
     devices = [[d.get("device", ""), d.get("name", ""), d.get("free_gib", ""), d.get("total_gib", "")]
                for d in info.get("devices", [])]
-    models = [[m.get("model", ""), m.get("kind", "NotaGen-style"), m.get("status", ""), m.get("placement") or ""]
-              for m in info.get("models", [])]
+    models = [[m.get("model", ""), m.get("kind", "NotaGen-style"), m.get("status", ""), m.get("placement") or "",
+               _batching(m.get("batching") or [])] for m in info.get("models", [])]
     waiting = info.get("waiting_in_queue")
     line = (f"{info.get('running', 0)} piece(s) being made now; at most {info.get('concurrency', '?')} at once per "
             f"model; {'' if waiting is None else f'{waiting} waiting; '}the queue holds {info.get('queue_size', '?')}.")
     return devices, models, line
+
+
+def _batching(copies: list[dict]) -> str:
+    """Each copy's batch: rows in use, requests waiting, patches per second."""
+    return "; ".join(f"{c['rows_in_use']}/{c['max_batch']} rows, {c['waiting_requests']} waiting, "
+                     f"{c['patches_per_s']} patches/s" for c in copies)

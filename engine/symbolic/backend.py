@@ -33,22 +33,24 @@ class FastBackend:
         self.patch_caches = model.patch_level_decoder.base.new_caches(rows, cfg.patch_length, dev, dt)
         self.char_caches = model.char_level_decoder.base.transformer.new_caches(rows, cfg.patch_size + 1, dev, dt)
         self.rows: list[PieceState] = []  # cache row i holds self.rows[i]
-        self.cached: dict[int, tuple[tuple, int]] = {}  # piece index -> (its cache_version, patches in cache)
+        self.cached: dict[int, tuple[tuple, int]] = {}  # piece uid -> (its cache_version, patches in cache)
         # Early exit from a patch needs a host sync per character: worth it on CPU, where the
         # skipped compute is the cost, not on a GPU, where the sync is.
         self.early_exit = model.device.type == "cpu"
 
     def retain(self, active: list[PieceState]) -> None:
-        """Drops the cache rows of pieces that ended (active keeps the order of self.rows)."""
-        if not self.rows:
-            self.rows = list(active)
-        if [s.index for s in active] == [s.index for s in self.rows]:
+        """Cache rows follow `active`: the rows of pieces that ended go (their compute stops), and a
+        piece that joined (continuous batching, engine.symbolic.scheduler) gets an empty row that
+        encode() prefills. Pieces are named by uid: index is only their place in their request."""
+        if [s.uid for s in active] == [s.uid for s in self.rows]:
             return
-        where = {s.index: i for i, s in enumerate(self.rows)}
-        keep = torch.tensor([where[s.index] for s in active], device=self.model.device)
+        where = {s.uid: i for i, s in enumerate(self.rows)}
+        source = [where.get(s.uid, -1) for s in active]
         for c in self.patch_caches:
-            c.keep_rows(keep)
+            c.take_rows(source)
         self.rows = list(active)
+        alive = {s.uid for s in active}
+        self.cached = {uid: v for uid, v in self.cached.items() if uid in alive}
 
     def encode(self, states: list[PieceState]) -> torch.Tensor:
         """Hidden state of each piece's last full patch: (rows, hidden)."""
@@ -57,7 +59,7 @@ class FastBackend:
         hidden: list[torch.Tensor | None] = [None] * len(states)
         stepping = []
         for r, s in enumerate(states):
-            version, n = self.cached.get(s.index, (None, -1))
+            version, n = self.cached.get(s.uid, (None, -1))
             # n >= len(context) after a line was taken back: the cache still holds the kept
             # patches' keys and values, and the step rewrites the last one's in place.
             if version == s.cache_version and n >= len(s.context) - 1:
@@ -65,7 +67,7 @@ class FastBackend:
             else:
                 ids = torch.tensor(s.context, device=dev)[None]  # (1, n, patch_size)
                 hidden[r] = self.model.patch_level_decoder(ids, self.patch_caches, r)[0, -1]
-            self.cached[s.index] = (s.cache_version, len(s.context))
+            self.cached[s.uid] = (s.cache_version, len(s.context))
         if stepping:
             out = self._step([states[r] for r in stepping], stepping)
             for j, r in enumerate(stepping):

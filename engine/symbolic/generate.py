@@ -53,11 +53,12 @@ def stream(model: NotaGenModel, requests: list[PieceRequest],
         if not active:
             return
         with torch.inference_mode():
-            events = list(_step(stages, active))
+            events = [ev for _, ev in step(stages, active)]
         yield from events
 
 
-def _step(backend: Backend, active: list[PieceState]) -> Iterator[PatchEvent]:
+def step(backend: Backend, active: list[PieceState]) -> Iterator[tuple[PieceState, PatchEvent]]:
+    """One step of every active piece: stages 1-3; -> (piece, its event) for each patch accepted."""
     hidden = backend.encode(active)
     patches = backend.sample(hidden, active, [s.next_prefix() for s in active])
     # NotaGen numbers the first tune-body line 0: when a piece's first tune-body patch appears,
@@ -73,7 +74,7 @@ def _step(backend: Backend, active: list[PieceState]) -> Iterator[PatchEvent]:
     for s, ids in zip(active, patches):
         event = s.accept(ids)
         if event is not None:
-            yield event
+            yield s, event
 
 
 def generate(model: NotaGenModel, requests: list[PieceRequest],

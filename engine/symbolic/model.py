@@ -115,11 +115,13 @@ class KVCache:
         pad = self.k.new_zeros(self.k.shape[0], self.k.shape[1], grow, self.k.shape[3])
         self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Drops the rows of finished pieces so they stop costing compute."""
-        rows = rows.to(self.k.device)
-        self.k = self.k.index_select(0, rows)
-        self.v = self.v.index_select(0, rows)
+    def take_rows(self, source: list[int]) -> None:
+        """Row i becomes old row source[i], or an empty (zero) row where source[i] is -1."""
+        index = torch.tensor([max(i, 0) for i in source], device=self.k.device)
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        empty = torch.tensor([i < 0 for i in source], device=self.k.device)
+        if bool(empty.any()):
+            self.k[empty], self.v[empty] = 0, 0
 
 
 class Attention(nn.Module):

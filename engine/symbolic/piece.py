@@ -3,6 +3,7 @@ points it can return to (Mark), and what it reports (PatchEvent while written, P
 The retry rules that decide to take text back live in engine.symbolic.retries."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, t
 from engine.symbolic.sampling import SamplingSettings
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
+_UIDS = itertools.count()  # a piece's name in a backend's caches, unique in the process (index is per request)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class PieceState:
 
     def __init__(self, index: int, req: PieceRequest, patch_length: int, patch_size: int, device):
         self.index, self.req = index, req
+        self.uid = next(_UIDS)
         self.patch_length, self.patch_size = patch_length, patch_size
         self.prompt_text = "".join(req.prompt.lines())
         self.text = self.prompt_text + req.prefix
@@ -269,7 +272,7 @@ class PieceState:
         return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
 
     def begin_tunebody(self) -> None:
-        """The patch being written starts the tune body (generate._step forced its "[r:0/")."""
+        """The patch being written starts the tune body (generate.step forced its "[r:0/")."""
         self.in_tunebody = True
 
     def mark_line(self) -> None:

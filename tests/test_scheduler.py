@@ -1,0 +1,167 @@
+"""Continuous batching (engine.symbolic.scheduler) with tiny random models: pieces admitted into a
+running batch, in order, each writing exactly what it writes alone under greedy decoding (also
+across a context reset and with bar retries), cancel of one row, bounds per row, a step fault,
+the max_wait refusal."""
+import threading
+import time
+
+import pytest
+
+from conftest import BACH, tiny_model
+from engine.errors import CadenzaError
+from engine.symbolic.backend import FastBackend
+from engine.symbolic.generate import PatchEvent, Piece, PieceRequest, generate
+from engine.symbolic.prompts import Prompt
+from engine.symbolic.sampling import SamplingSettings
+from engine.symbolic.scheduler import Scheduler, Waiting
+
+GREEDY = SamplingSettings(top_k=1, top_p=1.0, temperature=1.0)
+OTHER = Prompt("Classical", "Mozart, Wolfgang Amadeus", "Keyboard")
+HEADER = "%%score { 1 | 2 }\nL:1/8\nM:4/4\nK:G\nV:1 treble\nV:2 bass\n"
+BODY = "".join(f"[r:{i}/{19 - i}][V:1]GABc d2 B2|[V:2]G,,2 D,2 G,2 B,,2|\n" for i in range(20))
+
+
+@pytest.fixture
+def model():
+    return tiny_model(patch_length=48, patch_layers=1, char_layers=1, hidden=64, seed=7)
+
+
+@pytest.fixture
+def scheduler(model):
+    s = Scheduler(model, max_batch=4, max_wait_s=30)
+    yield s
+    s.close()
+
+
+def alone(model, req: PieceRequest) -> Piece:
+    return generate(model, [req])[0]
+
+
+def events_until(job, n: int):
+    """Reads a job's first n patch events -> its iterator, still open (closing it would cancel
+    the job, as a closed tab does)."""
+    it = iter(job)
+    got = 0
+    while got < n:  # bounded: the job yields n patch events or ends (StopIteration)
+        got += isinstance(next(it), PatchEvent)
+    return it
+
+
+def test_a_piece_joins_a_running_batch_and_writes_what_it_writes_alone(model, scheduler):
+    first = PieceRequest(OTHER, seed=1, sampling=GREEDY, max_patches=30, stop_at_eos=False)
+    late = PieceRequest(BACH, seed=2, sampling=GREEDY, max_patches=30, prefix=HEADER + BODY[:300], bar_retries=2)
+    a = scheduler.submit([first])
+    it = iter(a)
+    seen = [next(e for e in it if isinstance(e, PatchEvent)) for _ in range(5)]  # the batch is running
+    b = scheduler.submit([late])
+    (b_piece,) = b.result()
+    a_rest = list(it)
+    assert isinstance(a_rest[-1], Piece) and a_rest[-1].patches == 30  # a went on while b ran beside it
+    assert sum(isinstance(e, PatchEvent) for e in a_rest) > 0 and seen
+    assert b_piece.text == alone(model, late).text  # admitted mid-batch, the same text
+    assert a.pieces[0].text == alone(model, first).text
+
+
+def test_across_a_context_reset_a_batched_piece_equals_the_piece_alone(model, scheduler):
+    reset = PieceRequest(BACH, seed=3, sampling=GREEDY, max_patches=100, prefix=HEADER + BODY)
+    other = PieceRequest(OTHER, seed=4, sampling=GREEDY, max_patches=30, stop_at_eos=False)
+    jobs = [scheduler.submit([other]), scheduler.submit([reset])]
+    (_,), (piece,) = (j.result() for j in jobs)
+    assert piece.context_resets >= 1
+    assert piece.text == alone(model, reset).text
+
+
+def test_variations_are_rows_and_the_line_is_first_come_first_served(model):
+    s = Scheduler(model, max_batch=2, max_wait_s=60)
+    try:
+        reqs = [PieceRequest(BACH, seed=i, max_patches=20, stop_at_eos=False) for i in range(3)]
+        first = s.submit(reqs)  # three variations, two rows: the third waits for a row
+        second = s.submit([PieceRequest(OTHER, seed=9, max_patches=5, stop_at_eos=False)])
+        assert second.position() in (1, 2)
+        pieces = first.result()
+        assert [p.index for p in pieces] == [0, 1, 2] and all(p.patches == 20 for p in pieces)
+        assert [p.seed for p in pieces] == [0, 1, 2]
+        assert second.result()[0].patches == 5
+        for p, r in zip(pieces, reqs):  # sampled, not greedy: the seed still decides alone
+            assert p.text == alone(model, r).text
+    finally:
+        s.close()
+
+
+def test_cancelling_one_job_stops_its_rows_within_a_patch_and_leaves_the_others(model, scheduler):
+    keep = PieceRequest(BACH, seed=5, sampling=GREEDY, max_patches=30, stop_at_eos=False)
+    stop = PieceRequest(OTHER, seed=6, max_patches=40, stop_at_eos=False)
+    kept, stopped = scheduler.submit([keep]), scheduler.submit([stop])
+    reading = events_until(stopped, 3)
+    stopped.cancel()
+    (piece,) = [e for e in reading if isinstance(e, Piece)]
+    assert piece.stop_reason == "cancelled" and piece.patches < 30
+    n = piece.patches
+    time.sleep(0.3)
+    assert stopped.pieces[0].patches == n  # its compute stopped
+    assert kept.result()[0].text == alone(model, keep).text
+
+
+def test_each_row_keeps_its_own_bounds(model, scheduler):
+    jobs = [scheduler.submit([PieceRequest(BACH, seed=i, max_patches=n, stop_at_eos=False)])
+            for i, n in enumerate([3, 11, 7])]
+    assert [j.result()[0].patches for j in jobs] == [3, 11, 7]
+
+
+class FailOnce(FastBackend):
+    fail = True
+
+    def sample(self, *args, **kwargs):
+        if FailOnce.fail:
+            FailOnce.fail = False
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().sample(*args, **kwargs)
+
+
+def test_a_fault_in_a_step_fails_that_steps_requests_clearly_and_the_scheduler_goes_on(model):
+    FailOnce.fail = True
+    s = Scheduler(model, max_batch=4, backend=FailOnce)
+    try:
+        job = s.submit([PieceRequest(BACH, seed=1, max_patches=10)])
+        with pytest.raises(CadenzaError, match="ran out of memory.*the model stays loaded"):
+            job.result()
+        again = s.submit([PieceRequest(BACH, seed=1, max_patches=10, stop_at_eos=False)])
+        assert again.result()[0].patches == 10
+        assert s.status()["rows_in_use"] == 0
+    finally:
+        s.close()
+
+
+def test_a_request_that_finds_no_row_within_max_wait_is_told_the_server_is_busy(model):
+    s = Scheduler(model, max_batch=1, max_wait_s=0.5)
+    try:
+        long = s.submit([PieceRequest(BACH, seed=1, max_patches=4000, max_seconds=30, prefix=HEADER + BODY,
+                                      stop_at_eos=False)])  # long: it goes on past context resets
+        reading = events_until(long, 2)
+        late = s.submit([PieceRequest(BACH, seed=2, max_patches=5)])
+        waiting = []
+        with pytest.raises(CadenzaError, match="server is busy"):
+            for ev in late:
+                if isinstance(ev, Waiting):
+                    waiting.append(ev.position)
+        long.cancel()
+        assert any(isinstance(e, Piece) and e.stop_reason == "cancelled" for e in reading)
+    finally:
+        s.close()
+
+
+def test_many_threads_submit_at_once_and_every_piece_is_its_own(model, scheduler):
+    reqs = [PieceRequest(BACH if i % 2 else OTHER, seed=i, sampling=GREEDY, max_patches=12 + i) for i in range(8)]
+    out: dict[int, str] = {}
+
+    def one(i):
+        out[i] = scheduler.submit([reqs[i]]).result()[0].text
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(out) == list(range(8))
+    for i, r in enumerate(reqs):
+        assert out[i] == alone(model, r).text
