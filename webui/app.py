@@ -286,7 +286,9 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.music_key = gr.Textbox(value="", label="Key", placeholder="the model's (D, Bb, F#m)", min_width=130)
             ui.meter = gr.Textbox(value="", label="Metre", placeholder="the model's (3/4, 6/8)", min_width=130)
             ui.tempo = gr.Textbox(value="", label="Tempo (quarter =)", placeholder="the model's tempo", min_width=130)
-            ui.variations = gr.Slider(1, config.max_variations, value=1, step=1, label="Variations", min_width=200)
+            # (a slider needs two ends: a server allowing one variation shows it fixed at 1)
+            ui.variations = gr.Slider(1, max(2, config.max_variations), value=1, step=1, label="Variations",
+                                      min_width=200, interactive=config.max_variations > 1)
             ui.seed = gr.Textbox(value="", label="Seed", placeholder="random", min_width=130)
         with gr.Row():
             ui.generate = gr.Button("Generate", variant="primary")
