@@ -123,3 +123,14 @@ def test_the_audio_page_says_before_any_click_when_musicgen_weights_are_missing(
     assert here.audio_weights_missing() is None
     allowed = Studio(StudioConfig(outputs=str(tmp_path / "c"), allow_downloads=("*",)))
     assert allowed.audio_weights_missing() is None  # it will be downloaded on first use
+
+
+def test_the_system_tables_say_each_copys_batch():
+    info = {"devices": [{"device": "cpu", "free_gib": 20.0, "total_gib": 24.0}],
+            "models": [{"model": "bundled", "status": "ready", "placement": None,
+                        "batching": [{"rows_in_use": 3, "max_batch": 8, "waiting_requests": 2, "patches_per_s": 41.5}]}],
+            "running": 5, "concurrency": 40, "queue_size": 32, "waiting_in_queue": 0}
+    devices, models, line = views.system_tables(info)
+    assert devices == [["cpu", "", 20.0, 24.0]]
+    assert models[0][-1] == "3/8 rows, 2 waiting, 41.5 patches/s"
+    assert "5 piece(s) being made now" in line

@@ -106,8 +106,9 @@ def system_tables(info: dict) -> tuple[list[list], list[list], str]:
     models = [[m.get("model", ""), m.get("kind", "NotaGen-style"), m.get("status", ""), m.get("placement") or "",
                _batching(m.get("batching") or [])] for m in info.get("models", [])]
     waiting = info.get("waiting_in_queue")
-    line = (f"{info.get('running', 0)} piece(s) being made now; at most {info.get('concurrency', '?')} at once per "
-            f"model; {'' if waiting is None else f'{waiting} waiting; '}the queue holds {info.get('queue_size', '?')}.")
+    line = (f"{info.get('running', 0)} piece(s) being made now (every user's scores in one batch per model copy: "
+            f"see its rows below); {'' if waiting is None else f'{waiting} waiting in the queue; '}"
+            f"the queue holds {info.get('queue_size', '?')}.")
     return devices, models, line
 
 
