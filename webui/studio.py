@@ -304,7 +304,8 @@ class Studio:
         return api.PlacementOptions(devices, c.placement, c.max_memory, batch)
 
     def _load_placed(self, spec: str | None, device: str):
-        return api.load_placed(spec, self._placement(self.config.max_variations))
+        # the KV caches are planned for the whole batch: every row of every user at once
+        return api.load_placed(spec, self._placement(max(self.config.max_batch, self.config.max_variations)))
 
     def _load_audio_placed(self, spec: str | None, device: str, local_only: bool = True):
         return api.load_audio_model(spec, options=self._placement(1), local_only=local_only)
