@@ -165,3 +165,22 @@ def test_many_threads_submit_at_once_and_every_piece_is_its_own(model, scheduler
     assert sorted(out) == list(range(8))
     for i, r in enumerate(reqs):
         assert out[i] == alone(model, r).text
+
+
+def test_an_idle_worker_ends_and_the_next_request_starts_one(model, monkeypatch):
+    """An idle worker thread ends (its OpenMP team with it: idle teams slowed the busy one 3x on
+    2 cores); the next request starts a new one and is written as before."""
+    from engine.symbolic import scheduler as sched_mod
+
+    monkeypatch.setattr(sched_mod, "IDLE_EXIT_S", 0.2)
+    s = Scheduler(model, max_batch=2, name="idle-test")
+    try:
+        req = PieceRequest(BACH, seed=3, sampling=GREEDY, max_patches=8, stop_at_eos=False)
+        first = s.submit([req]).result()[0].text
+        deadline = time.monotonic() + 5
+        while s._worker and time.monotonic() < deadline:  # bounded
+            time.sleep(0.05)
+        assert not s._worker and not any(t.name == "scheduler-idle-test" for t in threading.enumerate())
+        assert s.submit([req]).result()[0].text == first
+    finally:
+        s.close()

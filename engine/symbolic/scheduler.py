@@ -36,6 +36,10 @@ from engine.symbolic.piece import PatchEvent, Piece, PieceRequest, PieceState
 log = logging.getLogger("cadenza.scheduler")
 
 IDLE_WAIT_S = 0.5  # how long the idle worker sleeps between looks at the waiting line (it is woken on submit)
+# An idle worker ends after this long and submit() starts a new one: a live thread that has run
+# torch keeps its own OpenMP thread team, and on a small CPU the teams of idle workers (another
+# model's, another studio's) were measured to make the busy one 3x slower.
+IDLE_EXIT_S = 5.0
 WAITING_EVERY_S = 1.0  # a waiting job reports its place in line this often
 
 
@@ -138,8 +142,8 @@ class Scheduler:
         self.running = 0  # rows in use (read by status())
         self.patches = 0  # patches written since start (for patches/s)
         self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
-        self._thread.start()
+        self.name = name
+        self._worker = False  # a worker thread is running (started on demand, ends when idle)
 
     # --- from any thread ------------------------------------------------------------------------
     def submit(self, requests: list[PieceRequest]) -> Job:
@@ -150,6 +154,9 @@ class Scheduler:
             if self._closed:
                 raise CadenzaError("the model is shutting down: try again when it is back")
             self._waiting.extend((job, i) for i in range(len(requests)))
+            if not self._worker:
+                self._worker = True
+                threading.Thread(target=self._run, name=f"scheduler-{self.name}", daemon=True).start()
             self._lock.notify()
         return job
 
@@ -170,24 +177,33 @@ class Scheduler:
                 "patches_per_s": round(self.patches / seconds, 2)}
 
     def close(self, timeout: float = 10.0) -> None:
+        """No new work; the worker ends once its running pieces have (waits at most `timeout`)."""
         with self._lock:
             self._closed = True
             self._lock.notify()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._worker and time.monotonic() < deadline:  # bounded by the timeout
+            time.sleep(0.02)
 
     # --- the worker -----------------------------------------------------------------------------
     def _run(self) -> None:
         backend, active, owner = None, [], {}
-        while True:  # bounded by close(); idle, it waits on the condition
+        idle_since = time.monotonic()
+        while True:  # bounded by close() and by IDLE_EXIT_S without work; idle, it waits on the condition
             with self._lock:
                 if self._closed and not active:
                     self._fail_waiting("the model is shutting down: try again when it is back")
+                    self._worker = False
                     return
                 self._refuse_overdue()
                 admitted = self._admit(active)
                 if not active and not admitted:
+                    if not self._waiting and time.monotonic() - idle_since > IDLE_EXIT_S:
+                        self._worker = False  # submit() starts a new worker (fresh caches)
+                        return
                     self._lock.wait(IDLE_WAIT_S)
                     continue
+                idle_since = time.monotonic()
             for s, job in admitted:
                 owner[s.uid] = job
                 active.append(s)
