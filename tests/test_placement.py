@@ -218,10 +218,10 @@ def test_requests_go_to_the_least_loaded_copy():
     a, b = object(), object()
     slot = ModelSlot("m", "auto", loader=lambda spec, device: [a, b]).start()
     slot.get()
-    first, second = slot.checkout(), slot.checkout()
-    assert {first, second} == {a, b}
+    (first, s1), (second, s2) = slot.checkout(), slot.checkout()  # (copy, its scheduler: none without batching)
+    assert {first, second} == {a, b} and s1 is s2 is None
     slot.checkin(a)
-    assert slot.checkout() is a and slot.busy == [1, 1]
+    assert slot.checkout()[0] is a and slot.busy == [1, 1]
 
 
 def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_path, monkeypatch):
