@@ -168,10 +168,6 @@ def _history_rows(studio: Studio, key: str) -> list[list]:
     return views.history_rows(studio.history(key))
 
 
-def _history_ids(studio: Studio, key: str) -> list[str]:
-    return [r.id for r in studio.history(key)]
-
-
 def _identity(r) -> dict:
     """What the page keeps of the open piece (gr.State): enough to continue, render, transpose or
     write it again as the piece it is."""
@@ -186,6 +182,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     first = Path(pages[0]).read_text() if pages else None
     wav = o.paths("wav")
     r = o.record
+    records = studio.history(key)  # read once: the table and its ids
     seed_info = views.seed_line(r) or (
         "" if r.prompt else "This score has no style of its own: Continue and Rewrite write it as the Period, "
                             "Composer and Instrumentation chosen above.")
@@ -193,7 +190,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
              ui.audio: _servable(wav[0]) if wav else None, ui.downloads: [_servable(p) for p in o.downloads()],
-             ui.history: _history_rows(studio, key), ui.history_ids: _history_ids(studio, key),
+             ui.history: views.history_rows(records), ui.history_ids: [h.id for h in records],
              ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
     if siblings is not None:
         shown |= _cards(ui, siblings)
@@ -491,7 +488,8 @@ def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, dem
     def init(k, work):
         if not valid_key(k):
             k = secrets.token_urlsafe(24)
-        shown = {ui.key: k, ui.history: _history_rows(studio, k), ui.history_ids: _history_ids(studio, k),
+        records = studio.history(k)
+        shown = {ui.key: k, ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records],
                  ui.status: public(studio.model(None).status())}
         return shown | _reopen(k, work)
 

@@ -227,26 +227,29 @@ class Scheduler:
 
     def _admit(self, active: list[PieceState]) -> list[tuple[PieceState, Job]]:
         """Waiting pieces into free rows, in order (called with the lock held). A cancelled job's
-        pieces end without taking a row."""
-        cfg, out = self.model.config, []
+        pieces end without taking a row, whether at the head of the line or further back."""
+        out = []
         while self._waiting and len(active) + len(out) < self.max_batch:
             job, i = self._waiting.popleft()
-            s = PieceState(i, job.requests[i], cfg.patch_length, cfg.patch_size, self.model.device)
-            job._admitted += 1
-            if job.cancelled:
-                s.stop_reason = "cancelled"
-                job._put(s.result())
-                continue
-            out.append((s, job))
-        # a cancelled job still waiting ends now too (it would otherwise hold its place)
-        for job in {j for j, _ in self._waiting if j.cancelled}:
-            for j, i in [w for w in self._waiting if w[0] is job]:
-                self._waiting.remove((j, i))
-                s = PieceState(i, j.requests[i], cfg.patch_length, cfg.patch_size, self.model.device)
-                s.stop_reason = "cancelled"
-                j._admitted += 1
-                j._put(s.result())
+            s = self._start(job, i)
+            if s.stop_reason is None:
+                out.append((s, job))
+        cancelled = [w for w in self._waiting if w[0].cancelled]
+        if cancelled:
+            self._waiting = collections.deque(w for w in self._waiting if not w[0].cancelled)
+            for job, i in cancelled:
+                self._start(job, i)
         return out
+
+    def _start(self, job: Job, i: int) -> PieceState:
+        """Piece i of a job as a PieceState; a cancelled job's piece ends at once, with no row."""
+        cfg = self.model.config
+        s = PieceState(i, job.requests[i], cfg.patch_length, cfg.patch_size, self.model.device)
+        job._admitted += 1
+        if job.cancelled:
+            s.stop_reason = "cancelled"
+            job._put(s.result())
+        return s
 
     def _end_finished(self, active: list[PieceState], owner: dict) -> list[PieceState]:
         for s in active:
