@@ -1,7 +1,9 @@
 """Fast (KV-cached, batched) generation against NotaGen's original algorithm (`reference` mode).
 
 Same random weights, prompt, seed and sampling settings for both; a fixed number of patches
-(the end-of-piece patch does not stop a run). Each measurement runs in its own process so the
+(the end-of-piece patch does not stop a run). Each path is also set against the memory floor:
+the bytes of weights a patch reads (the patch decoder once, the character decoder once per
+character step) over the bandwidth measured in the same run for tensors of each decoder's size. Each measurement runs in its own process so the
 peak memory is its own. Prints a table, then one JSON line.
 
     python -m bench.notagen_speed                      # CPU: NotaGen-small size, 256 patches, fp32
@@ -53,10 +55,57 @@ def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype:
             "text": pieces[0].text}
 
 
+def decoder_bytes(size: str, dtype: str) -> tuple[int, int]:
+    """Bytes of weights one patch step reads from the patch decoder, and one character step from
+    the character decoder: their blocks and final norms, the rows of the embeddings a step uses
+    (16 columns of the patch embedding, one position) and the character head."""
+    from engine.symbolic.config import PRESETS
+
+    cfg, width = PRESETS[size], {"fp32": 4, "bf16": 2}[dtype]
+    h = cfg.hidden_size
+    block = 12 * h * h + 13 * h
+    patch = cfg.patch_num_layers * block + 2 * h + (cfg.patch_size + 1) * h + h
+    char = cfg.char_num_layers * block + 2 * h + cfg.vocab_size * h + 2 * h
+    return patch * width, char * width
+
+
+def bandwidth(nbytes: int, device: str, repeats: int = 10) -> float:
+    """Bytes per second reading a tensor of `nbytes` (best of `repeats` sums, after one warm-up):
+    what a decoder of that size can be read at, caches included."""
+    import torch
+
+    x = torch.ones(max(1, nbytes // 4), device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best
+
+
+def floor_ms(size: str, dtype: str, device: str, steps_per_patch: float) -> dict:
+    """The memory floor of one patch: the patch decoder read once, the character decoder once per
+    character step, at the bandwidth measured for tensors of each decoder's size."""
+    patch, char = decoder_bytes(size, dtype)
+    bw_patch, bw_char = bandwidth(patch, device), bandwidth(char, device)
+    ms = 1000 * (patch / bw_patch + steps_per_patch * char / bw_char)
+    return {"floor_ms_per_patch": ms, "patch_decoder_bytes": patch, "char_decoder_bytes": char,
+            "bandwidth_patch_gb_s": bw_patch / 1e9, "bandwidth_char_gb_s": bw_char / 1e9,
+            "char_steps_per_patch": steps_per_patch}
+
+
 def in_child(*args) -> dict:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(run_case, args)
+
+
+def in_child_floor(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(floor_ms, args)
 
 
 def main() -> None:
@@ -78,24 +127,32 @@ def main() -> None:
     batched = in_child(args.size, "fast", args.patches, args.batch, args.device, args.dtype, args.seed) if args.batch > 1 else None
 
     rows = [r for r in (ref, fast, batched) if r]
+    # a character step per character written, and one for the eos that ends the patch (at most 16)
+    steps = min(16.0, fast["chars"] / fast["patches"] + 1)
+    floor = in_child_floor(args.size, args.dtype, args.device, steps)
     print(f"NotaGen generation speed: {args.size}, {args.patches} patches, {args.dtype} on {args.device}")
-    print(f"{'mode':10s} {'batch':>5s} {'patches/s':>10s} {'chars/s':>9s} {'ms/patch':>9s} {'peak MiB':>9s}")
+    print(f"floor: {floor['floor_ms_per_patch']:.2f} ms per patch step ({floor['char_steps_per_patch']:.1f} character "
+          f"steps; {floor['bandwidth_patch_gb_s']:.1f} and {floor['bandwidth_char_gb_s']:.1f} GB/s measured)")
+    print(f"{'mode':10s} {'batch':>5s} {'patches/s':>10s} {'chars/s':>9s} {'ms/patch':>9s} {'x floor':>8s} {'peak MiB':>9s}")
     for r in rows:
+        r["x_floor"] = r["ms_per_patch"] / floor["floor_ms_per_patch"]
         print(f"{r['mode']:10s} {r['batch']:5d} {r['patches_per_s']:10.2f} {r['chars_per_s']:9.1f} "
-              f"{r['ms_per_patch']:9.2f} {r['peak_bytes'] / 2**20:9.0f}")
+              f"{r['ms_per_patch']:9.2f} {r['x_floor']:8.2f} {r['peak_bytes'] / 2**20:9.0f}")
     result = {"bench": "notagen_speed", "size": args.size, "patches": args.patches, "device": args.device,
               "device_name": torch.cuda.get_device_name(0) if gpu and args.device.startswith("cuda") else "cpu",
               "dtype": args.dtype, "fast_patches_per_s": fast["patches_per_s"], "fast_ms_per_patch": fast["ms_per_patch"],
               "fast_chars_per_s": fast["chars_per_s"], "fast_peak_bytes": fast["peak_bytes"],
-              "fast_packed_linears": fast["packed"]}
+              "fast_packed_linears": fast["packed"], "fast_x_floor": fast["x_floor"]} | floor
     if ref:
         result |= {"reference_patches_per_s": ref["patches_per_s"], "reference_chars_per_s": ref["chars_per_s"],
                    "reference_peak_bytes": ref["peak_bytes"], "speedup_fast_over_reference": ref["seconds"] / fast["seconds"],
-                   "same_text": ref["text"] == fast["text"]}
+                   "same_text": ref["text"] == fast["text"],
+                   "reference_ms_per_patch": ref["ms_per_patch"], "reference_x_floor": ref["x_floor"]}
         print(f"fast / reference: {result['speedup_fast_over_reference']:.2f}x (same text: {result['same_text']})")
     if batched:
         result |= {"batch": args.batch, "batch_patches_per_s": batched["patches_per_s"],
-                   "batch_throughput_ratio": batched["patches_per_s"] / fast["patches_per_s"]}
+                   "batch_throughput_ratio": batched["patches_per_s"] / fast["patches_per_s"],
+                   "batch_ms_per_step": batched["ms_per_patch"], "batch_x_floor": batched["x_floor"]}
         print(f"batch {args.batch} / batch 1 throughput: {result['batch_throughput_ratio']:.2f}x")
     print(json.dumps(result))
 
