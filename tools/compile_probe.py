@@ -5,7 +5,7 @@ kept so the next step starts from the measured prototype.
     PYTHONPATH=. .venv/bin/python tools/compile_probe.py bf16 1 freeze
 """
 import torch, time, sys
-import torch.nn.functional as F
+
 from engine.symbolic.config import PRESETS
 from engine.symbolic.model import NotaGenModel
 torch.set_num_threads(2)
