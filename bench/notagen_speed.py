@@ -3,8 +3,8 @@
 Same random weights, prompt, seed and sampling settings for both; a fixed number of patches
 (the end-of-piece patch does not stop a run). Each path is also set against the memory floor:
 the bytes of weights a patch reads (the patch decoder once, the character decoder once per
-character step) over the bandwidth measured in the same run for tensors of each decoder's size. Each measurement runs in its own process so the
-peak memory is its own. Prints a table, then one JSON line.
+character step) over the bandwidth measured in the same run for tensors of each decoder's size.
+Each measurement runs in its own process so the peak memory is its own. Prints a table, then one JSON line.
 
     python -m bench.notagen_speed                      # CPU: NotaGen-small size, 256 patches, fp32
     python -m bench.notagen_speed --dtype bf16         # CPU: the same in bf16 (oneDNN-packed linears when the CPU has native bf16)
@@ -62,8 +62,7 @@ def decoder_bytes(size: str, dtype: str) -> tuple[int, int]:
     from engine.symbolic.config import PRESETS
 
     cfg, width = PRESETS[size], {"fp32": 4, "bf16": 2}[dtype]
-    h = cfg.hidden_size
-    block = 12 * h * h + 13 * h
+    h, block = cfg.hidden_size, cfg.block_parameters()
     patch = cfg.patch_num_layers * block + 2 * h + (cfg.patch_size + 1) * h + h
     char = cfg.char_num_layers * block + 2 * h + cfg.vocab_size * h + 2 * h
     return patch * width, char * width
@@ -96,16 +95,11 @@ def floor_ms(size: str, dtype: str, device: str, steps_per_patch: float) -> dict
             "char_steps_per_patch": steps_per_patch}
 
 
-def in_child(*args) -> dict:
+def in_child(fn, *args) -> dict:
+    """fn(*args) in a fresh process: its peak memory and its threads are its own."""
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(run_case, args)
-
-
-def in_child_floor(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(floor_ms, args)
+        return pool.apply(fn, args)
 
 
 def main() -> None:
@@ -122,14 +116,14 @@ def main() -> None:
     p.add_argument("--skip-reference", action="store_true")
     args = p.parse_args()
 
-    fast = in_child(args.size, "fast", args.patches, 1, args.device, args.dtype, args.seed)
-    ref = None if args.skip_reference else in_child(args.size, "reference", args.patches, 1, args.device, args.dtype, args.seed)
-    batched = in_child(args.size, "fast", args.patches, args.batch, args.device, args.dtype, args.seed) if args.batch > 1 else None
+    fast = in_child(run_case, args.size, "fast", args.patches, 1, args.device, args.dtype, args.seed)
+    ref = None if args.skip_reference else in_child(run_case, args.size, "reference", args.patches, 1, args.device, args.dtype, args.seed)
+    batched = in_child(run_case, args.size, "fast", args.patches, args.batch, args.device, args.dtype, args.seed) if args.batch > 1 else None
 
     rows = [r for r in (ref, fast, batched) if r]
     # a character step per character written, and one for the eos that ends the patch (at most 16)
     steps = min(16.0, fast["chars"] / fast["patches"] + 1)
-    floor = in_child_floor(args.size, args.dtype, args.device, steps)
+    floor = in_child(floor_ms, args.size, args.dtype, args.device, steps)
     print(f"NotaGen generation speed: {args.size}, {args.patches} patches, {args.dtype} on {args.device}")
     print(f"floor: {floor['floor_ms_per_patch']:.2f} ms per patch step ({floor['char_steps_per_patch']:.1f} character "
           f"steps; {floor['bandwidth_patch_gb_s']:.1f} and {floor['bandwidth_char_gb_s']:.1f} GB/s measured)")

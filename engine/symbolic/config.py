@@ -44,9 +44,14 @@ class NotaGenConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def block_parameters(self) -> int:
+        """One GPT-2 block: attn (4h^2 + 4h) + mlp (8h^2 + 5h) + 2 layer norms (4h)."""
+        h = self.hidden_size
+        return 12 * h * h + 13 * h
+
     def num_parameters(self) -> int:
         h, p = self.hidden_size, self.patch_size
-        block = 12 * h * h + 13 * h  # attn (4h^2 + 4h) + mlp (8h^2 + 5h) + 2 layer norms (4h)
+        block = self.block_parameters()
         patch = p * self.vocab_size * h + h + h + self.patch_length * h + self.patch_num_layers * block + 2 * h
         char = self.vocab_size * h + (p + 1) * h + self.char_num_layers * block + 2 * h
         return patch + char  # lm_head is tied to the char embedding

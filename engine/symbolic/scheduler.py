@@ -144,6 +144,7 @@ class Scheduler:
         self.started = time.monotonic()
         self.name = name
         self._worker = False  # a worker thread is running (started on demand, ends when idle)
+        self._thread: threading.Thread | None = None  # the latest worker, for close() to join
 
     # --- from any thread ------------------------------------------------------------------------
     def submit(self, requests: list[PieceRequest]) -> Job:
@@ -156,7 +157,8 @@ class Scheduler:
             self._waiting.extend((job, i) for i in range(len(requests)))
             if not self._worker:
                 self._worker = True
-                threading.Thread(target=self._run, name=f"scheduler-{self.name}", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name=f"scheduler-{self.name}", daemon=True)
+                self._thread.start()
             self._lock.notify()
         return job
 
@@ -181,9 +183,9 @@ class Scheduler:
         with self._lock:
             self._closed = True
             self._lock.notify()
-        deadline = time.monotonic() + timeout
-        while self._worker and time.monotonic() < deadline:  # bounded by the timeout
-            time.sleep(0.02)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     # --- the worker -----------------------------------------------------------------------------
     def _run(self) -> None:
