@@ -164,8 +164,10 @@ def _page_html(svg: str | None, page: int = 0, pages: int = 0) -> str:
     return f"{label}<div id='score-page'>{svg}</div>"
 
 
-def _history_rows(studio: Studio, key: str) -> list[list]:
-    return views.history_rows(studio.history(key))
+def _history(ui: SimpleNamespace, records: list) -> dict:
+    """The History table and the ids of its rows, always together: a row selected after the table
+    grew must name its own piece."""
+    return {ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records]}
 
 
 def _identity(r) -> dict:
@@ -182,7 +184,6 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     first = Path(pages[0]).read_text() if pages else None
     wav = o.paths("wav")
     r = o.record
-    records = studio.history(key)  # read once: the table and its ids
     seed_info = views.seed_line(r) or (
         "" if r.prompt else "This score has no style of its own: Continue and Rewrite write it as the Period, "
                             "Composer and Instrumentation chosen above.")
@@ -190,8 +191,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
              ui.audio: _servable(wav[0]) if wav else None, ui.downloads: [_servable(p) for p in o.downloads()],
-             ui.history: views.history_rows(records), ui.history_ids: [h.id for h in records],
-             ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
+             **_history(ui, studio.history(key)), ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
     if siblings is not None:
         shown |= _cards(ui, siblings)
     return shown
@@ -233,7 +233,7 @@ def _show_audio(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome) -> di
     """Everything the Audio page shows of a finished clip, by component."""
     return {ui.a_progress: _audio_summary(o), **dict(zip(ui.a_players, _audio_players(o))),
             ui.a_pictures: [_servable(p) for p in o.paths("png")], ui.a_files: [_servable(p) for p in o.downloads()],
-            ui.history: _history_rows(studio, key)}
+            **_history(ui, studio.history(key))}
 
 
 def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=AudioSettings.top_k, tp=AudioSettings.top_p,
@@ -488,9 +488,7 @@ def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, dem
     def init(k, work):
         if not valid_key(k):
             k = secrets.token_urlsafe(24)
-        records = studio.history(k)
-        shown = {ui.key: k, ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records],
-                 ui.status: public(studio.model(None).status())}
+        shown = {ui.key: k, **_history(ui, studio.history(k)), ui.status: public(studio.model(None).status())}
         return shown | _reopen(k, work)
 
     def _reopen(k, work) -> dict:
@@ -740,7 +738,7 @@ def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> No
                 o = item[0]
                 wavs = o.paths("wav")
                 yield {ui.perform_progress: _audio_summary(o), ui.perform_audio: _servable(wavs[0]) if wavs else None,
-                       ui.perform_files: [_servable(p) for p in o.downloads()], ui.history: _history_rows(studio, k)}
+                       ui.perform_files: [_servable(p) for p in o.downloads()], **_history(ui, studio.history(k))}
 
     ui.perform.click(run_perform, [ui.key, ui.abc, ui.style, ui.perform_model, ui.perform_seconds, ui.seed],
                      ui.perform_shown, api_visibility="private", concurrency_id="audio", concurrency_limit=1)
@@ -752,8 +750,7 @@ def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
     def listing(k) -> dict:
         records = studio.history(k)
         choices = [(f"{r.created.replace('T', ' ')[:16]} {r.title}", r.id) for r in records]
-        return {ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records],
-                ui.to_delete: gr.update(choices=choices, value=[]), ui.usage: studio.usage(k),
+        return {**_history(ui, records), ui.to_delete: gr.update(choices=choices, value=[]), ui.usage: studio.usage(k),
                 ui.picked: "", ui.picked_box: gr.update(visible=False)}
 
     @_session
@@ -847,8 +844,8 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
         ui.shown = [ui.abc, ui.live, ui.progress, ui.notes, ui.seed_info, ui.again, ui.printed, ui.pages, ui.page_no,
                     ui.audio, ui.downloads, ui.history, ui.history_ids, ui.piece_id, ui.current, ui.work,
                     ui.cards_row, ui.card_ids, ui.seed, *(x for c in ui.cards for x in (c.box, c.text, c.audio))]
-        ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history]
-        ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history]
+        ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history, ui.history_ids]
+        ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history, ui.history_ids]
         _wire_session(ui, config, studio, demo)
         _wire_model(ui, studio)
         _wire_compose(ui, config, studio)
