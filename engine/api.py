@@ -23,15 +23,15 @@ from engine.checks import whole
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
-from engine.render.convert import ConversionError, abc_to_musicxml
-from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, not_abc, render, render_file,  # noqa: F401
-                                    transpose, with_titles)
+from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, StageError, interleaved,  # noqa: F401
+                                    not_abc, render, render_file, transpose, with_titles)
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
-from engine.symbolic.abcformat import interleave, musicxml_to_abc, reduce_rests, xml_to_abc
+from engine.symbolic.abcformat import musicxml_to_abc, reduce_rests
 from engine.symbolic.checkpoint import LoadedModel, load_model
+from engine.symbolic.compiled import DECODE_MODES, resolve_decode  # noqa: F401 - part of the API
 from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
-from engine.symbolic.scheduler import Scheduler, Waiting  # noqa: F401 - part of the API
+from engine.symbolic.scheduler import Scheduler, Sharing, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, metre_bar, to_abc
 from engine.symbolic.prompts import known_prompt
@@ -117,14 +117,15 @@ def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
 
 def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.Event | None = None,
                    backend: Callable = FastBackend,
-                   scheduler: Scheduler | None = None) -> Iterator[PatchEvent | Composition | Waiting]:
+                   scheduler: Scheduler | None = None, owner: str = "") -> Iterator[PatchEvent | Composition | Waiting]:
     """Writes the request's variations in one batch, yielding a PatchEvent per patch and a
     Composition as each piece ends. The seed used is in every result (request.seeded() draws one
     when none was given: call it first to know it before the pieces end). Setting `cancel`, or
     closing the iterator, stops the batch within a patch. backend: FastBackend, or
     ReferenceBackend for NotaGen's own algorithm (tests and benchmarks). With a `scheduler` (a
     server's, see engine.symbolic.scheduler) the pieces join its running batch with everyone
-    else's, and Waiting(position) comes while they wait for a row."""
+    else's, and Waiting(position, reason) comes while they wait for a row; `owner` names the
+    session, whose rows are shared fairly with other sessions'."""
     request = request.seeded()
     prompt, warnings = known_prompt(request.prompt, lm.prompts)
     pieces = [PieceRequest(prompt, seed=request.seed + i, sampling=request.sampling, max_patches=request.max_patches,
@@ -133,7 +134,7 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            header_retries=request.header_retries,
                            bar_rules=_bar_rules(lm, prompt, request), controls=request.controls)
               for i in range(request.variations)]
-    job = scheduler.submit(pieces) if scheduler is not None else None
+    job = scheduler.submit(pieces, owner=owner) if scheduler is not None else None
     events = iter(job) if job is not None else stream(lm.model, pieces, backend)
     try:
         yield from _compositions(lm, request, events, warnings)
@@ -186,10 +187,9 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     if problem:
         raise SettingsError(problem)
     try:
-        xml, _ = abc_to_musicxml(abc_text)
-    except ConversionError as e:
+        meta, body = split_tunebody("".join(interleaved(abc_text=abc_text)))
+    except StageError as e:
         raise SettingsError(f"the score to continue cannot be read: {e}") from e
-    meta, body = split_tunebody("".join(interleave(xml_to_abc(xml.encode()))))
     if not body:
         raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")
     n = len(body) + more_bars
@@ -209,8 +209,8 @@ def check_bars(musicxml: Path) -> Alignment | None:
     as long as the others and as the metre. Any ABC layout is read through its MusicXML, one line
     per bar of every voice. None when the score cannot be read that way."""
     try:
-        meta, body = split_tunebody("".join(interleave(xml_to_abc(Path(musicxml).read_bytes()))))
-    except Exception:  # noqa: BLE001 - xml2abc and abctoolkit raise bare errors on odd scores: no check then
+        meta, body = split_tunebody("".join(interleaved(musicxml=Path(musicxml))))
+    except StageError:  # xml2abc and abctoolkit fail on some odd scores: no check then
         return None
     return check_alignment(body, metre_bar(meta)) if body else None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata as md
 import json
 import os
@@ -102,6 +103,9 @@ def _add_compose(sub) -> None:
                    help="continue this score (.abc, .musicxml, .xml, .mxl) instead of starting a new piece")
     c.add_argument("--rewrite-from", type=int, default=None, metavar="N",
                    help="(with --from-score) keep bars 1..N-1 of the score and write the rest again")
+    c.add_argument("--decode", choices=api.DECODE_MODES, default="auto",
+                   help="character steps compiled with torch.compile (seconds to compile once) or eager "
+                        "(default auto: compiled on CUDA, eager on the CPU)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
@@ -278,10 +282,10 @@ def cmd_compose(args) -> int:
                 bar.refresh()
 
     # the fast path is the studio's: the variations are rows of a batching scheduler
-    scheduler = api.Scheduler(lm.model, max_batch=request.variations) if args.mode != "reference" else None
+    backend = ReferenceBackend if args.mode == "reference" else functools.partial(FastBackend, decode=args.decode)
+    scheduler = api.Scheduler(lm.model, max_batch=request.variations, backend=backend) if args.mode != "reference" else None
     try:
-        results = api.compose(lm, request, on_event=on_event, cancel=cancel, scheduler=scheduler,
-                              backend=ReferenceBackend if args.mode == "reference" else FastBackend)
+        results = api.compose(lm, request, on_event=on_event, cancel=cancel, scheduler=scheduler, backend=backend)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()

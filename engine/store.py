@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 import re
 import shutil
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +22,8 @@ from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 
 RECORD_FILE = "record.json"
+JOURNAL_DIR = ".live"  # inside a session's folder: the text of pieces being written (Journal)
+JOURNAL_EVERY_S = 2.0  # a piece's text reaches the disk this often while it is written
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the whole key (fullmatch: no trailing newline)
 PIECE_ID = re.compile(r"[A-Za-z0-9-]{1,120}")
 MAX_HISTORY = 500  # pieces listed at most (newest first); older ones stay on disk
@@ -63,6 +67,13 @@ class Session:
         self.id = hashlib.sha256(key.encode()).hexdigest()[:32]
         self.folder = root / self.id
 
+    @classmethod
+    def at(cls, folder: Path) -> "Session":
+        """The session kept in `folder` (for the server's own upkeep: no key is needed or known)."""
+        session = cls.__new__(cls)
+        session.id, session.folder = folder.name, folder
+        return session
+
     def new_piece(self, name: str) -> tuple[str, Path]:
         """A fresh folder for a piece: 20261122-153012-bach-choral-seed7 (-2, -3 ... if taken)."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -91,6 +102,21 @@ class Session:
             return PieceRecord.from_dict(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as e:
             raise CadenzaError(f"no piece {piece_id!r} in this session") from e
+
+    def touch(self, piece_id: str) -> None:
+        """Marks a piece as opened now: its record's time is when it was last written or opened,
+        which orders what a full server lets go of first (OutputStore.evict)."""
+        try:
+            os.utime(self.piece_folder(piece_id) / RECORD_FILE)
+        except OSError:
+            pass
+
+    def journal(self, job_id: str, about: dict) -> "Journal":
+        return Journal(self.folder / JOURNAL_DIR / f"{slug(job_id)}.json", about)
+
+    def journals(self) -> list[Path]:
+        """Journals left behind: pieces whose server died while it wrote them."""
+        return sorted((self.folder / JOURNAL_DIR).glob("*.json"))
 
     def usage(self) -> tuple[int, int]:
         """(bytes, pieces) this session holds on disk."""
@@ -131,6 +157,40 @@ class Session:
         return out
 
 
+class Journal:
+    """The text of a job's pieces while they are written, on disk every JOURNAL_EVERY_S seconds
+    (atomically), so a server killed mid-piece (SIGKILL, a crash, the power) loses at most that
+    much: at the next start the studio turns each journal into pieces marked interrupted. `about`
+    is what a record needs (prompt, seed, title, settings ...). Writing is best effort: a full disk
+    stops the journal, never the piece."""
+
+    def __init__(self, path: Path, about: dict):
+        self.path, self.about = path, about
+        self._written = 0.0
+        self._broken = False
+
+    def write(self, texts: dict[int, str], force: bool = False) -> None:
+        now = time.monotonic()
+        if self._broken or (not force and now - self._written < JOURNAL_EVERY_S):
+            return
+        try:
+            write_atomic(self.path, json.dumps({**self.about, "texts": {str(i): t for i, t in texts.items()}}))
+        except OSError:
+            self._broken = True
+        self._written = now
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def read_journal(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("texts"), dict) else None
+
+
 def _size(folder: Path) -> int:
     """Bytes of the files under `folder` (a file removed meanwhile counts nothing)."""
     total = 0
@@ -159,6 +219,8 @@ class OutputStore:
         found = []
         for session in (p for p in self.root.iterdir() if p.is_dir()):
             for piece in session.iterdir():
+                if piece.name == JOURNAL_DIR:
+                    continue
                 if piece.is_dir() and not (piece / RECORD_FILE).is_file():
                     found.append(piece)
                 elif piece.is_dir():
@@ -171,6 +233,36 @@ class OutputStore:
         for p in gone:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         return len(gone)
+
+    def sessions(self) -> list[Session]:
+        return [Session.at(p) for p in sorted(self.root.iterdir()) if p.is_dir()] if self.root.is_dir() else []
+
+    def total_bytes(self) -> int:
+        """Bytes of every session's pieces (a walk of the outputs folder: call it seldom)."""
+        if not self.root.is_dir():
+            return 0
+        return sum(_size(p) for p in self.root.iterdir() if p.is_dir())
+
+    def evict(self, over_bytes: int, busy: set[str], idle_s: float) -> tuple[int, int]:
+        """Frees at least `over_bytes` by removing pieces, the least recently written or opened
+        first, from sessions that are idle: none of `busy` (session ids with work running) and none
+        with a piece touched in the last `idle_s` seconds. -> (pieces removed, bytes freed); it may
+        free less when the rest belongs to active sessions."""
+        if over_bytes <= 0 or not self.root.is_dir():
+            return 0, 0
+        now, pieces = time.time(), []
+        for session in (p for p in self.root.iterdir() if p.is_dir() and p.name not in busy):
+            records = [(r.stat().st_mtime, r.parent) for r in session.glob(f"*/{RECORD_FILE}") if r.is_file()]
+            if records and now - max(t for t, _ in records) > idle_s:
+                pieces += records
+        removed = freed = 0
+        for _, folder in sorted(pieces, key=lambda p: p[0]):  # bounded: each piece once
+            if freed >= over_bytes:
+                break
+            size = _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed, freed = removed + 1, freed + size
+        return removed, freed
 
     def secret(self) -> str:
         """A secret kept in the outputs directory (created once) that Gradio's BrowserState uses to

@@ -184,3 +184,144 @@ def test_an_idle_worker_ends_and_the_next_request_starts_one(model, monkeypatch)
         assert s.submit([req]).result()[0].text == first
     finally:
         s.close()
+
+
+# --- every way a piece can end ends its job (issue 31, part 1) ---------------------------------------------
+WIDE = "L:1/8\nM:4/4\nK:C\n" + "".join(f"V:{i} treble\n" for i in range(1, 61))  # 61 patches of header
+
+
+def bounded_result(job, seconds: float = 60.0):
+    """job.result() in a thread: a job that never ends fails the test instead of hanging it."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["pieces"] = job.result()
+        except CadenzaError as e:
+            out["error"] = str(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the job never ended"
+    return out
+
+
+def test_a_header_longer_than_the_context_is_refused_before_any_work(model, scheduler):
+    req = PieceRequest(BACH, seed=1, prefix=WIDE + "[r:0/3][V:1]C8|\n")
+    with pytest.raises(CadenzaError, match=r"too long for the model.*of the 48 patches.*use fewer voices"):
+        scheduler.submit([req])
+    with pytest.raises(CadenzaError, match="too long for the model"):
+        generate(model, [req])  # the direct path too
+    ok = PieceRequest(BACH, seed=1, sampling=GREEDY, max_patches=4)
+    assert bounded_result(scheduler.submit([ok]))["pieces"][0].patches == 4  # the scheduler serves on
+
+
+def test_a_piece_whose_context_is_full_at_admission_ends_its_job(model, scheduler, monkeypatch):
+    """The hang the attack run found: admitted with stop_reason "context", dropped untold."""
+    import engine.symbolic.scheduler as sched
+    monkeypatch.setattr(sched, "context_problem", lambda *a: None)  # as before the check at submit
+    full = PieceRequest(BACH, seed=1, prefix=WIDE + "[r:0/3][V:1]C8|\n")
+    ok = PieceRequest(BACH, seed=2, sampling=GREEDY, max_patches=3)
+    out = bounded_result(scheduler.submit([full, ok]))
+    assert [p.stop_reason for p in out["pieces"]] == ["context", "max_patches"]
+
+
+def test_a_piece_that_cannot_start_fails_its_job_and_the_worker_goes_on(model, scheduler, monkeypatch):
+    import engine.symbolic.scheduler as sched
+    real = sched.PieceState
+
+    def broken(i, req, *a):
+        if req.seed == 13:
+            raise ValueError("unreadable text")
+        return real(i, req, *a)
+    monkeypatch.setattr(sched, "PieceState", broken)
+    out = bounded_result(scheduler.submit([PieceRequest(BACH, seed=13)]))
+    assert "could not start (ValueError: unreadable text)" in out["error"]
+    assert bounded_result(scheduler.submit([PieceRequest(BACH, seed=1, max_patches=2)]))["pieces"][0].patches == 2
+
+
+def test_a_worker_bug_ends_its_jobs_with_a_message_and_the_next_request_gets_a_new_worker(model, scheduler,
+                                                                                           monkeypatch):
+    calls = {"n": 0}
+    real = Scheduler._end_finished
+
+    def once_broken(self, active, owner):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in the worker")
+        return real(self, active, owner)
+    monkeypatch.setattr(Scheduler, "_end_finished", once_broken)
+    out = bounded_result(scheduler.submit([PieceRequest(BACH, seed=1, max_patches=5)]))
+    assert "worker failed (RuntimeError: a bug in the worker)" in out["error"]
+    assert bounded_result(scheduler.submit([PieceRequest(BACH, seed=1, max_patches=2)]))["pieces"][0].patches == 2
+
+
+def test_a_job_the_worker_lost_ends_at_its_deadline(model, monkeypatch):
+    import engine.symbolic.scheduler as sched
+    monkeypatch.setattr(sched, "DEADLINE_GRACE_S", 0.5)
+    monkeypatch.setattr(Scheduler, "_loop", lambda self, owner: None)  # a worker that drops everything
+    s = Scheduler(model, max_batch=2, max_wait_s=1)
+    job = s.submit([PieceRequest(BACH, seed=1, max_seconds=1)])
+    out = bounded_result(job, 30)
+    assert "did not end within 2 s" in out["error"] and job.cancelled
+
+
+# --- rows shared fairly between sessions (issue 31, part 3) ---------------------------------------------------
+def long_piece(seed: int, patches: int = 40) -> PieceRequest:
+    return PieceRequest(BACH, seed=seed, sampling=SamplingSettings(), max_patches=patches, stop_at_eos=False)
+
+
+def test_a_session_holding_every_row_gives_one_back_to_a_second_session_and_writes_the_same(model):
+    s = Scheduler(model, max_batch=4, max_wait_s=30)
+    try:
+        hog = s.submit([long_piece(i) for i in range(1, 5)], owner="hog")
+        it = events_until(hog, 8)
+        assert s.status()["rows_in_use"] == 4  # alone, a session uses the whole batch
+        other = s.submit([long_piece(9, patches=6)], owner="other")
+        (mine,) = bounded_result(other)["pieces"]  # admitted while the hog's pieces still run
+        rest = list(it)
+    finally:
+        s.close()
+    hogs = [e for e in rest if isinstance(e, Piece)]
+    assert mine.patches == 6 and len(hogs) == 4 and all(p.patches == 40 for p in hogs)
+    paused = [e for e in rest if isinstance(e, Waiting)]
+    assert paused and "paused" in paused[0].reason and "shared evenly" in paused[0].reason
+    # a paused piece resumes where it stopped: each writes exactly what it writes alone
+    assert [p.text for p in sorted(hogs, key=lambda p: p.index)] == [alone(model, long_piece(i)).text
+                                                                      for i in range(1, 5)]
+    assert mine.text == alone(model, long_piece(9, patches=6)).text
+
+
+def test_a_sessions_waiting_pieces_and_rows_are_capped(model):
+    from engine.symbolic.scheduler import Sharing
+    s = Scheduler(model, max_batch=4, max_wait_s=30, sharing=Sharing(rows=2, waiting=3))
+    try:
+        job = s.submit([long_piece(i, patches=20) for i in range(1, 4)], owner="a")
+        it = events_until(job, 4)
+        assert s.status()["rows_in_use"] == 2  # at its row cap, with two rows free
+        with pytest.raises(CadenzaError, match=r"1 of your pieces are already waiting.*at most 3 may wait"):
+            s.submit([long_piece(7), long_piece(8), long_piece(9)], owner="a")
+        assert "the most one session may" in s.why_waiting(job)
+        other = s.submit([long_piece(5, patches=3)], owner="b")  # another session is not held back
+        assert bounded_result(other)["pieces"][0].patches == 3
+        assert [p.patches for p in it if isinstance(p, Piece)] == [20, 20, 20]
+    finally:
+        s.close()
+    with pytest.raises(CadenzaError, match="rows cap must be from 1 to 4096"):
+        Scheduler(model, sharing=Sharing(rows=0))
+
+
+def test_stop_ends_a_paused_piece_at_once_with_its_text(model):
+    s = Scheduler(model, max_batch=2, max_wait_s=30)
+    try:
+        hog = s.submit([long_piece(1, 400), long_piece(2, 400)], owner="hog")
+        it = events_until(hog, 4)
+        other = s.submit([long_piece(3, 400)], owner="other")
+        next(e for e in iter(other) if isinstance(e, PatchEvent))  # it has a row: one of the hog's is paused
+        assert s.status()["paused_pieces"] == 1
+        hog.cancel()
+        ended = [e for e in it if isinstance(e, Piece)]
+        other.cancel()
+    finally:
+        s.close()
+    assert [p.stop_reason for p in ended] == ["cancelled", "cancelled"] and all(p.patches > 0 for p in ended)

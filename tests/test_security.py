@@ -374,6 +374,66 @@ def test_gradio_cache_is_cleaned_on_a_schedule(tmp_path):
     assert demo.delete_cache == (3600, 7200)
 
 
+def test_the_servers_outputs_are_capped_and_idle_sessions_oldest_pieces_go_first(tmp_path):
+    """Keys are free to make up, so bytes are capped for the whole server: over the cap, pieces of
+    idle sessions go (least recently opened first), never a busy or recently active session's;
+    when only active sessions hold the space, new work is refused (issue 31, part 4)."""
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
+    idle = [studio.render("i" * 20 + "-idle", SCORE, f"old {n}") for n in range(3)]
+    for n, o in enumerate(idle):  # written days ago, the second opened more recently than the others
+        then = time.time() - 3 * 86400 + (3600 * 10 if n == 1 else n)
+        os.utime(o.folder / "record.json", (then, then))
+    recent = studio.render("r" * 20 + "-recent", SCORE)
+    piece = sum(f.stat().st_size for f in idle[0].folder.iterdir())
+    total = studio.store.total_bytes()
+    studio.disk.max_total_bytes = total - piece // 2  # just over: the oldest idle piece must go
+    studio._total = None
+    studio.render("n" * 20 + "-new", SCORE)
+    left = [r.title for r in studio.history("i" * 20 + "-idle")]
+    assert left == ["old 2", "old 1"] and studio.history("r" * 20 + "-recent")[0].id == recent.record.id
+    studio.disk.max_total_bytes = piece  # far over, and the rest is active sessions' only
+    for o in idle[1:]:
+        o.folder.parent.joinpath(o.record.id, "record.json").touch()  # now active
+    studio._total = None
+    with pytest.raises(CadenzaError, match="space for pieces is full.*your pieces so far are kept"):
+        studio.render("n" * 20 + "-new", SCORE)
+    assert len(studio.history("r" * 20 + "-recent")) == 1 and len(studio.history("i" * 20 + "-idle")) == 2
+
+
+def test_a_short_score_asking_for_a_long_wav_gets_no_wav_and_the_rest(tmp_path):
+    """289 whole notes at quarter = 60 wrote 313 MB (a 20-minute WAV, and again in the ZIP). The
+    studio makes a WAV only up to --max-wav-minutes, and a big file is not copied into the ZIP."""
+    import zipfile
+
+    long = "X:1\nT:Long\nL:1/1\nQ:1/4=60\nM:4/4\nK:C\n" + "|".join("C" * 1 for _ in range(30)) + "|]\n"  # 120 s
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0, max_wav_minutes=1))
+    out = studio.render(KEY, long)
+    assert "wav" not in out.record.files and "limited to 1 minutes" in out.record.errors["wav"]
+    assert {"abc", "musicxml", "midi", "pdf", "zip"} <= set(out.record.files)
+    assert sum(f.stat().st_size for f in out.folder.iterdir()) < 2 * 2**20
+    with pytest.raises(CadenzaError, match="max WAV minutes must be from 0.1 to 60"):
+        StudioConfig(max_wav_minutes=600).check()
+    from engine.render.pipeline import RenderOptions, render
+    short = render(SCORE, tmp_path / "zip", options=RenderOptions(zip_member_max_mb=0.01))
+    with zipfile.ZipFile(short.paths("zip")[0]) as z:
+        names = set(z.namelist())
+    big = set(short.manifest["exports"]["zip"]["left_out"])
+    assert "score.wav" in big and not big & names and "score.abc" in names
+
+
+def test_gradio_cache_is_trimmed_oldest_first_when_over_its_size(tmp_path):
+    from webui.guard import trim_folder
+
+    for n in range(10):
+        f = tmp_path / f"h{n}" / "file.bin"
+        f.parent.mkdir()
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (1000 + n, 1000 + n))
+    assert trim_folder(tmp_path, 20_000) == (0, 0)
+    assert trim_folder(tmp_path, 5_000) == (6, 6000)  # down to 80% of the cap, the oldest gone
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.bin")) == ["h6", "h7", "h8", "h9"]
+
+
 # --- 7. write failures ------------------------------------------------------------------------------
 def test_a_full_disk_keeps_the_server_up_and_says_so_without_paths(served, monkeypatch):
     demo, studio, url, tmp = served
@@ -491,14 +551,20 @@ def _workers_of(pid: int) -> list[int]:
     return found
 
 
+def _writing(c: Client, updates: int = 3):
+    """A long piece asked for, once the server has sent `updates` of it being written."""
+    job = c.submit(KEY, "", *PROMPT, 5, 1.2, 9, 0.9, 4000, 1, api_name="/compose")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(1 for o in job.outputs() if o and o[0].get("status") == "writing") < updates:
+        time.sleep(0.05)
+    return job
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")
 def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
     proc, c = _up(tmp_path)
     try:
-        job = c.submit(KEY, "", *PROMPT, 5, 1.2, 9, 0.9, 4000, 1, api_name="/compose")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sum(1 for o in job.outputs() if o and o[0].get("status") == "writing") < 3:
-            time.sleep(0.05)
+        _writing(c)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=40)
@@ -513,6 +579,31 @@ def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
     folder = next((tmp_path / "out").rglob("record.json")).parent
     assert (folder / "score.abc").read_text().startswith("X:1")
     assert not _workers_of(proc.pid)
+
+
+def test_sigkill_mid_piece_loses_at_most_seconds_and_a_restart_lists_it_as_interrupted(tmp_path):
+    """The text of a piece being written reaches the disk every 2 s (a journal); a server killed
+    with SIGKILL cannot keep it itself, so the next start does (issue 31)."""
+    proc, c = _up(tmp_path)
+    try:
+        _writing(c)
+        time.sleep(2.5)  # one journal write at least
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list((tmp_path / "out").rglob("record.json"))  # nothing was kept by the killed server
+    restart, c = _up(tmp_path)
+    try:
+        pieces = c.predict(KEY, api_name="/history")["pieces"]
+        assert len(pieces) == 1 and pieces[0]["stop_reason"] == "interrupted", pieces
+        result, _ = c.predict(KEY, pieces[0]["id"], api_name="/piece")
+        assert result["pieces"][0]["abc"].startswith("X:1") and "crash or a kill" in result["pieces"][0]["warnings"][0]
+        assert not list((tmp_path / "out").rglob(".live/*.json"))
+    finally:
+        restart.terminate()
+        restart.communicate(timeout=40)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses the parent-death signal")

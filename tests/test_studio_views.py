@@ -133,4 +133,6 @@ def test_the_system_tables_say_each_copys_batch():
     devices, models, line = views.system_tables(info)
     assert devices == [["cpu", "", 20.0, 24.0]]
     assert models[0][-1] == "3/8 rows, 2 waiting, 41.5 patches/s"
+    info["models"][0]["batching"][0].update(sessions_writing=2, paused_pieces=1)
+    assert views.system_tables(info)[1][0][-1] == "3/8 rows for 2 sessions, 2 waiting, 1 paused to share rows, 41.5 patches/s"
     assert "5 piece(s) being made now" in line

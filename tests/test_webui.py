@@ -401,7 +401,10 @@ def test_eight_clients_at_once_are_batched_and_each_gets_its_own_correct_piece(s
 def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_path):
     from webui.studio import Progress
 
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)), max_batch=1))
+    # a context long enough that the first piece (random text, no bar lines) outlasts the test
+    # instead of filling its context in 55 patches
+    folder = save_model(tiny_model(patch_length=2048, seed=1), tmp_path / "long", prompts=PromptTable(PROMPTS))
+    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(folder), max_batch=1))
     first = studio.compose("w" * 20 + "-first", bach(seed=1, max_patches=4000, max_seconds=8,
                                                       prefix="L:1/8\nM:4/4\nK:C\nV:1\n"))
     assert isinstance(next(first), Progress)  # the only row is taken

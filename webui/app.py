@@ -29,7 +29,7 @@ from engine.store import valid_key
 from engine.symbolic.controls import Controls
 from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
-from webui.guard import LoginBackoff, public
+from webui.guard import LoginBackoff, public, trim_folder
 from webui import views
 from webui.studio import Outcome, Progress, Studio
 
@@ -83,7 +83,7 @@ def _fail(e: Exception):
 def _keep_page(message) -> dict:
     """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
     the score and the downloads already shown all stay (one skip() leaves every output as it was)."""
-    gr.Warning(_refused(message), duration=NOTICE_S)
+    gr.Warning(html.escape(_refused(message)), duration=NOTICE_S)  # notices are HTML; user text is not
     return gr.skip()
 
 
@@ -154,6 +154,22 @@ def sweep_served(max_age_s: float) -> int:
                 gone += 1
         except OSError:
             continue
+    return gone
+
+
+def trim_served(max_bytes: int) -> int:
+    """Gradio's cache of files served to browsers (and our copies for it) under --cache-max-gb,
+    the oldest first: a browser fetching many big pieces could otherwise fill the disk within
+    --cache-hours, outside any session's quota."""
+    from gradio.utils import get_upload_folder
+
+    gone = 0
+    for folder in (Path(get_upload_folder()), Path(tempfile.gettempdir()) / SERVE_DIR):
+        removed, freed = trim_folder(folder, max_bytes)
+        if removed:
+            log.warning("Gradio's cache over %.1f GB: removed its %d oldest file(s), %.0f MB", max_bytes / 2**30,
+                        removed, freed / 2**20)
+        gone += removed
     return gone
 
 
@@ -786,7 +802,7 @@ def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
     @_session
     def on_rename(k, pid, title):
         r = studio.rename(k, pid, title)
-        gr.Info(f"renamed: {r.title}")
+        gr.Info(f"renamed: {html.escape(r.title)}")  # a title is the user's text, never HTML
         return listing(k)
 
     @_session
@@ -945,7 +961,8 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
                                    tempo=tempo)
         for item in studio.compose(k, request, model=spec or None):
             if isinstance(item, Progress) and item.waiting is not None:
-                yield {"status": "waiting", "seed": item.seed, "position": item.waiting}, None
+                yield {"status": "waiting", "seed": item.seed, "position": item.waiting,
+                       "reason": item.waiting_reason}, None
             elif isinstance(item, Progress):
                 yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
                        "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
@@ -1021,6 +1038,7 @@ def launch(config: StudioConfig) -> None:
     cache_s = config.cache_hours * 3600
     while not stop.wait(60.0):  # the main thread only waits for a signal; each minute: old served copies go
         sweep_served(cache_s)
+        trim_served(int(config.cache_max_gb * 2**30))
     _shut_down(demo, studio)
 
 
@@ -1030,7 +1048,9 @@ def _shut_down(demo, studio: Studio) -> None:
     watchdog.start()
     print("Cadenza: shutting down: finishing what is running ...", flush=True)
     summary = studio.shutdown()
-    print(f"Cadenza: {summary['stopped']} piece(s) stopped and kept, {summary['workers_killed']} conversion(s) "
+    # a job is one request (a score with its variations, a render, a clip), not one piece
+    print(f"Cadenza: {summary['stopped']} running request(s) stopped, what they wrote kept; "
+          f"{summary['workers_killed']} conversion(s) "
           f"ended{', ' + str(summary['unfinished']) + ' not finished in time' if summary['unfinished'] else ''}",
           flush=True)
     try:

@@ -136,11 +136,18 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 @dataclass
 class DiskPolicy:
-    """Bounds on what the outputs folder may hold: per session (bytes and pieces) and a floor of
-    free space for the whole server."""
+    """Bounds on what the outputs folder may hold: per session (bytes and pieces), for the whole
+    server (bytes, because session keys are free to make up), and a floor of free space."""
     session_bytes: int
     session_pieces: int
     min_free_bytes: int
+    max_total_bytes: int | None = None  # every session's pieces together (None: no cap)
+    evict_idle_s: float = 24 * 3600.0  # over the cap, pieces of sessions idle this long go, oldest first
+
+    def total_full(self, total: int, cap: int) -> DiskFull:
+        return DiskFull(f"the server's space for pieces is full ({total / 2**30:.1f} of {cap / 2**30:.1f} GB, "
+                        "most of it in sessions in use now): new pieces are refused until some are deleted; your "
+                        "pieces so far are kept")
 
     def check(self, root: Path, used_bytes: int, pieces: int) -> None:
         try:
@@ -245,3 +252,26 @@ async def _refuse(send, wait: float) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"retry-after", str(int(wait) + 1).encode()),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def trim_folder(folder: Path, max_bytes: int) -> tuple[int, int]:
+    """Keeps a cache folder (Gradio's copies of files served to browsers) under max_bytes: the
+    oldest files go first until it holds at most 80% of it. -> (files removed, bytes freed)."""
+    files = []
+    for f in Path(folder).rglob("*") if Path(folder).is_dir() else ():
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        if f.is_file():
+            files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    removed = freed = 0
+    if total <= max_bytes:
+        return 0, 0
+    for _, size, f in sorted(files, key=lambda x: x[0]):  # bounded: each file once
+        if total - freed <= 0.8 * max_bytes:
+            break
+        f.unlink(missing_ok=True)
+        removed, freed = removed + 1, freed + size
+    return removed, freed

@@ -4,6 +4,7 @@ progress, rendering, uploads and history, each call for one session. The Gradio 
 Nothing here lives in module globals: a Studio holds it all."""
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import random
@@ -27,7 +28,7 @@ from engine.files import write_atomic
 from engine.render.identity import title as piece_title
 from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
-from engine.store import OutputStore, PieceRecord, Session
+from engine.store import OutputStore, PieceRecord, Session, read_journal
 from engine.symbolic.postprocess import to_abc
 from engine.symbolic.prompts import Prompt
 
@@ -40,6 +41,7 @@ log = logging.getLogger("cadenza.studio")
 UPLOAD_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")
 MAX_MODELS = 3  # models held at once (each costs memory); the server's own counts; a new one lets go of the least recently used
 MAX_AUDIO_MODELS = 2  # MusicGen models held at once (likewise)
+TOTAL_EVERY_S = 10.0  # the outputs folder's total size is walked again after this long (the server-wide cap)
 RETRY_FAILED_S = 30.0  # a model that failed to load is tried again after this long (never holds a slot)
 MAX_FAILED = 8  # failed loads remembered (for their message) at most
 
@@ -55,12 +57,16 @@ class Progress:
     retries: int = 0  # bars taken back and written again so far
     target_bars: int | None = None  # the length asked for, when one was
     eta: float | None = None  # seconds still to go, estimated from the bars so far (with a length asked)
-    waiting: int | None = None  # not started yet: the place in the model's waiting line (1 = next)
+    waiting: int | None = None  # not started yet: the place in the model's waiting line (1 = next; 0 paused)
+    waiting_reason: str = ""  # why it waits, in words (engine.symbolic.scheduler.Waiting)
 
     def line(self) -> str:
         """The status line the page shows: bars toward the length asked, an estimate, retries."""
+        if self.waiting == 0:  # a piece paused for another session's (fair sharing)
+            return f"waiting for the model: {self.waiting_reason}"
         if self.waiting is not None:
-            return f"waiting for the model (position {self.waiting} in line; every row of its batch is in use)"
+            why = self.waiting_reason or "every row of its batch is in use"
+            return f"waiting for the model (position {self.waiting} in line; {why})"
         bars = f"bar {self.bars} of {self.target_bars}" if self.target_bars else f"{self.bars} bars"
         eta = f", about {self.eta:.0f} s to go" if self.eta is not None else ""
         again = f", {self.retries} bar(s) written again" if self.retries else ""
@@ -126,10 +132,11 @@ class ModelSlot:
     api.load_placed for NotaGen-family models, which may give a copy per GPU;
     api.load_audio_model for MusicGen). Requests check out the least-loaded copy."""
 
-    def __init__(self, spec: str | None, device: str, loader=None, batching: tuple[int, float] | None = None):
+    def __init__(self, spec: str | None, device: str, loader=None,
+                 batching: tuple[int, float, str, api.Sharing] | None = None):
         self.spec, self.device = spec, device
         self.loader = loader or (lambda spec, device: api.load(spec, device=device))
-        self.batching = batching  # (max_batch, max_wait_s): a batching scheduler per copy (NotaGen models)
+        self.batching = batching  # (max_batch, max_wait_s, decode, sharing): a batching scheduler per copy (NotaGen)
         self.lm = None  # the first copy: prompts, name, plan
         self.copies: list = []
         self.schedulers: list = []  # one per copy, when batching
@@ -150,8 +157,10 @@ class ModelSlot:
             self.copies = loaded if isinstance(loaded, list) else [loaded]
             self.busy = [0] * len(self.copies)
             if self.batching is not None:
-                rows, wait = self.batching
-                self.schedulers = [api.Scheduler(c.model, max_batch=rows, max_wait_s=wait, name=f"{c.name}-{i}")
+                rows, wait, decode, sharing = self.batching
+                backend = functools.partial(api.FastBackend, decode=decode)
+                self.schedulers = [api.Scheduler(c.model, max_batch=rows, max_wait_s=wait, name=f"{c.name}-{i}",
+                                                 backend=backend, sharing=sharing)
                                    for i, c in enumerate(self.copies)]
             self.lm = self.copies[0]
             self.loaded_in = time.monotonic() - self.started
@@ -236,12 +245,18 @@ class Studio:
         self.policy = ModelPolicy(config.model_roots(), tuple(config.allow_downloads),
                                   trusted=(config.model,) if config.model else (),
                                   trusted_audio=tuple(m for m in (config.audio_model, config.melody_model) if m))
-        self.disk = DiskPolicy(config.session_quota_mb * 2**20, config.session_max_pieces, config.min_free_mb * 2**20)
+        cap = int(config.max_outputs_gb * 2**30) if config.max_outputs_gb else None
+        self.disk = DiskPolicy(config.session_quota_mb * 2**20, config.session_max_pieces, config.min_free_mb * 2**20,
+                               cap, config.evict_idle_hours * 3600)
+        self._total: tuple[float, int] | None = None  # (when, bytes) of every session's pieces, walked seldom
         self.models: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
         self.audio_models: OrderedDict[str, ModelSlot] = OrderedDict()
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # job id -> the piece being made
         self.closing = threading.Event()  # set on shutdown: no new work, running work stops and is kept
+        recovered = self._recover()
+        if recovered:
+            log.warning("kept %d piece(s) that an earlier run was writing when it stopped", recovered)
         swept = self.store.sweep()
         if swept:
             log.warning("removed %d unfinished piece folder(s) left by an earlier run", swept)
@@ -252,7 +267,8 @@ class Studio:
         or the server's own when spec is empty."""
         path = self.policy.notagen(spec or None) or self.config.model
         key = str(Path(path).resolve()) if path else ""  # one slot per model, however it is spelt
-        batching = (self.config.max_batch, self.config.max_wait_s)
+        c = self.config
+        batching = (c.max_batch, c.max_wait_s, c.decode, api.Sharing(c.session_rows, c.session_waiting))
         return self._slot(self.models, key, MAX_MODELS,
                           lambda: ModelSlot(path, self.config.device, self._load_placed, batching))
 
@@ -355,8 +371,36 @@ class Studio:
         with self._lock:
             self._jobs.pop(j.id, None)
 
+    def render_options(self) -> api.RenderOptions:
+        """The server's bounds on a render: the WAV only for a piece up to --max-wav-minutes long."""
+        return api.RenderOptions(max_audio_seconds=self.config.max_wav_minutes * 60)
+
     def check_room(self, session: Session) -> None:
         self.disk.check(self.store.root, *session.usage())
+        self._check_total()
+
+    def _check_total(self) -> None:
+        """The server-wide cap (--max-outputs-gb): over it, pieces of idle sessions go, least recently
+        opened first (History lists what is left); if that frees too little, new work is refused."""
+        cap = self.disk.max_total_bytes
+        if cap is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self._total is None or now - self._total[0] > TOTAL_EVERY_S:
+                self._total = (now, self.store.total_bytes())
+            total = self._total[1]
+            busy = {j.session for j in self._jobs.values()}
+        if total <= cap:
+            return
+        removed, freed = self.store.evict(total - int(0.9 * cap), busy, self.disk.evict_idle_s)
+        if removed:
+            log.warning("outputs over %.1f GB: removed %d piece(s) of idle sessions, %.1f MB", cap / 2**30, removed,
+                        freed / 2**20)
+        with self._lock:
+            self._total = (time.monotonic(), total - freed)
+        if total - freed > cap:
+            raise self.disk.total_full(total - freed, cap)
 
     @staticmethod
     def new_piece(session: Session, name: str) -> tuple[str, Path]:
@@ -427,6 +471,44 @@ class Studio:
         return (f"this session holds {pieces} of at most {self.config.session_max_pieces} pieces, "
                 f"{used / 2**20:.1f} of {self.config.session_quota_mb} MB")
 
+    def _recover(self) -> int:
+        """Pieces an earlier run was writing when it died (SIGKILL, a crash): each journal's texts
+        become pieces of their session, as written, marked interrupted and not rendered."""
+        kept = 0
+        for session in self.store.sessions():
+            for path in session.journals():
+                about = read_journal(path)
+                try:
+                    kept += len(self._keep_journal(session, about)) if about else 0
+                except (OSError, CadenzaError, KeyError, TypeError, ValueError) as e:
+                    log.warning("a piece interrupted by an earlier run could not be kept: %s", e)
+                path.unlink(missing_ok=True)
+        return kept
+
+    def _keep_journal(self, session: Session, about: dict) -> list[Outcome]:
+        prompt = Prompt(**about["prompt"])
+        kept = []
+        for i, text in sorted(about["texts"].items(), key=lambda x: int(x[0])):
+            if not text:
+                continue
+            seed = about["seed"] + int(i)
+            result = to_abc("".join(prompt.lines()) + about["prefix"] + text)
+            piece_id, folder = self.new_piece(session, f"{prompt.composer.split(',')[0]}-{prompt.instrumentation}"
+                                                       f"-seed{seed}")
+            record = PieceRecord(
+                id=piece_id, created=about["created"], kind=about["kind"], title=about["title"],
+                prompt=about["prompt"], seed=seed, model=about["model"], bars=result.alignment.total,
+                stop_reason="interrupted", alignment=str(result.alignment), files={"abc": ["score.abc"]},
+                settings=about["settings"],
+                warnings=["the server stopped while this piece was being written (a crash or a kill): it was kept "
+                          "as written a few seconds before, not rendered (open it and press Render)"])
+            with self.saving(folder):
+                abc = api.with_titles(result.abc, about["titles"]) if about["titles"] else result.abc
+                write_atomic(folder / "score.abc", abc)
+                session.save(record)
+            kept.append(Outcome(record, folder, abc))
+        return kept
+
     # --- composing ---------------------------------------------------------------------------------
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
                 continue_abc: str | None = None, rewrite_from: int | None = None,
@@ -451,25 +533,27 @@ class Studio:
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
         with self.job(session, "compose") as job:
             lm, scheduler = slot.checkout()
+            kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
+            named = Named(title, continue_abc or "", kind)
+            journal = session.journal(job.id, _journal_about(lm, request, named))
             try:
-                kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
-                named = Named(title, continue_abc or "", kind)
-                yield from self._compose(session, lm, request, job.cancel, named, scheduler)
+                yield from self._compose(session, lm, request, job.cancel, named, scheduler, journal)
             except Exception as e:
                 if _out_of_memory(e):
                     raise CadenzaError(_oom_message(lm, request)) from e
                 raise
             finally:
+                journal.remove()  # the pieces are kept by now (or failed with a message)
                 slot.checkin(lm)
 
     def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
-                 named: "Named", scheduler=None) -> Iterator[Progress | list[Outcome]]:
+                 named: "Named", scheduler=None, journal=None) -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
         r = request
         live = LiveText("".join(Prompt(r.period, r.composer, r.instrumentation).lines()) + r.prefix)
         steps, retries, target = 0, 0, r.controls.bars
-        stream = api.compose_stream(lm, request, cancel, scheduler=scheduler)
+        stream = api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=session.id)
         closed = False
         try:
             for ev in stream:
@@ -477,10 +561,12 @@ class Studio:
                     done.append(ev)
                     continue
                 if isinstance(ev, api.Waiting):  # every row of the batch is in use: its place in line
-                    yield Progress("", 0, 0, 0.0, request.seed, waiting=ev.position)
+                    yield Progress("", steps, 0, 0.0, request.seed, waiting=ev.position, waiting_reason=ev.reason)
                     continue
                 t = texts.get(ev.index, "")
                 texts[ev.index] = t[: len(t) - ev.retract] + ev.text
+                if journal is not None:
+                    journal.write(texts)  # every couple of seconds: what a killed server would lose
                 if ev.index != 0:
                     continue
                 steps, retries = max(steps, ev.patches), retries + (ev.retract > 0)
@@ -536,7 +622,7 @@ class Studio:
         comp = named.headed(comp)
         piece_id, folder = self.new_piece(session, comp.stem())
         with self.saving(folder):
-            result = api.export(lm, comp, folder, self.config.formats, api.RenderOptions())
+            result = api.export(lm, comp, folder, self.config.formats, self.render_options())
             record = PieceRecord(
                 id=piece_id, created=_now(), kind=named.kind,
                 title=named.title_for(p.prompt),
@@ -572,11 +658,11 @@ class Studio:
         with self.job(session, "render"):
             notes = []
             if to_key is not None:
-                abc_text, note = api.transpose(abc_text, to_key)
+                abc_text, note = api.transpose(abc_text, to_key, self.render_options())
                 notes.append(note)
             piece_id, folder = self.new_piece(session, title)
             with self.saving(folder):
-                result = api.render(abc_text, folder, self.config.formats, "score")
+                result = api.render(abc_text, folder, self.config.formats, "score", options=self.render_options())
                 xml = result.paths("musicxml")
                 bars = api.check_bars(xml[0]) if xml else None  # against the metre as well as between voices
                 record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
@@ -606,7 +692,7 @@ class Studio:
         with self.job(session, "render"):
             piece_id, folder = self.new_piece(session, path.stem)
             with self.saving(folder):
-                result = api.render_file(path, folder, self.config.formats, "score")
+                result = api.render_file(path, folder, self.config.formats, "score", options=self.render_options())
                 if not result.status.get("abc") or not result.status["abc"].ok:
                     raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
@@ -698,6 +784,7 @@ class Studio:
     def outcome(self, key: str, piece_id: str) -> Outcome:
         session = self.store.session(key)
         record = session.record(piece_id)
+        session.touch(piece_id)  # opened: the last of a session's pieces a full server lets go
         folder = session.piece_folder(piece_id)
         abc_files = record.files.get("abc", [])
         abc = (folder / abc_files[0]).read_text() if abc_files else ""
@@ -756,3 +843,12 @@ def _known(prompt) -> dict:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+
+def _journal_about(lm, request: ComposeRequest, named: Named) -> dict:
+    """What a journal keeps besides the texts: enough to make each piece's record after a crash."""
+    r = request
+    prompt = Prompt(r.period, r.composer, r.instrumentation)
+    titles = "".join(re.findall(r"^[TC]:.*\n", named.source, flags=re.M))
+    return {"created": _now(), "kind": named.kind, "title": named.title_for(prompt), "seed": r.seed,
+            "prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},
+            "model": lm.name, "settings": r.settings(), "prefix": r.prefix, "titles": titles}

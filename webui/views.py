@@ -56,7 +56,8 @@ def summary(r: PieceRecord) -> str:
 
 STOPS = {"cancelled": "you pressed Stop", "closed": "the page was closed", "shutdown": "the server shut down",
          "max_patches": "the longest text allowed was reached", "max_chars": "the longest text allowed was reached",
-         "max_seconds": "the time allowed ran out", "context": "the model's context was full"}
+         "max_seconds": "the time allowed ran out", "context": "the model's context was full",
+         "interrupted": "the server stopped while it was written (a crash or a kill)"}
 
 
 def seed_line(r: PieceRecord) -> str:
@@ -113,6 +114,11 @@ def system_tables(info: dict) -> tuple[list[list], list[list], str]:
 
 
 def _batching(copies: list[dict]) -> str:
-    """Each copy's batch: rows in use, requests waiting, patches per second."""
-    return "; ".join(f"{c['rows_in_use']}/{c['max_batch']} rows, {c['waiting_requests']} waiting, "
-                     f"{c['patches_per_s']} patches/s" for c in copies)
+    """Each copy's batch: rows in use and by how many sessions, requests waiting, pieces paused
+    (given back so that rows are shared evenly), patches per second."""
+    def one(c: dict) -> str:
+        sessions = f" for {c['sessions_writing']} sessions" if c.get("sessions_writing", 0) > 1 else ""
+        paused = f", {c['paused_pieces']} paused to share rows" if c.get("paused_pieces") else ""
+        return (f"{c['rows_in_use']}/{c['max_batch']} rows{sessions}, {c['waiting_requests']} waiting{paused}, "
+                f"{c['patches_per_s']} patches/s")
+    return "; ".join(one(c) for c in copies)

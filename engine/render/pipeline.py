@@ -39,6 +39,9 @@ class RenderOptions:
     memory_mb: int = 3072  # per conversion stage (address space of the child)
     max_audio_seconds: float = 1200.0  # longer scores get no WAV
     parallel: bool = True  # audio and sheet-music chains side by side (False: one after the other)
+    # Files larger than this stay out of the ZIP (each is its own download beside it): a long piece's
+    # WAV would otherwise be on disk twice (a 1,194-character score wrote 313 MB that way).
+    zip_member_max_mb: float = 16.0
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -236,6 +239,26 @@ def transpose(abc_text: str, to_key: str, options: RenderOptions | None = None) 
         return with_titles(out.read_text(encoding="utf-8"), abc_text), result["note"]
 
 
+def interleaved(abc_text: str | None = None, musicxml: Path | None = None,
+                options: RenderOptions | None = None) -> list[str]:
+    """A user's score (ABC text, or a MusicXML file) -> its header lines and one line per bar of
+    every voice (engine.symbolic.abcformat.interleave), converted in a worker like every other
+    conversion: abctoolkit's converters keep their state in module globals and write to a swapped
+    sys.stdout, so two users converting in a server's threads got each other's notes (issue 31),
+    and a worker's time and memory are bounded. Raises StageError saying why it could not."""
+    opts = options or RenderOptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lines.abc"
+        if abc_text is not None:
+            src = Path(tmp) / "score.abc"
+            src.write_text(abc_text, encoding="utf-8")
+            args = {"abc": str(src), "out": str(out)}
+        else:
+            args = {"xml": str(musicxml), "out": str(out)}
+        run_stage("interleave", args, opts)
+        return out.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
 def with_titles(abc: str, original: str) -> str:
     """The original's T: and C: lines (after X:) in place of music21's, which repeat the title or
     make one up ("Music21 Fragment")."""
@@ -368,19 +391,27 @@ class _Run:
             "warnings": self.warnings,
         }
         if "zip" in self.opts.formats:
-            manifest["exports"]["zip"] = {"ok": True, "files": [f"{self.stem}.zip"], "error": None, "seconds": 0.0}
+            manifest["exports"]["zip"] = {"ok": True, "files": [f"{self.stem}.zip"], "error": None, "seconds": 0.0,
+                                          "left_out": self._too_big_to_zip()}
         write_atomic(self.out / f"{self.stem}.manifest.json", json.dumps(manifest, indent=2) + "\n")
         if "zip" in self.opts.formats:
             self._zip(manifest)
             self.status["zip"] = ExportStatus(True, [f"{self.stem}.zip"])
         return RenderResult(self.out, self.stem, self.status, self.warnings, manifest)
 
+    def _too_big_to_zip(self) -> list[str]:
+        """Files over zip_member_max_mb: downloads of their own, not copied into the ZIP."""
+        limit = self.opts.zip_member_max_mb * 2**20
+        return [name for s in self.status.values() for name in s.files if (self.out / name).stat().st_size > limit]
+
     def _zip(self, manifest: dict) -> None:
         tmp = self.out / f".{self.stem}.zip.tmp"
+        left_out = set(manifest["exports"]["zip"]["left_out"])
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for f, s in self.status.items():
                 for name in s.files:
-                    z.write(self.out / name, name)
+                    if name not in left_out:
+                        z.write(self.out / name, name)
             z.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
         os.replace(tmp, self.out / f"{self.stem}.zip")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from engine.render import convert
 from engine.render.convert import ConversionError
-from engine.symbolic.abcformat import musicxml_to_abc
+from engine.errors import CadenzaError
+from engine.symbolic.abcformat import interleave, musicxml_to_abc, xml_to_abc
 
 
 def die_with_parent() -> None:
@@ -53,6 +54,15 @@ def run_stage(stage: str, a: dict) -> dict:
         Path(a["xml"]).write_text(xml, encoding="utf-8")
         Path(a["out"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
         return {"files": [a["out"]], "note": note}
+    if stage == "interleave":
+        # a user's score (ABC or MusicXML) -> header lines and one line per bar of every voice
+        if "abc" in a:
+            xml, _ = convert.abc_to_musicxml(Path(a["abc"]).read_text(encoding="utf-8"))
+            abc = xml_to_abc(xml.encode(), timeout=0)
+        else:
+            abc = musicxml_to_abc(a["xml"], timeout=0)  # .mxl too
+        Path(a["out"]).write_text("".join(interleave(abc)), encoding="utf-8")
+        return {"files": [a["out"]]}
     if stage == "midi":
         info = convert.musicxml_to_midi(Path(a["xml"]), Path(a["out"]))
         return {"files": [a["out"]], **info}
@@ -85,7 +95,7 @@ def main() -> int:
     try:
         result = run_stage(stage, args)
         code = 0
-    except ConversionError as e:
+    except (ConversionError, CadenzaError) as e:
         result, code = {"error": str(e)}, 3
     except (MemoryError, OSError) as e:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import torch
 
+from engine.symbolic import compiled
+from engine.symbolic.compiled import PatchInputs
 from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.piece import PieceState
@@ -26,8 +28,10 @@ class Backend(Protocol):
 class FastBackend:
     """Stages 1-2 with KV caches in both decoders, a batch of pieces per forward pass."""
 
-    def __init__(self, model: NotaGenModel, rows: int):
+    def __init__(self, model: NotaGenModel, rows: int, decode: str = "auto"):
         self.model = model.prepare_for_generation()
+        # the character step as one compiled graph (engine.symbolic.compiled) or op by op
+        self.compiled = compiled.resolve_decode(decode, model.device) == "compiled"
         cfg = model.config
         dev, dt = model.device, model.dtype
         self.patch_caches = model.patch_level_decoder.base.new_caches(rows, cfg.patch_length, dev, dt)
@@ -98,32 +102,47 @@ class FastBackend:
 
     def sample(self, hidden: torch.Tensor, states: list[PieceState], prefixes: list[list[int]]) -> list[list[int]]:
         """Writes one patch per row (rows, hidden); each row's `prefix` characters are forced."""
-        cfg, dev = self.model.config, self.model.device
-        rows, size = hidden.shape[0], cfg.patch_size
-        char = self.model.char_level_decoder
-        caches = [c.rows(slice(0, rows)) for c in self.char_caches]
+        inputs = self._inputs(states, prefixes)
+        chars = compiled.compiled_chars(self.model, hidden.shape[0]) if self.compiled else None
+        if chars is not None:
+            try:
+                return chars.write(hidden, inputs, self.early_exit).tolist()
+            except Exception as e:  # noqa: BLE001 - inductor/dynamo raise many types; eager still works
+                compiled.mark_failed(self.model, e)
+                self.compiled = False
+        return self._write_eager(hidden, inputs).tolist()
+
+    def _inputs(self, states: list[PieceState], prefixes: list[list[int]]) -> PatchInputs:
+        dev, size = self.model.device, self.model.config.patch_size
         prefix = torch.tensor([p + [PAD_ID] * (size - len(p)) for p in prefixes], device=dev)
         plen = torch.tensor([len(p) for p in prefixes], device=dev)
         top_k, top_p, temp = _settings_tensors(states, dev)
         u = torch.stack([torch.rand(size, generator=s.generator, device=dev) for s in states])  # (rows, size)
         # a piece that may not end yet (a length in bars) never starts a free patch with bos: no eos patch
         no_eos = torch.tensor([not s.eos_allowed() for s in states], device=dev) & (plen == 0)
+        return PatchInputs(prefix, plen, top_k, top_p, temp, u, no_eos)
+
+    def _write_eager(self, hidden: torch.Tensor, inputs: PatchInputs) -> torch.Tensor:
+        """The 16 character steps op by op, over caches sliced to the positions written so far."""
+        rows, size, dev = hidden.shape[0], self.model.config.patch_size, self.model.device
+        char = self.model.char_level_decoder
+        caches = [c.rows(slice(0, rows)) for c in self.char_caches]
         out = torch.full((rows, size), PAD_ID, dtype=torch.long, device=dev)
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
         x = hidden
         for t in range(size):
             probs = torch.softmax(char.step(x, caches, t).float(), dim=-1)
-            if t == 0 and bool(no_eos.any()):
-                probs[no_eos, BOS_ID] = 0.0
-            tok = sample(probs, top_k, top_p, temp, u[:, t])
-            tok = torch.where(t < plen, prefix[:, t], tok)
+            if t == 0 and bool(inputs.no_eos.any()):
+                probs[inputs.no_eos, BOS_ID] = 0.0
+            tok = sample(probs, inputs.top_k, inputs.top_p, inputs.temperature, inputs.u[:, t])
+            tok = torch.where(t < inputs.plen, inputs.prefix[:, t], tok)
             tok = torch.where(done, torch.full_like(tok, PAD_ID), tok)
             out[:, t] = tok
             done = done | (tok == EOS_ID)
             if self.early_exit and bool(done.all()):
                 break
             x = char.embed_chars(tok)
-        return out.tolist()
+        return out
 
 
 def _settings_tensors(states: list[PieceState], dev):

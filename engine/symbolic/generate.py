@@ -22,10 +22,11 @@ from typing import Callable, Iterator
 
 import torch
 
+from engine.errors import SettingsError
 from engine.symbolic.backend import Backend, FastBackend
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import patch_text
-from engine.symbolic.piece import PatchEvent, Piece, PieceRequest, PieceState
+from engine.symbolic.piece import PatchEvent, Piece, PieceRequest, PieceState, context_problem
 
 
 def stream(model: NotaGenModel, requests: list[PieceRequest],
@@ -36,6 +37,8 @@ def stream(model: NotaGenModel, requests: list[PieceRequest],
     if not requests:
         return
     cfg = model.config
+    for problem in {context_problem(r, cfg.patch_length, cfg.patch_size) for r in requests} - {None}:
+        raise SettingsError(problem)
     states = [PieceState(i, r, cfg.patch_length, cfg.patch_size, model.device) for i, r in enumerate(requests)]
     # Inference mode is entered per step, never across a yield: a consumer may resume this
     # generator from another thread (Gradio does), and the mode belongs to the thread.

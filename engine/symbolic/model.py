@@ -74,7 +74,8 @@ class Conv1D(nn.Module):
         """x @ W + b, then GPT-2's tanh-approximated gelu when `gelu`."""
         shape = x.shape[:-1] + (self.weight.shape[1],)
         x2 = x.reshape(-1, x.shape[-1])
-        if self.packed is not None and self.packed.usable(self.weight):
+        # compiled code (engine.symbolic.compiled) takes the plain path: inductor packs frozen weights itself
+        if self.packed is not None and not torch.compiler.is_compiling() and self.packed.usable(self.weight):
             return self.packed(x2, self.bias, gelu).view(shape)
         y = torch.addmm(self.bias, x2, self.weight).view(shape)
         return F.gelu(y, approximate="tanh") if gelu else y

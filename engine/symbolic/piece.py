@@ -208,6 +208,11 @@ class PieceState:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    def resume(self, paused_s: float) -> None:
+        """Back in a batch after waiting `paused_s` seconds outside it (fair sharing): the time
+        paused does not count against max_seconds."""
+        self.start += paused_s
+
     def check_bounds(self) -> None:
         req = self.req
         if req.cancel is not None and req.cancel.is_set():
@@ -344,3 +349,24 @@ class PieceState:
                      self.patches, self.chars, self.bars, self.elapsed, self.resets, self.rewritten)
 
 
+
+
+def context_problem(req: PieceRequest, patch_length: int, patch_size: int) -> str | None:
+    """Why the model cannot write this request at all, found before any work: its context must hold
+    the header (prompt lines, metadata) and the last bar of a continued score with room to write.
+    PieceState would otherwise start with its context already full (stop_reason "context")."""
+    meta, body = split_tunebody("".join(req.prompt.lines()) + req.prefix)
+    if body:
+        full, tail = encode_for_generation(meta, body[-1:], patch_size)
+        need = len(full) + (1 if tail else 0)
+    else:
+        need = len(prompt_patches(meta, patch_size))
+    if need < patch_length - 1:  # at least one patch of new text fits
+        return None
+    header = sum(len(ln) for ln in meta)
+    what = "header and its last bar" if body else "header"
+    return (f"this score is too long for the model: its {what} ({header:,} characters before the first bar) "
+            f"fill {need} of the {patch_length} patches of {patch_size} characters the model reads at once, "
+            f"leaving nothing to write. The header with one bar must fit in {patch_length - 2} patches, under "
+            f"{(patch_length - 2) * patch_size:,} characters (each line starts a patch of its own): use fewer "
+            "voices or parts")
