@@ -208,7 +208,7 @@ def bounded_result(job, seconds: float = 60.0):
 
 def test_a_header_longer_than_the_context_is_refused_before_any_work(model, scheduler):
     req = PieceRequest(BACH, seed=1, prefix=WIDE + "[r:0/3][V:1]C8|\n")
-    with pytest.raises(CadenzaError, match=r"too long for the model.*of the 48 patches.*use fewer voices"):
+    with pytest.raises(CadenzaError, match=r"too long for the model.*reads at most 48 at once.*use fewer voices"):
         scheduler.submit([req])
     with pytest.raises(CadenzaError, match="too long for the model"):
         generate(model, [req])  # the direct path too

@@ -366,7 +366,7 @@ def context_problem(req: PieceRequest, patch_length: int, patch_size: int) -> st
     header = sum(len(ln) for ln in meta)
     what = "header and its last bar" if body else "header"
     return (f"this score is too long for the model: its {what} ({header:,} characters before the first bar) "
-            f"fill {need} of the {patch_length} patches of {patch_size} characters the model reads at once, "
-            f"leaving nothing to write. The header with one bar must fit in {patch_length - 2} patches, under "
+            f"take {need} patches of {patch_size} characters, and the model reads at most {patch_length} at once, "
+            f"with room left to write. The header with one bar must fit in {patch_length - 2} patches, under "
             f"{(patch_length - 2) * patch_size:,} characters (each line starts a patch of its own): use fewer "
             "voices or parts")
