@@ -501,6 +501,13 @@ def test_a_missing_number_gets_a_message_and_one_log_line(served, capfd):
         c.predict(KEY, "piano", "", None, 1, 3.0, 250, 0.0, 1.0, 1, None, api_name="/audio")
     with pytest.raises(Exception, match="seed must be"):
         c.predict(KEY, SCORE, "strings", "", 10.0, 10**30, api_name="/perform")
+    # text in a number field is refused by the field's name, not with Gradio's bare error
+    with pytest.raises(Exception, match=r"seed must be a whole number .* got 'abc'"):
+        c.predict(KEY, "", *PROMPT, "abc", 1.2, 9, 0.9, 16, 1, api_name="/compose")
+    with pytest.raises(Exception, match=r"maximum length \(patches\) must be a whole number .* got 'many'"):
+        c.predict(KEY, "", *PROMPT, 1, 1.2, 9, 0.9, "many", 1, api_name="/compose")
+    with pytest.raises(Exception, match=r"variations must be a whole number .* got 1.5"):
+        c.predict(KEY, "", *PROMPT, 1, 1.2, 9, 0.9, 16, 1.5, api_name="/compose")
     time.sleep(0.3)
     assert "Traceback" not in capfd.readouterr().err
 
@@ -586,8 +593,7 @@ def test_sigkill_mid_piece_loses_at_most_seconds_and_a_restart_lists_it_as_inter
     with SIGKILL cannot keep it itself, so the next start does (issue 31)."""
     proc, c = _up(tmp_path)
     try:
-        _writing(c)
-        time.sleep(2.5)  # one journal write at least
+        _writing(c)  # the first patch is journalled at once, the later ones every 2 s
         proc.kill()
         proc.wait(timeout=10)
     finally:
