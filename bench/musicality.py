@@ -18,7 +18,7 @@ from fractions import Fraction
 
 from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, final_cadence,
                                      key_alterations, parallels, read_bar)
-from engine.symbolic.postprocess import BARLINE, check_alignment, header_field, line_segments, metre_bar
+from engine.symbolic.postprocess import BARLINE, check_alignment, header_field, header_unit, line_segments, metre_bar
 
 TONIC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
@@ -109,7 +109,7 @@ def melody_measures(abc: str) -> dict:
     key_text = header_field(header, "K") or "C"
     key = key_alterations(key_text)
     lines = [ln if "[V:" in ln else f"[V:1]{ln.strip()}\n" for ln in body]
-    alignment = check_alignment(lines, metre_bar(header))
+    alignment = check_alignment(lines, metre_bar(header), header_unit(header))
     notes = [e for ln in lines for t in segments_of(ln, ["1"]) for b in BARLINE.split(t)
              if b and not BARLINE.fullmatch(b) for e in read_bar(b, key) if e.pitches]
     bars = [re.sub(r"\s+", "", t) for ln in lines for t in segments_of(ln, ["1"])]

@@ -33,7 +33,7 @@ from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.scheduler import Scheduler, Sharing, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, metre_bar, to_abc
+from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, header_unit, metre_bar, to_abc
 from engine.symbolic.prompts import known_prompt
 from engine.symbolic.reference import ReferenceBackend  # noqa: F401 - part of the API
 
@@ -212,7 +212,7 @@ def check_bars(musicxml: Path) -> Alignment | None:
         meta, body = split_tunebody("".join(interleaved(musicxml=Path(musicxml))))
     except StageError:  # xml2abc and abctoolkit fail on some odd scores: no check then
         return None
-    return check_alignment(body, metre_bar(meta)) if body else None
+    return check_alignment(body, metre_bar(meta), header_unit(meta)) if body else None
 
 
 def open_ending(line: str) -> str:

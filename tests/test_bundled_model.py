@@ -65,6 +65,18 @@ def test_the_voice_counts_are_those_of_the_training_pieces(lm):
     assert {k: tuple(v) for k, v in prompt_voices(pieces, lm.prompts).items()} == lm.voices
 
 
+def test_the_bar_rules_are_those_the_training_pieces_keep_read_as_the_page_reads_bars(lm):
+    """The shipped rules follow the bar reader (postprocess.bar_fits): re-derived when it changed
+    (issue 32: Beethoven's quartets change metre inline, and now keep the metre rule)."""
+    from engine.data.build import read_split
+    from engine.symbolic.train import bar_rules
+
+    keys = {p.key() for p in lm.prompts.prompts}
+    derived = bar_rules(read_split(ROOT / "assets" / "data" / "corpus", "train"))
+    assert {k: frozenset(v) for k, v in derived.items() if k in keys and v} == lm.bar_rules
+    assert "metre" in lm.bar_rules["Classical_Beethoven, Ludwig van_Chamber"]
+
+
 def test_retries_take_back_bars_alike_in_fast_and_reference_modes(lm):
     """Taking back a bar rewinds the patch-level KV cache: the fast path must still match
     NotaGen's recompute-everything algorithm patch for patch."""

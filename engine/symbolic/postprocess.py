@@ -150,6 +150,58 @@ def line_bars(line: str) -> list[Fraction | None]:
     return [bar_duration(b) for b in BARLINE.split(segments[0]) if b and not BARLINE.fullmatch(b)] or [None]
 
 
+ENDING = re.compile(r"(?:\||\[)[1-9]")  # a first or second ending starts: |1 :|2 [1
+FERMATA = re.compile(r"!fermata!|\bH(?=[_=^]*[A-Ga-gz])")  # !fermata! or H, the short form
+
+
+def split_point(line: str) -> bool:
+    """A line after which a bar may be split in two (its rest in the next line): it closes a section
+    (a repeat or double bar mid-bar) or it holds a fermata (Bach's phrases end mid-bar)."""
+    return closes_section(line) or FERMATA.search(line) is not None or ENDING.search(line) is not None
+
+
+INLINE_METRE = re.compile(r"\[M:\s*([^\]]*)\]")
+
+
+def inline_metre(line: str, unit: Fraction) -> Fraction | None:
+    """The bar of a metre the line changes to ([M:3/4]), in units of L; None when it changes none
+    (or to one that cannot be read: free metre)."""
+    found = INLINE_METRE.findall(line)
+    return metre_bar([f"M:{found[-1]}\n", f"L:{unit}\n"]) if found else None
+
+
+def bar_fits(body_lines: list[str], bar: Fraction | None, unit: Fraction = Fraction(1, 8)) -> list[bool]:
+    """Whether each tune-body line's bars fill the metre, as music21 would count a measure full,
+    except where a composer would not: the first bar (a pickup), the last bar, a bar after a
+    section closes (the next section's pickup) and a bar split in two at a fermata, a repeat or an
+    ending (both halves; they must make one bar exactly). A metre changed inline ([M:3/4]) holds
+    from its line on; the line that changes it may be short (the change is often mid-bar)."""
+    bars = []  # the metre's bar at each line
+    for ln in body_lines:
+        changed = inline_metre(ln, unit) if "[M:" in ln else None
+        bar = changed if changed is not None else (None if "[M:" in ln else bar)
+        bars.append(bar)
+    # an ending's number after the line's last barline ("|1") reads as a bar of length 0: not a bar
+    lines = [[d for d in line_bars(ln) if d != 0] or [Fraction(0)] for ln in body_lines]
+    fits = [b is None or all(d is not None and d == b for d in ds) for ds, b in zip(lines, bars)]
+    for n, ds in enumerate(lines):
+        bar = bars[n]
+        if fits[n] or None in ds:
+            continue
+        if "[M:" in body_lines[n]:
+            fits[n] = all(d <= bar for d in ds)
+            continue
+        short = all(d <= bar for d in ds) and len(ds) == 1
+        if not short:
+            continue
+        if n == 0 or n == len(lines) - 1 or closes_section(body_lines[n - 1]) or closes_section(body_lines[n]):
+            fits[n] = True  # a pickup, the final bar, a section's last bar or the next one's pickup
+        elif split_point(body_lines[n]) and n + 1 < len(lines) and None not in lines[n + 1] \
+                and ds[0] + lines[n + 1][0] == bar and all(d == bar for d in lines[n + 1][1:]):
+            fits[n] = fits[n + 1] = True  # one bar split at a fermata: both halves
+    return fits
+
+
 @dataclass(frozen=True)
 class Metre:
     """Where a piece stands in its metre after a line: `open` is the part of a bar still to come
@@ -158,30 +210,39 @@ class Metre:
     bar: Fraction | None  # a full bar in units of L (None: free metre, nothing is checked)
     open: Fraction = Fraction(0)
     fresh: bool = True
+    unit: Fraction = Fraction(1, 8)  # the header's L, to read a metre changed inline
 
     def after(self, line: str) -> "Metre | None":
-        """The state after `line`, or None when its bars do not fit the metre: longer than a bar,
-        longer than what the open bar needs, or a short bar that leaves the previous one open.
-        A pickup, the bar that completes a split bar and the short bar that closes a section are
-        fine; a line with its own M: changes the metre (not checked)."""
-        if self.bar is None or "[M:" in line:
-            return Metre(self.bar)
+        """The state after `line`, or None when its bars do not fill the metre, as bar_fits counts
+        them: every bar is a full bar except a pickup (the first bar, or the first after a section
+        closes), a section's closing bar, and a bar split at a fermata, repeat or ending, whose
+        rest must be the next bar exactly. A short bar anywhere else is refused (the rule used to
+        let it pass and blame the bar after it). A line with its own [M:] starts the new metre
+        (that line is not checked: the change is often mid-bar)."""
+        if "[M:" in line:
+            return Metre(inline_metre(line, self.unit), Fraction(0), True, self.unit)
+        if self.bar is None:
+            return self
         state = self
-        for d in line_bars(line):
-            if d is None:
+        for d in [d for d in line_bars(line) if d != 0] or [Fraction(0)]:  # "|1": an ending's number
+            state = state._bar(d, line)
+            if state is None:
                 return None
-            if state.fresh:
-                fits, left = d <= self.bar, Fraction(0)
-            elif state.open:
-                fits, left = d <= state.open, state.open - d
-            else:
-                fits, left = d <= self.bar, (self.bar - d) % self.bar
-            if not fits:
-                return None
-            state = Metre(self.bar, left, False)
         if closes_section(line):
-            return Metre(self.bar, Fraction(0), True)
+            return Metre(self.bar, Fraction(0), True, self.unit)
         return state
+
+    def _bar(self, d: Fraction | None, line: str) -> "Metre | None":
+        bar = self.bar
+        if d is None or d > bar:
+            return None
+        if self.open:  # the rest of a split bar: exactly what was left
+            return Metre(bar, Fraction(0), False, self.unit) if d == self.open else None
+        if d == bar or self.fresh:
+            return Metre(bar, Fraction(0), False, self.unit)
+        if closes_section(line) or split_point(line):
+            return Metre(bar, bar - d, False, self.unit)
+        return None
 
 
 def line_aligned(line: str) -> bool:
@@ -193,18 +254,22 @@ def line_aligned(line: str) -> bool:
     return bool(per_voice) and all(None not in d for d in per_voice) and all(d == per_voice[0] for d in per_voice)
 
 
-def check_alignment(body_lines: list[str], bar: Fraction | None = None) -> Alignment:
+def check_alignment(body_lines: list[str], bar: Fraction | None = None, unit: Fraction = Fraction(1, 8)) -> Alignment:
     """Every voice of a line must last as long as the others (bar by bar) and, given the metre's
-    bar, fit the metre (see Metre.after; a line that does not fit starts the count afresh)."""
-    aligned, bad, metre = 0, [], Metre(bar)
-    for n, line in enumerate(body_lines, 1):
-        after = metre.after(line)
-        if line_aligned(line) and after is not None:
+    bar, fill the metre as bar_fits counts it (what the page reports as bars that fit)."""
+    aligned, bad = 0, []
+    for n, (line, fits) in enumerate(zip(body_lines, bar_fits(body_lines, bar, unit)), 1):
+        if fits and line_aligned(line):
             aligned += 1
         else:
             bad.append(n)
-        metre = after or Metre(bar, Fraction(0), False)
     return Alignment(aligned, len(body_lines), bad)
+
+
+def header_unit(metadata: list[str]) -> Fraction:
+    """The header's L: (NotaGen's data: 1/8 throughout)."""
+    unit = header_field(metadata, "L") or "1/8"
+    return Fraction(unit) if re.fullmatch(r"\d+/\d+", unit) and unit[0] != "0" else Fraction(1, 8)
 
 
 def normalise_inline_keys(body: list[str]) -> tuple[list[str], int]:
@@ -274,6 +339,6 @@ def to_abc(text: str) -> AbcResult:
     body, rekeyed = normalise_inline_keys(body)
     if rekeyed:
         warnings.append(f"{rekeyed} bar(s) changed key in some voices only: the header's key kept there")
-    alignment = check_alignment(body, metre_bar(metadata))
+    alignment = check_alignment(body, metre_bar(metadata), header_unit(metadata))
     restored = restore_voices(metadata, body)
     return AbcResult("X:1\n" + "".join(header) + "".join(restored), alignment, warnings)

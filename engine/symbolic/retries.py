@@ -20,7 +20,7 @@ from engine.symbolic.labels import fits_label
 from engine.symbolic.harmony import Critic, beat_length, final_cadence, key_alterations
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import (CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
-                                         header_field, line_aligned, line_segments, metre_bar)
+                                         header_field, header_unit, line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
     from engine.symbolic.piece import PieceState
@@ -115,7 +115,8 @@ def take_back_line(s: "PieceState") -> TakeBack:
         return KEEP
     if s.metre is None:  # the first line: the header is complete
         meta = split_tunebody(s.text)[0]
-        s.metre, s.declared = Metre(metre_bar(meta)), count_voices(meta)
+        s.metre = Metre(metre_bar(meta), unit=header_unit(meta))
+        s.declared = count_voices(meta)
         beat = beat_length(header_field(meta, "M"), header_field(meta, "L"))
         s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar) \
             if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
@@ -137,9 +138,9 @@ def take_back_line(s: "PieceState") -> TakeBack:
         if s.best_attempt is not attempt:  # out of retries: an earlier attempt was better
             best = s.best_attempt
             s.replace_line(best.text, [list(p) for p in best.context])
-            s.metre, s.sounding = best.metre or Metre(s.metre.bar, Fraction(0), False), best.sounding
+            s.metre, s.sounding = best.metre or Metre(s.metre.bar, Fraction(0), False, s.metre.unit), best.sounding
             return TakeBack(Verdict.RESTORE, len(line), best.text)
-    s.metre = after or Metre(s.metre.bar, Fraction(0), False)
+    s.metre = after or Metre(s.metre.bar, Fraction(0), False, s.metre.unit)
     if judged is not None:
         s.sounding = judged[1]
     return KEEP

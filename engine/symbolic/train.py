@@ -26,7 +26,8 @@ from engine.symbolic.config import EOS_ID, PAD_ID, NotaGenConfig
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import bos_patch, split_bars, split_patches, split_tunebody, to_ids
 from engine.symbolic.harmony import Critic, beat_length, key_alterations
-from engine.symbolic.postprocess import R_MARKER, check_alignment, count_voices, header_field, line_segments, metre_bar
+from engine.symbolic.postprocess import (R_MARKER, check_alignment, count_voices, header_field, header_unit,
+                                         line_segments, metre_bar)
 from engine.symbolic.prompts import Prompt, PromptTable
 
 STATE_FILE = "trainer_state.pt"
@@ -181,7 +182,7 @@ def bar_rules(pieces: list[dict]) -> dict[str, list[str]]:
         lines = [R_MARKER.sub("", ln) for ln in body]
         bars[key] += len(lines)
         kept[key, "full"] += sum(len(line_segments(ln)) >= declared for ln in lines)
-        kept[key, "metre"] += check_alignment(lines, metre_bar(meta)).aligned
+        kept[key, "metre"] += check_alignment(lines, metre_bar(meta), header_unit(meta)).aligned
         passed, judged = harmony_kept(meta, lines)
         kept[key, "harmony"] += passed
         bars[key, "harmony"] += judged
