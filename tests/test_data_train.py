@@ -235,3 +235,37 @@ def test_a_time_budget_stops_training_with_a_checkpoint(tmp_path):
     assert [s["step"] for s in history["steps"]] == [1]  # out of time after the first step
     assert history["val_bpc"][0]["step"] == 1
     assert load_model(tmp_path / "m").model.config == model.config
+
+
+def _essen(number: int) -> str:
+    import re
+
+    from music21 import corpus
+
+    tunes = re.split(r"^(?=X:)", open(corpus.getWork("essenFolksong/altdeu10.abc")).read(), flags=re.M)[1:]
+    return data.close_phrase_bars(tunes[number])
+
+
+def test_an_irregularly_barred_melody_is_barred_again_by_its_metre_with_every_note_kept():
+    """Essen's altdeu10 #11 in 4/2: music21 reads its bars as 2, 8, 8, 4, 8, 4, 8, 12 ... quarters
+    (phrases barred where they end). Barred again by the metre from its pickup, every bar between
+    the first and the last is full as music21 reads the result, and the notes are the same."""
+    from music21 import converter
+
+    from engine.symbolic.abcformat import xml_to_abc
+
+    abc = _essen(10)
+    xml = data.rebar_melody(abc)
+    assert xml is not None
+    before = converter.parse(abc, format="abc").parts[0]
+    after = converter.parse(xml, format="musicxml").parts[0]
+    lengths = [m.highestTime for m in after.getElementsByClass("Measure")]
+    assert lengths[0] == 2 and set(lengths[1:-1]) == {8} and lengths[-1] == 2
+    assert [m.highestTime for m in before.getElementsByClass("Measure")][3] == 4  # it was not so
+    sounding = lambda part: [(n.pitch.midi if n.isNote else None) for n in part.stripTies().flatten().notesAndRests]
+    assert sounding(after) == sounding(before) and after.highestTime == before.highestTime
+    assert "x" not in xml_to_abc(xml).split("K:")[1]  # the last bar is short, not filled with a hidden rest
+    # a melody already barred by its metre, one with repeats: left as they are
+    regular = "X:1\nM:3/4\nL:1/8\nK:G\nD2|G2 A2 B2|c2 B2 A2|G4|]\n"
+    assert data.rebar_melody(regular) is None
+    assert data.rebar_melody("X:1\nM:3/4\nL:1/8\nK:G\n|:G2 A2|B4 c2 d2|e6:|\n") is None

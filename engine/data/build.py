@@ -157,7 +157,8 @@ def _source_abc(src: Source) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
         if src.tune is not None:
             text = re.split(r"^(?=X:)", text, flags=re.M)[1:][src.tune]
-        return xml_to_abc(_abc_to_xml(close_phrase_bars(text)), timeout=0)
+        text = close_phrase_bars(text)
+        return xml_to_abc(rebar_melody(text) or _abc_to_xml(text), timeout=0)
     if suffix == ".krn":
         from music21 import converter
         from music21.musicxml.m21ToXml import GeneralObjectExporter
@@ -197,6 +198,65 @@ def close_phrase_bars(abc: str) -> str:
             line, open_bar = line.rstrip() + " |", Fraction(0)
         out.append(line)
     return head + "\nK:" + key_line + "\n" + "\n".join(out)
+
+
+REPEATS = re.compile(r"\|:|:\||::|\|\s*\[?[1-9]|\[[1-9]")  # repeats and endings: their order is not the notes'
+
+
+def rebar_melody(abc: str) -> bytes | None:
+    """A one-voice tune whose barlines do not keep its metre (the Essen songs bar their phrases
+    irregularly: music21 reads altdeu10 #11 in 4/2 as bars of 2, 8, 8, 4, 8, 4, 8, 12 ... quarters)
+    barred again by the metre from its pickup, notes tied over the new barlines, as MusicXML;
+    None when it keeps its metre already, or cannot be barred so: several voices, repeats or
+    endings, a metre change, or notes that do not add up to whole bars after the pickup."""
+    import copy
+
+    from music21 import converter, meter, note, stream
+    from music21.musicxml.m21ToXml import GeneralObjectExporter
+
+    head, _, body = abc.partition("\nK:")
+    metre = re.search(r"^M:\s*(\d+/\d+|C\|?)\s*$", head, re.M)
+    if not metre or REPEATS.search(body) or re.search(r"^[VM]:|\[[VM]:", body, re.M) or "V:" in head:
+        return None
+    signature = meter.TimeSignature({"C": "4/4", "C|": "2/2"}.get(metre.group(1), metre.group(1)))
+    with quiet.captured():
+        score = converter.parse(abc, format="abc")
+    parts = list(score.parts) if score.parts else [score]
+    if len(parts) != 1:
+        return None
+    # (music21 gives an irregular bar a time signature of its own: the header's is the metre)
+    part, full = parts[0], signature.barDuration.quarterLength
+    lengths = [m.highestTime for m in part.getElementsByClass("Measure")]
+    if len(lengths) < 3 or all(q == full for q in lengths[1:-1]):
+        return None
+    pickup = lengths[0] if lengths[0] < full else 0
+    flat = stream.Part()
+    flat.insert(0, signature)
+    key = part.recurse().getElementsByClass("KeySignature").first()
+    if key is not None:
+        flat.insert(0, copy.deepcopy(key))
+    shift = full - pickup if pickup else 0
+    if shift:
+        flat.insert(0, note.Rest(quarterLength=shift))  # so that the pickup ends where a bar does
+    for n in part.flatten().notesAndRests:
+        flat.insert(shift + n.getOffsetInHierarchy(part), copy.deepcopy(n))
+    barred = flat.makeMeasures()
+    barred.makeTies(inPlace=True)
+    measures = list(barred.getElementsByClass("Measure"))
+    if shift:  # the rest goes again: the first bar is the pickup it was
+        first = measures[0]
+        first.remove(first.notesAndRests.first())
+        for el in first.notesAndRests:
+            el.offset -= shift
+        first.paddingLeft = shift
+    last = measures[-1]
+    for rest in [r for r in last.getElementsByClass(note.Rest) if r.style.hideObjectOnPrint]:
+        last.remove(rest)  # makeMeasures fills the last bar up: the tune ends where it ends
+    last.paddingRight = full - last.highestTime  # (and the exporter would fill it with a hidden rest)
+    if any(m.highestTime != full for m in measures[1:-1]):
+        return None
+    with quiet.captured():
+        return GeneralObjectExporter(barred).parse()
 
 
 def _abc_to_xml(abc: str) -> bytes:
