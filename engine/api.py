@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import queue
 import re
@@ -18,6 +19,8 @@ import torch
 from unidecode import unidecode
 
 from engine import placement
+
+log = logging.getLogger("cadenza.api")
 from engine.audio import musicgen
 from engine.checks import whole
 from engine.errors import CadenzaError, CheckpointError, SettingsError
@@ -27,6 +30,7 @@ from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, StageE
                                     not_abc, render, render_file, transpose, with_titles)
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
 from engine.symbolic.abcformat import musicxml_to_abc, reduce_rests
+from engine.symbolic import analysis
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.compiled import DECODE_MODES, resolve_decode  # noqa: F401 - part of the API
 from engine.symbolic.controls import Controls
@@ -102,6 +106,7 @@ class Composition:
                            "bars": p.bars, "seconds": round(p.elapsed, 3), "context_resets": p.context_resets},
             "bar_alignment": {"aligned": self.abc.alignment.aligned, "total": self.abc.alignment.total,
                               "misaligned_bars": self.abc.alignment.misaligned_lines},
+            "analysis": analyse(self.abc.abc),
             "generation_warnings": self.warnings,
         }
 
@@ -176,6 +181,25 @@ def compose(lm: LoadedModel, request: ComposeRequest, on_event: Callable[[PatchE
     return sorted(done, key=lambda c: c.piece.index)
 
 
+def analyse(abc_text: str) -> dict:
+    """The musical check of a score (engine.symbolic.analysis) as a dict; {} for text it cannot
+    read that way (a user's score in a layout the check does not follow): never an error."""
+    try:
+        return analysis.analyse(abc_text).to_dict()
+    except Exception as e:  # noqa: BLE001 - the check reads any ABC; a piece is kept without it
+        log.warning("no musical check for this score (%s: %s)", type(e).__name__, str(e)[:200])
+        return {}
+
+
+def analysis_lines(found: dict) -> list[str]:
+    """analyse()'s dict in words (what the page shows)."""
+    known = {k: v for k, v in (found or {}).items() if k in analysis.Analysis.__dataclass_fields__}
+    try:
+        return analysis.Analysis(**known).lines() if known else []
+    except TypeError:  # a record written by another version, missing a field
+        return []
+
+
 def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | None = None) -> str:
     """A score in ABC (the user's, or a piece cut short) -> the model's format, ready to continue.
     The bar markers count `more_bars` bars still to come, so the model does not read the score
@@ -204,15 +228,23 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
 
 
-def check_bars(musicxml: Path) -> Alignment | None:
-    """A score's bars checked as a generated piece's are (postprocess.check_alignment): every voice
-    as long as the others and as the metre. Any ABC layout is read through its MusicXML, one line
-    per bar of every voice. None when the score cannot be read that way."""
+def check_score(musicxml: Path) -> tuple[Alignment | None, dict]:
+    """A score's bars checked as a generated piece's are (postprocess.check_alignment: every voice
+    as long as the others and as the metre), and its musical check (analyse). Any ABC layout is
+    read through its MusicXML, one line per bar of every voice. (None, {}) when the score cannot
+    be read that way."""
     try:
-        meta, body = split_tunebody("".join(interleaved(musicxml=Path(musicxml))))
+        lines = interleaved(musicxml=Path(musicxml))
     except StageError:  # xml2abc and abctoolkit fail on some odd scores: no check then
-        return None
-    return check_alignment(body, metre_bar(meta), header_unit(meta)) if body else None
+        return None, {}
+    meta, body = split_tunebody("".join(lines))
+    if not body:
+        return None, {}
+    return check_alignment(body, metre_bar(meta), header_unit(meta)), analyse("".join(lines))
+
+
+def check_bars(musicxml: Path) -> Alignment | None:
+    return check_score(musicxml)[0]
 
 
 def open_ending(line: str) -> str:

@@ -300,6 +300,8 @@ def cmd_compose(args) -> int:
         rendered = api.export(lm, r, Path(args.out), formats, options)
         print(f"{r.stem()}: {p.bars} bars, {r.abc.alignment}, {p.patches} patches in {p.elapsed:.1f}s, "
               f"{'complete' if p.complete else 'cut short: ' + p.stop_reason}", file=sys.stderr)
+        for line in api.analysis_lines(rendered.manifest.get("analysis", {})):
+            print(f"  check: {line}", file=sys.stderr)
         for w in r.warnings:
             print(f"  note: {w}", file=sys.stderr)
         _print_render(rendered)

@@ -51,6 +51,7 @@ class PieceRecord:
     errors: dict[str, str] = field(default_factory=dict)  # format -> why it failed
     warnings: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # sampling and bounds as asked
+    analysis: dict = field(default_factory=dict)  # the musical check (engine.symbolic.analysis.Analysis)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PieceRecord":

@@ -499,7 +499,7 @@ class Studio:
                 id=piece_id, created=about["created"], kind=about["kind"], title=about["title"],
                 prompt=about["prompt"], seed=seed, model=about["model"], bars=result.alignment.total,
                 stop_reason="interrupted", alignment=str(result.alignment), files={"abc": ["score.abc"]},
-                settings=about["settings"],
+                settings=about["settings"], analysis=api.analyse(result.abc),
                 warnings=["the server stopped while this piece was being written (a crash or a kill): it was kept "
                           "as written a few seconds before, not rendered (open it and press Render)"])
             with self.saving(folder):
@@ -609,6 +609,7 @@ class Studio:
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
                 alignment=str(result.alignment), files={"abc": ["score.abc"]}, settings=r.settings(),
+                analysis=api.analyse(result.abc),
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
                 abc = named.head(result.abc)
@@ -631,7 +632,8 @@ class Studio:
                 seed=p.seed, model=lm.name, bars=comp.abc.alignment.total, seconds=round(p.elapsed, 2),
                 stop_reason=p.stop_reason, alignment=str(comp.abc.alignment),
                 files={f: st.files for f, st in result.status.items() if st.ok},
-                errors=result.failed, warnings=comp.warnings + result.warnings, settings=request.settings())
+                errors=result.failed, warnings=comp.warnings + result.warnings, settings=request.settings(),
+                analysis=result.manifest.get("analysis", {}))
             session.save(record)
         saved = [folder / f for f in record.files.get("abc", [])]
         return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
@@ -664,12 +666,13 @@ class Studio:
             with self.saving(folder):
                 result = api.render(abc_text, folder, self.config.formats, "score", options=self.render_options())
                 xml = result.paths("musicxml")
-                bars = api.check_bars(xml[0]) if xml else None  # against the metre as well as between voices
+                # the bars against the metre as well as between voices, and the musical check
+                bars, found = api.check_score(xml[0]) if xml else (None, {})
                 record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
                                      title=title[:120], bars=bars.total if bars else 0, prompt=_known(prompt),
                                      alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
-                                     errors=result.failed, warnings=notes + result.warnings)
+                                     errors=result.failed, warnings=notes + result.warnings, analysis=found)
                 session.save(record)
         return Outcome(record, folder, abc_text)
 
@@ -696,9 +699,11 @@ class Studio:
                 if not result.status.get("abc") or not result.status["abc"].ok:
                     raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
+                xml = result.paths("musicxml")
+                found = api.check_score(xml[0])[1] if xml else {}
                 record = PieceRecord(id=piece_id, created=_now(), kind="uploaded", title=path.name,
                                      files={f: st.files for f, st in result.status.items() if st.ok},
-                                     errors=result.failed, warnings=result.warnings)
+                                     errors=result.failed, warnings=result.warnings, analysis=found)
                 session.save(record)
         return Outcome(record, folder, abc_text)
 

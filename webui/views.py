@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+from engine.api import analysis_lines
 from engine.store import PieceRecord
 from webui.guard import public
 
@@ -67,9 +68,14 @@ def seed_line(r: PieceRecord) -> str:
 
 
 def notes(r: PieceRecord) -> str:
-    """Exports that failed, in view; the converters' notes folded under "details"."""
+    """Exports that failed, in view; the musical check (engine.symbolic.analysis) open; the
+    converters' notes folded under "details"."""
     failed = "".join(f"<p class='failed'>The {html.escape(fmt)} could not be made: {html.escape(plain(err))}</p>"
                      for fmt, err in r.errors.items())
+    found = analysis_lines(r.analysis)
+    if found:
+        failed += ("<details open class='analysis'><summary>Musical check</summary><ul>"
+                   + "".join(f"<li>{html.escape(line)}</li>" for line in found) + "</ul></details>")
     if not r.warnings:
         return failed
     items = "".join(f"<li>{html.escape(plain(w))}</li>" for w in r.warnings[:NOTES_SHOWN])
