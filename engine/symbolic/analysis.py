@@ -5,7 +5,8 @@ the voices end together; for one voice whether it ends on the key's tonic. The s
 the bar rules and the critic (postprocess.bar_fits, engine.symbolic.harmony), on the ABC the
 composer gets (to_abc's: every voice in every bar, X:1 and the header first).
 
-Bar numbers count the tune body's bars from 1, a pickup included, as the page's score shows them.
+Bar numbers count the tune body's bars from 1, a pickup included, as "Rewrite from this bar" counts
+them (the engraved score shows no numbers yet: issue 34).
 """
 from __future__ import annotations
 
