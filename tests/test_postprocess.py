@@ -116,3 +116,20 @@ def test_missing_unit_length_and_key_are_supplied():
     assert lines[:5] == ["X:1", "L:1/8", "%%score 1", "M:4/4", "K:C"]
     assert any("no key" in w for w in result.warnings) and any("L:1/8" in w for w in result.warnings)
     assert to_abc(PROMPT + HEADER + "[r:0/0][V:1]d6|[V:2]A6|[V:3]D,6|\n").warnings == []
+
+
+def test_header_values_out_of_musical_range_are_left_out_or_clamped():
+    """A jig came out with `Q:3/8=10]` (issue 34): a 10-minute, 116 MB WAV for 32 bars. The ABC
+    the composer gets plays at a tempo a player can play, in a unit length and metre ABC has."""
+    from engine.symbolic.postprocess import sane_header, to_abc
+
+    body = "V:1 treble\n[r:0/1][V:1]ABc d2e|\n[r:1/0][V:1]f3 e3|]\n"
+    garbled = to_abc("L:1/8\nQ:3/8=10]\nM:6/8\nK:D\n" + body)
+    assert "Q:" not in garbled.abc and "the tempo '3/8=10]' could not be read" in garbled.warnings[0]
+    assert garbled.alignment.aligned == 2  # the metre and the bars are untouched
+    slow = to_abc("L:1/8\nQ:3/8=10\nM:6/8\nK:D\n" + body)  # 10 dotted quarters: 15 quarters a minute
+    assert "Q:1/4=20\n" in slow.abc and "15 quarter notes a minute" in slow.warnings[0]
+    lines, notes = sane_header(["L:1/3\n", "Q:1/4=1000\n", "M:7/0\n", "K:D\n"])
+    assert lines == ["L:1/8\n", "Q:1/4=300\n", "K:D\n"] and len(notes) == 3
+    kept = ["L:1/16\n", 'Q:"Allegro" 1/4=132\n', "M:C|\n", "Q:1/2=60\n", "M:none\n"]
+    assert sane_header(kept) == (kept, [])

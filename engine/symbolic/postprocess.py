@@ -316,6 +316,48 @@ def restore_voices(metadata: list[str], body: list[str]) -> list[str]:
     return out
 
 
+TEMPO = re.compile(r'^Q:\s*(?:"[^"]*"\s*)?(?:(\d+)/(\d+)\s*=\s*)?(\d+)\s*(?:"[^"]*")?\s*$')  # Q:"Allegro" 1/4=120
+TEMPO_RANGE = (20, 300)  # quarter notes a minute: from a slow grave to a fast presto
+UNITS = {1, 2, 4, 8, 16, 32, 64}  # L:1/n a note value can be
+METRE = re.compile(r"^M:\s*(?:C\|?|none|(\d+)/(\d+))\s*$")
+
+
+def sane_header(header: list[str]) -> tuple[list[str], list[str]]:
+    """Header values a player can play, as the model may write garbage there (a jig came out with
+    `Q:3/8=10]`: a 10-minute WAV for 32 bars): a tempo that cannot be read goes (the player's
+    default), one outside 20-300 quarter notes a minute is clamped; a unit length that is not 1/n of
+    a note value becomes NotaGen's 1/8; a metre that cannot be read goes (free metre). -> (lines,
+    what was changed, in words)."""
+    out, notes = [], []
+    for line in header:
+        text = line.rstrip("\n")
+        if text.startswith("Q:"):
+            m = TEMPO.match(text)
+            if m is None:
+                notes.append(f"the tempo {text[2:].strip()!r} could not be read: left out (the player's default)")
+                continue
+            beat = Fraction(int(m.group(1)), int(m.group(2))) if m.group(1) and int(m.group(2)) else Fraction(1, 4)
+            quarters = int(m.group(3)) * beat * 4
+            low, high = TEMPO_RANGE
+            if not low <= quarters <= high:
+                bpm = max(low, min(high, quarters))
+                notes.append(f"the tempo {text[2:].strip()} ({float(quarters):.0f} quarter notes a minute) is out of "
+                             f"range: {float(bpm):.0f} used")
+                line = f"Q:1/4={round(bpm)}\n"
+        elif text.startswith("L:"):
+            m = re.match(r"^L:\s*1/(\d+)\s*$", text)
+            if m is None or int(m.group(1)) not in UNITS:
+                notes.append(f"the unit length {text[2:].strip()!r} is not a note value: NotaGen's 1/8 used")
+                line = "L:1/8\n"
+        elif text.startswith("M:"):
+            m = METRE.match(text)
+            if m is None or (m.group(1) and (not 1 <= int(m.group(1)) <= 32 or int(m.group(2)) not in UNITS)):
+                notes.append(f"the metre {text[2:].strip()!r} could not be read: left out (free metre)")
+                continue
+        out.append(line)
+    return out, notes
+
+
 def to_abc(text: str) -> AbcResult:
     """The model's text -> ABC file. An unfinished last line (a piece cut short) is left out."""
     metadata, body = split_tunebody(text)
@@ -326,6 +368,8 @@ def to_abc(text: str) -> AbcResult:
     header = [ln if ln.endswith("\n") else ln + "\n" for ln in metadata if not (ln.startswith("%") and not ln.startswith("%%"))]
     header = [close_brackets(ln) if ln.startswith("%%score") else ln for ln in header]
     header = [ln for ln in header if not ln.startswith("X:")]
+    header, changed = sane_header(header)
+    warnings += changed
     # NotaGen's format always has L:1/8 and a key; a small or unlucky model may leave them out.
     if not any(ln.startswith("L:") for ln in header):
         header.insert(0, "L:1/8\n")
@@ -339,6 +383,6 @@ def to_abc(text: str) -> AbcResult:
     body, rekeyed = normalise_inline_keys(body)
     if rekeyed:
         warnings.append(f"{rekeyed} bar(s) changed key in some voices only: the header's key kept there")
-    alignment = check_alignment(body, metre_bar(metadata), header_unit(metadata))
+    alignment = check_alignment(body, metre_bar(header), header_unit(header))
     restored = restore_voices(metadata, body)
     return AbcResult("X:1\n" + "".join(header) + "".join(restored), alignment, warnings)
