@@ -288,7 +288,9 @@ def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page
     body = driver.find_element(By.TAG_NAME, "body").text
     assert all(f"seed {s}" in body for s in seeds), (seeds, body[-800:])  # each card says its seed
     # each card engraves its first bars and has its own player
-    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".abc-incipit svg")) >= 3, what="the incipits")
+    # notes drawn, not an empty svg (the cards were blank: Markdown had stripped their ABC)
+    wait_for(driver, lambda d: len([e for e in d.find_elements(By.CSS_SELECTOR, ".abc-incipit")
+                                    if e.find_elements(By.CSS_SELECTOR, "svg .abcjs-note")]) >= 3, what="the incipits")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cards[0])
     shot(driver, "variations")
     cards[1].click()  # the second variation becomes the current piece
@@ -418,7 +420,8 @@ def test_converter_notes_are_in_plain_words_folded_under_details(page):
     editor.send_keys(Keys.DELETE)
     editor.send_keys("X:1\nT:Notes\n%%score (1 2\nL:1/8\nM:2/4\nK:C\nV:1\nCDEF) |GABc|]\nV:2\nC,4|G,4|]\n")
     button(driver, "Render my edits").click()
-    details = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "details"), timeout=60, what="the notes")
+    details = wait_for(driver, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "details")
+                                          if "on the score" in e.text], timeout=60, what="the notes")
     body = driver.find_element(By.TAG_NAME, "body").text
     assert "notes on the score" in body or "note on the score" in body
     assert "^^^" not in body and "**" not in body and "ABC -> MusicXML" not in body  # no parser output

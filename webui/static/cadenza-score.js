@@ -162,7 +162,8 @@
       wipe();
       return true;
     }
-    if (!hasBody(text)) {
+    if (!hasBody(text)) { // a new piece's header: the previous piece's drawing goes, not stays beside it
+      wipe();
       st.failures += 1;
       st.lastError = "no K: line yet: nothing to engrave";
       return false;

@@ -29,7 +29,8 @@
       el.setAttribute("data-drawn", abc);
       var clean = window.cadenzaScore && window.cadenzaScore.prepare ? window.cadenzaScore.prepare(abc) : abc;
       try {
-        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0 });
+        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0,
+                                            add_classes: true });
       } catch (err) {
         el.textContent = "";
       }
