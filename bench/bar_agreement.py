@@ -14,9 +14,10 @@ page's "bars that fit the metre" figure counts.
 
     python -m bench.bar_agreement [--pieces 0] [--generated 20] [--model M]
 
---pieces N reads the first N corpus pieces (0: all of them); --generated N writes N pieces per
-prompt with the bundled model (seeds 1..N, default settings); --save FILE keeps them, --texts FILE
-reads pieces saved by another version (--pieces -1 skips the corpus). The last line is one JSON object.
+--pieces N reads N corpus pieces spread over the corpus (0: all of them, which is slow: music21
+reads a long quartet for minutes); --generated N writes N pieces per prompt with the bundled model
+(seeds 1..N, default settings); --save FILE keeps them, --texts FILE reads pieces saved by another
+version (--pieces -1 skips the corpus). The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def corpus_texts(limit: int) -> list[tuple[str, str]]:
         with gzip.open(CORPUS / name, "rt") as f:
             rows += [json.loads(ln) for ln in f]
     rows = [r for r in rows if "@t" not in r["id"]]  # as written, not the transpositions
-    rows = rows[:limit] if limit else rows
+    rows = rows[::max(1, len(rows) // limit)][:limit] if limit else rows  # spread over every kind
     return [(r["labels"][1] + " / " + r["labels"][2], r["text"]) for r in rows]
 
 
