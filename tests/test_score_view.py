@@ -162,9 +162,6 @@ def test_text_abcjs_cannot_draw_keeps_the_last_good_score(page):
     wait_for(page, lambda d: notes(d) is None, what="the box to empty")
     assert page.find_element("css selector", "#live-score .placeholder").is_displayed()
     assert state(page)["lastError"] is None
-    set_abc(page, chorale())
-    set_abc(page, "X:1\nL:1/8\n")  # a new piece's first patch: the previous piece must not stay beside it
-    assert notes(page) is None
 
 
 def test_zoom_in_enlarges_the_music_and_survives_a_reload(page):

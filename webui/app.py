@@ -213,12 +213,6 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     return shown
 
 
-def _cleared(ui: SimpleNamespace) -> dict:
-    """The page without a finished piece: what _show fills, emptied (a new piece is being written)."""
-    return {ui.seed_info: "", ui.again: gr.update(visible=False), ui.notes: "", ui.printed: _page_html(None),
-            ui.pages: [], ui.page_no: 0, ui.audio: None, ui.downloads: None, **_cards(ui, [])}
-
-
 def _cards(ui: SimpleNamespace, outcomes: list[Outcome]) -> dict:
     """The variations side by side: each card its seed, first bars, player and an Open button."""
     many = len(outcomes) > 1
@@ -331,7 +325,7 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.cards = []
             for n in range(config.max_variations):
                 with gr.Column(visible=False, min_width=280) as box:
-                    card = SimpleNamespace(box=box, text=gr.HTML(""),
+                    card = SimpleNamespace(box=box, text=gr.Markdown(""),
                                            audio=gr.Audio(type="filepath", interactive=False, show_label=False),
                                            open=gr.Button(f"Open variation {n + 1}", size="sm"))
                 ui.cards.append(card)
@@ -631,17 +625,12 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             rewrite_from=None, title=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
-        cleared = False
         for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
                                    title=title):
-            # once the new piece is under way, nothing of the previous one stays beside it (its
-            # player, seed, Write this again, downloads, pages, notes, cards): it is in History
-            gone = {} if cleared else _cleared(ui)
-            cleared = True
             if isinstance(item, Progress) and item.waiting is not None:
-                yield gone | {ui.progress: item.line()}
+                yield {ui.progress: item.line()}
             elif isinstance(item, Progress):
-                yield gone | {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
+                yield {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
             elif item:
                 # the seed box is emptied: a seed typed once is not used again without asking
                 # (the seed of this piece is shown, with Write this again)

@@ -91,11 +91,10 @@ def history_rows(records: list[PieceRecord]) -> list[list]:
 
 def card(r: PieceRecord, number: int, abc: str) -> str:
     """A variation's card: its number, seed and bars, and its first bars engraved by the browser."""
-    head = f"<b>Variation {number}</b> · seed {r.seed} · {r.bars} bars"
+    head = f"**Variation {number}** · seed {r.seed} · {r.bars} bars"
     if r.alignment:
         head += f" · {html.escape(r.alignment.split(' ')[0])} fit"
-    # HTML, not Markdown: Gradio's Markdown strips the data-abc attribute, and the card stayed blank
-    return f"<p>{head}</p><div class='abc-incipit' data-abc=\"{html.escape(incipit(abc), quote=True)}\"></div>"
+    return f"{head}\n\n<div class='abc-incipit' data-abc=\"{html.escape(incipit(abc), quote=True)}\"></div>"
 
 
 def incipit(abc: str, bars: int = 4) -> str:

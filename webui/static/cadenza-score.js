@@ -162,8 +162,7 @@
       wipe();
       return true;
     }
-    if (!hasBody(text)) { // a new piece's header: the previous piece's drawing goes, not stays beside it
-      wipe();
+    if (!hasBody(text)) {
       st.failures += 1;
       st.lastError = "no K: line yet: nothing to engrave";
       return false;

@@ -29,8 +29,7 @@
       el.setAttribute("data-drawn", abc);
       var clean = window.cadenzaScore && window.cadenzaScore.prepare ? window.cadenzaScore.prepare(abc) : abc;
       try {
-        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0,
-                                            add_classes: true });
+        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0 });
       } catch (err) {
         el.textContent = "";
       }
