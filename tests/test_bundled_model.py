@@ -72,9 +72,14 @@ def test_the_bar_rules_are_those_the_training_pieces_keep_read_as_the_page_reads
     from engine.symbolic.train import bar_rules
 
     keys = {p.key() for p in lm.prompts.prompts}
-    derived = bar_rules(read_split(ROOT / "assets" / "data" / "corpus", "train"))
-    assert {k: frozenset(v) for k, v in derived.items() if k in keys and v} == lm.bar_rules
-    assert "metre" in lm.bar_rules["Classical_Beethoven, Ludwig van_Chamber"]
+    derived = {k: frozenset(v) for k, v in bar_rules(read_split(ROOT / "assets" / "data" / "corpus", "train")).items()
+               if k in keys and v}
+    # Beethoven's quartets and the Trecento pieces keep the metre too (their inline [M:] now read),
+    # but rewriting their 4-voice bars made pieces several times slower on 2 cores: not shipped yet
+    withheld = {"Classical_Beethoven, Ludwig van_Chamber", "Medieval_Trecento, Various_Choral"}
+    assert all("metre" in derived[k] for k in withheld) and not withheld & set(lm.bar_rules)
+    assert {k: v for k, v in derived.items() if k not in withheld} == lm.bar_rules
+    assert "metre" in lm.bar_rules["Folk_Traditional, German_Melody"]  # the re-barred German tunes keep it
 
 
 def test_retries_take_back_bars_alike_in_fast_and_reference_modes(lm):
