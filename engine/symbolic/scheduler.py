@@ -318,9 +318,9 @@ class Scheduler:
             if pick is None:
                 break
             if isinstance(pick, _Paused):
-                s, job = pick.state, pick.job
-                s.resume(time.monotonic() - pick.since)
-                job.deadline += time.monotonic() - pick.since
+                s, job, paused = pick.state, pick.job, time.monotonic() - pick.since
+                s.resume(paused)
+                job.deadline += paused  # the time paused counts neither against the piece nor its job
             else:
                 job = pick[0]
                 s = self._start(job, pick[1])
