@@ -140,9 +140,10 @@ def summarise(kind: str, measures: list[dict]) -> dict:
 # --- the comparison bench.notagen_quality --musical prints ----------------------------------------------
 CHORALE = ("Baroque", "Bach, Johann Sebastian", "Choral")
 GERMAN = ("Folk", "Traditional, German", "Melody")
-MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False),  # NotaGen's own sampling
-         "retries": dict(critic=False),  # bar and header retries with the bar rules, no critic
-         "critic": dict(critic=True)}  # the defaults
+MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False, search=1),  # NotaGen's own sampling
+         "retries": dict(critic=False, search=1),  # bar and header retries with the bar rules, no critic
+         "critic": dict(critic=True, search=1),  # one candidate a bar, written again while it breaks a rule
+         "search": dict(critic=True, search=4)}  # four candidates a bar, the best kept: the defaults
 
 
 def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024) -> dict:

@@ -137,7 +137,8 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            max_seconds=request.max_seconds, cancel=cancel, prefix=request.prefix,
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
-                           bar_rules=_bar_rules(lm, prompt, request), controls=request.controls)
+                           bar_rules=_bar_rules(lm, prompt, request), controls=request.controls,
+                           search=request.search)
               for i in range(request.variations)]
     job = scheduler.submit(pieces, owner=owner) if scheduler is not None else None
     events = iter(job) if job is not None else stream(lm.model, pieces, backend)

@@ -95,6 +95,9 @@ def _add_compose(sub) -> None:
     c.add_argument("--critic", choices=["on", "off"], default="on" if r.critic else "off",
                    help="the musical critic writes again bars of several voices that fit no chord or move in "
                         "parallel fifths or octaves, where the prompt's real music does not (default on)")
+    c.add_argument("--search", type=int, default=r.search,
+                   help=f"candidates written at once for each bar the rules check, the best kept; each is a row "
+                        f"of the batch (default {r.search}; 1 = one at a time, then retries)")
     c.add_argument("--bars", type=int, default=None, help="the piece's length in bars (default: the model decides)")
     c.add_argument("--key", default=None, help="an ABC key: D, Bb, F#m, Dmin, 'Eb dorian' (default: the model's)")
     c.add_argument("--meter", default=None, help="3/4, 6/8, C, C| ... (default: the model's)")
@@ -240,7 +243,7 @@ def cmd_compose(args) -> int:
                              SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature),
                              seed=args.seed, variations=args.variations, max_patches=args.max_patches,
                              max_seconds=args.max_seconds, bar_retries=args.bar_retries,
-                             header_retries=args.header_retries, critic=args.critic == "on",
+                             header_retries=args.header_retries, critic=args.critic == "on", search=args.search,
                              controls=Controls(args.bars, args.key, args.meter, args.tempo))
     if args.rewrite_from is not None and not args.from_score:
         raise SettingsError("--rewrite-from needs the score to rewrite: --from-score FILE")
@@ -283,7 +286,8 @@ def cmd_compose(args) -> int:
 
     # the fast path is the studio's: the variations are rows of a batching scheduler
     backend = ReferenceBackend if args.mode == "reference" else functools.partial(FastBackend, decode=args.decode)
-    scheduler = api.Scheduler(lm.model, max_batch=request.variations, backend=backend) if args.mode != "reference" else None
+    rows = request.variations * request.search  # a search's candidates are rows too
+    scheduler = api.Scheduler(lm.model, max_batch=rows, backend=backend) if args.mode != "reference" else None
     try:
         results = api.compose(lm, request, on_event=on_event, cancel=cancel, scheduler=scheduler, backend=backend)
     finally:

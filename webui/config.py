@@ -23,7 +23,9 @@ class StudioConfig:
     model: str | None = None  # None: the bundled model
     device: str = "auto"
     concurrency: int = 1  # compose requests handed to a model at once, at least max_batch + queue_size (see compose_limit)
-    max_batch: int = 8  # pieces written together per model copy (continuous batching: engine.symbolic.scheduler)
+    # rows written together per model copy (continuous batching: engine.symbolic.scheduler); a piece
+    # takes as many rows as its search writes candidates of a bar (4 by default)
+    max_batch: int = 32
     max_wait_s: float = 120.0  # a piece that finds no row in the batch for this long is told the server is busy
     # Rows shared between sessions (engine.symbolic.scheduler.Sharing): rows go to the session holding
     # the fewest, and one above its even share gives pieces back while another waits. These cap one
@@ -125,8 +127,9 @@ def from_args(argv: list[str] | None = None) -> StudioConfig:
     ap.add_argument("--device", default=env("CADENZA_DEVICE", "auto"))
     ap.add_argument("--concurrency", type=int, default=int(env("CADENZA_CONCURRENCY", "1")),
                     help="compose requests handed to the model at once (it batches them: see --max-batch)")
-    ap.add_argument("--max-batch", type=int, default=int(env("CADENZA_MAX_BATCH", "8")),
-                    help="pieces written together per model copy, every user's in one batch (default 8)")
+    ap.add_argument("--max-batch", type=int, default=int(env("CADENZA_MAX_BATCH", str(StudioConfig.max_batch))),
+                    help="rows written together per model copy, every user's pieces in one batch; a piece takes "
+                         "one row per candidate of its search (default 32)")
     ap.add_argument("--max-wait", type=float, default=float(env("CADENZA_MAX_WAIT", "120")),
                     help="seconds a piece may wait for a row in the batch before 'server busy' (default 120)")
     ap.add_argument("--decode", default=env("CADENZA_DECODE", "auto"), choices=DECODE_MODES,

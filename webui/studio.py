@@ -521,7 +521,7 @@ class Studio:
         piece's), with "continued"/"rewritten" added."""
         c = self.config
         session = self.store.session(key)
-        request = request.within(c.max_patches, c.max_variations, c.max_seconds).seeded()
+        request = request.within(c.max_patches, c.max_variations, c.max_seconds, c.max_batch).seeded()
         slot = self.model(model)
         slot.get()
         if continue_abc:

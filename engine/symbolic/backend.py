@@ -45,16 +45,23 @@ class FastBackend:
     def retain(self, active: list[PieceState]) -> None:
         """Cache rows follow `active`: the rows of pieces that ended go (their compute stops), and a
         piece that joined (continuous batching, engine.symbolic.scheduler) gets an empty row that
-        encode() prefills. Pieces are named by uid: index is only their place in their request."""
-        if [s.uid for s in active] == [s.uid for s in self.rows]:
+        encode() prefills. Pieces are named by uid: index is only their place in their request. A
+        row with `cache_from` takes over that uid's row and what it has cached (a search's
+        candidate forked from its piece, or a piece taking its winning candidate's line)."""
+        if [s.uid for s in active] == [s.uid for s in self.rows] and all(s.cache_from is None for s in active):
             return
         where = {s.uid: i for i, s in enumerate(self.rows)}
-        source = [where.get(s.uid, -1) for s in active]
+        source, cached = [], {}
+        for s in active:
+            uid = s.cache_from if s.cache_from in where else s.uid
+            s.cache_from = None
+            source.append(where.get(uid, -1))
+            if uid in self.cached and uid in where:
+                cached[s.uid] = self.cached[uid]
         for c in self.patch_caches:
             c.take_rows(source)
         self.rows = list(active)
-        alive = {s.uid for s in active}
-        self.cached = {uid: v for uid, v in self.cached.items() if uid in alive}
+        self.cached = cached
 
     def encode(self, states: list[PieceState]) -> torch.Tensor:
         """Hidden state of each piece's last full patch: (rows, hidden)."""

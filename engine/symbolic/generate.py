@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 
 from engine.errors import SettingsError
+from engine.symbolic import search
 from engine.symbolic.backend import Backend, FastBackend
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import patch_text
@@ -43,7 +44,7 @@ def stream(model: NotaGenModel, requests: list[PieceRequest],
     # Inference mode is entered per step, never across a yield: a consumer may resume this
     # generator from another thread (Gradio does), and the mode belongs to the thread.
     with torch.inference_mode():
-        stages = backend(model, len(states))
+        stages = backend(model, sum(search.width(r.search) for r in requests))
     active = states
     while True:  # bounded: every piece stops at its max_patches, max_seconds or max_chars
         for s in active:
@@ -61,22 +62,42 @@ def stream(model: NotaGenModel, requests: list[PieceRequest],
 
 
 def step(backend: Backend, active: list[PieceState]) -> Iterator[tuple[PieceState, PatchEvent]]:
-    """One step of every active piece: stages 1-3; -> (piece, its event) for each patch accepted."""
-    hidden = backend.encode(active)
-    patches = backend.sample(hidden, active, [s.next_prefix() for s in active])
+    """One step of every active piece: stages 1-3; -> (piece, its event) for each patch accepted.
+    A piece searching over candidates of a line (engine.symbolic.search) steps them as rows of its
+    own: their events are not reported; the line kept is, when the round settles."""
+    for s in active:
+        search.begin(s)
+    rows = search.rows(active)
+    for r in rows:
+        search.enforce_limit(r)
+    hidden = backend.encode(rows)  # every row, a waiting one's too: its cache stays up to date
+    writing = [i for i, r in enumerate(rows) if not search.waiting(r)]
+    if writing:
+        if len(writing) < len(rows):
+            hidden, rows = hidden[writing], [rows[i] for i in writing]
+        yield from _write(backend, hidden, rows)
+    for s in active:
+        event = search.settle(s)
+        if event is not None:
+            yield s, event
+
+
+def _write(backend: Backend, hidden: torch.Tensor, rows: list[PieceState]) -> Iterator[tuple[PieceState, PatchEvent]]:
+    """Stages 2-3 for the rows that write a patch this step."""
+    patches = backend.sample(hidden, rows, [s.next_prefix() for s in rows])
     # NotaGen numbers the first tune-body line 0: when a piece's first tune-body patch appears,
     # it is written again with "[r:0/" forced (the whole "[r:0/N]" with a length in bars).
-    redo = [i for i, s in enumerate(active)
+    redo = [i for i, s in enumerate(rows)
             if not s.in_tunebody and patch_text(patches[i][len(s.tail):]).startswith("[r:")]
     if redo:
-        forced = [active[i].tail + [ord(c) for c in active[i].tunebody_start()] for i in redo]
-        again = backend.sample(hidden[redo], [active[i] for i in redo], forced)
+        forced = [rows[i].tail + [ord(c) for c in rows[i].tunebody_start()] for i in redo]
+        again = backend.sample(hidden[redo], [rows[i] for i in redo], forced)
         for i, p in zip(redo, again):
             patches[i] = p
-            active[i].begin_tunebody()
-    for s, ids in zip(active, patches):
+            rows[i].begin_tunebody()
+    for s, ids in zip(rows, patches):
         event = s.accept(ids)
-        if event is not None:
+        if event is not None and s.candidate_of is None:
             yield s, event
 
 

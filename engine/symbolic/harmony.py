@@ -214,10 +214,23 @@ class Critic:
 
     def judge(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, list[tuple[int, ...]] | None]:
         """-> (the bar passes, what sounds at its end: the next bar's `before`)."""
+        h, clashes = self._read(segments, before)
+        return h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0, (h.moments[-1] if h.moments else before)
+
+    def grade(self, segments: list[str], before: list[tuple[int, ...]] | None) -> float:
+        """A graded verdict to choose among bars that pass or fail alike (engine.symbolic.search),
+        lower is better: each parallel fifth or octave counts 1, then the shares of beats off any
+        chord and of voice pairs crossing, less the share of beats sounding a full chord."""
+        h, clashes = self._read(segments, before)
+        pairs = [crossings(m) for m in h.moments]
+        crossed = sum(b for _, b in pairs) / max(1, sum(n for n, _ in pairs))
+        full = sum(f == "full" for f in h.fits) / len(h.fits) if h.fits else 0.0
+        return clashes + h.no_chord_share() + crossed - full
+
+    def _read(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[BarHarmony, int]:
         h = bar_harmony(segments, self.key, self.beat, self.bar)
         moments = ([before] if before is not None else []) + h.moments
-        clashes = sum(parallels(a, b)[1] for a, b in zip(moments, moments[1:]))
-        return h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0, (h.moments[-1] if h.moments else before)
+        return h, sum(parallels(a, b)[1] for a, b in zip(moments, moments[1:]))
 
 
 def parallels(before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> tuple[int, int]:

@@ -20,9 +20,15 @@ from engine.symbolic.prompts import Prompt
 from engine.symbolic.postprocess import Metre
 from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, take_back_header, take_back_line
 from engine.symbolic.sampling import SamplingSettings
+from engine.symbolic import search
+from engine.symbolic.search import MAX_CANDIDATES
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
 _UIDS = itertools.count()  # a piece's name in a backend's caches, unique in the process (index is per request)
+
+
+def next_uid() -> int:
+    return next(_UIDS)
 
 
 @dataclass
@@ -52,6 +58,9 @@ class PieceRequest:
     bar_rules: frozenset[str] = frozenset()
     # Length in bars, key, metre and tempo fixed by the composer (engine.symbolic.controls).
     controls: Controls = field(default_factory=Controls)
+    # Candidates written at once for each tune-body line whose bar rules are checked (bar_retries),
+    # the best kept (engine.symbolic.search); each is a row of the batch. 1: one at a time.
+    search: int = 1
 
     def allowed_voices(self) -> frozenset[int] | None:
         """`voices` as a set (None: any number)."""
@@ -69,6 +78,9 @@ class PieceRequest:
             raise SettingsError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}")
         if not isinstance(self.max_chars, int) or not 1 <= self.max_chars <= 10 * MAX_CHARS:
             raise SettingsError(f"max_chars must be from 1 to {10 * MAX_CHARS}, got {self.max_chars!r}")
+        if isinstance(self.search, bool) or not isinstance(self.search, int) or not 1 <= self.search <= MAX_CANDIDATES:
+            raise SettingsError(f"search must be a whole number of candidates from 1 (off) to {MAX_CANDIDATES}, "
+                                f"got {self.search!r}")
         counts = self.allowed_voices()
         if counts is not None:
             if not counts or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64 for v in counts):
@@ -132,7 +144,7 @@ class PieceState:
 
     def __init__(self, index: int, req: PieceRequest, patch_length: int, patch_size: int, device):
         self.index, self.req = index, req
-        self.uid = next(_UIDS)
+        self.uid = next_uid()
         self.patch_length, self.patch_size = patch_length, patch_size
         self.prompt_text = "".join(req.prompt.lines())
         self.text = self.prompt_text + req.prefix
@@ -163,6 +175,9 @@ class PieceState:
         # and whether it is being checked (until the tune body begins with a header that passes).
         self.header_start = self._mark() if not req.prefix and not self.tail else None
         self.header_open = self.header_start is not None
+        self.search = None  # search.LineSearch: the candidates of the line being written
+        self.candidate_of: PieceState | None = None  # on a candidate: the piece it writes a line for
+        self.cache_from: int | None = None  # a uid whose cache row this row takes over (FastBackend.retain)
         if len(self.context) >= patch_length:
             self._reencode()
         self.mark_line()
@@ -228,6 +243,10 @@ class PieceState:
         """ids: the 16 ids of the next patch, the context's partial tail included."""
         new = ids[len(self.tail):]
         if is_eos_patch(new) and self.req.stop_at_eos:
+            if self.candidate_of is not None:  # a candidate may not end the piece: out of its round
+                search.drop(self)
+                return None
+            search.abandon(self)
             if not self.in_tunebody and self.header_open:
                 # A piece cannot end in its header: write the header again while retries are left.
                 back = take_back_header(self, finished=True, ended=True)
@@ -256,6 +275,13 @@ class PieceState:
             full[cut:] = [PAD_ID] * (len(full) - cut)
         self.context.append(full)
         self.tail = []
+        event = PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
+        if self.search is not None and len(self.context) >= self.patch_length:
+            search.abandon(self)  # the context is re-encoded: the line is judged alone
+        if self.candidate_of is not None or self.search is not None:
+            if text.endswith("\n") or len(self.context) >= self.patch_length:
+                search.line_ended(self)  # the round judges the line (search.settle)
+            return event
         back = KEEP
         if text.endswith("\n"):
             if not self.in_tunebody and self.header_open:
@@ -274,7 +300,7 @@ class PieceState:
         if back.verdict is not Verdict.KEEP:
             return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, full,
                               retract=back.chars - len(text))
-        return PatchEvent(self.index, text, self.patches, self.chars, self.bars, self.elapsed, full)
+        return event
 
     def begin_tunebody(self) -> None:
         """The patch being written starts the tune body (generate.step forced its "[r:0/")."""
@@ -283,6 +309,7 @@ class PieceState:
     def mark_line(self) -> None:
         """Remembers the start of the next line, when it falls on a patch boundary."""
         self.retries, self.best_attempt = 0, None
+        self.rewriting_end = False  # set by the ending rule for the line it takes back (retries.take_back_ending)
         self.last_line, self.line_start = self.line_start, None
         if not self.tail and (not self.text or self.text.endswith("\n")):
             self.line_start = self._mark()

@@ -147,9 +147,9 @@ def take_back_line(s: "PieceState") -> TakeBack:
 
 
 # What each broken rule weighs when attempts are compared: a bar whose voices disagree or leave a
-# chord open is unreadable; a voice left out or a bar the wrong length is heard; a dissonant bar is
-# only less idiomatic.
-FAULT_WEIGHTS = {"form": 8, "full": 4, "metre": 2, "harmony": 1}
+# chord open is unreadable; a voice left out, a last bar that does not close (search.rank) or a bar
+# the wrong length is heard; a dissonant bar is only less idiomatic.
+FAULT_WEIGHTS = {"form": 8, "full": 4, "ending": 4, "metre": 2, "harmony": 1}
 
 
 def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: bool) -> int:
@@ -173,18 +173,25 @@ def take_back_ending(s: "PieceState") -> TakeBack:
             or mark.epoch != s.epoch:
         return KEEP
     line = s.text[mark.text:]
-    if not unfinished and (line.count("\n") != 1 or (closes_section(line) and (
-            "full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared) and cadences(s, line, mark))):
+    if not unfinished and (line.count("\n") != 1 or ends_well(s, line, mark)):
         return KEEP
     s.return_to(mark)
     s.ending_tries += 1
     s.rewritten += 1
     s.mark_line()
+    s.rewriting_end = True  # a search ranks this line's candidates as endings too (search.rank)
     # the line written again for the ending gets one bar retry, not a fresh budget: an ending the
     # model cannot close (a length in bars ends it where it would not) costs at most twice the
     # ending's retries, not their product with the bar retries
     s.retries = max(0, s.req.bar_retries - 1)
     return TakeBack(Verdict.REWIND, len(line))
+
+
+def ends_well(s: "PieceState", line: str, mark) -> bool:
+    """A last line closes every voice with a final barline, holds every voice for "full" prompts and,
+    for "harmony" prompts, cadences (while the first half of the ending's retries lasts)."""
+    return closes_section(line) and ("full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared) \
+        and cadences(s, line, mark)
 
 
 def cadences(s: "PieceState", line: str, mark) -> bool:

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 from engine.errors import CadenzaError, SettingsError
+from engine.symbolic import search
 from engine.symbolic.backend import FastBackend
 from engine.symbolic.generate import step
 from engine.symbolic.model import NotaGenModel
@@ -192,6 +193,10 @@ class Scheduler:
         cfg = self.model.config
         for problem in {context_problem(r, cfg.patch_length, cfg.patch_size) for r in requests} - {None}:
             raise SettingsError(problem)
+        wide = max(search.width(r.search) for r in requests)
+        if wide > self.max_batch:
+            raise SettingsError(f"a search over {wide} candidates a bar needs {wide} rows of the model's batch, "
+                                f"and this server's batch has {self.max_batch}: ask for at most {self.max_batch}")
         job = Job(requests, self, owner)
         with self._lock:
             if self._closed:
@@ -288,7 +293,7 @@ class Scheduler:
                 owner[s.uid] = job
                 active.append(s)
             active = self._end_finished(active, owner)
-            self.running = len(active)
+            self.running = _rows(active)
             with self._lock:
                 self._held = collections.Counter(owner[s.uid].owner for s in active)
             if not active:
@@ -313,8 +318,9 @@ class Scheduler:
         cancelled job's pieces end without taking a row, wherever they are in the line."""
         out: list[tuple[PieceState, Job]] = []
         held = collections.Counter(self._held)
-        while len(active) + len(out) < self.max_batch:  # bounded: each pass takes one piece from the line
-            pick = self._next_in_line(held)
+        used = _rows(active)
+        while used < self.max_batch:  # bounded: each pass takes one piece from the line
+            pick = self._next_in_line(held, self.max_batch - used)
             if pick is None:
                 break
             if isinstance(pick, _Paused):
@@ -327,6 +333,7 @@ class Scheduler:
             if s is not None:
                 out.append((s, job))
                 held[job.owner] += 1
+                used += search.width(s.req.search)
         for p in [p for p in self._paused if p.job.cancelled]:  # stopped while paused: ends now, text kept
             self._paused.remove(p)
             p.state.stop_reason = "cancelled"
@@ -338,13 +345,16 @@ class Scheduler:
                 self._start(job, i)
         return out
 
-    def _next_in_line(self, held: collections.Counter):
+    def _next_in_line(self, held: collections.Counter, free: int):
         """Takes the next piece to admit out of the line (a _Paused or a (job, index)), or None: the
         session holding the fewest rows first (a paused piece before a new one), then the oldest,
-        skipping sessions at their row cap. Lock held."""
+        skipping sessions at their row cap and pieces wider than the `free` rows (a search's
+        candidates are rows: engine.symbolic.search). Lock held."""
         cap = self.sharing.rows
         best, best_key = None, None
         for n, p in enumerate(self._paused):
+            if search.width(p.state.req.search) > free and not p.job.cancelled:
+                continue
             if p.job.cancelled or cap is None or held[p.job.owner] < cap:
                 key = (0 if p.job.cancelled else held[p.job.owner], 0, n)
                 best, best_key = (p, key) if best_key is None or key < best_key else (best, best_key)
@@ -353,6 +363,8 @@ class Scheduler:
             if job.owner in seen:  # only each session's oldest waiting piece can be next
                 continue
             seen.add(job.owner)
+            if search.width(job.requests[i].search) > free and not job.cancelled:
+                continue
             if job.cancelled or cap is None or held[job.owner] < cap:
                 key = (0 if job.cancelled else held[job.owner], 1, n)
                 best, best_key = ((job, i), key) if best_key is None or key < best_key else (best, best_key)
@@ -366,7 +378,7 @@ class Scheduler:
         """Fair sharing (lock held): while a session with fewer rows than its even share has pieces
         waiting and no row is free, sessions above their share give back their newest pieces (paused,
         text kept). The even share is the batch over the sessions with work, at least one row."""
-        if len(active) < self.max_batch:
+        if _rows(active) < self.max_batch:
             return active
         wants = collections.Counter(j.owner for j, _ in self._waiting if not j.cancelled)
         wants.update(p.job.owner for p in self._paused if not p.job.cancelled)
@@ -458,3 +470,8 @@ class Scheduler:
             job._fail(f"the model {what} while writing {len(active)} piece(s) together: these pieces "
                       "were stopped, the model stays loaded; try again, or ask for fewer variations")
         self.running = 0
+
+
+def _rows(active: list[PieceState]) -> int:
+    """Rows the running pieces hold: a piece searching over K candidates holds K."""
+    return sum(search.width(s.req.search) for s in active)
