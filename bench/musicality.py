@@ -17,10 +17,9 @@ import time
 from fractions import Fraction
 
 from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, final_cadence,
-                                     key_alterations, parallels, read_bar)
+                                     key_alterations, parallels, read_bar, tonic_class)
 from engine.symbolic.postprocess import BARLINE, check_alignment, header_field, header_unit, line_segments, metre_bar
 
-TONIC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
 def parse_abc(abc: str) -> tuple[list[str], list[str], list[str]]:
@@ -38,11 +37,6 @@ def segments_of(line: str, voices: list[str]) -> list[str]:
     if not seg:  # one voice written without [V:]
         return [line.strip()]
     return [seg.get(v, "") for v in voices]
-
-
-def tonic_class(key: str) -> int | None:
-    m = re.match(r"\s*([A-G])([#b]?)", key or "")
-    return None if not m else (TONIC[m.group(1)] + {"#": 1, "b": -1, "": 0}[m.group(2)]) % 12
 
 
 def chorale_measures(abc: str) -> dict:

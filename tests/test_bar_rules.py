@@ -6,6 +6,8 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 
 from conftest import BACH
@@ -168,6 +170,21 @@ def test_an_ending_that_does_not_close_every_voice_is_written_again():
     assert eos is not None and eos.retract > 0 and s.stop_reason is None and len(s.text) == body_start
     _feed(s, "[r:1/1][V:1]c8|][V:2]C,8|]\n")
     assert s.accept(EOS) is None and s.stop_reason == "eos" and s.text.endswith("|]\n")
+
+
+def test_a_tune_of_one_voice_ends_on_its_tonic_while_the_first_half_of_the_ending_retries_lasts():
+    tune = PieceRequest(BACH, prefix="L:1/8\nM:3/4\nK:D\nV:1 treble\n", bar_retries=2, bar_rules=frozenset({"metre"}))
+    s = PieceState(0, tune, 128, 16, "cpu")
+    s.in_tunebody = True
+    _feed(s, "[r:0/1][V:1]D2 F2 A2|\n")
+    _feed(s, "[r:1/0][V:1]F2 E2 A2|]\n")  # closes, but on the fifth
+    assert s.accept(EOS) is not None and s.stop_reason is None  # written again
+    _feed(s, "[r:1/0][V:1]F2 E2 D2|]\n")
+    assert s.accept(EOS) is None and s.stop_reason == "eos" and s.text.endswith("D2|]\n")
+    loose = PieceState(0, replace(tune, bar_rules=frozenset()), 128, 16, "cpu")  # no rules: any ending
+    loose.in_tunebody = True
+    _feed(loose, "[r:0/0][V:1]F2 E2 A2|]\n")
+    assert loose.accept(EOS) is None and loose.stop_reason == "eos"
 
 
 def test_an_ending_in_the_middle_of_a_bar_is_written_again_and_retries_are_bounded():

@@ -13,13 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from engine.symbolic.harmony import (bar_harmony, beat_length, chord_fit, crossings, final_cadence, key_alterations,
-                                     parallels, read_bar)
+from engine.symbolic.harmony import (bar_harmony, beat_length, chord_fit, crossings, ends_on, final_cadence,
+                                     key_alterations, parallels, read_bar, tonic_class)
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import BARLINE, bar_fits, header_field, header_unit, line_segments, metre_bar
 
 MAX_LISTED = 12  # bar numbers listed per finding (the count is always whole)
-TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
 @dataclass
@@ -81,12 +80,10 @@ def analyse(abc: str) -> Analysis:
     if not body:
         return result
     if len(voices) == 1:
-        notes = [e for segs in segments for b in BARLINE.split(segs[0]) if b and not BARLINE.fullmatch(b)
-                 for e in read_bar(b, key) if e.pitches]
-        tonic = re.match(r"\s*([A-G])([#b]?)", key_text)
-        if notes and tonic:
-            pc = (TONICS[tonic.group(1)] + {"#": 1, "b": -1, "": 0}[tonic.group(2)]) % 12
-            result.ends_on_tonic = notes[-1].pitches[-1] % 12 == pc
+        tonic = tonic_class(key_text)
+        if tonic is not None:
+            result.ends_on_tonic = ends_on([b for segs in segments for b in BARLINE.split(segs[0])
+                                            if b and not BARLINE.fullmatch(b)], key, tonic)
         return result
     _harmony(result, segments, key, beat_length(header_field(meta, "M"), header_field(meta, "L")), bar)
     return result

@@ -47,6 +47,24 @@ def key_alterations(key: str) -> dict[str, int]:
     return {c: -1 for c in FLATS[:-fifths]}
 
 
+TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def tonic_class(key: str | None) -> int | None:
+    """K: value -> its tonic's pitch class (Ador: 9, Bb: 10), None when it names none."""
+    m = re.match(r"\s*([A-G])([#b]?)", key or "")
+    return None if not m else (TONICS[m.group(1)] + {"#": 1, "b": -1, "": 0}[m.group(2)]) % 12
+
+
+def ends_on(bars: list[str], key: dict[str, int], tonic: int) -> bool | None:
+    """Whether one voice's last note (of these bars' text) is the tonic; None when they hold no note."""
+    for text in reversed(bars):
+        notes = [e for e in read_bar(text, key) if e.pitches]
+        if notes:
+            return notes[-1].pitches[-1] % 12 == tonic
+    return None
+
+
 def _length(text: str) -> Fraction:
     """An ABC length suffix: '' 1, '2' 2, '/' 1/2, '//' 1/4, '3/2' 3/2."""
     if not text:

@@ -166,6 +166,7 @@ class PieceState:
         self.metre: Metre | None = None  # the tune body's place in its metre (set by the first line's rules)
         self.declared = 0  # voices the header declares (set with the metre)
         self.critic = None  # harmony.Critic for "harmony" prompts (set with the metre)
+        self.home = None  # (key, tonic) a one-voice tune ends on (retries.cadences; set with the metre)
         self.sounding = None  # what the last kept bar's voices sound at its end (the critic's "before")
         self.ending_tries = 0  # endings taken back so far
         self.retries = 0  # retries used on the current line

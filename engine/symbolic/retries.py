@@ -17,9 +17,9 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from engine.symbolic.labels import fits_label
-from engine.symbolic.harmony import Critic, beat_length, final_cadence, key_alterations
+from engine.symbolic.harmony import Critic, beat_length, ends_on, final_cadence, key_alterations, tonic_class
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import (CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
+from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
                                          header_field, header_unit, line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
@@ -120,6 +120,9 @@ def take_back_line(s: "PieceState") -> TakeBack:
         beat = beat_length(header_field(meta, "M"), header_field(meta, "L"))
         s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar) \
             if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
+        tonic = tonic_class(header_field(meta, "K"))
+        s.home = (key_alterations(header_field(meta, "K")), tonic) \
+            if s.declared <= 1 and tonic is not None and s.req.bar_rules else None
     after = s.metre.after(line)
     segments = list(line_segments(line).values())
     # the critic reads the bar once: its verdict now, and what sounds at its end for the next bar
@@ -195,9 +198,16 @@ def ends_well(s: "PieceState", line: str, mark) -> bool:
 
 
 def cadences(s: "PieceState", line: str, mark) -> bool:
-    """For "harmony" prompts, the last bar closes with a V-I or IV-I cadence (harmony.final_cadence),
-    in the first half of the ending's retries: the second half only asks that it closes every voice."""
-    if s.critic is None or s.ending_tries >= s.req.bar_retries // 2:
+    """For "harmony" prompts, the last bar closes with a V-I or IV-I cadence (harmony.final_cadence);
+    a tune of one voice (of a prompt with bar rules) ends on its key's tonic. Both in the first half
+    of the ending's retries: the second half only asks that it closes every voice."""
+    if s.ending_tries >= s.req.bar_retries // 2:
+        return True
+    segments = list(line_segments(line).values())
+    if s.home is not None and len(segments) == 1:
+        key, tonic = s.home
+        return ends_on([b for b in BARLINE.split(segments[0]) if b and not BARLINE.fullmatch(b)], key, tonic) is not False
+    if s.critic is None:
         return True
     before = s.text[:mark.text].rsplit("\n", 2)
     previous = list(line_segments(before[-2]).values()) if len(before) >= 2 else []
