@@ -288,7 +288,9 @@ def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page
     body = driver.find_element(By.TAG_NAME, "body").text
     assert all(f"seed {s}" in body for s in seeds), (seeds, body[-800:])  # each card says its seed
     # each card engraves its first bars and has its own player
-    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".abc-incipit svg")) >= 3, what="the incipits")
+    # notes drawn, not an empty svg (the cards were blank: Gradio's Markdown had stripped their ABC)
+    wait_for(driver, lambda d: len([e for e in d.find_elements(By.CSS_SELECTOR, ".abc-incipit")
+                                    if e.find_elements(By.CSS_SELECTOR, "svg .abcjs-note")]) >= 3, what="the incipits")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cards[0])
     shot(driver, "variations")
     cards[1].click()  # the second variation becomes the current piece
@@ -335,6 +337,13 @@ def test_a_typed_seed_is_not_reused_silently_and_write_this_again_repeats_the_pi
     assert "Seed 7" in body.replace("\n", " ")
     before = len(records(studio))
     button(driver, "Write this again").click()
+
+    def old_piece_gone(d):  # while the new piece is written, nothing of the old one stays beside it
+        shown = [b for b in d.find_elements(By.XPATH, "//button[normalize-space()='Write this again']") if b.is_displayed()]
+        text = d.find_element(By.TAG_NAME, "body").text.replace("\n", " ")
+        return studio.running() and not shown and "Seed 7" not in text and "seed7.abc" not in text
+
+    wait_for(driver, old_piece_gone, timeout=60, what="the old piece's seed, button and downloads cleared while writing")
     wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the piece written again")
     again = records(studio)[-1]
     assert again["seed"] == 7
@@ -467,3 +476,21 @@ def test_the_system_page_is_tables(page):
              or "cpu" in d.find_element(By.TAG_NAME, "body").text, timeout=30, what="the devices table")
     body = driver.find_element(By.TAG_NAME, "body").text
     assert "being made now" in body and '"devices"' not in body  # words and tables, not a JSON dump
+
+
+def test_after_transpose_the_chosen_key_follows_the_piece_and_continue_goes_on_in_it(page):
+    driver, studio = page
+    fresh(driver, studio)
+    key_box = lambda d: box(d, "the model's (D, Bb, F#m)")  # noqa: E731
+    typed(key_box(driver), "D")
+    generate(driver, studio, bars="4")
+    before = len(records(studio))
+    typed(box(driver, "D, Bb, F#m"), "G")
+    button(driver, "Transpose to this key").click()
+    wait_for(driver, lambda d: len(records(studio)) > before, timeout=60, what="the transposed piece")
+    wait_for(driver, lambda d: key_box(d).get_attribute("value") == "G", timeout=30, what="the Key box to follow")
+    typed(box(driver, "the model's length"), "6")
+    button(driver, "Continue this score").click()  # refused before: the Key box held D against a score in G
+    wait_for(driver, lambda d: len(records(studio)) > before + 1 and not studio.running(), what="the continuation")
+    abc = (Path(records(studio)[-1]["folder"]) / records(studio)[-1]["files"]["abc"][0]).read_text()
+    assert "\nK:G" in abc, abc[:300]

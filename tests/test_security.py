@@ -164,7 +164,7 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
     ("run_perform", [KEY, SCORE, "strings", "/etc", 5, 1], NOT_OFFERED),
     ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, {}], NOT_OFFERED),
     ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, 2, {}], NOT_OFFERED),
-    ("on_transpose", [KEY, SCORE, "H#", {}], "key must be"),
+    ("on_transpose", [KEY, SCORE, "H#", {}, ""], "key must be"),
     ("on_surprise", ["/etc/hosts", *NO_PROMPT], NOT_OFFERED),
     ("on_rename", [KEY, "../../other-session", "mine now"], "no piece"),
     ("on_rename", [KEY, "nope", "a\ntitle"], "a title is 1 to 120 characters"),

@@ -7,7 +7,7 @@ import pytest
 from conftest import bach
 from engine.checks import page_number, page_seed
 from engine.errors import CadenzaError, SettingsError
-from engine.requests import ComposeRequest
+from engine.requests import AudioRequest, ComposeRequest
 from engine.store import PieceRecord
 from engine.symbolic.controls import Controls
 from test_webui import tiny_folder
@@ -43,9 +43,10 @@ def test_notes_fold_under_details_and_failed_exports_stay_in_view():
 
 
 def test_an_incipit_is_the_header_and_the_first_bars():
-    abc = "X:1\nL:1/8\nM:4/4\nK:C\nV:1\n" + "".join(f"[V:1]C{i}|\n" for i in range(1, 9))
+    abc = "X:1\nT:Reel\nC:after O'Neill\nL:1/8\nM:4/4\nK:C\nV:1\n" + "".join(f"[V:1]C{i}|\n" for i in range(1, 9))
     cut = views.incipit(abc, bars=3)
     assert cut.endswith("[V:1]C3|\n") and "K:C" in cut and "C4" not in cut
+    assert "T:" not in cut and "C:" not in cut  # the same on every card: the card's head names it
 
 
 def test_the_seed_box_empty_is_random_and_a_negative_seed_is_refused():
@@ -119,6 +120,9 @@ def test_the_audio_page_says_before_any_click_when_musicgen_weights_are_missing(
     missing = Studio(StudioConfig(outputs=str(tmp_path / "a"), audio_model="facebook/musicgen-small"))
     said = missing.audio_weights_missing()
     assert said is not None and "hf download facebook/musicgen-small" in said and "SoundFont" in said
+    with pytest.raises(CadenzaError) as pressed:  # Generate audio anyway: the same steps, not the loader's error
+        next(missing.audio(KEY, AudioRequest("a calm string quartet")))
+    assert str(pressed.value) == f"MusicGen is not set up on this server. {said}"
     here = Studio(StudioConfig(outputs=str(tmp_path / "b"), audio_model=str(tiny_musicgen(tmp_path / "mg"))))
     assert here.audio_weights_missing() is None
     allowed = Studio(StudioConfig(outputs=str(tmp_path / "c"), allow_downloads=("*",)))

@@ -213,6 +213,13 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     return shown
 
 
+def _cleared(ui: SimpleNamespace) -> dict:
+    """The page without a finished piece: what _show fills, emptied (a new piece is being written,
+    and nothing of the previous one may stay beside it: it is in History)."""
+    return {ui.seed_info: "", ui.again: gr.update(visible=False), ui.notes: "", ui.printed: _page_html(None),
+            ui.pages: [], ui.page_no: 0, ui.audio: None, ui.downloads: None, **_cards(ui, [])}
+
+
 def _cards(ui: SimpleNamespace, outcomes: list[Outcome]) -> dict:
     """The variations side by side: each card its seed, first bars, player and an Open button."""
     many = len(outcomes) > 1
@@ -325,7 +332,7 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.cards = []
             for n in range(config.max_variations):
                 with gr.Column(visible=False, min_width=280) as box:
-                    card = SimpleNamespace(box=box, text=gr.Markdown(""),
+                    card = SimpleNamespace(box=box, text=gr.HTML(""),
                                            audio=gr.Audio(type="filepath", interactive=False, show_label=False),
                                            open=gr.Button(f"Open variation {n + 1}", size="sm"))
                 ui.cards.append(card)
@@ -625,12 +632,17 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             rewrite_from=None, title=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
+        cleared = False
         for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
                                    title=title):
+            # once the new piece is under way, nothing of the previous one stays beside it (its
+            # player, seed, Write this again, downloads, pages, notes, cards): it is in History
+            gone = {} if cleared else _cleared(ui)
+            cleared = True
             if isinstance(item, Progress) and item.waiting is not None:
-                yield {ui.progress: item.line()}
+                yield gone | {ui.progress: item.line()}
             elif isinstance(item, Progress):
-                yield {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
+                yield gone | {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
             elif item:
                 # the seed box is emptied: a seed typed once is not used again without asking
                 # (the seed of this piece is shown, with Write this again)
@@ -702,17 +714,20 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
         return _show(ui, studio, k, studio.upload(k, path)) | {ui.upload: None}
 
     @_session
-    def on_transpose(k, text, to_key, current=None):
+    def on_transpose(k, text, to_key, current=None, chosen_key=None):
         if not text or not text.strip():
             raise SettingsError("there is no score to transpose: open, write or upload one first")
         if not to_key or not to_key.strip():
             raise SettingsError("type the key to transpose to first (D, Bb, F#m ...)")
-        return _show(ui, studio, k, studio.transpose(k, text, to_key, _title(current), _prompt_of(current)))
+        shown = _show(ui, studio, k, studio.transpose(k, text, to_key, _title(current), _prompt_of(current)))
+        # a key chosen for the piece follows it: Continue would refuse the old key against the new score
+        return shown | ({ui.music_key: to_key.strip()} if chosen_key and chosen_key.strip() else {})
 
     rendering = dict(api_visibility="private", concurrency_id="render", concurrency_limit=2,
                      show_progress_on=[ui.progress])
     ui.render.click(on_render, [ui.key, ui.abc, ui.current], ui.shown, **rendering)
-    ui.transpose.click(on_transpose, [ui.key, ui.abc, ui.transpose_key, ui.current], ui.shown, **rendering)
+    ui.transpose.click(on_transpose, [ui.key, ui.abc, ui.transpose_key, ui.current, ui.music_key],
+                       ui.shown + [ui.music_key], **rendering)
     ui.upload.upload(on_upload, [ui.key, ui.upload], ui.shown + [ui.upload], **rendering)
 
     def turn(paths, n, step):

@@ -742,6 +742,9 @@ class Studio:
         c = self.config
         session = self.store.session(key)
         request = request.within(c.max_audio_seconds, c.max_upload_mb).seeded()
+        missing = self.audio_weights_missing(model, melody=request.follows_melody)
+        if missing is not None:  # said in steps, as on arrival, not as the loader's error
+            raise CadenzaError(f"MusicGen is not set up on this server. {missing}")
         am = self.audio_model(model, melody=request.follows_melody).get()
         stem = "performance" if request.score is not None else "audio"
         with self.job(session, "audio") as job:

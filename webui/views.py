@@ -91,19 +91,21 @@ def history_rows(records: list[PieceRecord]) -> list[list]:
 
 def card(r: PieceRecord, number: int, abc: str) -> str:
     """A variation's card: its number, seed and bars, and its first bars engraved by the browser."""
-    head = f"**Variation {number}** · seed {r.seed} · {r.bars} bars"
+    head = f"<b>Variation {number}</b> · seed {r.seed} · {r.bars} bars"
     if r.alignment:
         head += f" · {html.escape(r.alignment.split(' ')[0])} fit"
-    return f"{head}\n\n<div class='abc-incipit' data-abc=\"{html.escape(incipit(abc), quote=True)}\"></div>"
+    # HTML, not Markdown: Gradio's Markdown strips the data-abc attribute, and the card stayed blank
+    return f"<p>{head}</p><div class='abc-incipit' data-abc=\"{html.escape(incipit(abc), quote=True)}\"></div>"
 
 
 def incipit(abc: str, bars: int = 4) -> str:
-    """The header and the first `bars` lines of the tune body (NotaGen's format: a line is a bar of
-    every voice), enough to tell variations apart at a glance."""
+    """The header (less its title) and the first `bars` lines of the tune body (NotaGen's format: a
+    line is a bar of every voice), enough to tell variations apart at a glance."""
     lines = abc.splitlines()
     body = [i for i, ln in enumerate(lines) if ln.startswith("[V:") or (ln and not re.match(r"[A-Za-z]:|%", ln))]
     end = body[bars - 1] + 1 if len(body) >= bars else len(lines)
-    return "\n".join(lines[:end]) + "\n"
+    # the title and composer are the same on every card (the card's head names the variation)
+    return "\n".join(ln for ln in lines[:end] if not re.match(r"[TC]:", ln)) + "\n"
 
 
 def system_tables(info: dict) -> tuple[list[list], list[list], str]:

@@ -29,7 +29,11 @@
       el.setAttribute("data-drawn", abc);
       var clean = window.cadenzaScore && window.cadenzaScore.prepare ? window.cadenzaScore.prepare(abc) : abc;
       try {
-        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0 });
+        // the first bars flow onto as few systems as fit (a line of the ABC is one bar: unwrapped,
+        // each bar would be a system of its own)
+        window.ABCJS.renderAbc(el, clean, { responsive: "resize", scale: 0.6, paddingtop: 0, paddingbottom: 0,
+                                            add_classes: true, staffwidth: 520,
+                                            wrap: { minSpacing: 1.8, maxSpacing: 2.7, preferredMeasuresPerLine: 4 } });
       } catch (err) {
         el.textContent = "";
       }
