@@ -59,6 +59,8 @@ def test_real_bach_chorales_keep_the_rules_and_the_rules_are_learnt_from_them(tr
     palestrina = rules["Renaissance_Palestrina, Giovanni Pierluigi da_Choral"]
     assert "full" not in palestrina and "harmony" not in palestrina  # its voices rest; its counterpoint is not chordal
     assert "harmony" not in rules["Folk_Traditional, Irish_Melody"]  # one voice: nothing for the critic
+    # most German tunes (Essen) end without a closing barline: their ending is "open", the Irish close
+    assert "open" in rules["Folk_Traditional, German_Melody"] and "open" not in rules["Folk_Traditional, Irish_Melody"]
     # Beethoven's quartets change metre inline ([M:3/4]): read as such, their bars fill the metre
     assert "metre" in rules["Classical_Beethoven, Ludwig van_Chamber"]
 
@@ -181,6 +183,13 @@ def test_a_tune_of_one_voice_ends_on_its_tonic_while_the_first_half_of_the_endin
     assert s.accept(EOS) is not None and s.stop_reason is None  # written again
     _feed(s, "[r:1/0][V:1]F2 E2 D2|]\n")
     assert s.accept(EOS) is None and s.stop_reason == "eos" and s.text.endswith("D2|]\n")
+    open_tune = PieceState(0, replace(tune, bar_rules=frozenset({"metre", "open"})), 128, 16, "cpu")
+    open_tune.in_tunebody = True  # "open": its real pieces mostly end without a closing barline
+    _feed(open_tune, "[r:0/1][V:1]D2 F2 A2|\n")
+    _feed(open_tune, "[r:1/0][V:1]F2 E2 A2|\n")
+    assert open_tune.accept(EOS) is not None  # no closing barline asked, but the fifth is no ending
+    _feed(open_tune, "[r:1/0][V:1]F2 E2 D2|\n")
+    assert open_tune.accept(EOS) is None and open_tune.stop_reason == "eos"
     loose = PieceState(0, replace(tune, bar_rules=frozenset()), 128, 16, "cpu")  # no rules: any ending
     loose.in_tunebody = True
     _feed(loose, "[r:0/0][V:1]F2 E2 A2|]\n")

@@ -191,10 +191,17 @@ def take_back_ending(s: "PieceState") -> TakeBack:
 
 
 def ends_well(s: "PieceState", line: str, mark) -> bool:
-    """A last line closes every voice with a final barline, holds every voice for "full" prompts and,
-    for "harmony" prompts, cadences (while the first half of the ending's retries lasts)."""
-    return closes_section(line) and ("full" not in s.req.bar_rules or len(line_segments(line)) >= s.declared) \
-        and cadences(s, line, mark)
+    return not ending_faults(s, line, mark)
+
+
+def ending_faults(s: "PieceState", line: str, mark) -> int:
+    """What a last line fails of the ending rule (0: it ends well): it closes every voice with a
+    final barline (unless the prompt's real pieces mostly end "open"), holds every voice for "full"
+    prompts, and cadences (retries.cadences: V-I for "harmony" prompts, the tonic for a tune)."""
+    rules = s.req.bar_rules
+    return sum((not ("open" in rules or closes_section(line)),
+                "full" in rules and len(line_segments(line)) < s.declared,
+                not cadences(s, line, mark)))
 
 
 def cadences(s: "PieceState", line: str, mark) -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.symbolic.postprocess import line_segments
-from engine.symbolic.retries import FAULT_WEIGHTS, ends_well, line_faults, take_back_line
+from engine.symbolic.retries import FAULT_WEIGHTS, ending_faults, line_faults, take_back_line
 
 if TYPE_CHECKING:
     from engine.symbolic.piece import PatchEvent, PieceState
@@ -180,8 +180,8 @@ def rank(s: "PieceState", line: str, order: int) -> tuple:
         harmonious = critic.judge(segments, s.sounding)[0]
         grade = critic.grade(segments, s.sounding)
     faults = line_faults(s, line, s.metre.after(line), harmonious)
-    if last_line(s) and not ends_well(s, line, s.line_start):
-        faults += FAULT_WEIGHTS["ending"]
+    if last_line(s):
+        faults += FAULT_WEIGHTS["ending"] * ending_faults(s, line, s.line_start)
     return faults, grade, order
 
 

@@ -26,7 +26,7 @@ from engine.symbolic.config import EOS_ID, PAD_ID, NotaGenConfig
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import bos_patch, split_bars, split_patches, split_tunebody, to_ids
 from engine.symbolic.harmony import Critic, beat_length, key_alterations
-from engine.symbolic.postprocess import (R_MARKER, check_alignment, count_voices, header_field, header_unit,
+from engine.symbolic.postprocess import (R_MARKER, check_alignment, closes_section, count_voices, header_field, header_unit,
                                          line_segments, metre_bar)
 from engine.symbolic.prompts import Prompt, PromptTable
 
@@ -164,6 +164,7 @@ def prompt_voices(pieces: list[dict], table: PromptTable) -> dict[str, list[int]
 
 
 RULE_SHARE = {"full": 0.99, "metre": 0.97, "harmony": 0.95}  # a prompt keeps a rule when this share of its bars do
+OPEN_SHARE = 0.5  # "open": fewer than this share of a prompt's pieces end with a closing barline
 
 
 def bar_rules(pieces: list[dict]) -> dict[str, list[str]]:
@@ -172,14 +173,18 @@ def bar_rules(pieces: list[dict]) -> dict[str, list[str]]:
     metre, pickups and split bars aside (Bach's chorales 99.6%, Irish tunes 98.8%, Beethoven's
     chamber music 81.5%); "harmony", bars of several voices the critic passes (harmony.Critic:
     Bach's chorales 96%, Palestrina 92%). A generated bar that breaks a rule its prompt keeps is
-    written again."""
-    bars, kept = Counter(), Counter()
+    written again. And "open": most of the prompt's pieces end without a closing barline (|] :| ||;
+    the Essen German tunes, 71% of them), so the ending rule does not ask a generated piece for one
+    (retries.ends_well)."""
+    bars, kept, ends = Counter(), Counter(), Counter()
     for p in pieces:
         if "@t" in p["id"]:
             continue
         meta, body = split_tunebody(p["text"])
         key, declared = "_".join(p["labels"]), count_voices(meta)
         lines = [R_MARKER.sub("", ln) for ln in body]
+        ends[key] += 1
+        ends[key, "closed"] += bool(lines) and closes_section(lines[-1])
         bars[key] += len(lines)
         kept[key, "full"] += sum(len(line_segments(ln)) >= declared for ln in lines)
         kept[key, "metre"] += check_alignment(lines, metre_bar(meta), header_unit(meta)).aligned
@@ -190,6 +195,7 @@ def bar_rules(pieces: list[dict]) -> dict[str, list[str]]:
     for k, n in bars.items():
         if isinstance(k, str) and n:  # the critic judges bars of several voices only
             out[k] = [r for r, share in RULE_SHARE.items() if kept[k, r] >= share * bars.get((k, r), n) > 0]
+            out[k] += ["open"] if ends[k, "closed"] < OPEN_SHARE * ends[k] else []
     return out
 
 
