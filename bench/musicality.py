@@ -140,9 +140,10 @@ MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False, search=1),
          "search": dict(critic=True, search=4)}  # four candidates a bar, the best kept: the defaults
 
 
-def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024) -> dict:
+def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024,
+            batch: int = 10) -> dict:
     """For Bach chorales and German folk melodies: `real` pieces of the training data and `n`
-    generated ones per mode, measured the same way; seconds per generated piece."""
+    generated ones per mode (`batch` at a time), measured the same way; seconds per generated piece."""
     from engine import api
     from engine.symbolic.postprocess import to_abc
 
@@ -152,8 +153,8 @@ def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, m
         row = {"real": summarise(kind, [measure(to_abc(p["text"]).abc) for p in pieces])}
         for mode, settings in MODES.items():
             t0, comps = time.monotonic(), []
-            for start in range(0, n, 10):  # batches of at most 10
-                request = api.ComposeRequest(*label, seed=seed + start, variations=min(10, n - start),
+            for start in range(0, n, batch):
+                request = api.ComposeRequest(*label, seed=seed + start, variations=min(batch, n - start),
                                              max_patches=max_patches, **settings)
                 comps += api.compose(lm, request)
             row[mode] = {**summarise(kind, [measure(c.abc.abc) for c in comps]),

@@ -10,7 +10,7 @@ from the training set (the longest run of bars copied from a training piece); he
 character. Prints a table, then one JSON line.
 
     python -m bench.notagen_quality [--model assets/models/...] [--k 4] [--data assets/data/corpus]
-    python -m bench.notagen_quality --musical [--n 20]   # chorales and German melodies, real vs generated
+    python -m bench.notagen_quality --musical [--n 20] [--batch 10]   # chorales and German melodies, real vs generated
 """
 from __future__ import annotations
 
@@ -73,14 +73,17 @@ def main() -> None:
                     help="instead: Bach chorales and German melodies measured as a musician would (bench.musicality), "
                          "real pieces against plain sampling, retries, and retries with the critic")
     ap.add_argument("--n", type=int, default=20, help="(--musical) generated pieces per mode")
+    ap.add_argument("--batch", type=int, default=10,
+                    help="(--musical) pieces written together; 1: one at a time, as a composer waits for one")
     args = ap.parse_args()
 
     lm = api.load(args.model)
     train = [p for p in read_split(args.data, "train") if "@t" not in p["id"]]
     if args.musical:
-        result = musicality.compare(lm, train, n=args.n, seed=args.seed, max_patches=args.max_patches)
+        result = musicality.compare(lm, train, n=args.n, seed=args.seed, max_patches=args.max_patches,
+                                    batch=args.batch)
         musicality.print_table(result)
-        print(json.dumps({"bench": "notagen_quality_musical", "model": lm.name, **result}))
+        print(json.dumps({"bench": "notagen_quality_musical", "model": lm.name, "batch": args.batch, **result}))
         return
     val = read_split(args.data, "val")
     copies = CopyFinder([p["text"] for p in train])
