@@ -407,8 +407,11 @@ def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_pa
     studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(folder), max_batch=1))
     first = studio.compose("w" * 20 + "-first", bach(seed=1, max_patches=4000, max_seconds=8,
                                                       prefix="L:1/8\nM:4/4\nK:C\nV:1\n"))
-    assert isinstance(next(first), Progress)  # the only row is taken
+    started = next(first)  # at once, before the model's first patch: the page shows the new piece from now
+    assert isinstance(started, Progress) and started.patches == 0 and "K:C" in started.abc and started.waiting is None
+    assert next(first).patches >= 1  # its first patch: the only row is taken
     second = studio.compose("w" * 20 + "-second", bach(seed=2, max_patches=10))
+    assert next(second).patches == 0  # started
     waiting = next(second)
     assert isinstance(waiting, Progress) and waiting.waiting == 1 and "position 1 in line" in waiting.line()
     first.close()  # a closed tab: its row frees, the second request goes on
