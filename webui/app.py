@@ -206,7 +206,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     shown = {ui.abc: o.abc, ui.live: o.abc, ui.progress: views.summary(r), ui.notes: views.notes(r),
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
-             ui.audio: _servable(wav[0]) if wav else None, ui.downloads: [_servable(p) for p in o.downloads()],
+             ui.audio: gr.update(value=_servable(wav[0]) if wav else None, visible=True), ui.downloads: [_servable(p) for p in o.downloads()],
              **_history(ui, studio.history(key)), ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
     if siblings is not None:
         shown |= _cards(ui, siblings)
@@ -217,7 +217,10 @@ def _cleared(ui: SimpleNamespace) -> dict:
     """The page without a finished piece: what _show fills, emptied (a new piece is being written,
     and nothing of the previous one may stay beside it: it is in History)."""
     return {ui.seed_info: "", ui.again: gr.update(visible=False), ui.notes: "", ui.printed: _page_html(None),
-            ui.pages: [], ui.page_no: 0, ui.audio: None, ui.downloads: None, **_cards(ui, [])}
+            ui.pages: [], ui.page_no: 0, ui.downloads: None, **_cards(ui, []),
+            # the old player is hidden, not emptied: emptying it, then giving it the new piece, reloaded
+            # the player just after the new piece began to play (the cursor test lost its place)
+            ui.audio: gr.update(visible=False)}
 
 
 def _cards(ui: SimpleNamespace, outcomes: list[Outcome]) -> dict:
