@@ -556,8 +556,8 @@ class Studio:
         stream = api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=session.id)
         closed = False
         # started: from now on the page shows the new piece (a continued score as it stands; a new
-        # piece empty until its first bar), not the one open before, whose first patch may be seconds away
-        yield Progress(live.abc("", 0) if r.prefix else "", 0, 0, 0.0, request.seed, target_bars=target)
+        # piece's header), not the one open before, whose first patch may be seconds away
+        yield Progress(live.abc("", 0), 0, 0, 0.0, request.seed, target_bars=target)
         try:
             for ev in stream:
                 if isinstance(ev, api.Composition):
