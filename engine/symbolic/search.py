@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.symbolic.postprocess import line_segments
-from engine.symbolic.retries import FAULT_WEIGHTS, ending_faults, line_faults, take_back_line
+from engine.symbolic.retries import FAULT_WEIGHTS, Verdict, ending_faults, line_faults, take_back_line
 
 if TYPE_CHECKING:
     from engine.symbolic.piece import PatchEvent, PieceState
@@ -94,18 +94,17 @@ def _fork(s: "PieceState", seed: int) -> "PieceState":
     return c
 
 
-def line_ended(m: "PieceState") -> bool:
-    """Called by a member whose line just ended (or that cannot go on): True when it is in a search,
-    which now holds it until the round settles."""
+def line_ended(m: "PieceState") -> None:
+    """Called by a member whose line just ended (or that cannot go on): its search holds it until
+    the round settles."""
     search = _search_of(m)
     if search is None:
-        return False
+        return
     start = search.members[0].line_start
     fits = len(m.context) < m.patch_length and m.text.endswith("\n")
     search.done[m.uid] = "line" if fits else "dropped"
     if fits and search.limit is None:
         search.limit = 2 * (m.patches - start.patches) + SLACK
-    return True
 
 
 def drop(m: "PieceState") -> None:
@@ -161,10 +160,10 @@ def settle(s: "PieceState") -> "PatchEvent | None":
         s.patches, s.bars = best.patches, best.bars
         s.cache_from = best.uid  # its row takes the winner's cached keys and values
     back = take_back_line(s)
-    if back.verdict.value in ("keep", "restore"):
+    if back.verdict in (Verdict.KEEP, Verdict.RESTORE):
         s.mark_line()
     now = s.text[start.text:]
-    if best is s and back.verdict.value == "keep":
+    if best is s and back.verdict is Verdict.KEEP:
         return None
     ids = list(s.context[-1]) if s.context else []
     return PatchEvent(s.index, now, s.patches, s.chars, s.bars, s.elapsed, ids, retract=shown)
