@@ -112,10 +112,11 @@ class Composition:
 
 
 def export(lm: LoadedModel, composition: Composition, out_dir, formats=FORMATS,
-           options: RenderOptions | None = None) -> RenderResult:
-    """Writes every export of a composed piece, with a manifest of how it was made."""
-    result = render(composition.abc.abc, out_dir, formats, composition.stem(), composition.manifest(lm), options,
-                    strict=False)
+           options: RenderOptions | None = None, stem: str | None = None) -> RenderResult:
+    """Writes every export of a composed piece (files named `stem`, by default what the piece is:
+    bach-choral-seed1234), with a manifest of how it was made."""
+    result = render(composition.abc.abc, out_dir, formats, stem or composition.stem(), composition.manifest(lm),
+                    options, strict=False)
     composition.rendered = result
     return result
 

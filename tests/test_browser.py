@@ -494,3 +494,46 @@ def test_after_transpose_the_chosen_key_follows_the_piece_and_continue_goes_on_i
     wait_for(driver, lambda d: len(records(studio)) > before + 1 and not studio.running(), what="the continuation")
     abc = (Path(records(studio)[-1]["folder"]) / records(studio)[-1]["files"]["abc"][0]).read_text()
     assert "\nK:G" in abc, abc[:300]
+    transposed = records(studio)[-2]
+    assert transposed["kind"] == "transposed" and transposed["title"].endswith("(in G)")
+    assert f"T:{transposed['title']}\n" in (Path(transposed["folder"]) / transposed["files"]["abc"][0]).read_text()
+
+
+def printed_titles(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#live-score .abcjs-title, #live-score .abcjs-subtitle")]
+
+
+def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_path):
+    """Issue 34 item 5: an upload is its own title (printed once), with its bars counted; a tune pasted
+    over the open piece is a score of its own (its title, no style), and its downloads are named so."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from test_studio_views import MORNING_XML
+
+    driver, studio = page
+    fresh(driver, studio)
+    score = tmp_path / "morning.musicxml"
+    score.write_text(MORNING_XML)
+    before = len(records(studio))
+    driver.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(score))
+    wait_for(driver, lambda d: len(records(studio)) > before, timeout=120, what="the upload kept")
+    wait_for(driver, lambda d: printed_titles(d) == ["Morning Song"], timeout=30, what="its title, printed once")
+    uploaded = records(studio)[-1]
+    assert uploaded["title"] == "Morning Song" and uploaded["bars"] == 3  # what History lists
+    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys("X:1\nT:My Jig\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n")
+    button(driver, "Render my edits").click()
+    wait_for(driver, lambda d: len(records(studio)) > before + 1, timeout=120, what="the render kept")
+    mine = records(studio)[-1]
+    assert mine["title"] == "My Jig" and not mine.get("prompt"), mine
+    wait_for(driver, lambda d: printed_titles(d) == ["My Jig"], timeout=30, what="the pasted tune's title")
+    links = wait_for(driver, lambda d: [a.get_attribute("href") for a in d.find_elements(
+        By.CSS_SELECTOR, "a[download], a[href*='/file=']") if a.get_attribute("href")], what="download links")
+    assert any(h.endswith("my-jig.pdf") for h in links), links
+    shot(driver, "identity")

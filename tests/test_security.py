@@ -584,7 +584,7 @@ def test_sigterm_mid_piece_keeps_the_piece_and_leaves_no_worker(tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("record.json")]
     assert len(records) == 1 and records[0]["stop_reason"] == "shutdown", (records, out)
     folder = next((tmp_path / "out").rglob("record.json")).parent
-    assert (folder / "score.abc").read_text().startswith("X:1")
+    assert (folder / records[0]["files"]["abc"][0]).read_text().startswith("X:1")
     assert not _workers_of(proc.pid)
 
 

@@ -86,8 +86,9 @@ def test_titles_carry_through_continue_and_do_not_pile_up():
     assert Named(None, "", "composed").title_for(p) == "Chorale in the style of Bach"
     assert Named("Evening (continued)", "", "continued").title_for(p) == "Evening (continued)"
     assert Named("Evening (continued) (rewritten)", "", "rewritten").title_for(p) == "Evening (rewritten)"
-    kept = Named("x", "X:1\nT:Mine\nC:Me\nK:C\nCDEF|\n", "continued").head("X:1\nT:Other\nK:C\nCDEF|GABc|\n")
-    assert kept.startswith("X:1\nT:Mine\nC:Me\n") and "T:Other" not in kept
+    kept = Named("x", "X:1\nT:Mine\nC:Me\nK:C\nCDEF|\n", "continued").head("X:1\nT:Other\nK:C\nCDEF|GABc|\n", p)
+    # the source's composer line stays; the title printed is the one History lists
+    assert kept.startswith("X:1\nT:x (continued)\nC:Me\n") and "T:Other" not in kept and "T:Mine" not in kept
 
 
 def test_an_edit_keeps_the_pieces_title_and_prompt_and_its_bars_are_checked_against_the_metre(studio):
@@ -140,3 +141,83 @@ def test_the_system_tables_say_each_copys_batch():
     info["models"][0]["batching"][0].update(sessions_writing=2, paused_pieces=1)
     assert views.system_tables(info)[1][0][-1] == "3/8 rows for 2 sessions, 2 waiting, 1 paused to share rows, 41.5 patches/s"
     assert "5 piece(s) being made now" in line
+
+
+GENERATED = ("X:1\nT:Irish melody\nC:Traditional, Irish (Folk)\nL:1/8\nM:6/8\nK:D\nV:1 treble nm=\"Fiddle\"\n"
+             "V:1\nDFA dAF|GBd gdB|]\n")
+IRISH = {"period": "Folk", "composer": "Traditional, Irish", "instrumentation": "Melody"}
+
+
+def test_the_editor_holds_the_open_piece_until_another_score_is_pasted_over_it():
+    from engine.render.identity import heading, of_edit
+
+    opened = heading(GENERATED)
+    assert opened == ("Irish melody", "Traditional, Irish (Folk)")
+    edited = GENERATED.replace("DFA dAF", "FAd fdA")
+    assert of_edit(edited, opened, "Irish melody (continued)", IRISH) == ("Irish melody (continued)", IRISH)
+    renamed = GENERATED.replace("T:Irish melody", "T:The Lark")  # its title line changed, same composer line
+    assert of_edit(renamed, opened, "Irish melody", IRISH) == ("The Lark", IRISH)
+    own = "X:1\nT:My Jig\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n"  # another tune pasted over it
+    assert of_edit(own, opened, "Irish melody", IRISH) == ("My Jig", None)
+    untitled = "X:1\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n"
+    assert of_edit(untitled, opened, "Irish melody", IRISH) == (None, None)
+    assert of_edit(untitled, (None, None), "my score", None) == ("my score", None)  # an untitled score, edited
+
+
+def test_titles_printed_once_part_names_carried_over_and_converter_placeholders_dropped():
+    from engine.render.identity import retitled, tidy_titles, with_part_names
+
+    assert retitled(GENERATED, "The Lark").startswith("X:1\nT:The Lark\nC:Traditional")
+    assert retitled("X:1\nK:C\nCDEF|\n", "New").startswith("X:1\nT:New\nK:C")
+    twice = "X:1\nT:Song\nT:Song\nT:Second verse\nC:Music21\nK:C\nCDEF|\n"
+    assert tidy_titles(twice) == "X:1\nT:Song\nT:Second verse\nK:C\nCDEF|\n"
+    source = 'X:1\nK:C\nV:1 treble nm="Flute" snm="Fl."\nV:1\nCDEF|\n'
+    written = 'X:1\nK:C\nV:1 treble\nV:1\nCDEF|GABc|\n'
+    named = with_part_names(written, source)
+    assert 'V:1 treble nm="Flute" snm="Fl."\n' in named and named.endswith("V:1\nCDEF|GABc|\n")
+    assert with_part_names('V:1 nm="Oboe"\n', source) == 'V:1 nm="Oboe"\n'  # a name of its own stays
+
+
+def test_a_pasted_tune_transposed_and_uploaded_scores_keep_their_own_names_and_bars(studio, tmp_path):
+    from engine.render.identity import heading
+
+    own = "X:1\nT:My Jig\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n"
+    o = studio.render(KEY, own)
+    assert o.record.title == "My Jig" and o.record.prompt == {}
+    assert [p.name for p in o.paths("abc")] == ["my-jig.abc"]  # downloads say what the piece is
+    t = studio.transpose(KEY, GENERATED, "E", "Irish melody", IRISH)
+    assert t.record.title == "Irish melody (in E)" and heading(t.abc)[0] == "Irish melody (in E)"  # printed so
+    assert t.record.prompt == IRISH and t.paths("abc")[0].name == "irish-melody-in-e.abc"
+
+    xml = tmp_path / "morning.musicxml"  # a MusicXML whose work and movement titles are the same
+    xml.write_text(MORNING_XML)
+    u = studio.upload(KEY, xml)
+    assert u.record.title == "Morning Song" and u.record.kind == "uploaded"
+    assert u.abc.count("T:Morning Song") == 1 and "Music21" not in u.abc
+    assert u.record.bars == 3  # History counts its bars
+    written = list(studio.compose(KEY, bach(max_patches=8, seed=1), continue_abc=u.abc, title=u.record.title))[-1][0]
+    assert written.record.title == "Morning Song (continued)"
+    assert 'nm="Flute"' in written.abc and "Soprano" not in written.abc  # the flute stays a flute
+
+
+MORNING_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<score-partwise version="4.0">
+  <work><work-title>Morning Song</work-title></work>
+  <movement-title>Morning Song</movement-title>
+  <identification><creator type="composer">Music21</creator></identification>
+  <part-list><score-part id="P1"><part-name>Flute</part-name></score-part></part-list>
+  <part id="P1">
+    <measure number="1"><attributes><divisions>1</divisions><key><fifths>-1</fifths></key>
+      <time><beats>3</beats><beat-type>4</beat-type></time><clef><sign>G</sign><line>2</line></clef></attributes>
+      <note><pitch><step>F</step><octave>4</octave></pitch><duration>1</duration><type>quarter</type></note>
+      <note><pitch><step>A</step><octave>4</octave></pitch><duration>1</duration><type>quarter</type></note>
+      <note><pitch><step>C</step><octave>5</octave></pitch><duration>1</duration><type>quarter</type></note></measure>
+    <measure number="2">
+      <note><pitch><step>B</step><alter>-1</alter><octave>4</octave></pitch><duration>2</duration><type>half</type></note>
+      <note><pitch><step>G</step><octave>4</octave></pitch><duration>1</duration><type>quarter</type></note></measure>
+    <measure number="3">
+      <note><pitch><step>F</step><octave>4</octave></pitch><duration>3</duration><type>half</type><dot/></note>
+      <barline location="right"><bar-style>light-heavy</bar-style></barline></measure>
+  </part>
+</score-partwise>
+"""

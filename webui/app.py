@@ -24,6 +24,7 @@ from engine.api import AudioProgress
 from engine.audio.musicgen import KNOWN_MODELS, AudioSettings
 from engine.checks import page_number, page_seed
 from engine.errors import CadenzaError, SettingsError
+from engine.render.identity import heading, of_edit
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
 from engine.symbolic.controls import Controls
@@ -186,11 +187,12 @@ def _history(ui: SimpleNamespace, records: list) -> dict:
     return {ui.history: views.history_rows(records), ui.history_ids: [r.id for r in records]}
 
 
-def _identity(r) -> dict:
+def _identity(r, abc: str) -> dict:
     """What the page keeps of the open piece (gr.State): enough to continue, render, transpose or
-    write it again as the piece it is."""
+    write it again as the piece it is, and its ABC's T:/C: lines, which tell whether the editor
+    still holds this piece (identity.of_edit)."""
     return {"id": r.id, "title": r.title, "kind": r.kind, "prompt": r.prompt, "seed": r.seed,
-            "settings": r.settings}
+            "settings": r.settings, "heading": list(heading(abc))}
 
 
 def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: list[Outcome] | None = None) -> dict:
@@ -207,7 +209,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
              ui.audio: gr.update(value=_servable(wav[0]) if wav else None, visible=True), ui.downloads: [_servable(p) for p in o.downloads()],
-             **_history(ui, studio.history(key)), ui.piece_id: r.id, ui.current: _identity(r), ui.work: {"piece": r.id, "draft": None}}
+             **_history(ui, studio.history(key)), ui.piece_id: r.id, ui.current: _identity(r, o.abc), ui.work: {"piece": r.id, "draft": None}}
     if siblings is not None:
         shown |= _cards(ui, siblings)
     return shown
@@ -621,12 +623,15 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
                 concurrency_limit=1)
 
 
-def _title(current) -> str | None:
-    return current.get("title") if isinstance(current, dict) and isinstance(current.get("title"), str) else None
-
-
-def _prompt_of(current) -> dict | None:
-    return current.get("prompt") if isinstance(current, dict) and isinstance(current.get("prompt"), dict) else None
+def _edited(text, current) -> tuple[str | None, dict | None]:
+    """(title, prompt) of the score in the editor: the open piece's while it is still that piece,
+    its own once another score was pasted over it (identity.of_edit)."""
+    if not isinstance(current, dict) or not isinstance(text, str):
+        return None, None
+    title = current.get("title") if isinstance(current.get("title"), str) else None
+    prompt = current.get("prompt") if isinstance(current.get("prompt"), dict) else None
+    opened = tuple(current.get("heading") or (None, None))
+    return of_edit(text, opened, title, prompt)
 
 
 def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
@@ -662,14 +667,14 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
         *settings, text, current = values
         if not text or not text.strip():
             raise SettingsError("there is no score to continue: write or upload some ABC first")
-        yield from run(k, *settings, cont_abc=text, title=_title(current))
+        yield from run(k, *settings, cont_abc=text, title=_edited(text, current)[0])
 
     @_session
     def run_rewrite(k, *values):
         *settings, text, bar, current = values
         if not text or not text.strip():
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
-        yield from run(k, *settings, cont_abc=text, rewrite_from=bar, title=_title(current))
+        yield from run(k, *settings, cont_abc=text, rewrite_from=bar, title=_edited(text, current)[0])
 
     ui.cont.click(run_continue, inputs + [ui.abc, ui.current], ui.shown, **composing)
     ui.rewrite.click(run_rewrite, inputs + [ui.abc, ui.rewrite_bar, ui.current], ui.shown, **composing)
@@ -707,7 +712,7 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
     @_session
     def on_render(k, text, current=None):
         """The edits are the open piece's: its title and prompt go with them."""
-        return _show(ui, studio, k, studio.render(k, text, _title(current) or "my score", _prompt_of(current)))
+        return _show(ui, studio, k, studio.render(k, text, *_edited(text, current)))
 
     @_session
     def on_upload(k, path):
@@ -722,7 +727,7 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
             raise SettingsError("there is no score to transpose: open, write or upload one first")
         if not to_key or not to_key.strip():
             raise SettingsError("type the key to transpose to first (D, Bb, F#m ...)")
-        shown = _show(ui, studio, k, studio.transpose(k, text, to_key, _title(current), _prompt_of(current)))
+        shown = _show(ui, studio, k, studio.transpose(k, text, to_key, *_edited(text, current)))
         # a key chosen for the piece follows it: Continue would refuse the old key against the new score
         return shown | ({ui.music_key: to_key.strip()} if chosen_key and chosen_key.strip() else {})
 

@@ -24,7 +24,8 @@ import torch
 
 from engine import api
 from engine.errors import CadenzaError, SettingsError
-from engine.files import write_atomic
+from engine.files import slug, write_atomic
+from engine.render.identity import heading, retitled, with_part_names
 from engine.render.identity import title as piece_title
 from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
@@ -104,12 +105,19 @@ class Named:
         base = re.sub(r"( \((continued|rewritten)\))+$", "", self.title.strip())[:100]
         return base if self.kind == "composed" else f"{base} ({self.kind})"
 
-    def head(self, abc: str) -> str:
-        return api.with_titles(abc, self.source) if re.search(r"^[TC]:", self.source, flags=re.M) else abc
+    def head(self, abc: str, prompt: Prompt) -> str:
+        """The written ABC under the source's T:/C: lines and part names, titled as History lists it."""
+        if re.search(r"^[TC]:", self.source, flags=re.M):
+            abc = api.with_titles(abc, self.source)
+        return retitled(with_part_names(abc, self.source), self.title_for(prompt))
 
     def headed(self, comp: api.Composition) -> api.Composition:
-        abc = self.head(comp.abc.abc)
+        abc = self.head(comp.abc.abc, comp.piece.prompt)
         return comp if abc == comp.abc.abc else replace(comp, abc=replace(comp.abc, abc=abc))
+
+    def stem(self, prompt: Prompt, seed: int) -> str:
+        """The piece's file names: its title and seed (irish-melody-seed3.pdf)."""
+        return f"{slug(self.title_for(prompt))}-seed{seed}"
 
 
 @dataclass
@@ -493,18 +501,19 @@ class Studio:
                 continue
             seed = about["seed"] + int(i)
             result = to_abc("".join(prompt.lines()) + about["prefix"] + text)
-            piece_id, folder = self.new_piece(session, f"{prompt.composer.split(',')[0]}-{prompt.instrumentation}"
-                                                       f"-seed{seed}")
+            stem = f"{slug(about['title'])}-seed{seed}"
+            piece_id, folder = self.new_piece(session, stem)
             record = PieceRecord(
                 id=piece_id, created=about["created"], kind=about["kind"], title=about["title"],
                 prompt=about["prompt"], seed=seed, model=about["model"], bars=result.alignment.total,
-                stop_reason="interrupted", alignment=str(result.alignment), files={"abc": ["score.abc"]},
+                stop_reason="interrupted", alignment=str(result.alignment), files={"abc": [f"{stem}.abc"]},
                 settings=about["settings"], analysis=api.analyse(result.abc),
                 warnings=["the server stopped while this piece was being written (a crash or a kill): it was kept "
                           "as written a few seconds before, not rendered (open it and press Render)"])
             with self.saving(folder):
                 abc = api.with_titles(result.abc, about["titles"]) if about["titles"] else result.abc
-                write_atomic(folder / "score.abc", abc)
+                abc = retitled(abc, about["title"])
+                write_atomic(folder / f"{stem}.abc", abc)
                 session.save(record)
             kept.append(Outcome(record, folder, abc))
         return kept
@@ -606,17 +615,17 @@ class Studio:
                 continue
             result = c.abc if c is not None else to_abc("".join(prompt.lines()) + r.prefix + texts[i])
             stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
-            piece_id, folder = self.new_piece(session, f"{composer.split(',')[0]}-{instrumentation}-seed{seed + i}")
+            piece_id, folder = self.new_piece(session, named.stem(prompt, seed + i))
             record = PieceRecord(
                 id=piece_id, created=_now(), kind=named.kind, title=named.title_for(prompt),
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
-                alignment=str(result.alignment), files={"abc": ["score.abc"]}, settings=r.settings(),
+                alignment=str(result.alignment), files={"abc": [f"{named.stem(prompt, seed + i)}.abc"]}, settings=r.settings(),
                 analysis=api.analyse(result.abc),
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
-                abc = named.head(result.abc)
-                write_atomic(folder / "score.abc", abc)
+                abc = named.head(result.abc, prompt)
+                write_atomic(folder / f"{named.stem(prompt, seed + i)}.abc", abc)
                 session.save(record)
             kept.append(Outcome(record, folder, abc))
         return kept
@@ -624,9 +633,10 @@ class Studio:
     def _keep(self, session: Session, lm, comp: api.Composition, named: "Named", request: ComposeRequest) -> Outcome:
         p = comp.piece
         comp = named.headed(comp)
-        piece_id, folder = self.new_piece(session, comp.stem())
+        stem = named.stem(p.prompt, p.seed)
+        piece_id, folder = self.new_piece(session, stem)
         with self.saving(folder):
-            result = api.export(lm, comp, folder, self.config.formats, self.render_options())
+            result = api.export(lm, comp, folder, self.config.formats, self.render_options(), stem=stem)
             record = PieceRecord(
                 id=piece_id, created=_now(), kind=named.kind,
                 title=named.title_for(p.prompt),
@@ -642,37 +652,47 @@ class Studio:
         return Outcome(record, folder, saved[0].read_text() if saved else comp.abc.abc)
 
     # --- rendering and uploads ---------------------------------------------------------------------
-    def render(self, key: str, abc_text: str, title: str = "my score", prompt: dict | None = None) -> Outcome:
+    def render(self, key: str, abc_text: str, title: str | None = None, prompt: dict | None = None,
+               kind: str = "rendered") -> Outcome:
         """The user's ABC (edited or written by hand) -> every export, kept in the session. An
-        edit of an open piece passes that piece's title and prompt, so the edit keeps them (and
-        Continue on it writes in the same style)."""
-        return self._render(key, abc_text, title or "my score", prompt=prompt)
+        edit of an open piece passes that piece's title and prompt (identity.of_edit tells), so the
+        edit keeps them (and Continue on it writes in the same style); else the score is called
+        by its own T: line. The title is printed as History lists it."""
+        own = heading(abc_text)[0] if isinstance(abc_text, str) else None
+        return self._render(key, abc_text, title or own, "my score", kind, prompt=prompt)
 
     def transpose(self, key: str, abc_text: str, to_key: str, title: str | None = None,
                   prompt: dict | None = None) -> Outcome:
         """The score moved to another key (music21), kept as a new piece; the original stays."""
-        name = f"{title} (in {to_key})" if title else f"transposed to {to_key}"
-        return self._render(key, abc_text, name, to_key=to_key, prompt=prompt)
+        title = title or (heading(abc_text)[0] if isinstance(abc_text, str) else None)
+        return self._render(key, abc_text, f"{title} (in {to_key})" if title else None, f"transposed to {to_key}",
+                            "transposed", to_key=to_key, prompt=prompt)
 
-    def _render(self, key: str, abc_text: str, title: str, to_key: str | None = None,
-                prompt: dict | None = None) -> Outcome:
+    def _render(self, key: str, abc_text: str, title: str | None, untitled: str, kind: str,
+                to_key: str | None = None, prompt: dict | None = None) -> Outcome:
+        """`title`: the piece's, printed as its T: line; None: the score has none, History calls it
+        `untitled` and nothing is printed."""
         session = self.store.session(key)
         if isinstance(abc_text, str) and len(abc_text) > self.config.max_score_chars:
             raise SettingsError(f"the score is {len(abc_text):,} characters: this server renders at most "
                                 f"{self.config.max_score_chars:,}")
+        title = title.strip()[:120] if isinstance(title, str) and title.strip() else None
         with self.job(session, "render"):
             notes = []
             if to_key is not None:
                 abc_text, note = api.transpose(abc_text, to_key, self.render_options())
                 notes.append(note)
-            piece_id, folder = self.new_piece(session, title)
+            if title and not api.not_abc(abc_text):
+                abc_text = retitled(abc_text, title)
+            piece_id, folder = self.new_piece(session, title or untitled)
             with self.saving(folder):
-                result = api.render(abc_text, folder, self.config.formats, "score", options=self.render_options())
+                result = api.render(abc_text, folder, self.config.formats, slug(title or untitled),
+                                    options=self.render_options())
                 xml = result.paths("musicxml")
                 # the bars against the metre as well as between voices, and the musical check
                 bars, found = api.check_score(xml[0]) if xml else (None, {})
-                record = PieceRecord(id=piece_id, created=_now(), kind="transposed" if to_key else "rendered",
-                                     title=title[:120], bars=bars.total if bars else 0, prompt=_known(prompt),
+                record = PieceRecord(id=piece_id, created=_now(), kind=kind,
+                                     title=title or untitled, bars=bars.total if bars else 0, prompt=_known(prompt),
                                      alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
                                      errors=result.failed, warnings=notes + result.warnings, analysis=found)
@@ -681,7 +701,7 @@ class Studio:
 
     def upload(self, key: str, path: str | Path) -> Outcome:
         """A score file from the user (.abc, .musicxml, .xml, .mxl) -> rendered and kept; its ABC
-        can then be edited or continued."""
+        can then be edited or continued. It is called by its own title, else by its file's name."""
         path = Path(path)
         limit = self.config.max_upload_mb * 2**20
         if path.suffix.lower() not in UPLOAD_SUFFIXES:
@@ -691,20 +711,24 @@ class Studio:
             raise CadenzaError(f"{path.name} is {size / 2**20:.1f} MB: uploads are limited to {self.config.max_upload_mb} MB")
         if path.suffix.lower() == ".abc":
             try:
-                return self.render(key, path.read_text(encoding="utf-8"), path.stem)
+                text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise CadenzaError(f"{path.name} is not UTF-8 text: expected ABC notation") from e
+            return self.render(key, text, heading(text)[0] or path.stem, kind="uploaded")
         session = self.store.session(key)
         with self.job(session, "render"):
             piece_id, folder = self.new_piece(session, path.stem)
             with self.saving(folder):
-                result = api.render_file(path, folder, self.config.formats, "score", options=self.render_options())
+                result = api.render_file(path, folder, self.config.formats, slug(path.stem),
+                                         options=self.render_options())
                 if not result.status.get("abc") or not result.status["abc"].ok:
                     raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
                 xml = result.paths("musicxml")
-                found = api.check_score(xml[0])[1] if xml else {}
-                record = PieceRecord(id=piece_id, created=_now(), kind="uploaded", title=path.name,
+                bars, found = api.check_score(xml[0]) if xml else (None, {})
+                record = PieceRecord(id=piece_id, created=_now(), kind="uploaded",
+                                     title=(heading(abc_text)[0] or path.stem)[:120],
+                                     bars=bars.total if bars else 0, alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
                                      errors=result.failed, warnings=result.warnings, analysis=found)
                 session.save(record)

@@ -39,8 +39,98 @@ def with_identity(abc: str, prompt: dict | None) -> str:
     header = _name_parts(header, prompt)
     titles = [f"{f}:{text}\n" for f, text in (("T", title(prompt)), ("C", composer_line(prompt)))
               if text and not any(ln.startswith(f + ":") for ln in header)]
-    at = next((i + 1 for i, ln in enumerate(header) if ln.startswith("X:")), 0)  # T: comes right after X:
+    # after X: and any title: T: first, then C:
+    at = max((i + 1 for i, ln in enumerate(header) if ln.startswith(("X:", "T:"))), default=0)
     return "".join(header[:at] + titles + header[at:] + body)
+
+
+# --- the identity a score carries in its own header ----------------------------------------------
+# One rule: the title printed on a piece's pages is the title History lists. A score's own T: and
+# C: lines also tell whether text in the page is still the open piece or another score pasted over it.
+
+def heading(abc: str) -> tuple[str | None, str | None]:
+    """The texts of a score's first T: and C: lines (None where it has none)."""
+    header = _header(abc)
+    found = [next((ln[2:].strip() for ln in header if ln.startswith(f + ":")), None) for f in "TC"]
+    return found[0] or None, found[1] or None
+
+
+def retitled(abc: str, new_title: str) -> str:
+    """The ABC with `new_title` as its title: its first T: line replaced (or one put after X:), and
+    later T: lines that repeated the old title dropped (a subtitle of its own stays)."""
+    lines = abc.splitlines(keepends=True)
+    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
+    header, body = lines[:end], lines[end:]
+    old, _ = heading(abc)
+    line = f"T:{new_title.strip()}\n"
+    first = next((i for i, ln in enumerate(header) if ln.startswith("T:")), None)
+    if first is None:
+        at = next((i + 1 for i, ln in enumerate(header) if ln.startswith("X:")), 0)
+        return "".join(header[:at] + [line] + header[at:] + body)
+    rest = [ln for ln in header[first + 1:] if not (ln.startswith("T:") and ln[2:].strip() in (old, new_title.strip()))]
+    return "".join(header[:first] + [line] + rest + body)
+
+
+def tidy_titles(abc: str) -> str:
+    """A converted score's header without what the converters add: a T: line repeating an earlier
+    one (MusicXML's work and movement titles are often the same) and music21's placeholder
+    composer ("C:Music21")."""
+    lines = abc.splitlines(keepends=True)
+    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
+    seen, kept = set(), []
+    for ln in lines[:end]:
+        text = ln[2:].strip()
+        if (ln.startswith("T:") and text in seen) or (ln.startswith("C:") and text == "Music21"):
+            continue
+        if ln.startswith("T:"):
+            seen.add(text)
+        kept.append(ln)
+    return "".join(kept + lines[end:])
+
+
+def of_edit(text: str, opened: tuple[str | None, str | None], title: str | None,
+            prompt: dict | None) -> tuple[str | None, dict | None]:
+    """(title, prompt) for a score in the page's editor when the piece `title`, written for `prompt`,
+    with `opened` as its heading() was open. Its title line as it was: still that piece. Its title
+    line changed under the same composer line: that piece renamed. Anything else (a tune pasted over
+    it, with its own title or none) is a score of its own: its own title, no style."""
+    t, c = heading(text)
+    if t == opened[0] and (t or c == opened[1]):
+        return title, prompt
+    if c and c == opened[1]:
+        return t or title, prompt
+    return t, None
+
+
+def with_part_names(abc: str, source: str) -> str:
+    """The part names (nm=, snm=) of `source`'s voices on the same voices of `abc` where it has
+    none: a continued or rewritten score keeps what its parts were called (a flute stays a flute
+    whatever the style it was continued in)."""
+    names = {}
+    for ln in _header(source):
+        m = re.match(r"V:\s*(\d+)", ln)
+        if m and NAME.search(ln) and NAME.search(ln).group(1).strip():
+            names.setdefault(m.group(1), re.findall(r'\s*\bs?nm="[^"]*"', ln))
+    header = _header(abc)
+    if not names:
+        return abc
+    out, declared = [], set()
+    for ln in header:  # a voice's first V: line declares it; a later one starts its music
+        m = re.match(r"V:\s*(\d+)", ln)
+        named = NAME.search(ln)
+        first = m is not None and m.group(1) not in declared
+        if m:
+            declared.add(m.group(1))
+        if first and m.group(1) in names and not (named and named.group(1).strip()):
+            bare = re.sub(r'\s*\bs?nm="[^"]*"', "", ln.rstrip("\n")).rstrip()
+            ln = bare + "".join(names[m.group(1)]) + "\n"
+        out.append(ln)
+    return "".join(out) + abc[len("".join(header)):]
+
+
+def _header(abc: str) -> list[str]:
+    lines = abc.splitlines(keepends=True)
+    return lines[:next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))]
 
 
 def title(prompt: dict) -> str:

@@ -12,9 +12,10 @@ import resource
 import sys
 from pathlib import Path
 
+from engine.errors import CadenzaError
 from engine.render import convert
 from engine.render.convert import ConversionError
-from engine.errors import CadenzaError
+from engine.render.identity import tidy_titles
 from engine.symbolic.abcformat import interleave, musicxml_to_abc, xml_to_abc
 
 
@@ -47,7 +48,8 @@ def run_stage(stage: str, a: dict) -> dict:
     if stage == "import":
         data = convert.read_musicxml(Path(a["src"]))
         Path(a["xml"]).write_bytes(data)
-        Path(a["abc"]).write_text(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)), encoding="utf-8")
+        abc = tidy_titles(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)))  # its title once, no "Music21"
+        Path(a["abc"]).write_text(abc, encoding="utf-8")
         return {"files": [a["xml"], a["abc"]]}
     if stage == "transpose":
         xml, note = convert.transpose_musicxml(Path(a["abc"]).read_text(), a["to_key"])
