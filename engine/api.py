@@ -37,7 +37,8 @@ from engine.symbolic.controls import Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.scheduler import Scheduler, Sharing, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import AbcResult, Alignment, check_alignment, header_unit, metre_bar, to_abc
+from engine.symbolic.postprocess import (AbcResult, Alignment, check_alignment, header_unit, metre_bar,
+                                         starts_with_pickup, to_abc)
 from engine.symbolic.prompts import known_prompt
 from engine.symbolic.reference import ReferenceBackend  # noqa: F401 - part of the API
 
@@ -206,8 +207,9 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     """A score in ABC (the user's, or a piece cut short) -> the model's format, ready to continue.
     The bar markers count `more_bars` bars still to come, so the model does not read the score
     as finished. Goes through MusicXML, so any voice layout ABC allows comes out interleaved.
-    rewrite_from=N keeps bars 1..N-1 only, numbered for the score's own length, so that the rest
-    is written again (N=1: only the header is kept)."""
+    rewrite_from=N keeps the bars before bar N only, numbered for the score's own length, so that the
+    rest is written again. Bars are numbered as printed: a pickup is bar 0, the first full bar is 1
+    (N=1 keeps only the pickup; N=0, or 1 without a pickup, keeps only the header)."""
     more_bars = whole(more_bars, "more bars", 1, 10_000)
     problem = not_abc(abc_text)  # as Render says it: plain text is refused, not continued as a new piece
     if problem:
@@ -222,8 +224,10 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     if sum(ln.startswith("V:") for ln in meta) == 1:  # a melody: its training tunes name no part
         meta = [re.sub(r'\s+s?nm="[^"]*"', "", ln) if ln.startswith("V:") else ln for ln in meta]
     if rewrite_from is not None:
-        rewrite_from = whole(rewrite_from, f"the bar to rewrite from (this score has {len(body)} bars)", 1, len(body))
-        n, body = len(body), body[:rewrite_from - 1]
+        first = 0 if starts_with_pickup(body, metre_bar(meta), header_unit(meta)) else 1  # as the page numbers bars
+        what = "the bar to rewrite from" + (" (bar 0 is this score's pickup)" if first == 0 else "")
+        rewrite_from = whole(rewrite_from, what, first, first + len(body) - 1)
+        n, body = len(body), body[:rewrite_from - first]
     if rewrite_from is None:
         body = body[:-1] + [open_ending(body[-1])]
     text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))

@@ -105,7 +105,8 @@ def _add_compose(sub) -> None:
     c.add_argument("--from-score", default=None, metavar="FILE",
                    help="continue this score (.abc, .musicxml, .xml, .mxl) instead of starting a new piece")
     c.add_argument("--rewrite-from", type=int, default=None, metavar="N",
-                   help="(with --from-score) keep bars 1..N-1 of the score and write the rest again")
+                   help="(with --from-score) keep the bars before bar N and write the rest again; bars are "
+                        "numbered as printed (a pickup is bar 0)")
     c.add_argument("--decode", choices=api.DECODE_MODES, default="auto",
                    help="character steps compiled with torch.compile (seconds to compile once) or eager "
                         "(default auto: compiled on CUDA, eager on the CPU)")

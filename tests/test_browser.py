@@ -537,3 +537,48 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
         By.CSS_SELECTOR, "a[download], a[href*='/file=']") if a.get_attribute("href")], what="download links")
     assert any(h.endswith("my-jig.pdf") for h in links), links
     shot(driver, "identity")
+
+
+def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts_from(page):
+    """Issue 34 item 8: the score's bars carry numbers (a pickup is bar 0, as printed); clicking a note
+    chooses its bar (marked, its number in the Bar box) and Rewrite keeps exactly the bars before it."""
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    from engine import api
+
+    driver, studio = page
+    fresh(driver, studio)
+    (original,) = generate(driver, studio, bars="6")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-score .abcjs-bar-number"), timeout=30,
+             what="bar numbers on the score")
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    for attempt in range(10):  # bounded: the score may be redrawn (the finished piece, a new width) under us
+        try:
+            note = driver.find_elements(By.CSS_SELECTOR, "#live-score .abcjs-note.abcjs-mm2")[0]
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", note)
+            # abcjs listens on the whole svg and takes the element nearest the pointer: a click there
+            ActionChains(driver).move_to_element(note).click().perform()
+            break
+        except StaleElementReferenceException:
+            time.sleep(0.5)
+    state = driver.execute_script("return window.cadenzaScore.state()")
+    chosen = 2 if state["pickup"] else 3  # the third bar drawn
+    assert state["chosen"] == chosen, state
+    assert driver.find_elements(By.CSS_SELECTOR, "#live-score .cadenza-chosen.abcjs-mm2")
+    wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#rewrite-bar input").get_attribute("value")
+             == str(chosen), timeout=10, what="the Bar box to take the bar clicked")
+    shot(driver, "bar-chosen")
+    before = len(records(studio))
+    button(driver, "Rewrite from this bar (a new seed)").click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the rewrite")
+    rewritten = records(studio)[-1]
+    assert rewritten["kind"] == "rewritten", rewritten
+    text = lambda r: (Path(r["folder"]) / r["files"]["abc"][0]).read_text()  # noqa: E731
+    body = lambda abc: [ln for ln in abc.splitlines() if ln and not re.match(r"[A-Za-z]:|%", ln)]  # noqa: E731
+    kept = api.continuation_prefix(text(original), rewrite_from=chosen).count("[r:")
+    assert kept == chosen - (0 if state["pickup"] else 1)  # the page and the engine count bars alike
+    assert body(text(rewritten))[:kept] == body(text(original))[:kept]

@@ -133,3 +133,13 @@ def test_header_values_out_of_musical_range_are_left_out_or_clamped():
     assert lines == ["L:1/8\n", "Q:1/4=300\n", "K:D\n"] and len(notes) == 3
     kept = ["L:1/16\n", 'Q:"Allegro" 1/4=132\n', "M:C|\n", "Q:1/2=60\n", "M:none\n"]
     assert sane_header(kept) == (kept, [])
+
+
+def test_a_pickup_is_told_from_a_first_full_bar():
+    from engine.symbolic.postprocess import starts_with_pickup
+
+    bar = Fraction(6)  # 3/4 in eighths
+    assert starts_with_pickup(["[V:1]C2|\n", "[V:1]DEF2G2|\n"], bar)  # a quarter before the first full bar
+    assert not starts_with_pickup(["[V:1]C2D2E2|\n", "[V:1]DEF2G2|\n"], bar)
+    assert not starts_with_pickup(["[V:1]C2|\n"], None) and not starts_with_pickup([], bar)  # free metre; empty
+    assert starts_with_pickup(["[V:1][M:2/4]C2|\n"], bar)  # a metre changed in the first line is its metre

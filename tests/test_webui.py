@@ -340,12 +340,13 @@ def test_rewrite_from_a_bar_keeps_the_bars_before_it_as_a_new_piece(server):
     (outcome,) = items[-1]
     assert outcome.record.kind == "rewritten"
     kept = api.continuation_prefix(abc, rewrite_from=3)
-    assert kept.count("[r:") == 2 and "[r:1/" in kept  # bars 1 and 2, numbered for the score's own length
+    # the pickup (bar 0, as printed) and bars 1 and 2, numbered for the score's own length
+    assert kept.count("[r:") == 3 and "[r:2/" in kept
     body = [ln for ln in outcome.abc.splitlines() if ln.startswith("[V:1]")]
     original = [ln for ln in api.to_abc("".join(BACH.lines()) + api.continuation_prefix(abc)).abc.splitlines()
                 if ln.startswith("[V:1]")]
-    assert body[:2] == original[:2] and len(body) > 2
-    with pytest.raises(CadenzaError, match="from 1 to"):
+    assert body[:3] == original[:3] and len(body) > 3
+    with pytest.raises(CadenzaError, match=r"bar 0 is this score's pickup\) must be a whole number from 0 to"):
         list(studio.compose(key, bach(), continue_abc=abc, rewrite_from=500))
 
 

@@ -349,7 +349,9 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
                     ui.upload = gr.File(label="Upload a score (ABC, MusicXML, MXL)", type="filepath",
                                         file_types=[".abc", ".musicxml", ".xml", ".mxl"])
                     with gr.Row():
-                        ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=1, label="Bar", min_width=80)
+                        # a click on the score puts the bar's number here (webui/static/cadenza-score.js)
+                        ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=0, label="Bar (click one)",
+                                                   min_width=80, elem_id="rewrite-bar")
                         ui.rewrite = gr.Button("Rewrite from this bar (a new seed)", min_width=150)
                     with gr.Row():
                         ui.transpose_key = gr.Textbox(value="", label="Key", placeholder="D, Bb, F#m", min_width=80)

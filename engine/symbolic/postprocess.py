@@ -150,6 +150,16 @@ def line_bars(line: str) -> list[Fraction | None]:
     return [bar_duration(b) for b in BARLINE.split(segments[0]) if b and not BARLINE.fullmatch(b)] or [None]
 
 
+def starts_with_pickup(body_lines: list[str], bar: Fraction | None, unit: Fraction = Fraction(1, 8)) -> bool:
+    """Whether the first tune-body line is a pickup: one bar, shorter than the metre's (a
+    printed score numbers it bar 0). `unit` is the header's L, for a metre changed in that line."""
+    if not body_lines:
+        return False
+    bar = inline_metre(body_lines[0], unit) or bar
+    lengths = [d for d in line_bars(body_lines[0]) if d != 0]
+    return bar is not None and len(lengths) == 1 and lengths[0] is not None and 0 < lengths[0] < bar
+
+
 ENDING = re.compile(r"(?:\||\[)[1-9]")  # a first or second ending starts: |1 :|2 [1
 FERMATA = re.compile(r"!fermata!|\bH(?=[_=^]*[A-Ga-gz])")  # !fermata! or H, the short form
 

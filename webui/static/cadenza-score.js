@@ -9,7 +9,11 @@
  *                        class "placeholder" is hidden while music is drawn
  *   #live-score-tools    an empty box for the zoom buttons this script makes
  *   #score-player        a Gradio Audio; its <audio> may sit in a wavesurfer shadow root
- * window.cadenzaScore = {render(abc), zoom(f), state(), prepare(abc)} is the handle tests and page.js use.
+ *   #rewrite-bar         a Gradio Number: a click on the music puts the clicked bar's number in it (the bar
+ *                        Rewrite starts from), and the bar is marked
+ * window.cadenzaScore = {render(abc), zoom(f), state(), prepare(abc), choose(bar)} is the handle tests and
+ * page.js use. Bars are numbered as printed: a pickup is bar 0, the first full bar 1 (engine.api's Rewrite
+ * counts so too).
  */
 (function () {
   "use strict";
@@ -30,6 +34,9 @@
     "#live-score .cadenza-staging{position:absolute;left:0;top:0;visibility:hidden}",
     "#live-score .abcjs-playing{fill:#d9480f;stroke:#d9480f}",
     "#live-score .cadenza-cursor{fill:#d9480f;opacity:.45;pointer-events:none}",
+    "#live-score .cadenza-chosen{fill:#1c7ed6;stroke:#1c7ed6}",
+    "#live-score .abcjs-bar-number{fill:#555;font-size:13px}",
+    "#live-score .abcjs-note,#live-score .abcjs-rest{cursor:pointer}",
     "#live-score-tools{display:flex;gap:4px;align-items:center;justify-content:flex-end}",
     "#live-score-tools button{min-width:2.2em;padding:2px 8px;border:1px solid var(--border-color-primary,#ccc);",
     "border-radius:4px;background:var(--button-secondary-background-fill,#f4f4f5);cursor:pointer;font:inherit}",
@@ -45,15 +52,21 @@
     timings: [], lastMs: 0, charToMs: {},
     audios: [], audio: null, raf: 0, event: -1, highlighted: [], cursor: null,
     busyUntil: 0, redraw: false,
+    pickup: false, // the piece starts with a pickup: abcjs counts it bar 1, a printed score bar 0
+    chosen: null, // the bar a click chose for Rewrite (as printed), or null
   };
 
   // --- ABC text -----------------------------------------------------------------------------
 
-  /** What abcjs should see: NotaGen's line markers out, an unfinished last token closed off. */
+  /** What abcjs should see: NotaGen's line markers out, an unfinished last token closed off, every
+   *  bar numbered (the number Rewrite takes). */
   function clean(abc) {
     var text = String(abc || "").replace(/\r\n?/g, "\n");
     text = text.replace(/\[r:[^\]\n]*\]/g, ""); // [r:3/20]: bars done / bars to go, not music
     if (!/\n$/.test(text)) text = closeLastLine(text); // a piece being written stops anywhere
+    if (text.trim() && !/^%%barnumbers/m.test(text)) {
+      text = /^X:.*\n/m.test(text) ? text.replace(/^(X:.*\n)/m, "$1%%barnumbers 1\n") : "%%barnumbers 1\n" + text;
+    }
     return text;
   }
 
@@ -120,6 +133,8 @@
       st.lastError = error;
       return false;
     }
+    st.pickup = !!(visual.getPickupLength && visual.getPickupLength() > 0);
+    if (st.pickup) renumber(staging);
     var top = box.scrollTop, left = box.scrollLeft;
     var old = box.querySelectorAll(".cadenza-sheet:not(.cadenza-staging)");
     for (var i = 0; i < old.length; i++) old[i].remove();
@@ -137,7 +152,54 @@
     st.cursor = null;
     st.event = -1;
     buildTimings(visual);
+    markChosen();
     followAudio(false); // a re-render while playing: the cursor back where the music is; the reader's place kept
+    return true;
+  }
+
+  /** abcjs numbers a pickup bar 1; a printed score (and Rewrite) numbers it 0. */
+  function renumber(sheet) {
+    var labels = sheet.querySelectorAll(".abcjs-bar-number");
+    for (var i = 0; i < labels.length; i++) {
+      var n = parseInt(labels[i].textContent, 10);
+      var span = labels[i].querySelector("tspan") || labels[i];
+      if (!isNaN(n)) span.textContent = String(n - 1);
+    }
+  }
+
+  // --- choosing a bar -------------------------------------------------------------------------
+
+  /** The printed number of the bar an element of the drawing belongs to (abcjs-mmN: the Nth bar). */
+  function barOf(classes) {
+    var m = /\babcjs-mm(\d+)\b/.exec(String(classes || ""));
+    return m ? parseInt(m[1], 10) + (st.pickup ? 0 : 1) : null;
+  }
+
+  function markChosen() {
+    var box = st.box;
+    if (!box) return;
+    var old = box.querySelectorAll(".cadenza-chosen");
+    for (var i = 0; i < old.length; i++) old[i].classList.remove("cadenza-chosen");
+    if (st.chosen === null) return;
+    var mm = st.chosen - (st.pickup ? 0 : 1);
+    var els = box.querySelectorAll(".cadenza-sheet:not(.cadenza-staging) .abcjs-note.abcjs-mm" + mm +
+                                   ", .cadenza-sheet:not(.cadenza-staging) .abcjs-rest.abcjs-mm" + mm);
+    for (var j = 0; j < els.length; j++) els[j].classList.add("cadenza-chosen");
+  }
+
+  /** Chooses bar `bar` (as printed) for Rewrite: marked on the score, its number in the page's box. */
+  function choose(bar) {
+    if (typeof bar !== "number" || isNaN(bar)) return false;
+    st.chosen = bar;
+    markChosen();
+    var input = document.querySelector("#rewrite-bar input");
+    if (input) {
+      // Gradio's Number takes a value from its input event (set by a script, nothing else fires one)
+      var setter = Object.getOwnPropertyDescriptor(window.HTMLInputElement.prototype, "value").set;
+      setter.call(input, String(bar));
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
     return true;
   }
 
@@ -154,6 +216,7 @@
     st.charToMs = {};
     st.lastError = null;
     st.cursor = null;
+    st.chosen = null;
   }
 
   function render(abc) {
@@ -381,8 +444,10 @@
     }
   }
 
-  /** A click on a note moves the playback there. */
-  function onNoteClick(abcelem) {
+  /** A click on a note chooses its bar for Rewrite and moves the playback there. */
+  function onNoteClick(abcelem, tuneNumber, classes) {
+    var bar = barOf(classes);
+    if (bar !== null) choose(bar);
     var audio = st.audio;
     if (!audio || !abcelem || !(abcelem.startChar in st.charToMs)) return;
     audio.currentTime = st.charToMs[abcelem.startChar] / msPerSecond(audio);
@@ -437,9 +502,11 @@
         renders: st.renders, failures: st.failures, lastError: st.lastError, warnings: st.warnings.length,
         zoom: st.zoom, highlighted: st.highlighted.length, event: st.event, events: st.timings.length,
         scoreSeconds: st.lastMs / 1000, audios: st.audios.length, playing: !!(st.audio && !st.audio.paused),
+        pickup: st.pickup, chosen: st.chosen,
       };
     },
     prepare: clean, // the text abcjs is given: markers out, a half-written last token cut (page.js uses it)
+    choose: choose,
   };
   window.setInterval(poll, POLL_MS);
   poll();
