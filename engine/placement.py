@@ -88,6 +88,23 @@ class Plan:
         return "\n".join(lines)
 
 
+    def summary(self) -> str:
+        """The plan in words for the System page (describe() lists the modules, for the logs)."""
+        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+        dtype = _dtype_name(self.dtype)
+        if self.kind == "split":
+            where = ", ".join(f"{s.device} {gib(s.bytes)}" for s in self.stages)
+            text = f"split over {len(self.stages)} devices in running order ({where}), {dtype}"
+        elif self.kind == "replicate":
+            text = (f"a whole copy on each of {', '.join(self.devices)} ({gib(self.stages[0].bytes)} each), {dtype}"
+                    if self.stages else f"no copies, {dtype}")
+        else:
+            s = self.stages[0] if self.stages else None
+            text = (f"on {s.device}: {gib(s.weight_bytes)} of weights and {gib(s.cache_bytes)} of cache, {dtype}"
+                    if s else dtype)
+        return "; ".join([text] + self.warnings)
+
+
 def _ranges(units: list[str]) -> list[str]:
     """'...h.0', '...h.1', '...h.2' -> '...h.0-2' (plans of 20 layers stay readable)."""
     out: list[str] = []

@@ -464,6 +464,16 @@ def test_an_upload_opens_says_it_has_no_style_yet_and_leaves_the_box_empty(page,
     wait_for(driver, lambda d: "my-tune.abc" not in d.find_element(By.CSS_SELECTOR, "input[type='file']").find_element(
         By.XPATH, "./ancestor::*[contains(@class, 'block')][1]").text, timeout=10, what="the upload box emptied")
     assert driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
+    # a file that is no score: a notice, the box emptied again, the open score kept
+    broken = tmp_path / "broken.musicxml"
+    broken.write_text("<score-partwise><part id='P1'><measure>")
+    kept = len(records(studio))
+    driver.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(broken))
+    wait_for(driver, lambda d: "broken.musicxml" in d.find_element(By.TAG_NAME, "body").text
+             and "not well-formed" in d.find_element(By.TAG_NAME, "body").text, timeout=60, what="the notice")
+    wait_for(driver, lambda d: "broken.musicxml" not in d.find_element(By.CSS_SELECTOR, "input[type='file']").find_element(
+        By.XPATH, "./ancestor::*[contains(@class, 'block')][1]").text, timeout=10, what="the failed upload emptied")
+    assert len(records(studio)) == kept and driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
 
 
 def test_the_system_page_is_tables(page):
@@ -582,3 +592,25 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
     kept = api.continuation_prefix(text(original), rewrite_from=chosen).count("[r:")
     assert kept == chosen - (0 if state["pickup"] else 1)  # the page and the engine count bars alike
     assert body(text(rewritten))[:kept] == body(text(original))[:kept]
+
+
+def test_at_820_px_the_composer_shows_whole_and_the_settings_open_over_the_page(page):
+    """Issue 34 item 9: nothing of the page is squeezed at the width of a small laptop or tablet."""
+    from selenium.webdriver.common.by import By
+
+    driver, studio = page
+    fresh(driver, studio)
+    driver.set_window_size(820, 1100)
+    time.sleep(1.0)
+    composer = driver.find_elements(By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[1]
+    assert composer.get_attribute("value") and driver.execute_script(
+        "return arguments[0].scrollWidth <= arguments[0].clientWidth", composer), composer.get_attribute("value")
+    width = lambda: driver.execute_script("return document.getElementById('live-score').clientWidth")  # noqa: E731
+    before = width()
+    driver.find_element(By.CSS_SELECTOR, "button.toggle-button").click()  # Settings
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".sidebar.open"), timeout=10, what="the sidebar open")
+    time.sleep(0.6)  # its slide
+    assert width() >= before - 2, (before, width())  # the score keeps its width: the sidebar lies over it
+    shot(driver, "settings-open")
+    driver.find_element(By.CSS_SELECTOR, "button.toggle-button").click()
+    driver.set_window_size(1400, 2200)

@@ -157,6 +157,10 @@ def test_a_plan_describes_itself_for_doctor_and_the_system_page():
     assert "placement: split" in text and "cuda:1" in text and "h.0-" in text
     d = plan.to_dict()
     assert d["kind"] == "split" and d["stages"][0]["units"][-1].startswith("patch_level_decoder.base.h.0-")
+    said = plan.summary()  # the System page's words: devices and sizes, no module names
+    assert said.startswith("split over 2 devices in running order (cuda:0 ") and "decoder" not in said
+    single = P.plan_units(units, gpus(40.0)).summary()
+    assert single.startswith("on cuda:0: ") and "of weights and" in single and "decoder" not in single
 
 
 # --- running a split model ---------------------------------------------------------------------------

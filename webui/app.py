@@ -27,7 +27,7 @@ from engine.errors import CadenzaError, SettingsError
 from engine.render.identity import heading, of_edit
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
-from engine.symbolic.controls import Controls
+from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.sampling import SamplingSettings
 from webui.config import StudioConfig
 from webui.guard import LoginBackoff, public, trim_folder
@@ -53,12 +53,21 @@ CSS = """
 #history-table table { table-layout: fixed; }
 #history-table td, #history-table th { word-break: normal; overflow-wrap: anywhere; }
 """
+# Page-wide rules Gradio's css= cannot hold (it scopes every selector inside the app's container):
+# below 1100 px the Settings sidebar opens over the page, as Gradio does below 768 px, instead of
+# squeezing the score into what is left (at 820 px the music kept 420 px).
+HEAD_CSS = """
+@media (max-width: 1100px) {
+  .sidebar-parent, .sidebar-parent:has(.sidebar.open) { padding-left: 0 !important; padding-right: 0 !important; }
+}
+"""
 
 
 def _head() -> str:
     """abcjs and the engraving script, inlined: no file route to open, works offline."""
     scripts = [STATIC / "abcjs-basic-min.js", STATIC / "cadenza-score.js", STATIC / "page.js"]
-    return "".join(f"<script>{p.read_text(encoding='utf-8')}</script>" for p in scripts if p.is_file())
+    return f"<style>{HEAD_CSS}</style>" + "".join(
+        f"<script>{p.read_text(encoding='utf-8')}</script>" for p in scripts if p.is_file())
 
 
 NO_SESSION = "this page has no session yet: reload it"
@@ -277,6 +286,12 @@ def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_r
                      critic=ComposeRequest.critic, bars=None, music_key=None, meter=None, tempo=None) -> ComposeRequest:
     """The page's and the API's values as they come -> a ComposeRequest, which checks them (an
     empty control box, or 0, leaves it to the model)."""
+    for typed, said in ((bars, f"a length of 0 bars: leave Length empty for the model's own length, or ask for "
+                                f"1 to {MAX_BARS:,} bars"),
+                        (tempo, "a tempo of 0: leave Tempo empty for the model's own tempo, or give 20 to 400 "
+                                "quarter notes a minute")):
+        if isinstance(typed, str) and page_number(typed) == 0:  # typed in the page (the API's 0 is its default)
+            raise SettingsError(said)
     return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp),
                           seed=page_seed(page_number(sd)), variations=var, max_patches=mp, bar_retries=br, critic=critic,
                           controls=Controls.from_page(page_number(bars), music_key, meter, page_number(tempo)))
@@ -303,7 +318,8 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
     with gr.Tab("Score", id="score"):
         with gr.Row(equal_height=True):
             ui.period = gr.Dropdown(label="Period", choices=[], interactive=True)
-            ui.composer = gr.Dropdown(label="Composer", choices=[], interactive=True)
+            # names are long ("Bach, Johann Sebastian"): twice the room, so that 820 px shows them whole
+            ui.composer = gr.Dropdown(label="Composer", choices=[], interactive=True, scale=2)
             ui.instrumentation = gr.Dropdown(label="Instrumentation", choices=[], interactive=True)
             ui.surprise = gr.Button("Surprise me", scale=0, min_width=120)
         with gr.Row(equal_height=True):  # text boxes: empty means the model decides (a number box shows 0)
@@ -720,8 +736,13 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
     def on_upload(k, path):
         if not path:
             return gr.skip()
+        try:
+            shown = _show(ui, studio, k, studio.upload(k, path))
+        except CadenzaError as e:
+            _keep_page(e)  # the notice; the open piece stays as it is
+            return {ui.upload: None}  # the file that could not be read leaves the box
         # the box is emptied once the score is read: the piece is in the work area and History
-        return _show(ui, studio, k, studio.upload(k, path)) | {ui.upload: None}
+        return shown | {ui.upload: None}
 
     @_session
     def on_transpose(k, text, to_key, current=None, chosen_key=None):

@@ -233,7 +233,7 @@ class ModelSlot:
 
     def plan(self) -> str | None:
         plan = getattr(self.lm, "plan", None)
-        return plan.describe() if plan is not None else None
+        return plan.summary() if plan is not None else None
 
 
 @dataclass
