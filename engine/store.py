@@ -22,6 +22,7 @@ from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 
 RECORD_FILE = "record.json"
+DELETED_DIR = ".deleted"  # the pieces of a session's last Delete, held for Undo
 JOURNAL_DIR = ".live"  # inside a session's folder: the text of pieces being written (Journal)
 JOURNAL_EVERY_S = 2.0  # a piece's text reaches the disk this often while it is written
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the whole key (fullmatch: no trailing newline)
@@ -123,7 +124,7 @@ class Session:
         """(bytes, pieces) this session holds on disk."""
         if not self.folder.is_dir():
             return 0, 0
-        pieces = [p for p in self.folder.iterdir() if p.is_dir()]
+        pieces = [p for p in self.folder.iterdir() if p.is_dir() and p.name != DELETED_DIR]  # deleted: not held
         return sum(_size(p) for p in pieces), sum((p / RECORD_FILE).is_file() for p in pieces)
 
     def rename(self, piece_id: str, title: str) -> PieceRecord:
@@ -135,14 +136,39 @@ class Session:
         self.save(record)
         return record
 
-    def delete(self, piece_id: str) -> int:
-        """Removes a piece and its files; returns the bytes freed."""
-        folder = self.piece_folder(piece_id)
-        if not (folder / RECORD_FILE).is_file():
-            raise CadenzaError(f"no piece {piece_id!r} in this session")
-        freed = _size(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    def delete(self, piece_ids: list[str]) -> int:
+        """Takes pieces out of the session (History's Delete); returns the bytes freed. They are
+        held aside until the next Delete (or a restart), so that the last Delete can be undone;
+        what an earlier Delete held goes now."""
+        folders = [self.piece_folder(pid) for pid in piece_ids]
+        for folder in folders:  # every id checked before anything moves
+            if not (folder / RECORD_FILE).is_file():
+                raise CadenzaError(f"no piece {folder.name!r} in this session")
+        held = self.folder / DELETED_DIR
+        shutil.rmtree(held, ignore_errors=True)
+        held.mkdir(parents=True)
+        freed = 0
+        for folder in folders:
+            freed += _size(folder)
+            folder.rename(held / folder.name)
         return freed
+
+    def held(self) -> tuple[int, int]:
+        """(bytes, pieces) of the last Delete, held for Undo."""
+        held = self.folder / DELETED_DIR
+        folders = [p for p in held.iterdir() if (p / RECORD_FILE).is_file()] if held.is_dir() else []
+        return sum(_size(p) for p in folders), len(folders)
+
+    def undelete(self) -> list[str]:
+        """The pieces of the last Delete back in the session (ids already taken again are left)."""
+        held = self.folder / DELETED_DIR
+        back = []
+        for folder in sorted(held.iterdir()) if held.is_dir() else []:
+            if (folder / RECORD_FILE).is_file() and not (self.folder / folder.name).exists():
+                folder.rename(self.folder / folder.name)
+                back.append(folder.name)
+        shutil.rmtree(held, ignore_errors=True)
+        return back
 
     def history(self, limit: int = MAX_HISTORY) -> list[PieceRecord]:
         """This session's pieces, newest first."""
@@ -252,6 +278,8 @@ class OutputStore:
         if over_bytes <= 0 or not self.root.is_dir():
             return 0, 0
         now, pieces = time.time(), []
+        for session in (p for p in self.root.iterdir() if p.is_dir()):  # deleted pieces held for Undo go first
+            pieces += [(0.0, r.parent) for r in session.glob(f"{DELETED_DIR}/*/{RECORD_FILE}")]
         for session in (p for p in self.root.iterdir() if p.is_dir() and p.name not in busy):
             records = [(r.stat().st_mtime, r.parent) for r in session.glob(f"*/{RECORD_FILE}") if r.is_file()]
             if records and now - max(t for t, _ in records) > idle_s:

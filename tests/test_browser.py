@@ -413,6 +413,10 @@ def test_history_selects_plays_opens_with_the_prompt_renames_and_deletes(page):
     wait_for(driver, lambda d: button(d, "Delete"), what="the selected piece")
     button(driver, "Delete").click()
     wait_for(driver, lambda d: len(records(studio)) == before - 1, timeout=30, what="deleted")
+    wait_for(driver, lambda d: button(d, "Undo delete"), timeout=10, what="Undo delete")
+    button(driver, "Undo delete").click()  # a Delete is not final: the last one comes back
+    wait_for(driver, lambda d: len(records(studio)) == before, timeout=30, what="the piece back")
+    wait_for(driver, lambda d: "Morning chorale" in d.find_element(By.ID, "history-table").text, what="its row back")
 
 
 def test_converter_notes_are_in_plain_words_folded_under_details(page):

@@ -32,7 +32,7 @@ from webui.studio import Studio  # noqa: E402
 KEY = "z" * 20 + "-security"
 PROMPT = (BACH.period, BACH.composer, BACH.instrumentation)
 NO_PROMPT = (None, None, None)  # the dropdowns: a hand-made client has no choices to pick from
-NAMED = ("prompts", "compose", "render", "upload", "history", "piece", "audio", "perform", "delete")
+NAMED = ("prompts", "compose", "render", "upload", "history", "piece", "audio", "perform", "delete", "undelete")
 NOT_OFFERED = "on this server: name a model in its models folder (offered: tiny)"
 SCORE = "X:1\nT:Test\nM:4/4\nL:1/8\nK:C\nCDEF GABc|c2B2 A2G2|]\n"
 
@@ -150,25 +150,25 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
     ("on_use_model", ["/etc/passwd"], NOT_OFFERED),
     ("on_use_model", ["../../../../etc"], NOT_OFFERED),
     ("tick", [False, "/root", {}], NOT_OFFERED),
-    ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "no session"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0, True, 0, "", "", 0], "greater than maximum value 8"),  # Gradio's slider
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], "period is empty"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 10**30, 16, 1, 0, True, 0, "", "", 0], "seed must be a whole number from 0 to"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "../../etc/passwd", "", 0], "key must be"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "1/0", 0], "metre must be"),
-    ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0], NOT_OFFERED),
+    ("run", [KEY + "\n", "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", ""], "no session"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 10**6, 0, True, "", "", "", ""], "greater than maximum value 8"),  # Gradio's slider
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", ""], "period is empty"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 10**30, 16, 1, 0, True, "", "", "", ""], "seed must be a whole number from 0 to"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "../../etc/passwd", "", ""], "key must be"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "1/0", ""], "metre must be"),
+    ("run", [KEY, "/etc/shadow", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", ""], NOT_OFFERED),
     ("on_render", ["bad key", SCORE, {}], "no session"),
     ("on_delete", [KEY, ["../../other-session"]], "is not in the list of choices"),  # only this session's pieces
     ("run_audio", [KEY, "piano", "/etc", 5, 3.0, 250, 0.0, 1.0, 1, 1, None], NOT_OFFERED),
     ("run_audio", [KEY, "piano", "", 5, 3.0, 250, 0.0, 1.0, 10**30, 1, None], "seed must be a whole number from 0 to"),
     ("run_perform", [KEY, SCORE, "strings", "/etc", 5, 1], NOT_OFFERED),
-    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, {}], NOT_OFFERED),
-    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, 0, "", "", 0, SCORE, 2, {}], NOT_OFFERED),
+    ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", "", SCORE, {}], NOT_OFFERED),
+    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", "", SCORE, 2, {}], NOT_OFFERED),
     ("on_transpose", [KEY, SCORE, "H#", {}, ""], "key must be"),
     ("on_surprise", ["/etc/hosts", *NO_PROMPT], NOT_OFFERED),
     ("on_rename", [KEY, "../../other-session", "mine now"], "no piece"),
     ("on_rename", [KEY, "nope", "a\ntitle"], "a title is 1 to 120 characters"),
-    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, -5, 16, 1, 0, True, 0, "", "", 0], "seed must be a whole number from 0 to"),
+    ("run", [KEY, "", *NO_PROMPT, 1.2, 9, 0.9, -5, 16, 1, 0, True, "", "", "", ""], "seed must be a whole number from 0 to"),
     ("on_upload", [KEY, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], None),  # Gradio: not uploaded
 ])
 def test_page_handlers_called_through_the_queue_refuse_hostile_arguments(served, handler, data, expected):
@@ -347,7 +347,12 @@ def test_a_full_session_is_told_how_to_make_room_and_loses_nothing(served):
         assert len(c.predict(key, api_name="/history")["pieces"]) == 2  # nothing lost
         gone = c.predict(key, first["pieces"][0]["id"], api_name="/delete")
         assert gone["deleted"] == 1 and gone["freed_bytes"] > 0
+        assert c.predict(key, api_name="/undelete")["restored"] == 1  # the last Delete undone
+        assert len(c.predict(key, api_name="/history")["pieces"]) == 2
+        c.predict(key, first["pieces"][0]["id"], api_name="/delete")
         assert c.predict(key, SCORE, api_name="/render")[0]["status"] == "done"  # room again
+        with pytest.raises(Exception, match="bringing back 1 deleted piece.*past its limit of 2 pieces"):
+            c.predict(key, api_name="/undelete")  # the room it freed is taken
         studio.disk = DiskPolicy(session_bytes=2**40, session_pieces=10**6, min_free_bytes=2**62)
         with pytest.raises(Exception, match="disk is nearly full"):
             c.predict(key, SCORE, api_name="/render")

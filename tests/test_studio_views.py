@@ -233,3 +233,19 @@ def test_a_length_or_tempo_of_0_typed_in_the_page_is_refused_not_silently_the_mo
         _compose_request(*args, bars="8", tempo=" 0 ")
     assert _compose_request(*args, bars="", tempo="").controls.bars is None  # empty: the model's
     assert _compose_request(*args, bars=0, tempo=0).controls.bars is None  # the API's default
+
+
+def test_the_last_delete_can_be_undone_and_held_pieces_are_outside_the_quota(studio):
+    key = "u" * 20 + "-undelete"
+    a, b = (studio.render(key, TUNE_2_4_IN_3_4, t) for t in ("First", "Second"))
+    assert studio.delete(key, [a.record.id])[0] == 1
+    session = studio.store.session(key)
+    assert [r.title for r in studio.history(key)] == ["Second"] and session.usage()[1] == 1  # room freed
+    assert studio.undelete(key) == 1 and {r.title for r in studio.history(key)} == {"First", "Second"}
+    assert studio.undelete(key) == 0  # once
+    studio.delete(key, [a.record.id])
+    studio.delete(key, [b.record.id])  # a new Delete lets the earlier one go for good
+    assert studio.undelete(key) == 1 and [r.title for r in studio.history(key)] == ["Second"]
+    with pytest.raises(CadenzaError, match="no piece"):
+        studio.delete(key, [b.record.id, "../elsewhere"])  # every id checked before anything moves
+    assert [r.title for r in studio.history(key)] == ["Second"]

@@ -475,7 +475,9 @@ def _history_tab(ui: SimpleNamespace) -> None:
                 ui.new_title = gr.Textbox(label="New title", placeholder="a title for this piece", scale=2)
                 ui.rename = gr.Button("Rename", scale=0, min_width=100)
                 ui.delete_picked = gr.Button("Delete", variant="stop", scale=0, min_width=100)
-        ui.usage = gr.Markdown("")
+        with gr.Row():
+            ui.usage = gr.Markdown("")
+            ui.undelete = gr.Button("Undo delete", visible=False, scale=0, min_width=140)
         with gr.Accordion("Delete several", open=False):
             with gr.Row():
                 ui.to_delete = gr.Dropdown(label="Pieces to delete", choices=[], multiselect=True, scale=3)
@@ -854,16 +856,23 @@ def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
     @_session
     def on_delete(k, ids):
         n, freed = studio.delete(k, ids or [])
-        gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed")
-        return listing(k)
+        gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed: Undo delete brings them back")
+        return listing(k) | {ui.undelete: gr.update(visible=True)}
 
-    listed = [ui.history, ui.history_ids, ui.to_delete, ui.usage, ui.picked, ui.picked_box]
+    @_session
+    def on_undelete(k):
+        n = studio.undelete(k)
+        gr.Info(f"{n} piece(s) back in History" if n else "nothing to bring back: only the last Delete can be undone")
+        return listing(k) | {ui.undelete: gr.update(visible=False)}
+
+    listed = [ui.history, ui.history_ids, ui.to_delete, ui.usage, ui.picked, ui.picked_box, ui.undelete]
     ui.history_tab.select(_session(listing), [ui.key], listed, api_visibility="private", concurrency_limit=None)
     ui.rename.click(on_rename, [ui.key, ui.picked, ui.new_title], listed, api_visibility="private",
                     concurrency_limit=None)
     ui.delete_picked.click(_session(lambda k, pid: on_delete(k, [pid] if pid else [])), [ui.key, ui.picked], listed,
                            api_visibility="private", concurrency_limit=None)
     ui.delete.click(on_delete, [ui.key, ui.to_delete], listed, api_visibility="private", concurrency_limit=None)
+    ui.undelete.click(on_undelete, [ui.key], listed, api_visibility="private", concurrency_limit=None)
 
 
 def _wire_system(ui: SimpleNamespace, demo: gr.Blocks, studio: Studio) -> None:
@@ -972,7 +981,7 @@ def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
 
 
 def _api_json(studio: Studio) -> None:
-    """/prompts, /history and /delete: JSON in, JSON out, as typed functions."""
+    """/prompts, /history, /delete and /undelete: JSON in, JSON out, as typed functions."""
     def prompts(model: str = "") -> dict:
         """The period / composer / instrumentation combinations the model knows."""
         try:
@@ -993,9 +1002,15 @@ def _api_json(studio: Studio) -> None:
         n, freed = studio.delete(session_key, [text])
         return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(session_key)}
 
+    @_session(api=True)
+    def undelete(session_key: str) -> dict:
+        """Brings back the pieces of the session's last /delete (until the next one or a restart)."""
+        return {"restored": studio.undelete(session_key), "usage": studio.usage(session_key)}
+
     gr.api(prompts, api_name="prompts", concurrency_limit=None)
     gr.api(history, api_name="history")
     gr.api(delete, api_name="delete", concurrency_limit=None)
+    gr.api(undelete, api_name="undelete", concurrency_limit=None)
 
 
 def _api_handlers(studio: Studio) -> SimpleNamespace:

@@ -35,7 +35,7 @@ from engine.symbolic.prompts import Prompt
 
 MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
 from webui.config import StudioConfig
-from webui.guard import DiskPolicy, ModelPolicy, disk_error, hf_cache, public, weights_present
+from webui.guard import DiskFull, DiskPolicy, ModelPolicy, disk_error, hf_cache, public, weights_present
 
 log = logging.getLogger("cadenza.studio")
 
@@ -465,14 +465,29 @@ class Studio:
         return self.store.session(key).rename(piece_id, title)
 
     def delete(self, key: str, piece_ids: list[str]) -> tuple[int, int]:
-        """Removes pieces from the session (History's Delete): (pieces removed, bytes freed)."""
+        """Removes pieces from the session (History's Delete): (pieces removed, bytes freed). The
+        last Delete can be undone (undelete) until the next one or a restart."""
         session = self.store.session(key)
         if not isinstance(piece_ids, (list, tuple)) or not piece_ids or len(piece_ids) > 1000:
             raise SettingsError("choose the pieces to delete in History first")
-        freed = 0
-        for pid in piece_ids:
-            freed += session.delete(pid)
-        return len(piece_ids), freed
+        try:
+            return len(piece_ids), session.delete(list(dict.fromkeys(piece_ids)))
+        except OSError as e:
+            raise disk_error(e) from e
+
+    def undelete(self, key: str) -> int:
+        """The pieces of this session's last Delete back in History; how many came back (none past
+        the session's limits: they were freed room)."""
+        session = self.store.session(key)
+        (used, pieces), (held, count) = session.usage(), session.held()
+        if count and (used + held > self.disk.session_bytes or pieces + count > self.disk.session_pieces):
+            raise DiskFull(f"bringing back {count} deleted piece(s) would take this session past its limit of "
+                           f"{self.disk.session_pieces} pieces and {self.disk.session_bytes / 2**20:.0f} MB: "
+                           "delete pieces you no longer need first")
+        try:
+            return len(session.undelete())
+        except OSError as e:
+            raise disk_error(e) from e
 
     def usage(self, key: str) -> str:
         used, pieces = self.store.session(key).usage()
