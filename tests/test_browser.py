@@ -522,6 +522,8 @@ def printed_titles(driver) -> list[str]:
 def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_path):
     """Issue 34 item 5: an upload is its own title (printed once), with its bars counted; a tune pasted
     over the open piece is a score of its own (its title, no style), and its downloads are named so."""
+    import re
+
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -529,14 +531,19 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
 
     driver, studio = page
     fresh(driver, studio)
-    score = tmp_path / "morning.musicxml"
-    score.write_text(MORNING_XML)
+    score = tmp_path / "morning.musicxml"  # 3/4 in F, its titles twice, and (item 6) no clef
+    score.write_text(re.sub(r"<clef>.*?</clef>", "", MORNING_XML, flags=re.S))
     before = len(records(studio))
     driver.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(score))
     wait_for(driver, lambda d: len(records(studio)) > before, timeout=120, what="the upload kept")
     wait_for(driver, lambda d: printed_titles(d) == ["Morning Song"], timeout=30, what="its title, printed once")
     uploaded = records(studio)[-1]
     assert uploaded["title"] == "Morning Song" and uploaded["bars"] == 3  # what History lists
+    # engraved whole: its metre and a clef on the page, and in the printed pages a clef (verovio drew none)
+    for drawn in ("#live-score .abcjs-time-signature", "#live-score .abcjs-clef"):
+        assert driver.find_elements(By.CSS_SELECTOR, drawn), drawn
+    page_svg = (Path(uploaded["folder"]) / uploaded["files"]["svg"][0]).read_text()
+    assert 'class="clef' in page_svg and "a treble clef was put in" in " ".join(uploaded["warnings"])
     editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
     editor.click()
     editor.send_keys(Keys.CONTROL, "a")

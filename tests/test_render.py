@@ -511,3 +511,22 @@ def test_two_users_converting_at_once_each_get_their_own_notes(tmp_path):
                             else api.check_bars(xml[j[1]]), jobs))
     for (kind, name), result in zip(jobs, got):
         assert result == (alone[name] if kind == "continue" else bars_alone[name]), (kind, name)
+
+
+def test_an_uploaded_score_without_a_clef_gets_one_for_its_range_and_loses_music21s_placeholders():
+    """Issue 34 item 6: verovio drew a part without a clef with no clef and the key's flat below the staff."""
+    import re
+
+    from engine.render.convert import mended_musicxml
+    from test_studio_views import MORNING_XML
+
+    fine = MORNING_XML.replace("<identification><creator type=\"composer\">Music21</creator></identification>", "")
+    assert mended_musicxml(fine.encode()) == (fine.encode(), [])  # nothing to mend: the same bytes
+    bare = re.sub(r"<clef>.*?</clef>", "", MORNING_XML, flags=re.S)
+    data, notes = mended_musicxml(bare.encode())
+    text = data.decode()
+    assert "<clef><sign>G</sign><line>2</line></clef>" in text and notes == [
+        "part P1 had no clef: a treble clef was put in for the engraving"]
+    assert text.index("<time>") < text.index("<clef>") and "Music21" not in text  # MusicXML's order kept
+    low = bare.replace("<octave>4</octave>", "<octave>2</octave>").replace("<octave>5</octave>", "<octave>3</octave>")
+    assert "<clef><sign>F</sign><line>4</line></clef>" in mended_musicxml(low.encode())[0].decode()

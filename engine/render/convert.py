@@ -90,6 +90,57 @@ def read_musicxml(path: Path) -> bytes:
     return data
 
 
+MUSIC21_PLACEHOLDERS = {"Music21", "Music21 Fragment"}  # what music21 writes where a score has no composer or title
+ATTRIBUTES_BEFORE_CLEF = ("divisions", "key", "time", "staves", "part-symbol", "instruments")  # MusicXML's order
+
+
+def mended_musicxml(data: bytes) -> tuple[bytes, list[str]]:
+    """The uploaded MusicXML with what engraving needs and nothing invented: a part with no clef
+    gets one for its range (verovio drew no clef and put the key's flats below the staff), and
+    music21's placeholder title and composer go. Unchanged bytes when there is nothing to mend."""
+    from xml.etree import ElementTree as ET
+
+    from defusedxml.ElementTree import fromstring
+
+    root = fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    notes = []
+    if root.tag != "score-partwise":  # (namespaced or timewise scores are left as they are)
+        return data, notes
+    changed = False
+    for el in list(root.iter()):
+        for child in list(el):
+            if child.tag in ("creator", "movement-title", "work-title") and (child.text or "").strip() in MUSIC21_PLACEHOLDERS:
+                el.remove(child)
+                changed = True
+    for part in root.findall("part"):
+        measure = part.find("measure")
+        if measure is None or part.find(".//clef") is not None:
+            continue
+        attributes = measure.find("attributes")
+        if attributes is None:
+            attributes = ET.Element("attributes")
+            measure.insert(0, attributes)
+        staves = int((attributes.findtext("staves") or "1").strip() or 1)
+        at = max((i + 1 for i, c in enumerate(attributes) if c.tag in ATTRIBUTES_BEFORE_CLEF), default=0)
+        for n, (sign, line) in enumerate(_clefs_for(part, staves), start=1):
+            clef = ET.Element("clef", {"number": str(n)} if staves > 1 else {})
+            ET.SubElement(clef, "sign").text, ET.SubElement(clef, "line").text = sign, line
+            attributes.insert(at + n - 1, clef)
+        notes.append(f"part {part.get('id')} had no clef: " + ("a treble clef was put in" if staves == 1 and
+                     _clefs_for(part, 1)[0][0] == "G" else "clefs for its range were put in") + " for the engraving")
+        changed = True
+    return (ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else data), notes
+
+
+def _clefs_for(part, staves: int) -> list[tuple[str, str]]:
+    """Treble and bass for a two-staff part; one staff: treble unless most notes lie below middle C."""
+    if staves > 1:
+        return [("G", "2"), ("F", "4")] + [("G", "2")] * (staves - 2)
+    octaves = [int(o.text) for o in part.iter("octave") if (o.text or "").strip().lstrip("-").isdigit()]
+    low = sum(o < 4 for o in octaves)
+    return [("F", "4")] if octaves and low > len(octaves) / 2 else [("G", "2")]
+
+
 def _read_mxl(path: Path) -> bytes:
     with zipfile.ZipFile(path) as z:
         infos = [i for i in z.infolist() if not i.filename.startswith("META-INF/")]

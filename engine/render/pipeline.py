@@ -209,12 +209,14 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
     run = _Run(out, stem, opts)
     t = time.monotonic()
     try:
-        run_stage("import", {"src": str(path), "xml": str(out / f"{stem}.musicxml"), "abc": str(out / f"{stem}.abc")}, opts)
+        imported = run_stage("import", {"src": str(path), "xml": str(out / f"{stem}.musicxml"),
+                                        "abc": str(out / f"{stem}.abc")}, opts)
     except StageError as e:
         for fmt in opts.formats:
             if fmt != "zip":
                 run.done(fmt, ExportStatus(False, error=f"reading {path.name}: {e}"))
         return run.finish(meta or {}, {"kind": suffix.lstrip("."), "name": path.name})
+    run.warnings += imported.get("warnings", [])  # what was mended for the engraving
     run.done("abc", ExportStatus(True, [f"{stem}.abc"], seconds=time.monotonic() - t))
     run.done("musicxml", ExportStatus(True, [f"{stem}.musicxml"]))
     run.after_musicxml()

@@ -46,11 +46,11 @@ def run_stage(stage: str, a: dict) -> dict:
         Path(a["out"]).write_text(xml, encoding="utf-8")
         return {"files": [a["out"]], "warnings": warnings}
     if stage == "import":
-        data = convert.read_musicxml(Path(a["src"]))
+        data, notes = convert.mended_musicxml(convert.read_musicxml(Path(a["src"])))
         Path(a["xml"]).write_bytes(data)
         abc = tidy_titles(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)))  # its title once, no "Music21"
         Path(a["abc"]).write_text(abc, encoding="utf-8")
-        return {"files": [a["xml"], a["abc"]]}
+        return {"files": [a["xml"], a["abc"]], "warnings": notes}
     if stage == "transpose":
         xml, note = convert.transpose_musicxml(Path(a["abc"]).read_text(), a["to_key"])
         Path(a["xml"]).write_text(xml, encoding="utf-8")
