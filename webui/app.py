@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import gradio as gr
 
@@ -71,6 +72,7 @@ def _head() -> str:
 
 
 NO_SESSION = "this page has no session yet: reload it"
+FOLLOW_S = 3 * 3600.0  # a page follows a piece being written at most this long (a reload follows it again)
 NOTICE_S = 20  # seconds a refusal stays on screen: long enough to read, then it uncovers the page
 # Runs in the browser as Generate, Continue, Rewrite or Write this again is pressed: the music
 # being written comes into view (the inputs go on unchanged).
@@ -569,7 +571,7 @@ def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, dem
         return (public(slot.status()), *shown, True, idle)
 
     restored = list(dict.fromkeys([ui.key, ui.status] + ui.shown))
-    demo.load(init, [ui.key, ui.work], restored, api_visibility="private", concurrency_limit=None)
+    ui.loaded = demo.load(init, [ui.key, ui.work], restored, api_visibility="private", concurrency_limit=None)
     demo.load(lambda: (_weights_note(studio, config.audio_model, False), _weights_note(studio, config.melody_model, True)),
               None, [ui.a_weights, ui.perform_weights], api_visibility="private", concurrency_limit=None)
     ui.timer = gr.Timer(1.0)
@@ -660,9 +662,14 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             rewrite_from=None, title=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
         request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
+        # written on a thread of its own: a reload reattaches to it (reattach), a closed tab leaves it to finish
+        live = studio.write(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
+                            title=title)
+        yield from _follow(k, live)
+
+    def _follow(k, live) -> Iterator[dict]:
         cleared = False
-        for item in studio.compose(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
-                                   title=title):
+        for item in live.follow(FOLLOW_S):
             # once the new piece is under way, nothing of the previous one stays beside it (its
             # player, seed, Write this again, downloads, pages, notes, cards): it is in History
             gone = {} if cleared else _cleared(ui)
@@ -675,6 +682,21 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
                 # the seed box is emptied: a seed typed once is not used again without asking
                 # (the seed of this piece is shown, with Write this again)
                 yield _show(ui, studio, k, item[0], siblings=item) | {ui.seed: ""}
+
+    @_session
+    def reattach(k):
+        """A page loaded while its session's piece is being written (a reload, a second tab): its
+        prompt and settings back in the page, then its progress and live score as it goes on."""
+        live = studio.live(k)
+        if live is None:
+            yield gr.skip()
+            return
+        about = SimpleNamespace(prompt=live.about["prompt"], settings=live.about["settings"])
+        yield _restore(ui, studio, None, about, with_length=True) | {ui.filled: True}  # the lists: not the first prompt
+        yield from _follow(k, live)
+
+    reattached = list(dict.fromkeys(ui.shown + ui.settings_shown + [ui.filled]))
+    ui.loaded.then(reattach, [ui.key], reattached, api_visibility="private", concurrency_limit=None)
 
     inputs = [ui.key, ui.model, ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.seed,
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
@@ -709,8 +731,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
         return _restore(ui, studio, None, record, with_length=True) | {
             ui.seed: str(current["seed"]), ui.variations: 1}
 
-    restored = [ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p, ui.bar_retries,
-                ui.critic, ui.max_patches, ui.music_key, ui.meter, ui.tempo, ui.bars, ui.seed, ui.variations]
+    restored = ui.settings_shown + [ui.seed, ui.variations]
     ui.again.click(again, [ui.current], restored, api_visibility="private", concurrency_limit=None).then(
         _session(run), inputs, ui.shown, **composing)
 
@@ -916,6 +937,9 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
                     ui.audio, ui.downloads, ui.history, ui.history_ids, ui.piece_id, ui.current, ui.work,
                     ui.cards_row, ui.card_ids, ui.seed, *(x for c in ui.cards for x in (c.box, c.text, c.audio))]
         ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history, ui.history_ids]
+        # what _restore sets: a piece's prompt and settings
+        ui.settings_shown = [ui.period, ui.composer, ui.instrumentation, ui.temperature, ui.top_k, ui.top_p,
+                             ui.bar_retries, ui.critic, ui.max_patches, ui.music_key, ui.meter, ui.tempo, ui.bars]
         ui.perform_shown = [ui.perform_progress, ui.perform_audio, ui.perform_files, ui.history, ui.history_ids]
         _wire_session(ui, config, studio, demo)
         _wire_model(ui, studio)

@@ -236,6 +236,66 @@ class ModelSlot:
         return plan.summary() if plan is not None else None
 
 
+LIVE_KEEP_S = 600.0  # a piece that ended with no page to take it is offered to the session's next page this long
+
+
+class Live:
+    """A piece being written for the page, on a thread of its own: a reload or a closed tab does not
+    stop it (only Stop, a shutdown or its own bounds do). A page follows it; a page loaded later in
+    the same session follows it from where it is (reattaches), and takes the pieces if none did."""
+
+    def __init__(self, items: Iterator, first, about: dict):
+        self.about = about  # the prompt and settings it is written with (the page restores them)
+        self.started = time.monotonic()
+        self._cond = threading.Condition()
+        self._seq, self._latest = 1, first  # updates are whole (the piece so far): the latest is enough
+        self._result: list | None = None
+        self._error: BaseException | None = None
+        self.done_at: float | None = None
+        self.taken = False
+        threading.Thread(target=self._run, args=(items,), name="cadenza-live", daemon=True).start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:  # bounded by the request's own limits (patches, seconds) and Stop
+                with self._cond:
+                    if isinstance(item, list):
+                        self._result = item
+                    else:
+                        self._seq, self._latest = self._seq + 1, item
+                    self._cond.notify_all()
+        except BaseException as e:  # handed to the page following it, which says it in words
+            with self._cond:
+                self._error = e
+        finally:
+            with self._cond:
+                self.done_at = time.monotonic()
+                self._cond.notify_all()
+
+    @property
+    def done(self) -> bool:
+        return self.done_at is not None
+
+    def follow(self, limit_s: float) -> Iterator:
+        """Progress as it comes (the latest when the page falls behind), then the kept pieces; the
+        writing's error is raised here. Gives up after `limit_s` (the page may reload)."""
+        seen, deadline = 0, time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                self._cond.wait_for(lambda: self._seq != seen or self.done, timeout=1.0)
+                seq, latest, done, result, error = self._seq, self._latest, self.done, self._result, self._error
+            if seq != seen:
+                seen = seq
+                yield latest
+            if done:
+                if error is not None:
+                    raise error
+                if result is not None:
+                    self.taken = True
+                    yield result
+                return
+
+
 @dataclass
 class Job:
     """One piece being made (a score, an audio clip, a render), keyed by its own id: Stop and a
@@ -261,6 +321,7 @@ class Studio:
         self.audio_models: OrderedDict[str, ModelSlot] = OrderedDict()
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # job id -> the piece being made
+        self._live: dict[str, Live] = {}  # session id -> the piece its page is writing (see write)
         self.closing = threading.Event()  # set on shutdown: no new work, running work stops and is kept
         recovered = self._recover()
         if recovered:
@@ -569,6 +630,31 @@ class Studio:
             finally:
                 journal.remove()  # the pieces are kept by now (or failed with a message)
                 slot.checkin(lm)
+
+    def write(self, key: str, request: ComposeRequest, model: str | None = None, continue_abc: str | None = None,
+              rewrite_from: int | None = None, title: str | None = None) -> Live:
+        """compose() for the page: it runs on a thread of its own, so the piece belongs to the
+        session, not to the tab (a reload reattaches with live(); a closed tab leaves it to finish).
+        A refused request (bad input, a full session) raises here, before anything runs."""
+        items = self.compose(key, request, model, continue_abc, rewrite_from, title)
+        first = next(items)  # the checks and the "started" update: refusals reach the caller
+        r = request
+        about = {"prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},
+                 "settings": r.settings()}
+        live = Live(items, first, about)
+        with self._lock:
+            self._live[self.store.session(key).id] = live
+        return live
+
+    def live(self, key: str) -> Live | None:
+        """The session's piece being written for its page, or one that ended with no page to take
+        it (for LIVE_KEEP_S): what a reloaded page follows."""
+        sid = self.store.session(key).id
+        now = time.monotonic()
+        with self._lock:
+            for k in [k for k, v in self._live.items() if v.done and (v.taken or now - v.done_at > LIVE_KEEP_S)]:
+                del self._live[k]
+            return self._live.get(sid)
 
     def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
                  named: "Named", scheduler=None, journal=None) -> Iterator[Progress | list[Outcome]]:
