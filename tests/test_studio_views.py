@@ -72,9 +72,11 @@ def test_progress_never_goes_back_counts_retries_and_estimates_the_time_left(tmp
     assert progress and all(a.patches <= b.patches for a, b in zip(progress, progress[1:]))
     assert all(p.target_bars == 4 for p in progress)
     assert any(p.eta is not None for p in progress if p.bars)
-    assert all(p.abc.startswith("X:1\n") and "[r:" not in p.abc for p in progress)  # ABC, no markers
-    line = progress[-1].line()
+    writing = [p for p in progress if p.keeping is None]  # (then the piece is rendered: no text)
+    assert all(p.abc.startswith("X:1\n") and "[r:" not in p.abc for p in writing)  # ABC, no markers
+    line = writing[-1].line()
     assert "of 4" in line and "[r:" not in line
+    assert progress[-1].line() == "engraving and rendering the piece: 0 of 1 done"
     if any(p.retries for p in progress):
         assert "written again" in next(p.line() for p in progress if p.retries)
 
@@ -249,3 +251,36 @@ def test_the_last_delete_can_be_undone_and_held_pieces_are_outside_the_quota(stu
     with pytest.raises(CadenzaError, match="no piece"):
         studio.delete(key, [b.record.id, "../elsewhere"])  # every id checked before anything moves
     assert [r.title for r in studio.history(key)] == ["Second"]
+
+
+def test_progress_says_bars_toward_the_models_plan_every_variation_stopping_and_rendering():
+    from webui.studio import _eta, _planned
+
+    assert _planned("[r:0/15]abc|\n[r:1/14]def|\n[r:2/") == 16  # the latest whole marker: 1 + 14 + 1
+    assert _planned("no markers") is None
+    assert _eta(16, [4, 6], 4, 8.0) == 24.0 and _eta(16, [1], 1, 2.0) is None  # 2 bars at least
+    p = Progress("", 10, 5, 12.0, 7, target_bars=16, planned=True)
+    assert p.line().startswith("writing (seed 7): bar 5 of about 16")
+    many = Progress("", 10, 5, 12.0, 7, target_bars=8, variations=(5, 4, 6))
+    assert "3 variations at bars 5, 4, 6 of 8" in many.line() and "seeds 7-9" in many.line()
+    assert Progress("", 10, 5, 12.0, 7, stopping=True).line().startswith("stopping: keeping what was written (5 bars)")
+    assert Progress("", 0, 5, 0.0, 7, stopping=True, keeping=(1, 3)).line() == (
+        "stopped: engraving and rendering 3 pieces: 1 of 3 done")
+
+
+def test_a_continued_score_counts_its_own_bars_and_variations_are_rendered_with_progress(studio):
+    from music21 import corpus
+
+    from engine import api
+    from engine.symbolic.abcformat import musicxml_to_abc
+
+    abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
+    own = api.continuation_prefix(abc).count("[r:")
+    items = list(studio.compose(KEY, bach(max_patches=6, seed=2, variations=3, controls=Controls(bars=own + 4)),
+                                continue_abc=abc))
+    progress = [i for i in items if isinstance(i, Progress)]
+    assert progress[0].bars == own and f"bar {own} of {own + 4}" in progress[0].line()  # not "bar 0 of ..."
+    writing = [p for p in progress if p.patches]
+    assert writing and all(len(p.variations) == 3 for p in writing)
+    assert [p.keeping for p in progress if p.keeping] == [(0, 3), (1, 3), (2, 3)]  # then the 3 pieces
+    assert len(items[-1]) == 3 and [o.record.seed for o in items[-1]] == [2, 3, 4]

@@ -674,8 +674,8 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
             # player, seed, Write this again, downloads, pages, notes, cards): it is in History
             gone = {} if cleared else _cleared(ui)
             cleared = True
-            if isinstance(item, Progress) and item.waiting is not None:
-                yield gone | {ui.progress: item.line()}
+            if isinstance(item, Progress) and (item.waiting is not None or item.keeping is not None):
+                yield gone | {ui.progress: item.line()}  # (the score stays as it is)
             elif isinstance(item, Progress):
                 yield gone | {ui.abc: item.abc, ui.live: item.abc, ui.progress: item.line()}
             elif item:
@@ -1050,6 +1050,9 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
             if isinstance(item, Progress) and item.waiting is not None:
                 yield {"status": "waiting", "seed": item.seed, "position": item.waiting,
                        "reason": item.waiting_reason}, None
+            elif isinstance(item, Progress) and item.keeping is not None:
+                yield {"status": "rendering", "seed": item.seed, "rendered": item.keeping[0],
+                       "pieces": item.keeping[1]}, None
             elif isinstance(item, Progress):
                 yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
                        "elapsed": round(item.elapsed, 2), "abc": item.abc}, None

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -52,26 +53,59 @@ class Progress:
     """One update while a piece is written (the first variation's text is the one shown)."""
     abc: str  # the piece so far as ABC (X:1, header, bars; NotaGen's line markers taken out)
     patches: int  # patches written, never fewer than before (a bar taken back counts as a retry)
-    bars: int
+    bars: int  # bars of the first variation so far (a continued score's own bars included)
     elapsed: float
     seed: int
     retries: int = 0  # bars taken back and written again so far
-    target_bars: int | None = None  # the length asked for, when one was
-    eta: float | None = None  # seconds still to go, estimated from the bars so far (with a length asked)
+    target_bars: int | None = None  # the length asked for; else the model's own plan (planned)
+    eta: float | None = None  # seconds still to go, from the time per bar so far (2 bars written at least)
     waiting: int | None = None  # not started yet: the place in the model's waiting line (1 = next; 0 paused)
     waiting_reason: str = ""  # why it waits, in words (engine.symbolic.scheduler.Waiting)
+    planned: bool = False  # target_bars is the model's plan (its [r:i/j] line markers), not a length asked for
+    variations: tuple[int, ...] = ()  # the bars of every variation, when there are several
+    stopping: bool = False  # Stop was pressed: the pieces are kept as written
+    keeping: tuple[int, int] | None = None  # the writing is over: (pieces rendered, of how many)
 
     def line(self) -> str:
-        """The status line the page shows: bars toward the length asked, an estimate, retries."""
+        """The status line the page shows: bars toward the length (asked, or the model's plan), an
+        estimate, retries; every variation's bars; stopping; the rendering of the pieces kept."""
+        if self.keeping is not None:
+            n, of = self.keeping
+            what = "stopped: " if self.stopping else ""
+            return f"{what}engraving and rendering {'the piece' if of == 1 else f'{of} pieces'}: {n} of {of} done"
         if self.waiting == 0:  # a piece paused for another session's (fair sharing)
             return f"waiting for the model: {self.waiting_reason}"
         if self.waiting is not None:
             why = self.waiting_reason or "every row of its batch is in use"
             return f"waiting for the model (position {self.waiting} in line; {why})"
-        bars = f"bar {self.bars} of {self.target_bars}" if self.target_bars else f"{self.bars} bars"
+        if self.stopping:
+            return f"stopping: keeping what was written ({self.bars} bars) - {self.elapsed:.1f} s"
+        of = f" of {'about ' if self.planned else ''}{self.target_bars}" if self.target_bars else ""
+        if len(self.variations) > 1:
+            bars = f"{len(self.variations)} variations at bars {', '.join(map(str, self.variations))}{of}"
+            seeds = f"seeds {self.seed}-{self.seed + len(self.variations) - 1}"
+        else:
+            bars, seeds = f"bar {self.bars}{of}", f"seed {self.seed}"
         eta = f", about {self.eta:.0f} s to go" if self.eta is not None else ""
         again = f", {self.retries} bar(s) written again" if self.retries else ""
-        return f"writing (seed {self.seed}): {bars}{eta}{again} - {self.elapsed:.1f} s"
+        return f"writing ({seeds}): {bars}{eta}{again} - {self.elapsed:.1f} s"
+
+
+PLAN = re.compile(r"\[r:(\d+)/(\d+)\]")  # a line's marker: lines before it / lines the model means to write after it
+RENDER_AT_ONCE = 2  # variations rendered side by side (each render is worker processes)
+
+
+def _planned(text: str) -> int | None:
+    """The piece's length as the model plans it, from its latest line marker."""
+    found = PLAN.findall(text[-4000:])
+    return int(found[-1][0]) + int(found[-1][1]) + 1 if found else None
+
+
+def _eta(target: int | None, bars: list[int], written: int, elapsed: float) -> float | None:
+    """Seconds to go: the slowest variation's bars still to write at the time per bar so far."""
+    if not target or written < 2 or not bars:
+        return None
+    return max(0, target - min(bars)) * elapsed / written
 
 
 class LiveText:
@@ -662,12 +696,15 @@ class Studio:
         done: list[api.Composition] = []
         r = request
         live = LiveText("".join(Prompt(r.period, r.composer, r.instrumentation).lines()) + r.prefix)
-        steps, retries, target = 0, 0, r.controls.bars
+        steps, retries, asked = 0, 0, r.controls.bars
+        before = r.prefix.count("[r:")  # a continued score's own bars: the progress counts from them
+        bars: dict[int, int] = {i: before for i in range(r.variations)}  # every variation's bars so far
         stream = api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=session.id)
         closed = False
         # started: from now on the page shows the new piece (a continued score as it stands; a new
         # piece's header), not the one open before, whose first patch may be seconds away
-        yield Progress(live.abc("", 0), 0, 0, 0.0, request.seed, target_bars=target)
+        last = Progress(live.abc("", 0), 0, before, 0.0, request.seed, target_bars=asked)
+        yield last
         try:
             for ev in stream:
                 if isinstance(ev, api.Composition):
@@ -678,14 +715,19 @@ class Studio:
                     continue
                 t = texts.get(ev.index, "")
                 texts[ev.index] = t[: len(t) - ev.retract] + ev.text
+                bars[ev.index] = before + ev.bars
                 if journal is not None:
                     journal.write(texts)  # every couple of seconds: what a killed server would lose
                 if ev.index != 0:
                     continue
                 steps, retries = max(steps, ev.patches), retries + (ev.retract > 0)
-                eta = (target - ev.bars) * ev.elapsed / ev.bars if target and ev.bars else None
-                yield Progress(live.abc(texts[0], ev.bars), steps, ev.bars, ev.elapsed, request.seed, retries,
-                               target, eta)
+                plan = None if asked else _planned(texts[0])
+                target = asked or plan
+                last = Progress(live.abc(texts[0], ev.bars), steps, bars[0], ev.elapsed, request.seed, retries,
+                                target, _eta(target, list(bars.values()), ev.bars, ev.elapsed),
+                                planned=plan is not None, variations=tuple(bars.values()) if len(bars) > 1 else (),
+                                stopping=cancel.is_set())
+                yield last
         except GeneratorExit:
             closed = True
             raise
@@ -697,7 +739,23 @@ class Studio:
         if self.closing.is_set():  # shutting down: keep the text now, no time to render
             yield self._keep_unfinished(session, lm, named, request, texts, done, "shutdown")
             return
-        yield [self._keep(session, lm, c, named, request) for c in sorted(done, key=lambda c: c.piece.index)]
+        stopped = any(c.piece.stop_reason == "cancelled" for c in done)  # Stop was pressed
+        yield from self._keep_all(session, lm, done, named, request, replace(last, abc="", eta=None, stopping=stopped))
+
+    def _keep_all(self, session: Session, lm, done: list, named: "Named", request: ComposeRequest,
+                  last: Progress) -> Iterator[Progress | list[Outcome]]:
+        """Every variation rendered and kept, RENDER_AT_ONCE at a time, saying how far it got
+        (`last`: the writing's last update, which these go on from)."""
+        ordered = sorted(done, key=lambda c: c.piece.index)
+        kept: dict[int, Outcome] = {}
+        with ThreadPoolExecutor(max_workers=RENDER_AT_ONCE, thread_name_prefix="cadenza-keep") as pool:
+            futures = {pool.submit(self._keep, session, lm, c, named, request): c.piece.index for c in ordered}
+            yield replace(last, keeping=(0, len(ordered)))
+            for n, f in enumerate(as_completed(futures), start=1):  # bounded: one per variation
+                kept[futures[f]] = f.result()
+                if n < len(ordered):
+                    yield replace(last, keeping=(n, len(ordered)))
+        yield [kept[c.piece.index] for c in ordered]
 
     def _keep_unfinished(self, session: Session, lm, named: "Named", request: ComposeRequest, texts: dict[int, str],
                          done: list, reason: str) -> list[Outcome]:
