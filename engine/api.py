@@ -259,22 +259,42 @@ def open_ending(line: str) -> str:
     return re.sub(r"(\|\]|\|\|)(?=\s*(\[V:|$))", "|", line)
 
 
-def read_score(path: str | Path, max_mb: float = 20.0) -> str:
-    """A score file for Continue or Rewrite: .abc as it is, MusicXML (.musicxml, .xml, .mxl) as ABC."""
+SCORE_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")  # what every door (page, CLI, API) reads as a score
+
+
+def check_score_file(path: str | Path, max_mb: float = 20.0) -> Path:
+    """A score file as every door takes it: a file, of a score's suffix, at most `max_mb`, and ABC
+    in UTF-8; a clear SettingsError otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise SettingsError(f"{path} is not a file: expected an .abc, .musicxml, .xml or .mxl score")
-    if path.stat().st_size > max_mb * 2**20:
-        raise SettingsError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB: scores are limited to {max_mb:g} MB")
-    suffix = path.suffix.lower()
-    if suffix == ".abc":
+        raise SettingsError(f"{path.name or path} is not a file: expected an .abc, .musicxml, .xml or .mxl score")
+    if path.suffix.lower() not in SCORE_SUFFIXES:
+        raise SettingsError(f"{path.name} is not a score: expected an .abc, .musicxml, .xml or .mxl file")
+    size = path.stat().st_size
+    if size > max_mb * 2**20:
+        raise SettingsError(f"{path.name} is {size / 2**20:.1f} MB: scores are limited to {max_mb:g} MB")
+    if path.suffix.lower() == ".abc":
         try:
-            return path.read_text(encoding="utf-8")
+            path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
             raise SettingsError(f"{path.name} is not UTF-8 text: expected ABC notation") from e
-    if suffix in (".musicxml", ".xml", ".mxl"):
-        return musicxml_to_abc(path)
-    raise SettingsError(f"{path.name} is not a score: expected an .abc, .musicxml, .xml or .mxl file")
+    return path
+
+
+def read_score(path: str | Path, max_mb: float = 20.0) -> str:
+    """A score file as ABC (for Continue, Rewrite, Transpose, Perform): .abc as it is; MusicXML
+    (.musicxml, .xml, .mxl) read as an upload is, in a bounded worker (entities refused, a missing
+    clef mended, converters' placeholder titles dropped)."""
+    path = check_score_file(path, max_mb)
+    if path.suffix.lower() == ".abc":
+        return path.read_text(encoding="utf-8")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = render_file(path, tmp, ("abc",), "score")
+        if not result.paths("abc"):
+            raise SettingsError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
+        return result.paths("abc")[0].read_text(encoding="utf-8")
 
 
 def fetch_checkpoint(repo_id: str, filename: str, revision: str | None = None) -> Path:

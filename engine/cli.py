@@ -501,7 +501,7 @@ def cmd_audio(args) -> int:
     settings = AudioSettings(duration=args.duration, guidance_scale=args.guidance, top_k=args.top_k, top_p=args.top_p,
                              temperature=args.temperature, seed=args.seed, variations=args.variations)
     if args.command == "perform":
-        request = AudioRequest(args.style, settings, score=_read_score(Path(args.score)))
+        request = AudioRequest(args.style, settings, score=api.read_score(args.score))
     else:
         request = AudioRequest(args.prompt, settings, melody=args.melody)
     request = request.seeded()
@@ -524,12 +524,3 @@ def cmd_audio(args) -> int:
     print(f"{r.loudness_lufs[0]:.1f} LUFS, seed {r.settings.seed}, {r.windows} window(s), {r.seconds:.1f} s to compute "
           f"(real-time factor {r.seconds / max(r.audio_seconds, 1e-9):.2f}); manifest {made.manifest}", file=sys.stderr)
     return 0
-
-
-def _read_score(path: Path) -> str:
-    """A score file -> ABC text (MusicXML is converted the way uploads are)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = api.render_file(path, tmp, ("abc",), "score")
-        if not result.paths("abc"):
-            raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as a score")
-        return result.paths("abc")[0].read_text()

@@ -620,6 +620,9 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
     kept = api.continuation_prefix(text(original), rewrite_from=chosen).count("[r:")
     assert kept == chosen - (0 if state["pickup"] else 1)  # the page and the engine count bars alike
     assert body(text(rewritten))[:kept] == body(text(original))[:kept]
+    # a new piece's header (its music still to come) wipes the piece drawn before: it is not this one
+    assert driver.execute_script("window.cadenzaScore.render('X:1\\nT:Next\\nM:4/4\\nK:C\\nV:1\\n'); "
+                                 "return document.querySelectorAll('#live-score .abcjs-note').length") == 0
 
 
 def test_at_820_px_the_composer_shows_whole_and_the_settings_open_over_the_page(page):

@@ -530,3 +530,32 @@ def test_an_uploaded_score_without_a_clef_gets_one_for_its_range_and_loses_music
     assert text.index("<time>") < text.index("<clef>") and "Music21" not in text  # MusicXML's order kept
     low = bare.replace("<octave>4</octave>", "<octave>2</octave>").replace("<octave>5</octave>", "<octave>3</octave>")
     assert "<clef><sign>F</sign><line>4</line></clef>" in mended_musicxml(low.encode())[0].decode()
+
+
+def test_one_score_reader_for_every_door_refuses_what_is_no_score(tmp_path):
+    """api.read_score (the CLI's --from-score, Perform) checks a file as an upload is checked, and reads
+    MusicXML in the bounded worker: entities refused, a missing clef mended, placeholders dropped."""
+    import re
+
+    from engine import api
+    from engine.errors import SettingsError
+    from test_studio_views import MORNING_XML
+
+    xml = tmp_path / "morning.musicxml"
+    xml.write_text(re.sub(r"<clef>.*?</clef>", "", MORNING_XML, flags=re.S))
+    abc = api.read_score(xml)
+    assert abc.count("T:Morning Song") == 1 and "M:3/4" in abc and "Music21" not in abc
+    laughs = tmp_path / "laughs.xml"
+    laughs.write_text('<?xml version="1.0"?><!DOCTYPE s [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]>'
+                      "<score-partwise>&b;</score-partwise>")
+    bad = {"song.txt": (b"X:1\nK:C\nC|\n", "not a score: expected an .abc"),
+           "latin.abc": ("X:1\nT:Caf\xe9\nK:C\nC|\n".encode("latin-1"), "not UTF-8 text"),
+           "big.abc": (b"X:1\nK:C\n" + b"C" * (2**20 + 10), "scores are limited to 1 MB")}
+    for name, (data, said) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SettingsError, match=said):
+            api.read_score(tmp_path / name, max_mb=1)
+    with pytest.raises(SettingsError, match="declares entities"):
+        api.read_score(laughs)
+    with pytest.raises(SettingsError, match="is not a file"):
+        api.read_score(tmp_path / "nowhere.abc")

@@ -284,3 +284,27 @@ def test_a_continued_score_counts_its_own_bars_and_variations_are_rendered_with_
     assert writing and all(len(p.variations) == 3 for p in writing)
     assert [p.keeping for p in progress if p.keeping] == [(0, 3), (1, 3), (2, 3)]  # then the 3 pieces
     assert len(items[-1]) == 3 and [o.record.seed for o in items[-1]] == [2, 3, 4]
+
+
+def test_a_page_follows_a_piece_at_most_every_gap_with_the_latest_update_and_then_the_pieces():
+    import time
+
+    from webui.studio import Live
+
+    def writing():
+        for i in range(1, 21):  # 20 updates in 0.4 s
+            time.sleep(0.02)
+            yield i
+        yield ["the pieces"]
+
+    live = Live(writing(), 0, {})
+    got = list(live.follow(30, gap_s=0.15))
+    assert got[0] == 0 and got[-2:] == [20, ["the pieces"]] and len(got) < 8  # never behind, never every update
+    assert live.taken and live.done
+
+    def failing():
+        yield 1
+        raise CadenzaError("out of memory: a shorter piece")
+
+    with pytest.raises(CadenzaError, match="out of memory"):
+        list(Live(failing(), 0, {}).follow(30))  # the writing's error reaches the page

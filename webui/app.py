@@ -73,6 +73,9 @@ def _head() -> str:
 
 NO_SESSION = "this page has no session yet: reload it"
 FOLLOW_S = 3 * 3600.0  # a page follows a piece being written at most this long (a reload follows it again)
+# The page is updated at most this often while a piece is written (each update is the whole piece so
+# far: the editor and the engraving redo it all). Every patch, a chorale took 4x as long on 2 cores.
+UPDATE_GAP_S = 0.5
 NOTICE_S = 20  # seconds a refusal stays on screen: long enough to read, then it uncovers the page
 # Runs in the browser as Generate, Continue, Rewrite or Write this again is pressed: the music
 # being written comes into view (the inputs go on unchanged).
@@ -669,7 +672,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
 
     def _follow(k, live) -> Iterator[dict]:
         cleared = False
-        for item in live.follow(FOLLOW_S):
+        for item in live.follow(FOLLOW_S, UPDATE_GAP_S):
             # once the new piece is under way, nothing of the previous one stays beside it (its
             # player, seed, Write this again, downloads, pages, notes, cards): it is in History
             gone = {} if cleared else _cleared(ui)

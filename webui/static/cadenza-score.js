@@ -92,6 +92,16 @@
     return /^K:/m.test(text);
   }
 
+  /** Some notes after the header (a line that is no field, comment or voice line holds a note or rest). */
+  function hasMusic(text) {
+    var body = text.slice(text.search(/^K:/m)).split("\n").slice(1);
+    for (var i = 0; i < body.length; i++) {
+      var line = body[i].replace(/\[[A-Za-z]:[^\]]*\]/g, ""); // inline fields ([V:1], [K:D]) are no music
+      if (!/^([A-Za-z]:|%)/.test(body[i]) && /[A-Ga-gz]/.test(line)) return true;
+    }
+    return false;
+  }
+
   // --- engraving ----------------------------------------------------------------------------
 
   function boxWidth(box) {
@@ -225,9 +235,10 @@
       wipe();
       return true;
     }
-    if (!hasBody(text)) {
-      st.failures += 1;
-      st.lastError = "no K: line yet: nothing to engrave";
+    if (!hasBody(text) || !hasMusic(text)) {
+      // a new piece's header, its music still to come: the piece drawn before is not this one
+      wipe();
+      st.lastError = "no music yet: nothing to engrave";
       return false;
     }
     return draw(text);
