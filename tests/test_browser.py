@@ -594,16 +594,21 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
 
+    state = {}
     for attempt in range(10):  # bounded: the score may be redrawn (the finished piece, a new width) under us
         try:
-            note = driver.find_elements(By.CSS_SELECTOR, "#live-score .abcjs-note.abcjs-mm2")[0]
-            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", note)
-            # abcjs listens on the whole svg and takes the element nearest the pointer: a click there
-            ActionChains(driver).move_to_element(note).click().perform()
-            break
+            head = driver.find_elements(By.CSS_SELECTOR, "#live-score .cadenza-sheet:not(.cadenza-staging) "
+                                                         ".abcjs-note.abcjs-mm2 .abcjs-notehead")[0]
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", head)
+            # abcjs listens on the whole svg and takes the element nearest the pointer: a click on a notehead
+            ActionChains(driver).move_to_element(head).click().perform()
         except StaleElementReferenceException:
             time.sleep(0.5)
-    state = driver.execute_script("return window.cadenzaScore.state()")
+            continue
+        state = driver.execute_script("return window.cadenzaScore.state()")
+        if state["chosen"] is not None:
+            break
+        time.sleep(0.5)
     chosen = 2 if state["pickup"] else 3  # the third bar drawn
     assert state["chosen"] == chosen, state
     assert driver.find_elements(By.CSS_SELECTOR, "#live-score .cadenza-chosen.abcjs-mm2")
