@@ -616,7 +616,16 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
              == str(chosen), timeout=10, what="the Bar box to take the bar clicked")
     shot(driver, "bar-chosen")
     before = len(records(studio))
-    button(driver, "Rewrite from this bar (a new seed)").click()
+    started = lambda d: "writing" in d.find_element(By.ID, "status").text or len(records(studio)) > before  # noqa: E731
+    for attempt in range(2):  # bounded: once more if the click was lost (the page was busy); a refusal fails
+        button(driver, "Rewrite from this bar (a new seed)").click()
+        try:
+            wait_for(driver, started, timeout=60, what="the rewrite to start")
+            break
+        except AssertionError:
+            said = driver.find_element(By.TAG_NAME, "body").text
+            if attempt or "must be" in said or "refused" in said or "cannot" in said:
+                raise AssertionError(said[-2000:]) from None  # what the page said
     wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the rewrite")
     rewritten = records(studio)[-1]
     assert rewritten["kind"] == "rewritten", rewritten

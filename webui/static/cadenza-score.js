@@ -238,6 +238,7 @@
     if (!hasBody(text) || !hasMusic(text)) {
       // a new piece's header, its music still to come: the piece drawn before is not this one
       wipe();
+      st.failures += 1;
       st.lastError = "no music yet: nothing to engrave";
       return false;
     }
