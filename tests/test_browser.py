@@ -250,12 +250,31 @@ def records(studio) -> list[dict]:
     return [json.loads(p.read_text()) | {"folder": str(p.parent)} for p in paths]
 
 
+CHORALE = ("Baroque", "Bach, Johann Sebastian", "Choral")
+
+
 def fresh(driver, studio) -> None:
     driver.set_window_size(1400, 2200)
     driver.get(f"http://127.0.0.1:{studio.config.port}/")
     wait_for(driver, lambda d: "ready" in d.find_element(By.TAG_NAME, "body").text, what="the model to load")
     wait_for(driver, lambda d: all(e.get_attribute("value") for e in d.find_elements(
         By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]), what="the prompt lists")
+
+
+def choose(driver, prompt: tuple[str, str, str]) -> None:
+    """The lists set as a composer picks: click, type, Enter (each list follows the one before)."""
+    lists = lambda d: d.find_elements(By.CSS_SELECTOR, "input[role='listbox'], input[aria-expanded]")[:3]  # noqa: E731
+    for i, value in enumerate(prompt):
+        if lists(driver)[i].get_attribute("value") == value:
+            continue
+        field = lists(driver)[i]
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(value)
+        time.sleep(0.3)
+        field.send_keys(Keys.ENTER)
+        wait_for(driver, lambda d: lists(d)[i].get_attribute("value") == value, timeout=20, what=f"the list set to {value}")
+        time.sleep(0.5)
 
 
 def generate(driver, studio, bars: str = "4", seed: str = "", variations: int | None = None) -> list[dict]:
@@ -316,6 +335,7 @@ def test_the_piece_is_engraved_while_it_is_written_and_a_cursor_follows_the_play
 
     driver, studio = page
     fresh(driver, studio)
+    choose(driver, CHORALE)  # a prompt whose pieces play (one left by "Surprise me" gave a 16-minute melody, no WAV)
     typed(box(driver, "the model's length"), "12")
     button(driver, "Generate").click()
     # while the piece is being written, the browser has engraved it already (no record yet)
