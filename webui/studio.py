@@ -779,17 +779,18 @@ class Studio:
                 continue
             result = c.abc if c is not None else to_abc("".join(prompt.lines()) + r.prefix + texts[i])
             stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
-            piece_id, folder = self.new_piece(session, named.stem(prompt, seed + i))
+            stem = named.stem(prompt, seed + i)
+            piece_id, folder = self.new_piece(session, stem)
             record = PieceRecord(
                 id=piece_id, created=_now(), kind=named.kind, title=named.title_for(prompt),
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
-                alignment=str(result.alignment), files={"abc": [f"{named.stem(prompt, seed + i)}.abc"]}, settings=r.settings(),
+                alignment=str(result.alignment), files={"abc": [f"{stem}.abc"]}, settings=r.settings(),
                 analysis=api.analyse(result.abc),
                 warnings=[f"{why}: the piece was kept as written so far, not rendered (open it and press Render)"])
             with self.saving(folder):
                 abc = named.head(result.abc, prompt)
-                write_atomic(folder / f"{named.stem(prompt, seed + i)}.abc", abc)
+                write_atomic(folder / f"{stem}.abc", abc)
                 session.save(record)
             kept.append(Outcome(record, folder, abc))
         return kept

@@ -33,9 +33,7 @@ def with_identity(abc: str, prompt: dict | None) -> str:
     composer, instrumentation = prompt.get("composer") or "", prompt.get("instrumentation") or ""
     if not composer and not instrumentation:
         return abc
-    lines = abc.splitlines(keepends=True)
-    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
-    header, body = lines[:end], lines[end:]
+    header, body = _split(abc)
     header = _name_parts(header, prompt)
     titles = [f"{f}:{text}\n" for f, text in (("T", title(prompt)), ("C", composer_line(prompt)))
               if text and not any(ln.startswith(f + ":") for ln in header)]
@@ -58,9 +56,7 @@ def heading(abc: str) -> tuple[str | None, str | None]:
 def retitled(abc: str, new_title: str) -> str:
     """The ABC with `new_title` as its title: its first T: line replaced (or one put after X:), and
     later T: lines that repeated the old title dropped (a subtitle of its own stays)."""
-    lines = abc.splitlines(keepends=True)
-    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
-    header, body = lines[:end], lines[end:]
+    header, body = _split(abc)
     old, _ = heading(abc)
     line = f"T:{new_title.strip()}\n"
     first = next((i for i, ln in enumerate(header) if ln.startswith("T:")), None)
@@ -75,17 +71,16 @@ def tidy_titles(abc: str) -> str:
     """A converted score's header without what the converters add: a T: line repeating an earlier
     one (MusicXML's work and movement titles are often the same) and music21's placeholder
     composer ("C:Music21")."""
-    lines = abc.splitlines(keepends=True)
-    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
+    header, body = _split(abc)
     seen, kept = set(), []
-    for ln in lines[:end]:
+    for ln in header:
         text = ln[2:].strip()
         if (ln.startswith("T:") and text in seen) or (ln.startswith("C:") and text == "Music21"):
             continue
         if ln.startswith("T:"):
             seen.add(text)
         kept.append(ln)
-    return "".join(kept + lines[end:])
+    return "".join(kept + body)
 
 
 def of_edit(text: str, opened: tuple[str | None, str | None], title: str | None,
@@ -128,9 +123,15 @@ def with_part_names(abc: str, source: str) -> str:
     return "".join(out) + abc[len("".join(header)):]
 
 
-def _header(abc: str) -> list[str]:
+def _split(abc: str) -> tuple[list[str], list[str]]:
+    """(header lines, the rest): the header ends at the first line that is no field or comment."""
     lines = abc.splitlines(keepends=True)
-    return lines[:next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))]
+    end = next((i for i, ln in enumerate(lines) if not FIELD.match(ln)), len(lines))
+    return lines[:end], lines[end:]
+
+
+def _header(abc: str) -> list[str]:
+    return _split(abc)[0]
 
 
 def title(prompt: dict) -> str:
