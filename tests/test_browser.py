@@ -8,6 +8,7 @@ plain words, numbers typed beyond a slider, upload, System as tables; screenshot
 820 px wide. .ci/run installs chromium; without it the tests are skipped locally (and CI, which
 installs it, runs them)."""
 import json
+import re
 import shutil
 import socket
 import time
@@ -330,6 +331,56 @@ def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page
              timeout=60, what="the second variation opened")
 
 
+# every text the status line shows, as the page shows it (the line changes twice a second: polling misses some)
+WATCH_STATUS = """
+window.cadenzaStatuses = [];
+const seen = () => { const s = document.getElementById('status'); const t = s && s.innerText;
+                     if (t && t !== window.cadenzaStatuses[window.cadenzaStatuses.length - 1]) window.cadenzaStatuses.push(t); };
+new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def test_progress_names_every_variation_and_stop_says_it_is_stopping_and_keeps_what_was_written(page):
+    """Issue 34 item 3: with several variations the line shows each one's bars and all their seeds,
+    toward the length asked; Stop says "stopping" at once, then the pieces kept are rendered."""
+    driver, studio = page
+    fresh(driver, studio)
+    driver.execute_script(WATCH_STATUS)
+    typed(box(driver, "the model's length"), "32")
+    typed(box(driver, "random"), "")
+    typed(driver.find_element(By.XPATH, "//span[normalize-space()='Variations']/following::input[@type='number'][1]"), "4")
+    before = len(records(studio))
+    button(driver, "Generate").click()
+    def under_way(d):  # every variation named, and a bar written (a header alone is not kept)
+        found = re.search(r"writing \(seeds (\d+)-(\d+)\): 4 variations at bars ([\d, ]+) of 32",
+                          d.find_element(By.ID, "status").text)
+        return studio.running() and found and max(map(int, found[3].split(", "))) > 0 and found
+
+    line = wait_for(driver, under_way, timeout=120, what="every variation's bars in the status line")
+    assert int(line[2]) - int(line[1]) == 3, line[0]  # the four seeds
+    button(driver, "Stop").click()
+    wait_for(driver, lambda d: not studio.running() and len(records(studio)) > before, timeout=60, what="the stop")
+    wait_for(driver, lambda d: "fit the metre" in d.find_element(By.ID, "status").text, timeout=60, what="the summary")
+    seen = driver.execute_script("return window.cadenzaStatuses")
+    assert any(s.startswith(("stopping: keeping what was written", "stopped: engraving")) for s in seen), seen
+    kept = records(studio)[before:]
+    assert kept and all(r["stop_reason"] == "cancelled" for r in kept), [r.get("stop_reason") for r in kept]
+    assert "variations at bars" not in driver.find_element(By.ID, "status").text  # the line moved on
+
+
+def test_a_length_of_0_typed_in_the_page_is_refused_in_words(page):
+    """Issue 34 item 9: 0 bars was silently "the model's length"; it is refused, and the box kept."""
+    driver, studio = page
+    fresh(driver, studio)
+    before = len(records(studio))
+    typed(box(driver, "the model's length"), "0")
+    button(driver, "Generate").click()
+    wait_for(driver, lambda d: "a length of 0 bars: leave Length empty" in d.find_element(By.TAG_NAME, "body").text,
+             timeout=60, what="0 bars refused in words")
+    assert not studio.running() and len(records(studio)) == before
+    assert box(driver, "the model's length").get_attribute("value") == "0"  # what was typed stays to be mended
+
+
 def test_the_piece_is_engraved_while_it_is_written_and_a_cursor_follows_the_player(page):
     from selenium.webdriver.common.by import By
 
@@ -559,7 +610,6 @@ def printed_titles(driver) -> list[str]:
 def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_path):
     """Issue 34 item 5: an upload is its own title (printed once), with its bars counted; a tune pasted
     over the open piece is a score of its own (its title, no style), and its downloads are named so."""
-    import re
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -600,7 +650,6 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
 def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts_from(page):
     """Issue 34 item 8: the score's bars carry numbers (a pickup is bar 0, as printed); clicking a note
     chooses its bar (marked, its number in the Bar box) and Rewrite keeps exactly the bars before it."""
-    import re
 
     from selenium.webdriver.common.by import By
 

@@ -63,6 +63,9 @@ def client(url, tmp: Path, name: str) -> Client:
     return Client(url, verbose=False, download_files=str(folder))
 
 
+CONTINUED = "X:1\nT:Begun\nL:1/8\nM:4/4\nK:C\nCDEF GABc|cBAG FEDC|\n"
+
+
 def compose_args(key, prompt=BACH, seed=1, max_patches=40, variations=1, model=""):
     return (key, model, prompt.period, prompt.composer, prompt.instrumentation, seed, 1.2, 9, 0.9, max_patches, variations)
 
@@ -123,13 +126,30 @@ def test_stop_keeps_and_renders_what_was_written(server):
     url, studio, tmp = server
     c = client(url, tmp, "stop")
     key = "s" * 20 + "-stop"
+    # a continued score: the tiny random model's text goes into its last bar at once (a new piece of
+    # this model stays in its header, which Stop does not keep: the test below)
+    request = bach(seed=5, max_patches=4000)
+    items = studio.compose(key, request, continue_abc=CONTINUED)
+    updates = 0
+    for item in items:  # bounded: the request's 4000 patches, and Stop after 3 updates
+        updates += not isinstance(item, list)
+        if updates == 3:
+            assert studio.stop(key)
+    (kept,) = item
+    assert kept.record.stop_reason == "cancelled" and kept.abc.startswith("X:1") and len(kept.abc) > len(CONTINUED)
+    assert kept.record.files["abc"] and kept.record.files.get("pdf")  # rendered, not only the text
+
+
+def test_stop_in_the_header_keeps_nothing(server):
+    """Stopped before a bar is begun: a header with no music is not a piece, History stays as it was."""
+    url, studio, tmp = server
+    c = client(url, tmp, "stop-early")
+    key = "s" * 20 + "-early"
     job = c.submit(*compose_args(key, max_patches=4000, seed=5), api_name="/compose")
-    _wait_for_updates(job, 3)
+    _wait_for_updates(job, 3)  # the tiny random model never leaves its header (no [r: or [V: line)
     assert studio.stop(key)
     info, files = job.result(timeout=120)
-    piece = info["pieces"][0]
-    assert piece["stop_reason"] == "cancelled" and piece["abc"].startswith("X:1")
-    assert any(f.endswith(".abc") for f in files)
+    assert info == {"status": "done", "pieces": []} and not files and studio.history(key) == []
 
 
 def test_cancelling_a_request_stops_the_generation_and_keeps_the_text(server):
@@ -230,10 +250,11 @@ def test_the_bundled_model_composes_a_seeded_piece_through_the_server(server):
     assert {Path(f).suffix for f in files} >= {".abc", ".musicxml", ".mid", ".pdf", ".wav", ".zip"}
 
 
-def _wait_for_updates(job, n: int, timeout: float = 120) -> None:
+def _wait_for_updates(job, n: int, timeout: float = 120, bars: int = 0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sum(1 for o in job.outputs() if o and o[0] and o[0].get("status") == "writing") >= n:
+        writing = [o[0] for o in job.outputs() if o and o[0] and o[0].get("status") == "writing"]
+        if len(writing) >= n and writing[-1]["bars"] >= bars:
             return
         time.sleep(0.05)
     raise AssertionError("no streamed updates")

@@ -685,6 +685,8 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
                 # the seed box is emptied: a seed typed once is not used again without asking
                 # (the seed of this piece is shown, with Write this again)
                 yield _show(ui, studio, k, item[0], siblings=item) | {ui.seed: ""}
+            else:  # Stop came before the first bar: nothing to keep (what was open before is in History)
+                yield {ui.progress: "stopped before a bar was written: nothing was kept"}
 
     @_session
     def reattach(k):

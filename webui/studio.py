@@ -33,6 +33,7 @@ from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session, read_journal
 from engine.symbolic.postprocess import to_abc
+from engine.symbolic.patches import split_tunebody
 from engine.symbolic.prompts import Prompt
 
 MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
@@ -109,6 +110,11 @@ def _eta(target: int | None, bars: list[int], written: int, elapsed: float) -> f
     if not target or written < 2 or not bars:
         return None
     return max(0, target - min(bars)) * elapsed / written
+
+
+def _wrote_music(piece, head: str) -> bool:
+    """Some of a bar written after the header and any continued score (`head`)."""
+    return len("".join(split_tunebody(piece.text)[1])) > len("".join(split_tunebody(head)[1]))
 
 
 class LiveText:
@@ -745,6 +751,8 @@ class Studio:
             yield self._keep_unfinished(session, lm, named, request, texts, done, "shutdown")
             return
         stopped = any(c.piece.stop_reason == "cancelled" for c in done)  # Stop was pressed
+        # a variation stopped before its first bar was begun has no music: a header in History is clutter
+        done = [c for c in done if c.piece.stop_reason != "cancelled" or _wrote_music(c.piece, live.head)]
         yield from self._keep_all(session, lm, done, named, request, replace(last, abc="", eta=None, stopping=stopped))
 
     def _keep_all(self, session: Session, lm, done: list, named: "Named", request: ComposeRequest,
@@ -752,6 +760,9 @@ class Studio:
         """Every variation rendered and kept, RENDER_AT_ONCE at a time, saying how far it got
         (`last`: the writing's last update, which these go on from)."""
         ordered = sorted(done, key=lambda c: c.piece.index)
+        if not ordered:  # stopped before a bar was written
+            yield []
+            return
         kept: dict[int, Outcome] = {}
         with ThreadPoolExecutor(max_workers=RENDER_AT_ONCE, thread_name_prefix="cadenza-keep") as pool:
             futures = {pool.submit(self._keep, session, lm, c, named, request): c.piece.index for c in ordered}
