@@ -149,7 +149,8 @@ def test_a_session_composing_and_making_audio_at_once_stops_each_on_its_own(serv
 
     url, studio, tmp = server
     key = "w" * 20 + "-both-at-once"
-    score = studio.compose(key, bach(seed=3, max_patches=4000))
+    # a continued score: Stop keeps the tiny random model's text (a new piece of it stays in its header)
+    score = studio.compose(key, bach(seed=3, max_patches=4000), continue_abc="X:1\nL:1/8\nM:4/4\nK:C\nCDEF GABc|\n")
     next(score)
     sound = studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=55.0, seed=4)))
     next(sound)
