@@ -159,11 +159,11 @@ def main() -> None:
 
     import webui.studio as studio_module
     from webui.app import start
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
 
     deadline = time.monotonic() + args.max_minutes * 60
     tmp = Path(tempfile.mkdtemp(prefix="journey-"))
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"))
+    config = ServerSettings(port=free_port(), outputs=str(tmp / "outputs"))
     demo, studio, url = start(config, quiet=True)
     studio.model(None).get()
     driver = browser(tmp / "profile")

@@ -32,11 +32,11 @@ def free_port() -> int:
 
 def start(tmp: Path, name: str, max_batch: int, tiny: bool):
     from webui.app import start
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
     from webui.studio import Studio
 
     model = str(tiny_model(tmp)) if tiny else None
-    config = StudioConfig(port=free_port(), outputs=str(tmp / f"outputs-{name}"), model=model, queue_size=64,
+    config = ServerSettings(port=free_port(), outputs=str(tmp / f"outputs-{name}"), model=model, queue_size=64,
                           max_batch=max_batch, max_wait_s=600)
     studio = Studio(config)
     studio.model(None).get()

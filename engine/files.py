@@ -45,3 +45,10 @@ def file_checksum(path: str | Path, chunk: int = 2**20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return "sha256:" + h.hexdigest()
+
+
+def hf_cache() -> Path:
+    """The Hugging Face hub cache (HF_HUB_CACHE / HF_HOME, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()

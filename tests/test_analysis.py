@@ -38,10 +38,10 @@ def test_faults_are_found_at_their_bars():
 
 
 def test_the_check_is_in_the_record_the_manifest_and_the_page(tmp_path):
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
     from webui.studio import Studio
 
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
     out = studio.render("a" * 20 + "-analysis", IRISH)
     assert out.record.analysis["unfit_bars"] == [2, 5, 6] and out.record.analysis["ends_on_tonic"] is False
     page = views.notes(out.record)

@@ -42,14 +42,14 @@ def page(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     from webui.app import start
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
 
     if api.bundled_model() is None:
         pytest.skip("no bundled model")
     tmp = tmp_path_factory.mktemp("browser")
     from test_audio import tiny_musicgen
 
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128,  # a short piece: quick on 2 cores
+    config = ServerSettings(port=free_port(), outputs=str(tmp / "outputs"), max_patches=128,  # a short piece: quick on 2 cores
                           audio_model=str(tiny_musicgen(tmp / "musicgen")),  # tiny random MusicGen models: plumbing only
                           melody_model=str(tiny_musicgen(tmp / "melody", melody=True)))
     demo, studio, _ = start(config, quiet=True)

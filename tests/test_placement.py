@@ -231,10 +231,10 @@ def test_requests_go_to_the_least_loaded_copy():
 def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_path, monkeypatch):
     from engine import api
     from test_webui import BACH, tiny_folder
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
     from webui.studio import Studio
 
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
     real = api.compose_stream
     calls = []
 

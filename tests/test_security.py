@@ -25,7 +25,7 @@ from gradio_client import Client  # noqa: E402
 
 from engine.errors import CadenzaError  # noqa: E402
 from engine.store import valid_key  # noqa: E402
-from webui.config import StudioConfig, from_args  # noqa: E402
+from engine.settings import ServerSettings, from_args  # noqa: E402
 from webui.guard import DiskPolicy, LoginBackoff, NotOffered, public  # noqa: E402
 from webui.studio import Studio  # noqa: E402
 
@@ -56,7 +56,7 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("security")
     models = tmp / "models"
     model = tiny_folder(models / "tiny")
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), model=str(model), models_dirs=(str(models),),
+    config = ServerSettings(port=free_port(), outputs=str(tmp / "outputs"), model=str(model), models_dirs=(str(models),),
                           concurrency=2, max_upload_mb=1, min_free_mb=0)
     demo, studio, url = start(config, quiet=True)
     studio.model(None).get()
@@ -194,7 +194,7 @@ def test_models_outside_the_models_folders_are_refused_with_one_message(tmp_path
     models = tmp_path / "models"
     tiny_folder(models / "mine")
     elsewhere = tiny_folder(tmp_path / "elsewhere")  # a real model, but outside the folder
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "mine"), models_dirs=(str(models),)))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(models / "mine"), models_dirs=(str(models),)))
     messages = []
     for spec in (str(elsewhere), str(tmp_path / "no-such.pth"), "/etc/passwd", "../elsewhere", str(models / ".." / "elsewhere")):
         with pytest.raises(NotOffered) as e:
@@ -214,7 +214,7 @@ def test_failed_loads_hold_no_slot_and_slots_are_let_go_least_recently_used(tmp_
         (models / f"broken{i}" / "config.json").write_text("{}")
     for i in range(MAX_MODELS + 1):
         tiny_folder(models / f"good{i}", seed=i)
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "good0"), models_dirs=(str(models),)))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(models / "good0"), models_dirs=(str(models),)))
     for i in range(4):
         slot = studio.model(f"broken{i}")
         with pytest.raises(CadenzaError, match="could not be loaded"):
@@ -233,7 +233,7 @@ def test_every_spelling_of_a_model_is_one_slot_and_busy_models_are_not_let_go(tm
     models = tmp_path / "models"
     for i in range(MAX_MODELS):
         tiny_folder(models / f"m{i}", seed=i)
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(models / "m0"), models_dirs=(str(models),)))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(models / "m0"), models_dirs=(str(models),)))
     studio.model(None).get()
     spellings = ["m1", "m1/", "./m1", "m1/../m1", str(models / "m1"), str(models / "m0" / ".." / "m1")]
     slots = {id(studio.model(s)) for s in spellings}
@@ -252,7 +252,7 @@ def test_musicgen_hub_ids_load_from_the_cache_only_unless_downloads_are_allowed(
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), models_dirs=(str(tmp_path / "models"),)))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), models_dirs=(str(tmp_path / "models"),)))
     with pytest.raises(NotOffered, match="no model 'facebook/musicgen-large' on this server"):
         studio.policy.musicgen("facebook/musicgen-large")
     assert studio.policy.musicgen("facebook/musicgen-small") == ("facebook/musicgen-small", False)  # the admin's, cache only
@@ -276,7 +276,7 @@ def test_allow_downloads_flag_and_models_dirs_from_the_command_line(monkeypatch)
 def test_wrong_logins_are_slowed_per_address_without_slowing_others(tmp_path):
     from webui.app import start
 
-    config = StudioConfig(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
+    config = ServerSettings(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
                           auth=("composer", "right-password"), min_free_mb=0)
     demo, studio, url = start(config, quiet=True)
     try:
@@ -298,7 +298,7 @@ def test_forwarded_headers_and_parallel_bursts_do_not_get_past_the_login_limit(t
 
     from webui.app import start
 
-    config = StudioConfig(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
+    config = ServerSettings(port=free_port(), outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")),
                           auth=("composer", "right-password"), min_free_mb=0)
     demo, studio, url = start(config, quiet=True)
     wrong = {"username": "composer", "password": "guess"}
@@ -361,13 +361,13 @@ def test_a_full_session_is_told_how_to_make_room_and_loses_nothing(served):
 
 
 def test_a_start_up_sweep_removes_folders_that_never_got_a_record(tmp_path):
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0))
     kept = studio.render(KEY, SCORE)
     orphan = kept.folder.parent / "20260101-000000-half-made"
     orphan.mkdir()
     (orphan / "score.abc").write_text(SCORE)
     (kept.folder / ".record.json.tmp123").write_text("{")
-    Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0))  # a restart
+    Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0))  # a restart
     assert not orphan.exists() and not (kept.folder / ".record.json.tmp123").exists()
     assert (kept.folder / "record.json").is_file()
 
@@ -375,7 +375,7 @@ def test_a_start_up_sweep_removes_folders_that_never_got_a_record(tmp_path):
 def test_gradio_cache_is_cleaned_on_a_schedule(tmp_path):
     from webui.app import build_app
 
-    demo = build_app(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")), cache_hours=2))
+    demo = build_app(ServerSettings(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path / "m")), cache_hours=2))
     assert demo.delete_cache == (3600, 7200)
 
 
@@ -383,7 +383,7 @@ def test_the_servers_outputs_are_capped_and_idle_sessions_oldest_pieces_go_first
     """Keys are free to make up, so bytes are capped for the whole server: over the cap, pieces of
     idle sessions go (least recently opened first), never a busy or recently active session's;
     when only active sessions hold the space, new work is refused (issue 31, part 4)."""
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
     idle = [studio.render("i" * 20 + "-idle", SCORE, f"old {n}") for n in range(3)]
     for n, o in enumerate(idle):  # written days ago, the second opened more recently than the others
         then = time.time() - 3 * 86400 + (3600 * 10 if n == 1 else n)
@@ -411,13 +411,13 @@ def test_a_short_score_asking_for_a_long_wav_gets_no_wav_and_the_rest(tmp_path):
     import zipfile
 
     long = "X:1\nT:Long\nL:1/1\nQ:1/4=60\nM:4/4\nK:C\n" + "|".join("C" * 1 for _ in range(30)) + "|]\n"  # 120 s
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), min_free_mb=0, max_wav_minutes=1))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0, max_wav_minutes=1))
     out = studio.render(KEY, long)
     assert "wav" not in out.record.files and "limited to 1 minutes" in out.record.errors["wav"]
     assert {"abc", "musicxml", "midi", "pdf", "zip"} <= set(out.record.files)
     assert sum(f.stat().st_size for f in out.folder.iterdir()) < 2 * 2**20
     with pytest.raises(CadenzaError, match="max WAV minutes must be from 0.1 to 60"):
-        StudioConfig(max_wav_minutes=600).check()
+        ServerSettings(max_wav_minutes=600).check()
     from engine.render.pipeline import RenderOptions, render
     short = render(SCORE, tmp_path / "zip", options=RenderOptions(zip_member_max_mb=0.01))
     with zipfile.ZipFile(short.paths("zip")[0]) as z:

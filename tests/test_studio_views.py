@@ -12,7 +12,7 @@ from engine.store import PieceRecord
 from engine.symbolic.controls import Controls
 from test_webui import tiny_folder
 from webui import views
-from webui.config import StudioConfig
+from engine.settings import ServerSettings
 from webui.studio import Named, Progress, Studio
 
 KEY = "v" * 20 + "-views"
@@ -22,7 +22,7 @@ TUNE_2_4_IN_3_4 = "X:1\nT:Wrong bars\nL:1/8\nM:3/4\nK:D\nV:1\nV:1\nDFAd|fedc|B2A
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("views")
-    return Studio(StudioConfig(outputs=str(tmp / "out"), model=str(tiny_folder(tmp))))
+    return Studio(ServerSettings(outputs=str(tmp / "out"), model=str(tiny_folder(tmp))))
 
 
 def test_converter_messages_are_in_plain_words_without_carets_or_paths():
@@ -65,7 +65,7 @@ def test_progress_never_goes_back_counts_retries_and_estimates_the_time_left(tmp
 
     if api.bundled_model() is None:
         pytest.skip("no bundled model")
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out")))  # the bundled model: it writes bars
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out")))  # the bundled model: it writes bars
     request = bach(max_patches=400, seed=3, bar_retries=4, controls=Controls(bars=4))
     items = list(studio.compose(KEY, request))
     progress = [i for i in items if isinstance(i, Progress)]
@@ -120,15 +120,15 @@ def test_the_audio_page_says_before_any_click_when_musicgen_weights_are_missing(
     from test_audio import tiny_musicgen
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    missing = Studio(StudioConfig(outputs=str(tmp_path / "a"), audio_model="facebook/musicgen-small"))
+    missing = Studio(ServerSettings(outputs=str(tmp_path / "a"), audio_model="facebook/musicgen-small"))
     said = missing.audio_weights_missing()
     assert said is not None and "hf download facebook/musicgen-small" in said and "SoundFont" in said
     with pytest.raises(CadenzaError) as pressed:  # Generate audio anyway: the same steps, not the loader's error
         next(missing.audio(KEY, AudioRequest("a calm string quartet")))
     assert str(pressed.value) == f"MusicGen is not set up on this server. {said}"
-    here = Studio(StudioConfig(outputs=str(tmp_path / "b"), audio_model=str(tiny_musicgen(tmp_path / "mg"))))
+    here = Studio(ServerSettings(outputs=str(tmp_path / "b"), audio_model=str(tiny_musicgen(tmp_path / "mg"))))
     assert here.audio_weights_missing() is None
-    allowed = Studio(StudioConfig(outputs=str(tmp_path / "c"), allow_downloads=("*",)))
+    allowed = Studio(ServerSettings(outputs=str(tmp_path / "c"), allow_downloads=("*",)))
     assert allowed.audio_weights_missing() is None  # it will be downloaded on first use
 
 

@@ -22,7 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from webui.app import build_app  # noqa: E402
-from webui.config import StudioConfig, from_args, parse_auth  # noqa: E402
+from engine.settings import ServerSettings, from_args, parse_auth  # noqa: E402
 from webui.studio import Studio  # noqa: E402
 
 PROMPTS = [BACH, Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard"), Prompt("Romantic", "Chopin, Frederic", "Keyboard")]
@@ -39,7 +39,7 @@ def tiny_folder(tmp: Path) -> Path:
     return save_model(tiny_model(seed=1), tmp / "tiny-model", prompts=PromptTable(PROMPTS))
 
 
-def serve(config: StudioConfig):
+def serve(config: ServerSettings):
     """The studio as ./run.sh serves it (same launch options), in the background."""
     from webui.app import start
 
@@ -49,7 +49,7 @@ def serve(config: StudioConfig):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("studio")
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), model=str(tiny_folder(tmp)),
+    config = ServerSettings(port=free_port(), outputs=str(tmp / "outputs"), model=str(tiny_folder(tmp)),
                           concurrency=2, max_upload_mb=1, max_patches=4096)
     demo, studio, url = serve(config)
     studio.model(config.model).get()
@@ -73,14 +73,14 @@ def compose_args(key, prompt=BACH, seed=1, max_patches=40, variations=1, model="
 # --- building without serving ---------------------------------------------------------------------
 
 def test_the_page_builds_without_launching_and_names_its_endpoints(tmp_path):
-    config = StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)))
+    config = ServerSettings(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path)))
     demo = build_app(config)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
     assert {"prompts", "compose", "render", "upload", "history", "piece", "audio", "perform"} <= names
 
 
 def test_the_cascade_offers_only_combinations_in_the_table(tmp_path):
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
     table = studio.prompts(studio.config.model)
     offered = set()
     for period in table.periods():
@@ -426,7 +426,7 @@ def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_pa
     # a context long enough that the first piece (random text, no bar lines) outlasts the test
     # instead of filling its context in 55 patches
     folder = save_model(tiny_model(patch_length=2048, seed=1), tmp_path / "long", prompts=PromptTable(PROMPTS))
-    studio = Studio(StudioConfig(outputs=str(tmp_path / "out"), model=str(folder), max_batch=1))
+    studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(folder), max_batch=1))
     first = studio.compose("w" * 20 + "-first", bach(seed=1, max_patches=4000, max_seconds=8,
                                                       prefix="L:1/8\nM:4/4\nK:C\nV:1\n"))
     started = next(first)  # at once, before the model's first patch: the page shows the new piece from now

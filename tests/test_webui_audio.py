@@ -13,7 +13,7 @@ from gradio_client import handle_file  # noqa: E402
 
 from engine.audio.musicgen import AudioSettings  # noqa: E402
 from engine.requests import AudioRequest  # noqa: E402
-from webui.config import StudioConfig  # noqa: E402
+from engine.settings import ServerSettings  # noqa: E402
 
 KEY = "u" * 20 + "-audio"
 
@@ -21,7 +21,7 @@ KEY = "u" * 20 + "-audio"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audio-studio")
-    config = StudioConfig(port=free_port(), outputs=str(tmp / "outputs"), model=str(tiny_folder(tmp)),
+    config = ServerSettings(port=free_port(), outputs=str(tmp / "outputs"), model=str(tiny_folder(tmp)),
                           audio_model=str(tiny_musicgen(tmp / "musicgen")),
                           melody_model=str(tiny_musicgen(tmp / "melody", melody=True)),
                           max_upload_mb=1, max_audio_seconds=60)

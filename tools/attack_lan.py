@@ -119,12 +119,12 @@ def case_hung() -> dict:
     import tempfile
 
     from engine.requests import ComposeRequest
-    from webui.config import StudioConfig
+    from engine.settings import ServerSettings
     from webui.studio import Studio
 
     voices = "".join(f"V:{i} treble\n" for i in range(1, 501))
     abc = "X:1\nL:1/8\nM:4/4\nK:C\n" + voices + "".join(f"[V:{i}]C8|]\n" for i in range(1, 501))
-    studio = Studio(StudioConfig(outputs=tempfile.mkdtemp(), min_free_mb=0))
+    studio = Studio(ServerSettings(outputs=tempfile.mkdtemp(), min_free_mb=0))
     request = ComposeRequest("Baroque", "Bach, Johann Sebastian", "Choral", seed=1, max_patches=64)
     t = time.monotonic()
     try:

@@ -3,7 +3,7 @@ import sys
 
 from engine.errors import CadenzaError
 from webui.app import launch
-from webui.config import from_args
+from engine.settings import from_args
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from engine.requests import AudioRequest, ComposeRequest
 from engine.store import valid_key
 from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.sampling import SamplingSettings
-from webui.config import StudioConfig
+from engine.settings import ServerSettings
 from webui.guard import LoginBackoff, public, trim_folder
 from webui import views
 from webui.studio import Outcome, Progress, Studio
@@ -316,7 +316,7 @@ def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
     return list(dict.fromkeys([first, *(m for m in known if offered(m))]))
 
 
-def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _score_tab(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """The Score tab: the prompt and the controls a composer sets each time, the buttons, then the
     music in the middle (engraved as it is written), its player, downloads and variations, then
     the ABC to edit. The settings set once live in the sidebar (see _settings_sidebar)."""
@@ -398,7 +398,7 @@ def _score_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> Non
             ui.perform_files = gr.File(label="Performance downloads", file_count="multiple", interactive=False)
 
 
-def _settings_sidebar(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _settings_sidebar(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """What a composer sets once, out of the way of the music: the model and the sampling."""
     with gr.Sidebar(label="Settings", open=False, position="right"):
         gr.Markdown("### Settings\nFor Generate, Continue and Rewrite.")
@@ -432,7 +432,7 @@ def _weights_note(studio: Studio, spec: str, melody: bool) -> str:
     return "" if missing is None else f"**MusicGen is not set up on this server.** {missing}"
 
 
-def _audio_tab(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _audio_tab(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """The Audio tab: text (and a melody) to MusicGen, players, pictures and downloads."""
     with gr.Tab("Audio", id="audio"):
         gr.Markdown("Text to music with Meta's MusicGen (weights CC-BY-NC 4.0: non-commercial use). "
@@ -535,7 +535,7 @@ def _restore(ui: SimpleNamespace, studio: Studio, spec, record, with_length: boo
     return out
 
 
-def _wire_session(ui: SimpleNamespace, config: StudioConfig, studio: Studio, demo: gr.Blocks) -> None:
+def _wire_session(ui: SimpleNamespace, config: ServerSettings, studio: Studio, demo: gr.Blocks) -> None:
     """The session key, the work area kept over a reload, the model loading at start and the
     cascading prompt lists."""
     def init(k, work):
@@ -659,7 +659,7 @@ def _edited(text, current) -> tuple[str | None, dict | None]:
     return of_edit(text, opened, title, prompt)
 
 
-def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """Generate, Continue, Rewrite, Write this again, Stop and the variation cards."""
     def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, bars, mkey, meter, tempo, cont_abc=None,
             rewrite_from=None, title=None):
@@ -753,7 +753,7 @@ def _wire_compose(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> 
                         concurrency_limit=None)
 
 
-def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _wire_scores(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """Render, upload and turning the score's pages."""
     @_session
     def on_render(k, text, current=None):
@@ -800,7 +800,7 @@ def _wire_scores(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> N
                      api_visibility="private", concurrency_limit=None)
 
 
-def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _wire_audio(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """The Audio page and "Perform with MusicGen"."""
     @_session(errors=(CadenzaError, ValueError, TypeError))  # (a melody file soundfile cannot read)
     def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
@@ -834,7 +834,7 @@ def _wire_audio(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> No
                      ui.perform_shown, api_visibility="private", concurrency_id="audio", concurrency_limit=1)
 
 
-def _wire_history(ui: SimpleNamespace, config: StudioConfig, studio: Studio) -> None:
+def _wire_history(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """History: a clicked row is selected (its player, Open, Rename, Delete); a score opens on the
     Score page with its prompt and settings, audio on the Audio page."""
     def listing(k) -> dict:
@@ -915,7 +915,7 @@ def _wire_system(ui: SimpleNamespace, demo: gr.Blocks, studio: Studio) -> None:
     demo.load(system_info, None, shown, api_visibility="private", concurrency_limit=None)
 
 
-def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
+def build_app(config: ServerSettings, studio: Studio | None = None) -> gr.Blocks:
     """The page: a builder per tab, then the wiring of each concern; `ui` holds the components."""
     studio = studio or Studio(config)
     cache_s = int(config.cache_hours * 3600)
@@ -960,7 +960,7 @@ def build_app(config: StudioConfig, studio: Studio | None = None) -> gr.Blocks:
     return demo
 
 
-def _api_endpoints(studio: Studio, config: StudioConfig) -> None:
+def _api_endpoints(studio: Studio, config: ServerSettings) -> None:
     """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece,
     /audio (MusicGen, optionally following a melody file), /perform (a score played by MusicGen),
     /delete. They go through the same queue and limits as the page. Those that only take and give
@@ -1101,7 +1101,7 @@ def _result(outcomes: list[Outcome]) -> dict:
     return {"status": "done", "pieces": [{**asdict(o.record), "abc": o.abc} for o in outcomes]}
 
 
-def start(config: StudioConfig, studio: Studio | None = None, quiet: bool = False):
+def start(config: ServerSettings, studio: Studio | None = None, quiet: bool = False):
     """Builds the page and serves it in the background (what launch() and the tests run):
     -> (demo, studio, url). With --auth, wrong passwords are slowed per client address."""
     studio = studio or Studio(config)
@@ -1121,7 +1121,7 @@ def start(config: StudioConfig, studio: Studio | None = None, quiet: bool = Fals
     return demo, studio, f"http://{config.host}:{config.port}/"
 
 
-def launch(config: StudioConfig) -> None:
+def launch(config: ServerSettings) -> None:
     """Serves until SIGTERM or Ctrl+C, then: no new work, running pieces stopped and kept (their
     record says "shutdown"), conversions ended, exit within about 30 s."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

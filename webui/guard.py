@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CadenzaError
+from engine.files import hf_cache
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 MODEL_FILE_SUFFIXES = (".pth",)
@@ -24,12 +25,6 @@ class NotOffered(CadenzaError):
 
 class DiskFull(CadenzaError):
     """The server cannot write: the disk is full, below its free-space floor, or a session is at its quota."""
-
-
-def hf_cache() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE).expanduser()
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -26,7 +26,7 @@ import torch
 
 from engine import api
 from engine.errors import CadenzaError, SettingsError
-from engine.files import slug, write_atomic
+from engine.files import hf_cache, slug, write_atomic
 from engine.render.identity import heading, retitled, with_part_names
 from engine.render.identity import title as piece_title
 from engine.render.pipeline import stop_workers
@@ -37,8 +37,8 @@ from engine.symbolic.patches import split_tunebody
 from engine.symbolic.prompts import Prompt
 
 MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
-from webui.config import StudioConfig
-from webui.guard import DiskFull, DiskPolicy, ModelPolicy, disk_error, hf_cache, public, weights_present
+from engine.settings import ServerSettings
+from webui.guard import DiskFull, DiskPolicy, ModelPolicy, disk_error, public, weights_present
 
 log = logging.getLogger("cadenza.studio")
 
@@ -352,7 +352,7 @@ class Job:
 
 
 class Studio:
-    def __init__(self, config: StudioConfig):
+    def __init__(self, config: ServerSettings):
         self.config = config
         self.store = OutputStore(config.outputs)
         self.policy = ModelPolicy(config.model_roots(), tuple(config.allow_downloads),

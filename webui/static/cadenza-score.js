@@ -414,7 +414,13 @@
   }
 
   function onAudioEvent(e) {
-    st.audio = e.target; // the player that spoke last is the one the listener hears
+    if (e.target !== st.audio) {
+      // a player that starts (or is moved) is the one the listener hears; another player's
+      // housekeeping is not: Gradio's hidden, empty <audio> empties itself while the other plays,
+      // and taking it for the one heard cleared the cursor mid-piece
+      if (["play", "playing", "seeked"].indexOf(e.type) < 0 || !e.target.currentSrc) return;
+      st.audio = e.target;
+    }
     if (e.type === "ended" || e.type === "emptied") { clearHighlight(); return; }
     if (e.type === "play" || e.type === "playing") {
       if (!st.raf) st.raf = window.requestAnimationFrame(tick);
