@@ -20,6 +20,7 @@ from engine import __version__, api, placement
 from engine.audio.musicgen import AudioSettings
 from engine.data import build as data
 from engine.data.build import read_split
+from engine.devices import inventory
 from engine.errors import CadenzaError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions
 from engine.requests import AudioRequest, ComposeRequest
@@ -459,15 +460,13 @@ def cmd_doctor(args) -> int:
     print(f"Cadenza engine {__version__}")
     print(f"Python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})")
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(i)
-            print(f"  cuda:{i} {torch.cuda.get_device_name(i)}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
-    else:
+    found = inventory()
+    for d in found:
+        print(f"  {d.line()}")
+    if len(found) == 1:
         print("  no CUDA GPU: models run on the CPU (fp32)")
     mps = getattr(torch.backends, "mps", None)
     print(f"  Apple MPS: {'available' if mps is not None and mps.is_available() else 'not available'}")
-    print(f"  CPU threads: {torch.get_num_threads()}")
     bundled = api.bundled_model()
     print(f"bundled model: {bundled if bundled else 'none yet (assets/models is empty): pass --model'}")
     print(f"models in the Hugging Face cache: {', '.join(_cached_models()) or 'none'}")

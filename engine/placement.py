@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from engine.devices import free_bytes, gpu_count
 from engine.errors import CheckpointError, SettingsError
 from engine.symbolic.checkpoint import read_config
 from engine.symbolic.model import NotaGenModel
@@ -143,8 +144,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         raise CheckpointError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r} asked for, but this machine has no CUDA GPU (use 'cpu')")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CheckpointError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+    if dev.type == "cuda" and dev.index is not None and dev.index >= gpu_count():
+        raise CheckpointError(f"device {device!r} asked for, but this machine has {gpu_count()} "
                               "visible GPU(s) (CUDA_VISIBLE_DEVICES decides which)")
     return dev
 
@@ -199,32 +200,12 @@ def parse_max_memory(text: str | None) -> dict[str, int]:
 
 
 def budgets(devices: list[str] | None = None, max_memory: dict[str, int] | None = None) -> dict[str, int]:
-    """Bytes each chosen device may hold: --max-memory where given, else what the GPU has free
+    """Bytes each chosen device may hold: --max-memory where given, else what it has free now
     (CUDA_VISIBLE_DEVICES decides which GPUs exist). No GPU: the CPU."""
     max_memory = max_memory or {}
     if devices is None:
-        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    out = {}
-    for dev in devices:
-        if dev in max_memory:
-            out[dev] = max_memory[dev]
-        elif dev.startswith("cuda"):
-            index = int(dev.split(":")[1])
-            if index >= torch.cuda.device_count():
-                raise SettingsError(f"{dev} asked for, but this machine has {torch.cuda.device_count()} visible GPU(s)")
-            out[dev] = torch.cuda.mem_get_info(index)[0]
-        else:
-            out[dev] = _host_available()
-    return out
-
-
-def _host_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return 8 * 2**30
+        devices = [f"cuda:{i}" for i in range(gpu_count())] or ["cpu"]
+    return {dev: max_memory[dev] if dev in max_memory else free_bytes(dev) for dev in devices}
 
 
 # --- NotaGen -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 
 from engine import api
+from engine.devices import inventory
 from engine.errors import CadenzaError, SettingsError
 from engine.files import hf_cache, slug, write_atomic
 from engine.render.identity import heading, retitled, with_part_names
@@ -994,13 +995,7 @@ class Studio:
 
     # --- system ----------------------------------------------------------------------------------
     def system(self) -> dict:
-        devices = []
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(i)
-                devices.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
-                                "free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)})
-        devices.append({"device": "cpu", **_host_memory()})
+        devices = [d.row() for d in inventory()]
         models = [{"model": Path(spec).name if spec else "bundled", "status": slot.status(), "placement": slot.plan(),
                    "batching": [s.status() for s in slot.schedulers]}
                   for spec, slot in list(self.models.items())]
@@ -1023,15 +1018,6 @@ def _oom_message(lm, r: ComposeRequest) -> str:
     where = ", ".join(sorted({str(p.device) for p in lm.model.parameters()}))
     return (f"{where} ran out of memory writing {r.variations} variation(s) of up to {r.max_patches} patches: "
             "the model stays loaded; ask for fewer variations or a shorter piece, or place the model on more GPUs")
-
-
-def _host_memory() -> dict:
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        kib = lambda k: int(info[k].split()[0])  # noqa: E731
-        return {"free_gib": round(kib("MemAvailable") / 2**20, 2), "total_gib": round(kib("MemTotal") / 2**20, 2)}
-    except (OSError, KeyError, ValueError):
-        return {}
 
 
 def _known(prompt) -> dict:
