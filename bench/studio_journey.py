@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=20.0, help="stop starting new runs after this long")
     args = ap.parse_args()
 
-    import webui.studio as studio_module
+    import engine.service.studio as studio_module
     from webui.app import start
     from engine.settings import ServerSettings
 

@@ -33,7 +33,7 @@ def free_port() -> int:
 def start(tmp: Path, name: str, max_batch: int, tiny: bool):
     from webui.app import start
     from engine.settings import ServerSettings
-    from webui.studio import Studio
+    from engine.service.studio import Studio
 
     model = str(tiny_model(tmp)) if tiny else None
     config = ServerSettings(port=free_port(), outputs=str(tmp / f"outputs-{name}"), model=model, queue_size=64,

@@ -39,7 +39,7 @@ def test_faults_are_found_at_their_bars():
 
 def test_the_check_is_in_the_record_the_manifest_and_the_page(tmp_path):
     from engine.settings import ServerSettings
-    from webui.studio import Studio
+    from engine.service.studio import Studio
 
     studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
     out = studio.render("a" * 20 + "-analysis", IRISH)

@@ -217,7 +217,7 @@ def test_a_split_between_the_gpu_and_the_cpu_writes_what_the_gpu_alone_writes():
 
 # --- the studio: copies, and a device that runs out of memory ----------------------------------------
 def test_requests_go_to_the_least_loaded_copy():
-    from webui.studio import ModelSlot
+    from engine.service.models import ModelSlot
 
     a, b = object(), object()
     slot = ModelSlot("m", "auto", loader=lambda spec, device: [a, b]).start()
@@ -232,7 +232,7 @@ def test_out_of_memory_fails_that_request_clearly_and_the_next_one_works(tmp_pat
     from engine import api
     from test_webui import BACH, tiny_folder
     from engine.settings import ServerSettings
-    from webui.studio import Studio
+    from engine.service.studio import Studio
 
     studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), model=str(tiny_folder(tmp_path))))
     real = api.compose_stream

@@ -26,8 +26,9 @@ from gradio_client import Client  # noqa: E402
 from engine.errors import CadenzaError  # noqa: E402
 from engine.store import valid_key  # noqa: E402
 from engine.settings import ServerSettings, from_args  # noqa: E402
-from webui.guard import DiskPolicy, LoginBackoff, NotOffered, public  # noqa: E402
-from webui.studio import Studio  # noqa: E402
+from engine.service.policy import DiskPolicy, NotOffered, public  # noqa: E402
+from webui.guard import LoginBackoff  # noqa: E402
+from engine.service.studio import Studio  # noqa: E402
 
 KEY = "z" * 20 + "-security"
 PROMPT = (BACH.period, BACH.composer, BACH.instrumentation)
@@ -206,7 +207,7 @@ def test_models_outside_the_models_folders_are_refused_with_one_message(tmp_path
 
 
 def test_failed_loads_hold_no_slot_and_slots_are_let_go_least_recently_used(tmp_path):
-    from webui.studio import MAX_MODELS
+    from engine.service.models import MAX_MODELS
 
     models = tmp_path / "models"
     for i in range(4):  # broken: config.json but no weights
@@ -228,7 +229,7 @@ def test_failed_loads_hold_no_slot_and_slots_are_let_go_least_recently_used(tmp_
 
 
 def test_every_spelling_of_a_model_is_one_slot_and_busy_models_are_not_let_go(tmp_path):
-    from webui.studio import MAX_MODELS
+    from engine.service.models import MAX_MODELS
 
     models = tmp_path / "models"
     for i in range(MAX_MODELS):

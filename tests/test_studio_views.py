@@ -13,7 +13,8 @@ from engine.symbolic.controls import Controls
 from test_webui import tiny_folder
 from webui import views
 from engine.settings import ServerSettings
-from webui.studio import Named, Progress, Studio
+from engine.service.pieces import Named, Progress
+from engine.service.studio import Studio
 
 KEY = "v" * 20 + "-views"
 TUNE_2_4_IN_3_4 = "X:1\nT:Wrong bars\nL:1/8\nM:3/4\nK:D\nV:1\nV:1\nDFAd|fedc|B2A2|d4|]\n"
@@ -254,7 +255,8 @@ def test_the_last_delete_can_be_undone_and_held_pieces_are_outside_the_quota(stu
 
 
 def test_progress_says_bars_toward_the_models_plan_every_variation_stopping_and_rendering():
-    from webui.studio import _eta, _planned
+    from engine.service.pieces import planned_bars as _planned
+    from engine.service.pieces import seconds_to_go as _eta
 
     assert _planned("[r:0/15]abc|\n[r:1/14]def|\n[r:2/") == 16  # the latest whole marker: 1 + 14 + 1
     assert _planned("no markers") is None
@@ -289,7 +291,7 @@ def test_a_continued_score_counts_its_own_bars_and_variations_are_rendered_with_
 def test_a_page_follows_a_piece_at_most_every_gap_with_the_latest_update_and_then_the_pieces():
     import time
 
-    from webui.studio import Live
+    from engine.service.jobs import Live
 
     def writing():
         for i in range(1, 21):  # 20 updates in 0.4 s

@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from webui.app import build_app  # noqa: E402
 from engine.settings import ServerSettings, from_args, parse_auth  # noqa: E402
-from webui.studio import Studio  # noqa: E402
+from engine.service.studio import Studio  # noqa: E402
 
 PROMPTS = [BACH, Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard"), Prompt("Romantic", "Chopin, Frederic", "Keyboard")]
 KEY_A, KEY_B = "a" * 20 + "-session-A", "b" * 20 + "-session-B"
@@ -123,8 +123,7 @@ def test_compose_streams_updates_then_gives_every_file(server):
 
 
 def test_stop_keeps_and_renders_what_was_written(server):
-    url, studio, tmp = server
-    c = client(url, tmp, "stop")
+    _, studio, _ = server
     key = "s" * 20 + "-stop"
     # a continued score: the tiny random model's text goes into its last bar at once (a new piece of
     # this model stays in its header, which Stop does not keep: the test below)
@@ -314,7 +313,7 @@ def test_the_seed_shown_while_writing_is_the_seed_of_the_kept_piece(server):
     """No seed asked for (the page's -1): the studio draws one before the first patch; every
     progress line and the record show it, and asking for it again writes the same piece."""
     from webui.app import _compose_request
-    from webui.studio import Progress
+    from engine.service.pieces import Progress
 
     url, studio, tmp = server
     key = "s" * 20 + "-seed-shown"
@@ -421,7 +420,7 @@ def test_eight_clients_at_once_are_batched_and_each_gets_its_own_correct_piece(s
 
 
 def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_path):
-    from webui.studio import Progress
+    from engine.service.pieces import Progress
 
     # a context long enough that the first piece (random text, no bar lines) outlasts the test
     # instead of filling its context in 55 patches

@@ -120,7 +120,7 @@ def case_hung() -> dict:
 
     from engine.requests import ComposeRequest
     from engine.settings import ServerSettings
-    from webui.studio import Studio
+    from engine.service.studio import Studio
 
     voices = "".join(f"V:{i} treble\n" for i in range(1, 501))
     abc = "X:1\nL:1/8\nM:4/4\nK:C\n" + voices + "".join(f"[V:{i}]C8|]\n" for i in range(1, 501))

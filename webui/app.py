@@ -1,4 +1,4 @@
-"""The Cadenza studio page (Gradio). Thin: every button calls a Studio method (webui/studio.py),
+"""The Cadenza studio page (Gradio). Thin: every button calls a Studio method (engine/service/studio.py),
 which calls the engine. Per-user data comes in through the session key the browser keeps
 (gr.BrowserState) and lives on disk under the outputs directory, never in module globals."""
 from __future__ import annotations
@@ -31,9 +31,11 @@ from engine.store import valid_key
 from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.sampling import SamplingSettings
 from engine.settings import ServerSettings
-from webui.guard import LoginBackoff, public, trim_folder
+from engine.service.policy import public
+from webui.guard import LoginBackoff, trim_folder
 from webui import views
-from webui.studio import Outcome, Progress, Studio
+from engine.service.pieces import Outcome, Progress
+from engine.service.studio import Studio
 
 log = logging.getLogger("cadenza.web")
 

@@ -7,7 +7,7 @@ import re
 
 from engine.api import analysis_lines
 from engine.store import PieceRecord
-from webui.guard import public
+from engine.service.policy import public
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "bars", "fits the metre", "model"]
 HISTORY_WIDTHS = ["150px", "320px", "100px", "110px", "60px", "120px", "160px"]

@@ -1,15 +1,11 @@
-"""What the page does, without the page: models loading in the background, composing with
-progress, rendering, uploads and history, each call for one session. The Gradio layer
-(webui/app.py) only adapts these to components; tests and the HTTP API use the same calls.
-Nothing here lives in module globals: a Studio holds it all."""
+"""The serving core: what the page, the HTTP API and scripts do, without any page: models loading
+in the background, composing with progress, rendering, uploads and history, each call for one
+session. webui/ only adapts these to components. Nothing lives in module globals: a Studio holds it all."""
 from __future__ import annotations
 
-import functools
-import gc
 import logging
 import os
 import random
-import re
 import secrets
 import shutil
 import threading
@@ -17,339 +13,34 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
-
-import torch
 
 from engine import api
 from engine.devices import inventory
 from engine.errors import CadenzaError, SettingsError
 from engine.files import hf_cache, slug, write_atomic
-from engine.render.identity import heading, retitled, with_part_names
-from engine.render.identity import title as piece_title
+from engine.render.identity import heading, retitled
 from engine.render.pipeline import stop_workers
 from engine.requests import AudioRequest, ComposeRequest
 from engine.store import OutputStore, PieceRecord, Session, read_journal
 from engine.symbolic.postprocess import to_abc
-from engine.symbolic.patches import split_tunebody
 from engine.symbolic.prompts import Prompt
-
-MARKER = re.compile(r"\[r:\d+/\d+\]")  # NotaGen's line markers: the model's bookkeeping, not music
 from engine.settings import ServerSettings
-from webui.guard import DiskFull, DiskPolicy, ModelPolicy, disk_error, public, weights_present
+from engine.service.policy import DiskFull, DiskPolicy, ModelPolicy, disk_error, public, weights_present
+from engine.service.pieces import (LiveText, Named, Outcome, Progress, journal_about, known_prompt, now_iso, planned_bars,
+                                   seconds_to_go, wrote_music)
+from engine.service.models import (MAX_AUDIO_MODELS, MAX_FAILED, MAX_MODELS, RETRY_FAILED_S, ModelSlot, oom_message,
+                                   out_of_memory)
+from engine.service.jobs import LIVE_KEEP_S, Job, Live
 
 log = logging.getLogger("cadenza.studio")
-
-MAX_MODELS = 3  # models held at once (each costs memory); the server's own counts; a new one lets go of the least recently used
-MAX_AUDIO_MODELS = 2  # MusicGen models held at once (likewise)
 TOTAL_EVERY_S = 10.0  # the outputs folder's total size is walked again after this long (the server-wide cap)
-RETRY_FAILED_S = 30.0  # a model that failed to load is tried again after this long (never holds a slot)
-MAX_FAILED = 8  # failed loads remembered (for their message) at most
-
-
-@dataclass
-class Progress:
-    """One update while a piece is written (the first variation's text is the one shown)."""
-    abc: str  # the piece so far as ABC (X:1, header, bars; NotaGen's line markers taken out)
-    patches: int  # patches written, never fewer than before (a bar taken back counts as a retry)
-    bars: int  # bars of the first variation so far (a continued score's own bars included)
-    elapsed: float
-    seed: int
-    retries: int = 0  # bars taken back and written again so far
-    target_bars: int | None = None  # the length asked for; else the model's own plan (planned)
-    eta: float | None = None  # seconds still to go, from the time per bar so far (2 bars written at least)
-    waiting: int | None = None  # not started yet: the place in the model's waiting line (1 = next; 0 paused)
-    waiting_reason: str = ""  # why it waits, in words (engine.symbolic.scheduler.Waiting)
-    planned: bool = False  # target_bars is the model's plan (its [r:i/j] line markers), not a length asked for
-    variations: tuple[int, ...] = ()  # the bars of every variation, when there are several
-    stopping: bool = False  # Stop was pressed: the pieces are kept as written
-    keeping: tuple[int, int] | None = None  # the writing is over: (pieces rendered, of how many)
-
-    def line(self) -> str:
-        """The status line the page shows: bars toward the length (asked, or the model's plan), an
-        estimate, retries; every variation's bars; stopping; the rendering of the pieces kept."""
-        if self.keeping is not None:
-            n, of = self.keeping
-            what = "stopped: " if self.stopping else ""
-            return f"{what}engraving and rendering {'the piece' if of == 1 else f'{of} pieces'}: {n} of {of} done"
-        if self.waiting == 0:  # a piece paused for another session's (fair sharing)
-            return f"waiting for the model: {self.waiting_reason}"
-        if self.waiting is not None:
-            why = self.waiting_reason or "every row of its batch is in use"
-            return f"waiting for the model (position {self.waiting} in line; {why})"
-        if self.stopping:
-            return f"stopping: keeping what was written ({self.bars} bars) - {self.elapsed:.1f} s"
-        of = f" of {'about ' if self.planned else ''}{self.target_bars}" if self.target_bars else ""
-        if len(self.variations) > 1:
-            bars = f"{len(self.variations)} variations at bars {', '.join(map(str, self.variations))}{of}"
-            seeds = f"seeds {self.seed}-{self.seed + len(self.variations) - 1}"
-        else:
-            bars, seeds = f"bar {self.bars}{of}", f"seed {self.seed}"
-        eta = f", about {self.eta:.0f} s to go" if self.eta is not None else ""
-        again = f", {self.retries} bar(s) written again" if self.retries else ""
-        return f"writing ({seeds}): {bars}{eta}{again} - {self.elapsed:.1f} s"
-
-
-PLAN = re.compile(r"\[r:(\d+)/(\d+)\]")  # a line's marker: lines before it / lines the model means to write after it
 # Variations rendered side by side (each render is worker processes): on this 2-core CPU two at a
 # time were no faster than one after another (8 variations: 7.3 s against 6.7 s, bench.studio_journey);
 # a quarter of the cores, unmeasured on a bigger machine.
 RENDER_AT_ONCE = max(1, (os.cpu_count() or 1) // 4)
-
-
-def _planned(text: str) -> int | None:
-    """The piece's length as the model plans it, from its latest line marker."""
-    found = PLAN.findall(text[-4000:])
-    return int(found[-1][0]) + int(found[-1][1]) + 1 if found else None
-
-
-def _eta(target: int | None, bars: list[int], written: int, elapsed: float) -> float | None:
-    """Seconds to go: the slowest variation's bars still to write at the time per bar so far."""
-    if not target or written < 2 or not bars:
-        return None
-    return max(0, target - min(bars)) * elapsed / written
-
-
-def _wrote_music(piece, head: str) -> bool:
-    """Some of a bar written after the header and any continued score (`head`)."""
-    return len("".join(split_tunebody(piece.text)[1])) > len("".join(split_tunebody(head)[1]))
-
-
-class LiveText:
-    """The piece as ABC while it is written: the complete bars go through to_abc (voices restored,
-    markers out) once per new bar; the bar being written is added as it stands, so the browser
-    can engrave every patch without the server converting the whole text each time."""
-
-    def __init__(self, head: str):
-        self.head = head  # the prompt lines and any continued score, in the model's format
-        self._done, self._bars = "", -1
-
-    def abc(self, text: str, bars: int) -> str:
-        whole, _, partial = (self.head + text).rpartition("\n")
-        if bars != self._bars:
-            self._done, self._bars = to_abc(whole + "\n").abc, bars
-        return self._done + MARKER.sub("", partial)
-
-
-@dataclass(frozen=True)
-class Named:
-    """What a written piece is called and keeps of the score it continues or rewrites: the open
-    piece's title and the T:/C: lines of its ABC (the model's format has no room for them)."""
-    title: str | None
-    source: str  # the ABC continued or rewritten ("" for a new piece)
-    kind: str  # composed | continued | rewritten
-
-    def title_for(self, prompt: Prompt) -> str:
-        if not self.title:  # what the printed page's title says (engine.render.identity)
-            return piece_title({"period": prompt.period, "composer": prompt.composer,
-                                "instrumentation": prompt.instrumentation})
-        base = re.sub(r"( \((continued|rewritten)\))+$", "", self.title.strip())[:100]
-        return base if self.kind == "composed" else f"{base} ({self.kind})"
-
-    def head(self, abc: str, prompt: Prompt) -> str:
-        """The written ABC under the source's T:/C: lines and part names, titled as History lists it."""
-        if re.search(r"^[TC]:", self.source, flags=re.M):
-            abc = api.with_titles(abc, self.source)
-        return retitled(with_part_names(abc, self.source), self.title_for(prompt))
-
-    def headed(self, comp: api.Composition) -> api.Composition:
-        abc = self.head(comp.abc.abc, comp.piece.prompt)
-        return comp if abc == comp.abc.abc else replace(comp, abc=replace(comp.abc, abc=abc))
-
-    def stem(self, prompt: Prompt, seed: int) -> str:
-        """The piece's file names: its title and seed (irish-melody-seed3.pdf)."""
-        return f"{slug(self.title_for(prompt))}-seed{seed}"
-
-
-@dataclass
-class Outcome:
-    """A piece kept in the session: its record and where its files are."""
-    record: PieceRecord
-    folder: Path
-    abc: str
-
-    def paths(self, fmt: str) -> list[Path]:
-        return [self.folder / f for f in self.record.files.get(fmt, [])]
-
-    def downloads(self) -> list[Path]:
-        order = ("abc", "musicxml", "midi", "pdf", "wav", "soundfont", "png", "manifest", "zip")
-        return [p for fmt in order for p in self.paths(fmt)]
-
-
-class ModelSlot:
-    """One model, loaded in a background thread so the page is usable at once (`loader`:
-    api.load_placed for NotaGen-family models, which may give a copy per GPU;
-    api.load_audio_model for MusicGen). Requests check out the least-loaded copy."""
-
-    def __init__(self, spec: str | None, device: str, loader=None,
-                 batching: tuple[int, float, str, api.Sharing] | None = None):
-        self.spec, self.device = spec, device
-        self.loader = loader or (lambda spec, device: api.load(spec, device=device))
-        self.batching = batching  # (max_batch, max_wait_s, decode, sharing): a batching scheduler per copy (NotaGen)
-        self.lm = None  # the first copy: prompts, name, plan
-        self.copies: list = []
-        self.schedulers: list = []  # one per copy, when batching
-        self.busy: list[int] = []  # requests running on each copy
-        self.error: str | None = None
-        self.started = self.used = time.monotonic()
-        self.loaded_in: float | None = None
-        self._ready = threading.Event()
-        self._count = threading.Lock()
-
-    def start(self) -> "ModelSlot":
-        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-        return self
-
-    def _load(self) -> None:
-        try:
-            loaded = self.loader(self.spec, device=self.device)
-            self.copies = loaded if isinstance(loaded, list) else [loaded]
-            self.busy = [0] * len(self.copies)
-            if self.batching is not None:
-                rows, wait, decode, sharing = self.batching
-                backend = functools.partial(api.FastBackend, decode=decode)
-                self.schedulers = [api.Scheduler(c.model, max_batch=rows, max_wait_s=wait, name=f"{c.name}-{i}",
-                                                 backend=backend, sharing=sharing)
-                                   for i, c in enumerate(self.copies)]
-            self.lm = self.copies[0]
-            self.loaded_in = time.monotonic() - self.started
-        except Exception as e:  # noqa: BLE001 - the message is shown on the page, the server stays up
-            self.error = str(e)
-        finally:
-            self._ready.set()
-
-    @property
-    def ready(self) -> bool:
-        """Loading has finished (well or not)."""
-        return self._ready.is_set()
-
-    @property
-    def failed(self) -> bool:
-        return self._ready.is_set() and self.lm is None
-
-    @property
-    def idle(self) -> bool:
-        """Loaded and running no request: it can be let go of without wasting work."""
-        with self._count:
-            return self._ready.is_set() and self.lm is not None and not any(self.busy)
-
-    def get(self, wait: float = 600.0):
-        if not self._ready.wait(wait):
-            raise CadenzaError("the model is still loading: try again in a moment")
-        if self.lm is None:
-            raise CadenzaError(f"the model could not be loaded: {self.error}")
-        return self.lm
-
-    def checkout(self, wait: float = 600.0):
-        """The copy with the most free rows in its batch (else the fewest requests running), with
-        its scheduler (None without batching): (copy, scheduler). Give it back with checkin()."""
-        self.get(wait)
-        with self._count:
-            if self.schedulers:
-                i = max(range(len(self.copies)), key=lambda j: self.schedulers[j].free_rows())
-            else:
-                i = min(range(len(self.copies)), key=lambda j: self.busy[j])
-            self.busy[i] += 1
-            return self.copies[i], self.schedulers[i] if self.schedulers else None
-
-    def close(self) -> None:
-        """A model let go of: its schedulers' threads end (a request still running holds its copy)."""
-        for s in self.schedulers:
-            s.close(timeout=0)
-
-    def checkin(self, lm) -> None:
-        with self._count:
-            for i, c in enumerate(self.copies):
-                if c is lm:
-                    self.busy[i] -= 1
-
-    def status(self) -> str:
-        name = Path(self.spec).name if self.spec else "bundled model"
-        if not self._ready.is_set():
-            return f"loading {name} ..."
-        if self.lm is None:
-            return f"{name} failed to load: {self.error}"
-        where = ", ".join(str(c.model.device) for c in self.copies)
-        return f"{self.lm.name} ready on {where} (loaded in {self.loaded_in:.1f}s)"
-
-    def plan(self) -> str | None:
-        plan = getattr(self.lm, "plan", None)
-        return plan.summary() if plan is not None else None
-
-
-LIVE_KEEP_S = 600.0  # a piece that ended with no page to take it is offered to the session's next page this long
-
-
-class Live:
-    """A piece being written for the page, on a thread of its own: a reload or a closed tab does not
-    stop it (only Stop, a shutdown or its own bounds do). A page follows it; a page loaded later in
-    the same session follows it from where it is (reattaches), and takes the pieces if none did."""
-
-    def __init__(self, items: Iterator, first, about: dict):
-        self.about = about  # the prompt and settings it is written with (the page restores them)
-        self.started = time.monotonic()
-        self._cond = threading.Condition()
-        self._seq, self._latest = 1, first  # updates are whole (the piece so far): the latest is enough
-        self._result: list | None = None
-        self._error: BaseException | None = None
-        self.done_at: float | None = None
-        self.taken = False
-        threading.Thread(target=self._run, args=(items,), name="cadenza-live", daemon=True).start()
-
-    def _run(self, items: Iterator) -> None:
-        try:
-            for item in items:  # bounded by the request's own limits (patches, seconds) and Stop
-                with self._cond:
-                    if isinstance(item, list):
-                        self._result = item
-                    else:
-                        self._seq, self._latest = self._seq + 1, item
-                    self._cond.notify_all()
-        except BaseException as e:  # handed to the page following it, which says it in words
-            with self._cond:
-                self._error = e
-        finally:
-            with self._cond:
-                self.done_at = time.monotonic()
-                self._cond.notify_all()
-
-    @property
-    def done(self) -> bool:
-        return self.done_at is not None
-
-    def follow(self, limit_s: float, gap_s: float = 0.0) -> Iterator:
-        """Progress as it comes (the latest when the page falls behind), at most one update every
-        `gap_s`, then the kept pieces; the writing's error is raised here. Gives up after `limit_s`
-        (the page may reload)."""
-        seen, deadline, last = 0, time.monotonic() + limit_s, 0.0
-        while time.monotonic() < deadline:
-            time.sleep(max(0.0, min(gap_s, last + gap_s - time.monotonic())))
-            with self._cond:
-                self._cond.wait_for(lambda: self._seq != seen or self.done, timeout=1.0)
-                seq, latest, done, result, error = self._seq, self._latest, self.done, self._result, self._error
-            if seq != seen:
-                seen, last = seq, time.monotonic()
-                yield latest
-            if done:
-                if error is not None:
-                    raise error
-                if result is not None:
-                    self.taken = True
-                    yield result
-                return
-
-
-@dataclass
-class Job:
-    """One piece being made (a score, an audio clip, a render), keyed by its own id: Stop and a
-    shutdown reach it through its cancel event; it ends when its record is written."""
-    id: str
-    session: str  # the session's folder id
-    kind: str  # compose | audio | render
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 class Studio:
@@ -666,12 +357,12 @@ class Studio:
             lm, scheduler = slot.checkout()
             kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
             named = Named(title, continue_abc or "", kind)
-            journal = session.journal(job.id, _journal_about(lm, request, named))
+            journal = session.journal(job.id, journal_about(lm, request, named))
             try:
                 yield from self._compose(session, lm, request, job.cancel, named, scheduler, journal)
             except Exception as e:
-                if _out_of_memory(e):
-                    raise CadenzaError(_oom_message(lm, request)) from e
+                if out_of_memory(e):
+                    raise CadenzaError(oom_message(lm, request)) from e
                 raise
             finally:
                 journal.remove()  # the pieces are kept by now (or failed with a message)
@@ -733,10 +424,10 @@ class Studio:
                 if ev.index != 0:
                     continue
                 steps, retries = max(steps, ev.patches), retries + (ev.retract > 0)
-                plan = None if asked else _planned(texts[0])
+                plan = None if asked else planned_bars(texts[0])
                 target = asked or plan
                 last = Progress(live.abc(texts[0], ev.bars), steps, bars[0], ev.elapsed, request.seed, retries,
-                                target, _eta(target, list(bars.values()), ev.bars, ev.elapsed),
+                                target, seconds_to_go(target, list(bars.values()), ev.bars, ev.elapsed),
                                 planned=plan is not None, variations=tuple(bars.values()) if len(bars) > 1 else (),
                                 stopping=cancel.is_set())
                 yield last
@@ -753,7 +444,7 @@ class Studio:
             return
         stopped = any(c.piece.stop_reason == "cancelled" for c in done)  # Stop was pressed
         # a variation stopped before its first bar was begun has no music: a header in History is clutter
-        done = [c for c in done if c.piece.stop_reason != "cancelled" or _wrote_music(c.piece, live.head)]
+        done = [c for c in done if c.piece.stop_reason != "cancelled" or wrote_music(c.piece, live.head)]
         yield from self._keep_all(session, lm, done, named, request, replace(last, abc="", eta=None, stopping=stopped))
 
     def _keep_all(self, session: Session, lm, done: list, named: "Named", request: ComposeRequest,
@@ -794,7 +485,7 @@ class Studio:
             stem = named.stem(prompt, seed + i)
             piece_id, folder = self.new_piece(session, stem)
             record = PieceRecord(
-                id=piece_id, created=_now(), kind=named.kind, title=named.title_for(prompt),
+                id=piece_id, created=now_iso(), kind=named.kind, title=named.title_for(prompt),
                 prompt={"period": period, "composer": composer, "instrumentation": instrumentation},
                 seed=seed + i, model=lm.name, bars=result.alignment.total, stop_reason=stop,
                 alignment=str(result.alignment), files={"abc": [f"{stem}.abc"]}, settings=r.settings(),
@@ -815,7 +506,7 @@ class Studio:
         with self.saving(folder):
             result = api.export(lm, comp, folder, self.config.formats, self.render_options(), stem=stem)
             record = PieceRecord(
-                id=piece_id, created=_now(), kind=named.kind,
+                id=piece_id, created=now_iso(), kind=named.kind,
                 title=named.title_for(p.prompt),
                 prompt={"period": p.prompt.period, "composer": p.prompt.composer,
                         "instrumentation": p.prompt.instrumentation},
@@ -868,8 +559,8 @@ class Studio:
                 xml = result.paths("musicxml")
                 # the bars against the metre as well as between voices, and the musical check
                 bars, found = api.check_score(xml[0]) if xml else (None, {})
-                record = PieceRecord(id=piece_id, created=_now(), kind=kind,
-                                     title=title or untitled, bars=bars.total if bars else 0, prompt=_known(prompt),
+                record = PieceRecord(id=piece_id, created=now_iso(), kind=kind,
+                                     title=title or untitled, bars=bars.total if bars else 0, prompt=known_prompt(prompt),
                                      alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
                                      errors=result.failed, warnings=notes + result.warnings, analysis=found)
@@ -894,7 +585,7 @@ class Studio:
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
                 xml = result.paths("musicxml")
                 bars, found = api.check_score(xml[0]) if xml else (None, {})
-                record = PieceRecord(id=piece_id, created=_now(), kind="uploaded",
+                record = PieceRecord(id=piece_id, created=now_iso(), kind="uploaded",
                                      title=(heading(abc_text)[0] or path.stem)[:120],
                                      bars=bars.total if bars else 0, alignment=str(bars) if bars else "",
                                      files={f: st.files for f, st in result.status.items() if st.ok},
@@ -974,7 +665,7 @@ class Studio:
             files["soundfont"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.wav")]
         warnings = ["stopped: kept the audio made so far"] if r.stop_reason == "cancelled" else []
         return PieceRecord(
-            id=piece_id, created=_now(), kind=request.kind,
+            id=piece_id, created=now_iso(), kind=request.kind,
             title=("Performance: " if performed else "") + request.prompt[:80],
             prompt={"text": request.prompt, **({"melody": r.melody} if r.melody else {})}, seed=r.settings.seed,
             model=r.model, seconds=round(r.seconds, 2), stop_reason=r.stop_reason, files=files, warnings=warnings,
@@ -1003,40 +694,3 @@ class Studio:
                    for spec, slot in list(self.audio_models.items())]
         return {"devices": devices, "models": models, "running": self.running(),
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size}
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _oom_message(lm, r: ComposeRequest) -> str:
-    """After a device ran out of memory: free what the failed request held (the model stays
-    loaded, the next request works) and say what to change."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    where = ", ".join(sorted({str(p.device) for p in lm.model.parameters()}))
-    return (f"{where} ran out of memory writing {r.variations} variation(s) of up to {r.max_patches} patches: "
-            "the model stays loaded; ask for fewer variations or a shorter piece, or place the model on more GPUs")
-
-
-def _known(prompt) -> dict:
-    """A prompt a page sent back with an edit: the three fields as short strings, or nothing."""
-    fields = ("period", "composer", "instrumentation")
-    if not isinstance(prompt, dict) or not all(isinstance(prompt.get(f), str) for f in fields):
-        return {}
-    return {f: prompt[f][:200] for f in fields}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _journal_about(lm, request: ComposeRequest, named: Named) -> dict:
-    """What a journal keeps besides the texts: enough to make each piece's record after a crash."""
-    r = request
-    prompt = Prompt(r.period, r.composer, r.instrumentation)
-    titles = "".join(re.findall(r"^[TC]:.*\n", named.source, flags=re.M))
-    return {"created": _now(), "kind": named.kind, "title": named.title_for(prompt), "seed": r.seed,
-            "prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},
-            "model": lm.name, "settings": r.settings(), "prefix": r.prefix, "titles": titles}

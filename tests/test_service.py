@@ -1,0 +1,36 @@
+"""The serving core is UI-free: engine/service runs a studio (compose, stop, render, history)
+with no Gradio loaded, as the CLI, scripts and a Ray Serve deployment would."""
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SCRIPT = r"""
+import sys, tempfile
+from pathlib import Path
+from conftest import BACH, bach, tiny_model
+from engine.settings import ServerSettings
+from engine.service.studio import Studio
+from engine.symbolic.checkpoint import save_model
+from engine.symbolic.prompts import PromptTable
+
+tmp = Path(tempfile.mkdtemp())
+model = save_model(tiny_model(seed=1), tmp / "tiny", prompts=PromptTable([BACH]))
+studio = Studio(ServerSettings(outputs=str(tmp / "out"), model=str(model), min_free_mb=0))
+studio.model(None).get()
+key = "k" * 20 + "-service"
+items = list(studio.compose(key, bach(seed=3, max_patches=24)))
+(kept,) = items[-1]
+assert kept.record.seed == 3 and kept.record.kind == "composed" and kept.abc.startswith("X:1"), kept.record
+assert [r.id for r in studio.history(key)] == [kept.record.id]
+rendered = studio.render(key, "X:1\nT:Mine\nL:1/8\nM:2/4\nK:G\nGABc|d2B2|\n")
+assert rendered.record.title == "Mine" and rendered.paths("pdf")
+print("gradio loaded:", "gradio" in sys.modules)
+"""
+
+
+def test_the_service_composes_renders_and_keeps_history_with_no_gradio_loaded():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT / "tests", capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "gradio loaded: False" in out.stdout
