@@ -33,7 +33,8 @@ from engine.service.studio import Studio  # noqa: E402
 KEY = "z" * 20 + "-security"
 PROMPT = (BACH.period, BACH.composer, BACH.instrumentation)
 NO_PROMPT = (None, None, None)  # the dropdowns: a hand-made client has no choices to pick from
-NAMED = ("prompts", "compose", "render", "upload", "history", "piece", "audio", "perform", "delete", "undelete")
+NAMED = ("prompts", "compose", "continue", "rewrite", "render", "transpose", "upload", "history", "piece", "audio", "perform",
+         "delete", "undelete")
 NOT_OFFERED = "on this server: name a model in its models folder (offered: tiny)"
 SCORE = "X:1\nT:Test\nM:4/4\nL:1/8\nK:C\nCDEF GABc|c2B2 A2G2|]\n"
 

@@ -166,6 +166,34 @@ def test_cancelling_a_request_stops_the_generation_and_keeps_the_text(server):
     assert history and history[0].stop_reason == "closed" and history[0].files["abc"]
 
 
+THREE_BARS = "X:1\nT:Walk\nL:1/8\nM:4/4\nK:C\nCDEF GABc|cBAG FEDC|E2G2 c4|]\n"
+
+
+def test_every_action_of_the_page_has_an_endpoint_named_in_words(server):
+    """/continue, /rewrite and /transpose as the page's buttons, keyword arguments named for what they are."""
+    url, studio, tmp = server
+    c = client(url, tmp, "words")
+    key = "w" * 20 + "-words"
+    style = dict(model="", period=BACH.period, composer=BACH.composer, instrumentation=BACH.instrumentation, seed=4,
+                 temperature=1.2, top_k=9, top_p=0.9, max_patches=12, variations=1)
+    info, files = c.predict(session_key=key, abc=THREE_BARS, **style, api_name="/continue")
+    (went_on,) = info["pieces"]
+    assert went_on["kind"] == "continued" and went_on["title"] == "Walk (continued)" and went_on["seed"] == 4
+    assert "CDEF GABc" in went_on["abc"].replace("\n", " ") and files
+    info, _ = c.predict(session_key=key, abc=THREE_BARS, bar=2, **style, api_name="/rewrite")
+    (rewritten,) = info["pieces"]
+    assert rewritten["kind"] == "rewritten" and "CDEF GABc" in rewritten["abc"] and "cBAG FEDC" not in rewritten["abc"]
+    info, files = c.predict(session_key=key, abc=THREE_BARS, music_key="G", api_name="/transpose")
+    (moved,) = info["pieces"]
+    assert moved["kind"] == "transposed" and moved["title"] == "Walk (in G)" and "\nK:G" in moved["abc"]
+    assert {p["id"] for p in c.predict(key, api_name="/history")["pieces"]} >= {went_on["id"], rewritten["id"], moved["id"]}
+    for call, said in ((dict(abc="", **style, api_name="/continue"), "there is no score to continue"),
+                       (dict(abc=THREE_BARS, bar=40, **style, api_name="/rewrite"), "rewrite from must be a whole number from 1 to 3"),
+                       (dict(abc=THREE_BARS, music_key=" ", api_name="/transpose"), "no key to transpose to")):
+        with pytest.raises(Exception, match=said):
+            c.predict(session_key=key, **call)
+
+
 def test_two_users_at_once_get_separate_results_and_cannot_reach_each_other(server):
     url, studio, tmp = server
     a, b = client(url, tmp, "two-a"), client(url, tmp, "two-b")

@@ -970,9 +970,9 @@ def _api_endpoints(studio: Studio, config: ServerSettings) -> None:
     components, because gr.api skips Gradio's file handling: an upload would not be checked to be
     one, and a result would hand out server paths instead of downloads."""
     _api_json(studio)
-    with gr.Row(visible=False):
+    with gr.Row(visible=False):  # each endpoint's parameters are its handler's, named in words (gradio_client)
         session = gr.Textbox(label="session_key")
-        text_in = gr.Textbox(label="text")
+        abc_in, text_in = gr.Textbox(label="abc"), gr.Textbox(label="text")
         model_in = gr.Textbox(label="model")
         p_in, c_in, i_in = gr.Textbox(label="period"), gr.Textbox(label="composer"), gr.Textbox(label="instrumentation")
         # no precision=0: Gradio would round text to an int before our checks and fail with a bare
@@ -983,32 +983,42 @@ def _api_endpoints(studio: Studio, config: ServerSettings) -> None:
         tp_in = gr.Number(label="top_p", value=SamplingSettings.top_p)
         mp_in = gr.Number(label="max_patches", value=ComposeRequest.max_patches)
         var_in = gr.Number(label="variations", value=1)
-        bars_in = gr.Number(label="bars", value=0)
-        mkey_in, meter_in = gr.Textbox(label="key", value=""), gr.Textbox(label="meter", value="")
+        bars_in, bar_in = gr.Number(label="bars", value=0), gr.Number(label="bar", value=1)
+        mkey_in, meter_in = gr.Textbox(label="music_key", value=""), gr.Textbox(label="meter", value="")
         tempo_in = gr.Number(label="tempo", value=0)
         info_out = gr.JSON(label="result")
         files_out = gr.File(label="files", file_count="multiple")
         file_in = gr.File(label="score", type="filepath")
         melody_in = gr.File(label="melody", type="filepath")
         style_in = gr.Textbox(label="style")
-        dur_in = gr.Number(label="duration", value=AudioSettings.duration)
+        dur_in = gr.Number(label="seconds", value=AudioSettings.duration)
         guid_in = gr.Number(label="guidance_scale", value=AudioSettings.guidance_scale)
         atk_in = gr.Number(label="audio_top_k", value=AudioSettings.top_k)
         atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
         atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
-        b_compose, b_render, b_piece, b_upload, b_audio, b_perform = (gr.Button(visible=False) for _ in range(6))
+        buttons = {name: gr.Button(visible=False) for name in ("compose", "continue", "rewrite", "render", "transpose",
+                                                                "piece", "upload", "audio", "perform")}
     h = _api_handlers(studio)
     out = [info_out, files_out]
-    b_audio.click(h.audio, [session, text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in,
-                            melody_in], out, api_name="audio", concurrency_id="audio", concurrency_limit=1)
-    b_perform.click(h.perform, [session, text_in, style_in, model_in, dur_in, seed_in], out, api_name="perform",
-                    concurrency_id="audio", concurrency_limit=1)
-    b_compose.click(h.compose, [session, model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in,
-                                bars_in, mkey_in, meter_in, tempo_in],
-                    out, api_name="compose", concurrency_id="model", concurrency_limit=config.compose_limit())
-    b_render.click(h.render, [session, text_in], out, api_name="render", concurrency_id="render", concurrency_limit=2)
-    b_upload.click(h.upload, [session, file_in], out, api_name="upload", concurrency_id="render", concurrency_limit=2)
-    b_piece.click(h.piece, [session, text_in], out, api_name="piece")
+    style = [model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in, bars_in, mkey_in, meter_in,
+             tempo_in]
+    writing = dict(concurrency_id="model", concurrency_limit=config.compose_limit())
+    rendering = dict(concurrency_id="render", concurrency_limit=2)
+    sounding = dict(concurrency_id="audio", concurrency_limit=1)
+    events = {  # endpoint: (handler, inputs after the session key, queue)
+        "compose": (h.compose, style, writing),
+        "continue": (h.continue_score, [abc_in] + style, writing),
+        "rewrite": (h.rewrite, [abc_in, bar_in] + style, writing),
+        "render": (h.render, [abc_in], rendering),
+        "transpose": (h.transpose, [abc_in, mkey_in], rendering),
+        "upload": (h.upload, [file_in], rendering),
+        "piece": (h.piece, [text_in], {}),
+        "audio": (h.audio, [text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in, melody_in],
+                  sounding),
+        "perform": (h.perform, [abc_in, style_in, model_in, dur_in, seed_in], sounding),
+    }
+    for name, (handler, inputs, queue) in events.items():
+        buttons[name].click(handler, [session] + inputs, out, api_name=name, **queue)
 
 
 def _api_json(studio: Studio) -> None:
@@ -1028,9 +1038,9 @@ def _api_json(studio: Studio) -> None:
         return {"pieces": [asdict(r) for r in studio.history(session_key)]}
 
     @_session(api=True)
-    def delete(session_key: str, text: str) -> dict:
+    def delete(session_key: str, piece_id: str) -> dict:
         """Removes one piece (its id, as /history gives it) from the session."""
-        n, freed = studio.delete(session_key, [text])
+        n, freed = studio.delete(session_key, [piece_id])
         return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(session_key)}
 
     @_session(api=True)
@@ -1049,11 +1059,9 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
     def files(outcomes: list[Outcome]) -> tuple[dict, list[str]]:
         return _result(outcomes), [_servable(p) for o in outcomes for p in o.downloads()]
 
-    @_session(api=True)
-    def compose(k, spec, p, c, i, sd, temp, tk, tp, mp, var, bars=0, mkey="", meter="", tempo=0):
-        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, bars=bars, music_key=mkey, meter=meter,
-                                   tempo=tempo)
-        for item in studio.compose(k, request, model=spec or None):
+    def written(session_key, model, request, **score) -> Iterator[tuple]:
+        """A piece streamed as it is written: waiting, writing (with its ABC so far), rendering, done."""
+        for item in studio.compose(session_key, request, model=model or None, **score):
             if isinstance(item, Progress) and item.waiting is not None:
                 yield {"status": "waiting", "seed": item.seed, "position": item.waiting,
                        "reason": item.waiting_reason}, None
@@ -1066,22 +1074,54 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
             else:
                 yield files(item)
 
-    @_session(api=True)
-    def render(k, text):
-        return files([studio.render(k, text)])
+    def request(period, composer, instrumentation, seed, temperature, top_k, top_p, max_patches, variations, bars,
+                music_key, meter, tempo) -> ComposeRequest:
+        return _compose_request(period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
+                                variations, bars=bars, music_key=music_key, meter=meter, tempo=tempo)
 
     @_session(api=True)
-    def upload(k, path):
-        if not path:
+    def compose(session_key, model, period, composer, instrumentation, seed, temperature, top_k, top_p, max_patches,
+                variations, bars=0, music_key="", meter="", tempo=0):
+        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
+                                                       top_p, max_patches, variations, bars, music_key, meter, tempo))
+
+    @_session(api=True)
+    def continue_score(session_key, abc, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
+                       max_patches, variations, bars=0, music_key="", meter="", tempo=0):
+        """The score goes on in the style given (bars: how many bars the whole piece should have)."""
+        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
+                                                       top_p, max_patches, variations, bars, music_key, meter, tempo),
+                           continue_abc=_score_text(abc, "continue"), title=_title_of(abc))
+
+    @_session(api=True)
+    def rewrite(session_key, abc, bar, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
+                max_patches, variations, bars=0, music_key="", meter="", tempo=0):
+        """The bars before `bar` kept (numbered as printed: a pickup is bar 0), the rest written anew."""
+        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
+                                                       top_p, max_patches, variations, bars, music_key, meter, tempo),
+                           continue_abc=_score_text(abc, "rewrite"), rewrite_from=page_number(bar), title=_title_of(abc))
+
+    @_session(api=True)
+    def render(session_key, abc):
+        return files([studio.render(session_key, abc)])
+
+    @_session(api=True)
+    def transpose(session_key, abc, music_key):
+        """The score in another key, kept as a new piece ("... (in G)")."""
+        return files([studio.transpose(session_key, _score_text(abc, "transpose"), _key_text(music_key))])
+
+    @_session(api=True)
+    def upload(session_key, file):
+        if not file:
             raise SettingsError("no file: expected an .abc, .musicxml, .xml or .mxl score")
-        return files([studio.upload(k, path)])
+        return files([studio.upload(session_key, file)])
 
     @_session(api=True)
-    def piece(k, pid):
-        return files([studio.outcome(k, pid)])
+    def piece(session_key, piece_id):
+        return files([studio.outcome(session_key, piece_id)])
 
-    def audio_stream(k, spec, request):
-        for item in studio.audio(k, request, model=spec or None):
+    def audio_stream(session_key, model, request):
+        for item in studio.audio(session_key, request, model=model or None):
             if isinstance(item, AudioProgress):
                 yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
                        "elapsed": round(item.elapsed, 2)}, None
@@ -1089,14 +1129,33 @@ def _api_handlers(studio: Studio) -> SimpleNamespace:
                 yield files(item)
 
     @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
-    def audio(k, prompt, spec, dur, sd, guidance, tk, tp, temp, var, melody):
-        yield from audio_stream(k, spec, _audio_request(prompt, dur, sd, guidance, tk, tp, temp, var, melody=melody))
+    def audio(session_key, prompt, model, seconds, seed, guidance_scale, top_k, top_p, temperature, variations, melody):
+        yield from audio_stream(session_key, model, _audio_request(prompt, seconds, seed, guidance_scale, top_k, top_p,
+                                                                   temperature, variations, melody=melody))
 
     @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
-    def perform(k, abc_text, style_text, spec, dur, sd):
-        yield from audio_stream(k, spec, _audio_request(style_text, dur, sd, score=abc_text or ""))
+    def perform(session_key, abc, style, model, seconds, seed):
+        yield from audio_stream(session_key, model, _audio_request(style, seconds, seed, score=abc or ""))
 
-    return SimpleNamespace(compose=compose, render=render, upload=upload, piece=piece, audio=audio, perform=perform)
+    return SimpleNamespace(compose=compose, continue_score=continue_score, rewrite=rewrite, render=render,
+                           transpose=transpose, upload=upload, piece=piece, audio=audio, perform=perform)
+
+
+def _score_text(abc, what: str) -> str:
+    if not isinstance(abc, str) or not abc.strip():
+        raise SettingsError(f"there is no score to {what}: expected ABC text (X:, a header, K: and some bars)")
+    return abc
+
+
+def _key_text(music_key) -> str:
+    if not isinstance(music_key, str) or not music_key.strip():
+        raise SettingsError("no key to transpose to: expected a key such as G, Bb or F#m")
+    return music_key.strip()
+
+
+def _title_of(abc) -> str | None:
+    """A continued or rewritten score keeps its own title (its T: line), with "(continued)"."""
+    return heading(abc)[0] if isinstance(abc, str) else None
 
 
 def _result(outcomes: list[Outcome]) -> dict:
