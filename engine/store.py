@@ -46,7 +46,7 @@ class PieceRecord:
     model: str = ""
     bars: int = 0
     seconds: float = 0.0
-    stop_reason: str = ""
+    stop_reason: str = ""  # a StopReason's value (engine.stops); "" for renders and uploads
     alignment: str = ""  # "12/12 bars aligned"
     files: dict[str, list[str]] = field(default_factory=dict)  # format -> file names in the folder
     errors: dict[str, str] = field(default_factory=dict)  # format -> why it failed

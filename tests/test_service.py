@@ -34,3 +34,14 @@ def test_the_service_composes_renders_and_keeps_history_with_no_gradio_loaded():
                          env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "gradio loaded: False" in out.stdout
+
+
+def test_every_stop_reason_is_said_in_words_and_a_record_keeps_its_value():
+    import json
+
+    from engine.stops import StopReason
+    from webui.views import STOPS
+
+    assert set(StopReason) - set(STOPS) == {StopReason.EOS, StopReason.DONE}  # the ends that need no word
+    assert json.loads(json.dumps({"stop_reason": StopReason.CANCELLED})) == {"stop_reason": "cancelled"}
+    assert StopReason("max_patches") is StopReason.MAX_PATCHES  # read back from a record

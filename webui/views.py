@@ -8,6 +8,7 @@ import re
 from engine.api import analysis_lines
 from engine.store import PieceRecord
 from engine.service.policy import public
+from engine.stops import StopReason
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "bars", "fits the metre", "model"]
 HISTORY_WIDTHS = ["150px", "320px", "100px", "110px", "60px", "120px", "160px"]
@@ -50,15 +51,16 @@ def summary(r: PieceRecord) -> str:
         parts.append(f"{r.bars} bars")
     if r.alignment:
         parts.append(html.escape(r.alignment.replace("aligned", "fit the metre and each other")))
-    if r.stop_reason and r.stop_reason != "eos":
+    if r.stop_reason and r.stop_reason != StopReason.EOS:
         parts.append(f"stopped: {html.escape(STOPS.get(r.stop_reason, r.stop_reason))}")
     return " · ".join(parts)
 
 
-STOPS = {"cancelled": "you pressed Stop", "closed": "the page was closed", "shutdown": "the server shut down",
-         "max_patches": "the longest text allowed was reached", "max_chars": "the longest text allowed was reached",
-         "max_seconds": "the time allowed ran out", "context": "the model's context was full",
-         "interrupted": "the server stopped while it was written (a crash or a kill)"}
+STOPS = {StopReason.CANCELLED: "you pressed Stop", StopReason.CLOSED: "the page was closed",
+         StopReason.SHUTDOWN: "the server shut down", StopReason.MAX_PATCHES: "the longest text allowed was reached",
+         StopReason.MAX_CHARS: "the longest text allowed was reached", StopReason.MAX_SECONDS: "the time allowed ran out",
+         StopReason.CONTEXT: "the model's context was full",
+         StopReason.INTERRUPTED: "the server stopped while it was written (a crash or a kill)"}
 
 
 def seed_line(r: PieceRecord) -> str:

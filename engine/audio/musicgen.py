@@ -29,6 +29,7 @@ import torch
 
 from engine.checks import check_seed, draw_seed, real, whole, with_checked
 from engine.errors import CheckpointError, SettingsError
+from engine.stops import StopReason
 
 DEFAULT_MODEL = "facebook/musicgen-small"
 DEFAULT_MELODY_MODEL = "facebook/musicgen-melody"
@@ -127,7 +128,7 @@ class AudioResult:
     settings: AudioSettings
     model: str
     seconds: float  # compute time, all stages
-    stop_reason: str  # done | cancelled
+    stop_reason: StopReason  # DONE or CANCELLED (engine.stops)
     loudness_lufs: list[float] = field(default_factory=list)  # after normalisation, per variation
     windows: int = 1
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
@@ -332,8 +333,8 @@ def generate_codes(am: AudioModel, prompt: str, s: AudioSettings, melody: np.nda
         done = stepper.done
         codes = made if codes is None else torch.cat([codes, made[..., p:]], dim=-1)
         if cancelled:
-            return codes, "cancelled", i + 1
-    return codes, "done", len(plan)
+            return codes, StopReason.CANCELLED, i + 1
+    return codes, StopReason.DONE, len(plan)
 
 
 def decode(am: AudioModel, codes: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from engine.service.pieces import (LiveText, Named, Outcome, Progress, journal_a
 from engine.service.models import (MAX_AUDIO_MODELS, MAX_FAILED, MAX_MODELS, RETRY_FAILED_S, ModelSlot, oom_message,
                                    out_of_memory)
 from engine.service.jobs import LIVE_KEEP_S, Job, Live
+from engine.stops import StopReason
 
 log = logging.getLogger("cadenza.studio")
 TOTAL_EVERY_S = 10.0  # the outputs folder's total size is walked again after this long (the server-wide cap)
@@ -319,7 +320,7 @@ class Studio:
             record = PieceRecord(
                 id=piece_id, created=about["created"], kind=about["kind"], title=about["title"],
                 prompt=about["prompt"], seed=seed, model=about["model"], bars=result.alignment.total,
-                stop_reason="interrupted", alignment=str(result.alignment), files={"abc": [f"{stem}.abc"]},
+                stop_reason=StopReason.INTERRUPTED, alignment=str(result.alignment), files={"abc": [f"{stem}.abc"]},
                 settings=about["settings"], analysis=api.analyse(result.abc),
                 warnings=["the server stopped while this piece was being written (a crash or a kill): it was kept "
                           "as written a few seconds before, not rendered (open it and press Render)"])
@@ -438,13 +439,13 @@ class Studio:
             cancel.set()  # a closed iterator (tab closed, request cancelled) stops the batch
             stream.close()
             if closed:  # nobody is listening any more: keep the text written so far, quickly
-                self._keep_unfinished(session, lm, named, request, texts, done, "closed")
+                self._keep_unfinished(session, lm, named, request, texts, done, StopReason.CLOSED)
         if self.closing.is_set():  # shutting down: keep the text now, no time to render
-            yield self._keep_unfinished(session, lm, named, request, texts, done, "shutdown")
+            yield self._keep_unfinished(session, lm, named, request, texts, done, StopReason.SHUTDOWN)
             return
-        stopped = any(c.piece.stop_reason == "cancelled" for c in done)  # Stop was pressed
+        stopped = any(c.piece.stop_reason == StopReason.CANCELLED for c in done)  # Stop was pressed
         # a variation stopped before its first bar was begun has no music: a header in History is clutter
-        done = [c for c in done if c.piece.stop_reason != "cancelled" or wrote_music(c.piece, live.head)]
+        done = [c for c in done if c.piece.stop_reason != StopReason.CANCELLED or wrote_music(c.piece, live.head)]
         yield from self._keep_all(session, lm, done, named, request, replace(last, abc="", eta=None, stopping=stopped))
 
     def _keep_all(self, session: Session, lm, done: list, named: "Named", request: ComposeRequest,
@@ -466,22 +467,22 @@ class Studio:
         yield [kept[c.piece.index] for c in ordered]
 
     def _keep_unfinished(self, session: Session, lm, named: "Named", request: ComposeRequest, texts: dict[int, str],
-                         done: list, reason: str) -> list[Outcome]:
+                         done: list, reason: StopReason) -> list[Outcome]:
         """Each variation's text as written so far, as ABC with a record saying why it stopped, not
         rendered (quick: the page is gone, or the server is going down)."""
         r, seed = request, request.seed
         period, composer, instrumentation = r.period, r.composer, r.instrumentation
         prompt = Prompt(period, composer, instrumentation)
         finished = {c.piece.index: c for c in done}
-        why = {"closed": "the page was closed or the request cancelled",
-               "shutdown": "the server was shut down"}[reason]
+        why = {StopReason.CLOSED: "the page was closed or the request cancelled",
+               StopReason.SHUTDOWN: "the server was shut down"}[reason]
         kept = []
         for i in sorted(set(texts) | set(finished)):  # variations that ended are kept too, as ABC
             c = finished.get(i)
             if c is None and not texts.get(i):
                 continue
             result = c.abc if c is not None else to_abc("".join(prompt.lines()) + r.prefix + texts[i])
-            stop = reason if c is None or c.piece.stop_reason == "cancelled" else c.piece.stop_reason
+            stop = reason if c is None or c.piece.stop_reason == StopReason.CANCELLED else c.piece.stop_reason
             stem = named.stem(prompt, seed + i)
             piece_id, folder = self.new_piece(session, stem)
             record = PieceRecord(
@@ -663,7 +664,7 @@ class Studio:
         if performed:
             files["abc"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.abc")]
             files["soundfont"] = [p.name for p in out.manifest.parent.glob("performance-soundfont.wav")]
-        warnings = ["stopped: kept the audio made so far"] if r.stop_reason == "cancelled" else []
+        warnings = ["stopped: kept the audio made so far"] if r.stop_reason == StopReason.CANCELLED else []
         return PieceRecord(
             id=piece_id, created=now_iso(), kind=request.kind,
             title=("Performance: " if performed else "") + request.prompt[:80],

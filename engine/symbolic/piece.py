@@ -22,6 +22,7 @@ from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, t
 from engine.symbolic.sampling import SamplingSettings
 from engine.symbolic import search
 from engine.symbolic.search import MAX_CANDIDATES
+from engine.stops import StopReason
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
 _UIDS = itertools.count()  # a piece's name in a backend's caches, unique in the process (index is per request)
@@ -110,7 +111,7 @@ class Piece:
     seed: int
     sampling: SamplingSettings
     text: str  # everything in the model's format: prompt lines, metadata, tune body
-    stop_reason: str  # eos | max_patches | max_seconds | max_chars | cancelled | context
+    stop_reason: StopReason  # why it ended (engine.stops)
     patches: int
     chars: int
     bars: int
@@ -120,7 +121,7 @@ class Piece:
 
     @property
     def complete(self) -> bool:
-        return self.stop_reason == "eos"
+        return self.stop_reason == StopReason.EOS
 
     @property
     def cut_short(self) -> bool:
@@ -153,7 +154,7 @@ class PieceState:
         self.patches = self.bars = self.resets = self.rewritten = 0
         self.epoch = 0  # bumped whenever the context is rebuilt, so caches know to prefill
         self.restores = 0  # lines replaced by an earlier attempt (their patches are not in the cache)
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         meta, body = split_tunebody(self.text)
         self.in_tunebody = bool(body)
         self.lines_before = sum(ln.endswith("\n") for ln in body)  # complete tune-body lines of the prefix
@@ -232,13 +233,13 @@ class PieceState:
     def check_bounds(self) -> None:
         req = self.req
         if req.cancel is not None and req.cancel.is_set():
-            self.stop_reason = "cancelled"
+            self.stop_reason = StopReason.CANCELLED
         elif self.patches >= req.max_patches:
-            self.stop_reason = "max_patches"
+            self.stop_reason = StopReason.MAX_PATCHES
         elif self.elapsed >= req.max_seconds:
-            self.stop_reason = "max_seconds"
+            self.stop_reason = StopReason.MAX_SECONDS
         elif self.chars >= req.max_chars:
-            self.stop_reason = "max_chars"
+            self.stop_reason = StopReason.MAX_CHARS
 
     def accept(self, ids: list[int]) -> PatchEvent | None:
         """ids: the 16 ids of the next patch, the context's partial tail included."""
@@ -259,7 +260,7 @@ class PieceState:
                 if back.verdict is not Verdict.KEEP:  # the last bar is written again
                     return PatchEvent(self.index, "", self.patches, self.chars, self.bars, self.elapsed, list(ids),
                                       retract=back.chars)
-            self.stop_reason = "eos"
+            self.stop_reason = StopReason.EOS
             return None
         text = patch_text(new)
         if self.in_tunebody and self.header_open:
@@ -369,11 +370,11 @@ class PieceState:
                 self.resets += 1
                 return
             keep //= 2
-        self.stop_reason = "context"  # one line (or the metadata) alone fills the context
+        self.stop_reason = StopReason.CONTEXT  # one line (or the metadata) alone fills the context
 
     def result(self) -> Piece:
         r = self.req
-        return Piece(self.index, r.prompt, r.seed, r.sampling, self.text, self.stop_reason or "eos",
+        return Piece(self.index, r.prompt, r.seed, r.sampling, self.text, self.stop_reason or StopReason.EOS,
                      self.patches, self.chars, self.bars, self.elapsed, self.resets, self.rewritten)
 
 

@@ -33,6 +33,7 @@ from engine.symbolic.backend import FastBackend
 from engine.symbolic.generate import step
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.piece import PatchEvent, Piece, PieceRequest, PieceState, context_problem
+from engine.stops import StopReason
 
 log = logging.getLogger("cadenza.scheduler")
 
@@ -336,7 +337,7 @@ class Scheduler:
                 used += search.width(s.req.search)
         for p in [p for p in self._paused if p.job.cancelled]:  # stopped while paused: ends now, text kept
             self._paused.remove(p)
-            p.state.stop_reason = "cancelled"
+            p.state.stop_reason = StopReason.CANCELLED
             p.job._put(p.state.result())
         cancelled = [w for w in self._waiting if w[0].cancelled]
         if cancelled:
@@ -419,7 +420,7 @@ class Scheduler:
             job._fail(f"this piece could not start ({type(e).__name__}: {str(e)[:200]})")
             return None
         if job.cancelled:
-            s.stop_reason = "cancelled"
+            s.stop_reason = StopReason.CANCELLED
         if s.stop_reason is not None:
             job._put(s.result())
             return None
@@ -448,7 +449,7 @@ class Scheduler:
         """Ends every piece in the line (lock held): paused ones with the text they have, new ones
         with the message."""
         for p in self._paused:
-            p.state.stop_reason = "cancelled"
+            p.state.stop_reason = StopReason.CANCELLED
             p.job._put(p.state.result())
         self._paused.clear()
         for job in {j for j, _ in self._waiting}:
