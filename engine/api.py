@@ -102,7 +102,7 @@ class Composition:
             "seed": p.seed,
             "sampling": {"top_k": p.sampling.top_k, "top_p": p.sampling.top_p, "temperature": p.sampling.temperature},
             "controls": self.controls.to_dict(),
-            "model": {"name": lm.name, "checksum": lm.checksum(), "config": lm.model.config.to_dict()},
+            "model": lm.about(),
             "generation": {"stop_reason": p.stop_reason, "complete": p.complete, "patches": p.patches, "chars": p.chars,
                            "bars": p.bars, "seconds": round(p.elapsed, 3), "context_resets": p.context_resets},
             "bar_alignment": {"aligned": self.abc.alignment.aligned, "total": self.abc.alignment.total,

@@ -84,6 +84,13 @@ class ServerSettings:
                                "or folder")
     melody_model: str = setting("facebook/musicgen-melody", "MusicGen melody model for melodies and 'Perform with "
                                 "MusicGen'")
+    # --- beyond one machine (engine/service/remote.py) ---
+    ray: str = setting("", "serve the models as Ray Serve replicas: --ray starts a local Ray, --ray ADDRESS joins a "
+                       "cluster (ray start --head ...); off by default: the models run in this process",
+                       nargs="?", const="local", metavar="ADDRESS")
+    replicas: int = setting(1, "Ray Serve replicas of each model (one copy and its batch each)", parse=_whole)
+    replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
+    replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
     # --- batching and the waiting line ---
     concurrency: int = setting(1, "compose requests handed to the model at once (raised to at least max batch + "
                                "queue size: the model batches them)", parse=_whole)
@@ -157,6 +164,9 @@ class ServerSettings:
             raise SettingsError(f"max batch must be from 1 to 1024 and max wait from 1 to 3600 s, got "
                                 f"{self.max_batch} and {self.max_wait_s:g}")
         resolve_decode(self.decode, torch.device("cpu"))  # raises with the choices
+        if not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256 or not 0 <= self.replica_gpus <= 16:
+            raise SettingsError(f"replicas must be from 1 to 256, CPUs per replica above 0 and at most 256, GPUs per "
+                                f"replica from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {self.replica_gpus:g}")
         if self.placement not in PLACEMENTS:
             raise SettingsError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         for what, cap in (("session rows", self.session_rows), ("session waiting", self.session_waiting)):

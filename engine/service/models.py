@@ -101,6 +101,11 @@ class ModelSlot:
         for s in self.schedulers:
             s.close(timeout=0)
 
+    def compose_stream(self, lm, request: ComposeRequest, cancel, scheduler, owner: str):
+        """The request written by this copy (api.compose_stream): a model served elsewhere
+        (engine.service.remote) streams the same events."""
+        return api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=owner)
+
     def checkin(self, lm) -> None:
         with self._count:
             for i, c in enumerate(self.copies):
@@ -113,7 +118,7 @@ class ModelSlot:
             return f"loading {name} ..."
         if self.lm is None:
             return f"{name} failed to load: {self.error}"
-        where = ", ".join(str(c.model.device) for c in self.copies)
+        where = ", ".join(", ".join(c.devices()) for c in self.copies)
         return f"{self.lm.name} ready on {where} (loaded in {self.loaded_in:.1f}s)"
 
     def plan(self) -> str | None:
@@ -131,6 +136,6 @@ def oom_message(lm, r: ComposeRequest) -> str:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    where = ", ".join(sorted({str(p.device) for p in lm.model.parameters()}))
+    where = ", ".join(lm.devices())
     return (f"{where} ran out of memory writing {r.variations} variation(s) of up to {r.max_patches} patches: "
             "the model stays loaded; ask for fewer variations or a shorter piece, or place the model on more GPUs")

@@ -34,6 +34,7 @@ from engine.service.pieces import (LiveText, Named, Outcome, Progress, journal_a
 from engine.service.models import (MAX_AUDIO_MODELS, MAX_FAILED, MAX_MODELS, RETRY_FAILED_S, ModelSlot, oom_message,
                                    out_of_memory)
 from engine.service.jobs import LIVE_KEEP_S, Job, Live
+from engine.service.remote import RayCluster, RemoteSlot
 from engine.stops import StopReason
 
 log = logging.getLogger("cadenza.studio")
@@ -61,6 +62,13 @@ class Studio:
         self._jobs: dict[str, Job] = {}  # job id -> the piece being made
         self._live: dict[str, Live] = {}  # session id -> the piece its page is writing (see write)
         self.closing = threading.Event()  # set on shutdown: no new work, running work stops and is kept
+        # --ray: the models run as Ray Serve replicas. Connected here, on the thread that made the
+        # studio: a local Ray's processes die with the thread that started them (PR_SET_PDEATHSIG),
+        # and a model loader's thread ends once the model is up.
+        self.cluster = (RayCluster(config.ray, config.replicas, config.replica_gpus, config.replica_cpus)
+                        if config.ray else None)
+        if self.cluster is not None:
+            self.cluster.connect()
         recovered = self._recover()
         if recovered:
             log.warning("kept %d piece(s) that an earlier run was writing when it stopped", recovered)
@@ -76,6 +84,10 @@ class Studio:
         key = str(Path(path).resolve()) if path else ""  # one slot per model, however it is spelt
         c = self.config
         batching = (c.max_batch, c.max_wait_s, c.decode, api.Sharing(c.session_rows, c.session_waiting))
+        if self.cluster is not None:  # replicas on Ray Serve, each a copy of the model and its batch
+            placement = self._placement(max(c.max_batch, c.max_variations))
+            return self._slot(self.models, key, MAX_MODELS,
+                              lambda: RemoteSlot(path, c.device, self.cluster, placement, batching))
         return self._slot(self.models, key, MAX_MODELS,
                           lambda: ModelSlot(path, self.config.device, self._load_placed, batching))
 
@@ -258,6 +270,8 @@ class Studio:
         while self.running() and time.monotonic() < deadline:  # bounded by the grace period
             time.sleep(0.1)
         left = self.running()
+        if self.cluster is not None:
+            self.cluster.close()
         return {"stopped": len(jobs), "unfinished": left, "workers_killed": stop_workers()}
 
     def rename(self, key: str, piece_id: str, title: str) -> PieceRecord:
@@ -360,7 +374,7 @@ class Studio:
             named = Named(title, continue_abc or "", kind)
             journal = session.journal(job.id, journal_about(lm, request, named))
             try:
-                yield from self._compose(session, lm, request, job.cancel, named, scheduler, journal)
+                yield from self._compose(session, slot, lm, request, job.cancel, named, scheduler, journal)
             except Exception as e:
                 if out_of_memory(e):
                     raise CadenzaError(oom_message(lm, request)) from e
@@ -394,7 +408,7 @@ class Studio:
                 del self._live[k]
             return self._live.get(sid)
 
-    def _compose(self, session: Session, lm, request: ComposeRequest, cancel: threading.Event,
+    def _compose(self, session: Session, slot: ModelSlot, lm, request: ComposeRequest, cancel: threading.Event,
                  named: "Named", scheduler=None, journal=None) -> Iterator[Progress | list[Outcome]]:
         texts: dict[int, str] = {}
         done: list[api.Composition] = []
@@ -403,7 +417,7 @@ class Studio:
         steps, retries, asked = 0, 0, r.controls.bars
         before = r.prefix.count("[r:")  # a continued score's own bars: the progress counts from them
         bars: dict[int, int] = {i: before for i in range(r.variations)}  # every variation's bars so far
-        stream = api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=session.id)
+        stream = slot.compose_stream(lm, request, cancel, scheduler, session.id)
         closed = False
         # started: from now on the page shows the new piece (a continued score as it stands; a new
         # piece's header), not the one open before, whose first patch may be seconds away

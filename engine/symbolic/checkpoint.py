@@ -54,6 +54,13 @@ class LoadedModel:
             self._checksum = file_checksum(self.source / WEIGHTS_FILE if self.source.is_dir() else self.source)
         return self._checksum
 
+    def about(self) -> dict:
+        """What a piece's manifest says of the model that wrote it."""
+        return {"name": self.name, "checksum": self.checksum(), "config": self.model.config.to_dict()}
+
+    def devices(self) -> list[str]:
+        return sorted({str(p.device) for p in self.model.parameters()})
+
 
 def infer_config(state: dict[str, torch.Tensor]) -> NotaGenConfig:
     """Reads every size from the tensors' shapes: nothing else describes a NotaGen checkpoint."""

@@ -1,0 +1,256 @@
+"""Models served by Ray Serve, behind the same slot as a model loaded in this process.
+
+With `--ray` the studio stays one process in front (the page, sessions, storage, rendering) and
+each model runs as a Ray Serve application of `SymbolicEngine` replicas: one copy of the model and
+its batching scheduler per replica, on this machine (`--ray`, a local Ray started here) or on a
+cluster (`--ray ADDRESS`). A piece streams back patch by patch, exactly as in-process. Stop and a
+closed page cancel the remote request (its rows stop within a patch, the replica's other pieces go
+on), and the pieces are kept from the text already streamed. Ray is imported only when asked for."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from engine import api
+from engine.errors import CadenzaError
+from engine.service.models import ModelSlot
+from engine.stops import StopReason
+from engine.symbolic.generate import PatchEvent, Piece
+from engine.symbolic.postprocess import to_abc
+from engine.symbolic.prompts import PromptTable, known_prompt
+
+log = logging.getLogger("cadenza.remote")
+ROOT = Path(__file__).resolve().parents[2]
+CONNECT_S = 120.0  # joining a cluster, or starting a local Ray, at most
+STOP_POLL_S = 0.1  # how often a streaming request looks at its Stop while no patch comes
+
+
+@dataclass
+class RemoteModel:
+    """What the front needs of a model served by replicas: its prompts and rules (to shape a
+    request and the pieces kept after Stop), and what a manifest and the System page say of it."""
+    name: str
+    prompts: PromptTable | None
+    card: dict  # LoadedModel.about(): name, checksum, config
+    where: list[str]  # the replica's devices
+    plan: str | None = None  # the placement plan's summary
+    warnings: list[str] = field(default_factory=list)
+
+    def about(self) -> dict:
+        return self.card
+
+    def devices(self) -> list[str]:
+        return self.where
+
+
+class SymbolicEngine:
+    """A Ray Serve replica: one copy of a NotaGen-style model and its batching scheduler; every
+    request that reaches this replica joins its batch (engine.symbolic.scheduler)."""
+
+    def __init__(self, spec: str | None, placement: api.PlacementOptions, batching: tuple, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, threads))  # the CPUs Ray gave this replica, not the machine's
+        loaded = api.load_placed(spec, placement)
+        self.lm = loaded[0] if isinstance(loaded, list) else loaded
+        rows, wait, decode, sharing = batching
+        self.scheduler = api.Scheduler(self.lm.model, max_batch=rows, max_wait_s=wait, name=f"{self.lm.name}-replica",
+                                       backend=functools.partial(api.FastBackend, decode=decode), sharing=sharing)
+
+    def describe(self) -> RemoteModel:
+        plan = getattr(self.lm, "plan", None)
+        return RemoteModel(self.lm.name, self.lm.prompts, self.lm.about(), self.lm.devices(),
+                           plan.summary() if plan is not None else None, list(self.lm.warnings))
+
+    def status(self) -> dict:
+        return self.scheduler.status() | {"pid": os.getpid()}
+
+    async def write(self, request: api.ComposeRequest, owner: str):
+        """The request's events as api.compose_stream gives them. The model runs on a thread of
+        its own; a cancelled request (Stop, a closed page) stops its rows within a patch."""
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        end = object()
+
+        def run() -> None:
+            try:  # bounded by the request's patches and seconds, and by cancel
+                for ev in api.compose_stream(self.lm, request, cancel, scheduler=self.scheduler, owner=owner):
+                    loop.call_soon_threadsafe(events.put_nowait, ev)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, who says it in words
+                loop.call_soon_threadsafe(events.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(events.put_nowait, end)
+
+        threading.Thread(target=run, name="cadenza-replica-piece", daemon=True).start()
+        try:
+            while True:
+                item = await events.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+
+
+class RayCluster:
+    """The studio's connection to Ray: a local Ray started here, or a cluster joined."""
+
+    def __init__(self, address: str, replicas: int, gpus_per_replica: float, cpus_per_replica: float):
+        self.address, self.replicas = address, replicas
+        self.gpus, self.cpus = gpus_per_replica, cpus_per_replica
+        self._lock = threading.Lock()
+        self._started = False
+        self._apps: list[str] = []  # the Serve applications deployed from here
+
+    def connect(self) -> None:
+        import ray
+
+        with self._lock:
+            if ray.is_initialized():
+                return
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}}
+            try:
+                if self.address == "local":
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=env,
+                             object_store_memory=200 * 2**20)
+                    self._started = True
+                else:
+                    ray.init(address=self.address, log_to_driver=False, runtime_env=env)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise CadenzaError(f"could not join the Ray cluster at {self.address!r}: {e}. Start one with "
+                                   "`ray start --head` (see the README), or pass --ray alone for a local one") from e
+            from ray import serve
+
+            # the studio calls its replicas through handles: no Serve HTTP proxy (no port of its own to guard)
+            serve.start(proxy_location="Disabled")
+
+    def deploy(self, spec: str | None, placement: api.PlacementOptions, batching: tuple):
+        """A Serve application of SymbolicEngine replicas for one model -> (handle, app name)."""
+        from ray import serve
+
+        self.connect()
+        with self._lock:
+            name = f"cadenza-model-{len(self._apps) + 1}"
+            self._apps.append(name)
+        rows = batching[0]
+        engine = serve.deployment(SymbolicEngine, name="SymbolicEngine", num_replicas=self.replicas,
+                                  max_ongoing_requests=max(8, rows * 2),
+                                  ray_actor_options={"num_cpus": self.cpus, "num_gpus": self.gpus})
+        threads = max(1, int(self.cpus))
+        handle = serve.run(engine.bind(spec, placement, batching, threads), name=name, route_prefix=None)
+        return handle, name
+
+    def delete(self, name: str) -> None:
+        from ray import serve
+
+        try:
+            serve.delete(name, _blocking=False)
+        except Exception as e:  # noqa: BLE001 - letting go of a model must not take the server down
+            log.warning("could not delete the Serve application %s: %s", name, e)
+
+    def close(self) -> None:
+        """The applications deployed from here go; a Ray started here is stopped, a cluster joined
+        stays up for its other users."""
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            return
+        try:
+            if self._started:
+                serve.shutdown()
+            else:
+                for name in self._apps:
+                    self.delete(name)
+        finally:
+            ray.shutdown()  # joined: this process leaves the cluster
+
+
+class RemoteSlot(ModelSlot):
+    """A model served by SymbolicEngine replicas, lent like a local one: checkout gives the
+    model's description (no weights here), compose_stream streams from a replica."""
+
+    def __init__(self, spec: str | None, device: str, cluster: RayCluster, placement: api.PlacementOptions,
+                 batching: tuple):
+        super().__init__(spec, device, loader=self._deploy)
+        self.cluster, self.placement, self.batching_remote = cluster, placement, batching
+        self.handle = self.app = None
+
+    def _deploy(self, spec, device):
+        self.handle, self.app = self.cluster.deploy(spec, self.placement, self.batching_remote)
+        return self.handle.describe.remote().result(timeout_s=CONNECT_S)
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.cluster.delete(self.app)
+
+    def status(self) -> str:
+        text = super().status()
+        return text.replace(" ready on ", f" ready on {self.cluster.replicas} Ray Serve replica(s), ", 1) \
+            if self.lm is not None else text
+
+    def plan(self) -> str | None:
+        return self.lm.plan if self.lm is not None else None
+
+    def compose_stream(self, lm: RemoteModel, request: api.ComposeRequest, cancel: threading.Event, scheduler,
+                       owner: str) -> Iterator:
+        """api.compose_stream's events from a replica. On Stop the remote request is cancelled and
+        the pieces still being written are kept from the text streamed so far, as in-process."""
+        from ray.serve.exceptions import RequestCancelledError
+
+        request = request.seeded()
+        response = self.handle.options(stream=True).write.remote(request, owner)
+        texts: dict[int, str] = {}
+        last: dict[int, PatchEvent] = {}
+        finished: set[int] = set()
+        over = threading.Event()
+        threading.Thread(target=_cancel_when, args=(cancel, over, response), name="cadenza-remote-stop",
+                         daemon=True).start()
+        try:
+            for ev in response:  # bounded by the request's own limits; Stop cancels it
+                if isinstance(ev, api.Composition):
+                    finished.add(ev.piece.index)
+                elif isinstance(ev, PatchEvent):
+                    t = texts.get(ev.index, "")
+                    texts[ev.index] = t[: len(t) - ev.retract] + ev.text
+                    last[ev.index] = ev
+                yield ev
+        except RequestCancelledError:
+            if not cancel.is_set():
+                raise CadenzaError("the model's replica cancelled the piece") from None
+        finally:
+            over.set()  # a closed iterator (a closed page) cancels the remote request too
+            response.cancel()
+        if cancel.is_set():
+            for i in range(request.variations):
+                if i not in finished:
+                    yield _cut_short(lm, request, i, texts.get(i, ""), last.get(i))
+
+
+def _cancel_when(cancel: threading.Event, over: threading.Event, response) -> None:
+    while not over.is_set():  # bounded by the stream: `over` is set when it ends
+        if cancel.wait(STOP_POLL_S):
+            response.cancel()
+            return
+
+
+def _cut_short(lm: RemoteModel, request: api.ComposeRequest, index: int, written: str,
+               last: PatchEvent | None) -> api.Composition:
+    """A piece stopped mid-way, from what the replica streamed (the Composition it would have
+    made was cancelled with the request)."""
+    prompt, warnings = known_prompt(request.prompt, lm.prompts)
+    text = "".join(prompt.lines()) + request.prefix + written
+    patches, chars, bars, elapsed = (last.patches, last.chars, last.bars, last.elapsed) if last else (0, 0, 0, 0.0)
+    piece = Piece(index, prompt, request.seed + index, request.sampling, text, StopReason.CANCELLED, patches, chars,
+                  bars, elapsed, 0)
+    result = to_abc(text)
+    return api.Composition(piece, result, list(lm.warnings) + warnings + result.warnings, controls=request.controls)
