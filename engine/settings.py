@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from engine import api
 from engine.api import DECODE_MODES, MODELS_DIR, resolve_decode
 from engine.errors import SettingsError
 from engine.files import hf_cache
@@ -91,6 +92,8 @@ class ServerSettings:
     replicas: int = setting(1, "Ray Serve replicas of each model (one copy and its batch each)", parse=_whole)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
     replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
+    write_config: str = setting("", "write the Ray Serve config (`serve deploy FILE`) of these settings' model and "
+                                "replicas to FILE, and exit", metavar="FILE")
     # --- batching and the waiting line ---
     concurrency: int = setting(1, "compose requests handed to the model at once (raised to at least max batch + "
                                "queue size: the model batches them)", parse=_whole)
@@ -149,6 +152,17 @@ class ServerSettings:
                                    "none by default", metavar="ADDRESSES")
     shutdown_grace_s: float = setting(20.0, "on SIGTERM/Ctrl+C: seconds running work has to stop and be kept",
                                       parse=float, flag="--shutdown-grace", env="CADENZA_SHUTDOWN_GRACE")
+
+    def placement_options(self, batch: int | None = None) -> api.PlacementOptions:
+        """Where a model goes (--device cpu or cuda:N stands in for --devices); its KV caches are
+        planned for `batch` rows (default: the whole batch, every row of every user at once)."""
+        devices = self.devices or (self.device if self.device not in (None, "auto") else None)
+        batch = max(self.max_batch, self.max_variations) if batch is None else batch
+        return api.PlacementOptions(devices, self.placement, self.max_memory, batch)
+
+    def batching(self) -> tuple:
+        """A model copy's scheduler: (rows, max wait, decode, sharing between sessions)."""
+        return self.max_batch, self.max_wait_s, self.decode, api.Sharing(self.session_rows, self.session_waiting)
 
     def compose_limit(self) -> int:
         """Compose requests Gradio hands on at once: every row of the batch and its waiting line,

@@ -17,3 +17,4 @@ class StopReason(StrEnum):
     CLOSED = "closed"  # the page was closed or the request cancelled
     SHUTDOWN = "shutdown"  # the server was shut down
     INTERRUPTED = "interrupted"  # the server died while it was written (kept from its journal)
+    REPLICA_LOST = "replica_lost"  # the Ray Serve replica writing it died (kept from the text streamed)

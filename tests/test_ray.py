@@ -49,7 +49,7 @@ def served(tmp_path_factory):
 
 def test_a_piece_streams_from_a_replica_and_equals_the_in_process_one(served):
     studio, local, _, _ = served
-    assert "2 Ray Serve replica(s)" in studio.model(None).status()
+    assert "Ray Serve (2 running)" in studio.model(None).status(), studio.model(None).status()
     key = "r" * 20 + "-ray-same"
     items = list(studio.compose(key, bach(seed=3, max_patches=24)))
     progress = [i for i in items[:-1] if isinstance(i, Progress)]
@@ -105,3 +105,63 @@ def test_the_http_api_composes_through_the_replicas(served):
                             max_patches=24, variations=2, api_name="/compose")
     assert [p["seed"] for p in info["pieces"]] == [7, 8] and files
     assert all(Path(f).stat().st_size > 0 for f in files)
+
+
+def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from engine.service.remote import application
+    from webui.__main__ import main
+
+    path = tmp_path / "serve.yaml"
+    assert main(["--write-config", str(path), "--replicas", "3", "--replica-gpus", "0.5", "--max-batch", "16"]) == 0
+    config = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks
+    (app,) = config["applications"]
+    assert app["name"] == "cadenza-bundled" and app["deployments"][0]["num_replicas"] == 3
+    assert app["deployments"][0]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert application(app["args"]) is not None  # the import_path's builder takes the args as written
+
+
+def test_a_studio_finds_the_models_application_already_running_and_does_not_deploy_another(served):
+    from engine.service.remote import RayCluster
+
+    studio, _, _, _ = served
+    slot = studio.model(None)
+    joined = RayCluster("local", 1, 0.0, 1.0)  # Ray is up in this process: it joins, starts nothing
+    handle, name = joined.deploy(slot.spec, studio.config.placement_options(), studio.config.batching())
+    assert name == slot.app == "cadenza-tiny" and joined._apps == []  # found by name, not deployed again
+    assert handle.describe.remote().result(timeout_s=60).name == "tiny"
+
+
+def test_a_replica_that_dies_mid_piece_ends_it_in_words_with_its_text_kept_and_serve_replaces_it(served):
+    """Last in this module: it kills the replicas."""
+    import ray
+
+    studio, _, _, _ = served
+    key = "r" * 20 + "-ray-lost"
+    items = studio.compose(key, bach(seed=6, max_patches=4000), continue_abc=BEGUN)
+    updates = 0
+    for item in items:  # bounded: 4000 patches; the replicas are killed after 5 updates
+        updates += not isinstance(item, list)
+        if updates == 5:
+            replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                        if "SymbolicEngine" in a["name"]]
+            assert len(replicas) == 2, replicas
+            for name in replicas:
+                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
+    (kept,) = item
+    assert kept.record.stop_reason == "replica_lost", kept.record
+    assert "replica stopped while writing this piece" in " ".join(kept.record.warnings)
+    assert "CDEF GABc" in kept.abc and len(kept.abc) > len(BEGUN)  # what was streamed is kept
+    deadline = time.monotonic() + 120
+    while True:  # bounded: Serve starts new replicas within seconds
+        try:
+            (after,) = list(studio.compose(key, bach(seed=7, max_patches=12)))[-1]
+            break
+        except Exception:  # noqa: BLE001 - a request routed to a replica already dead
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    assert after.record.seed == 7 and after.record.stop_reason != "replica_lost"

@@ -8,7 +8,14 @@ from engine.settings import from_args
 
 def main(argv=None) -> int:
     try:
-        launch(from_args(argv))
+        settings = from_args(argv)
+        if settings.write_config:  # for admins who run the models with `serve deploy`
+            from engine.service.remote import write_config
+
+            print(f"wrote {write_config(settings, settings.write_config)}: serve deploy it on the cluster, then "
+                  f"./run.sh --ray ADDRESS uses it")
+            return 0
+        launch(settings)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,7 +60,8 @@ STOPS = {StopReason.CANCELLED: "you pressed Stop", StopReason.CLOSED: "the page 
          StopReason.SHUTDOWN: "the server shut down", StopReason.MAX_PATCHES: "the longest text allowed was reached",
          StopReason.MAX_CHARS: "the longest text allowed was reached", StopReason.MAX_SECONDS: "the time allowed ran out",
          StopReason.CONTEXT: "the model's context was full",
-         StopReason.INTERRUPTED: "the server stopped while it was written (a crash or a kill)"}
+         StopReason.INTERRUPTED: "the server stopped while it was written (a crash or a kill)",
+         StopReason.REPLICA_LOST: "the model's replica stopped while it was written (a crash or a lost machine)"}
 
 
 def seed_line(r: PieceRecord) -> str:

@@ -19,6 +19,7 @@ from typing import Iterator
 
 from engine import api
 from engine.errors import CadenzaError
+from engine.files import slug, write_atomic
 from engine.service.models import ModelSlot
 from engine.stops import StopReason
 from engine.symbolic.generate import PatchEvent, Piece
@@ -101,6 +102,55 @@ class SymbolicEngine:
             cancel.set()
 
 
+DEPLOYMENT = "SymbolicEngine"
+# the settings a replica is made from: what `serve deploy` passes to application()
+ENGINE_SETTINGS = ("model", "device", "devices", "placement", "max_memory", "max_batch", "max_variations",
+                   "max_wait_s", "decode", "session_rows", "session_waiting", "replica_cpus")
+
+
+def app_name(spec: str | None) -> str:
+    """One Serve application per model, named for it: studios and admins find it by name."""
+    return "cadenza-" + slug(Path(spec).stem if spec else "bundled")
+
+
+def deployment_options(replicas: int, rows: int, cpus: float, gpus: float) -> dict:
+    return {"num_replicas": replicas, "max_ongoing_requests": max(8, rows * 2),
+            "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}}
+
+
+def application(args: dict):
+    """`serve deploy`'s entry (import_path engine.service.remote:application): the model's
+    SymbolicEngine replicas, made from the settings --write-config wrote into `args`."""
+    from ray import serve
+
+    from engine.settings import ServerSettings
+
+    settings = ServerSettings(**{k: v for k, v in args.items() if k in ENGINE_SETTINGS})
+    return serve.deployment(SymbolicEngine, name=DEPLOYMENT).bind(
+        settings.model, settings.placement_options(), settings.batching(), max(1, int(settings.replica_cpus)))
+
+
+def serve_config(settings) -> dict:
+    """The `serve deploy` config for these settings (./run.sh --write-config FILE writes it)."""
+    return {"proxy_location": "Disabled",
+            "applications": [{
+                "name": app_name(settings.model),
+                "import_path": "engine.service.remote:application",
+                "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
+                "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
+                "deployments": [{"name": DEPLOYMENT, **deployment_options(
+                    settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus)}]}]}
+
+
+def write_config(settings, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    write_atomic(path, "# Cadenza's models as Ray Serve applications: serve deploy " + path.name + "\n"
+                 + yaml.safe_dump(serve_config(settings), sort_keys=False))
+    return path
+
+
 class RayCluster:
     """The studio's connection to Ray: a local Ray started here, or a cluster joined."""
 
@@ -134,19 +184,23 @@ class RayCluster:
             serve.start(proxy_location="Disabled")
 
     def deploy(self, spec: str | None, placement: api.PlacementOptions, batching: tuple):
-        """A Serve application of SymbolicEngine replicas for one model -> (handle, app name)."""
+        """The model's Serve application -> (handle, app name): the one running on the cluster
+        (an admin's `serve deploy` of --write-config's file, or another studio's), else deployed
+        from here with these settings."""
         from ray import serve
 
         self.connect()
+        name = app_name(spec)
+        running = serve.status().applications.get(name)
+        if running is not None and str(running.status).endswith("RUNNING"):
+            log.info("using the Serve application %s already running on the cluster", name)
+            return serve.get_app_handle(name), name
         with self._lock:
-            name = f"cadenza-model-{len(self._apps) + 1}"
             self._apps.append(name)
-        rows = batching[0]
-        engine = serve.deployment(SymbolicEngine, name="SymbolicEngine", num_replicas=self.replicas,
-                                  max_ongoing_requests=max(8, rows * 2),
-                                  ray_actor_options={"num_cpus": self.cpus, "num_gpus": self.gpus})
-        threads = max(1, int(self.cpus))
-        handle = serve.run(engine.bind(spec, placement, batching, threads), name=name, route_prefix=None)
+        engine = serve.deployment(SymbolicEngine, name=DEPLOYMENT, **deployment_options(
+            self.replicas, batching[0], self.cpus, self.gpus))
+        handle = serve.run(engine.bind(spec, placement, batching, max(1, int(self.cpus))), name=name,
+                           route_prefix=None)
         return handle, name
 
     def delete(self, name: str) -> None:
@@ -195,8 +249,17 @@ class RemoteSlot(ModelSlot):
 
     def status(self) -> str:
         text = super().status()
-        return text.replace(" ready on ", f" ready on {self.cluster.replicas} Ray Serve replica(s), ", 1) \
-            if self.lm is not None else text
+        return text.replace(" ready on ", f" ready on Ray Serve ({self.replicas()}), ", 1) if self.lm is not None else text
+
+    def replicas(self) -> str:
+        """The replicas' health as Serve sees it: "2 running", "1 running, 1 starting"."""
+        from ray import serve
+
+        try:
+            states = serve.status().applications[self.app].deployments[DEPLOYMENT].replica_states
+            return ", ".join(f"{n} {str(state).rsplit('.', 1)[-1].lower()}" for state, n in states.items()) or "none"
+        except Exception:  # noqa: BLE001 - the report must not fail while Serve is busy
+            return f"{self.cluster.replicas} asked for"
 
     def plan(self) -> str | None:
         return self.lm.plan if self.lm is not None else None
@@ -205,6 +268,7 @@ class RemoteSlot(ModelSlot):
                        owner: str) -> Iterator:
         """api.compose_stream's events from a replica. On Stop the remote request is cancelled and
         the pieces still being written are kept from the text streamed so far, as in-process."""
+        from ray.exceptions import RayActorError
         from ray.serve.exceptions import RequestCancelledError
 
         request = request.seeded()
@@ -227,13 +291,20 @@ class RemoteSlot(ModelSlot):
         except RequestCancelledError:
             if not cancel.is_set():
                 raise CadenzaError("the model's replica cancelled the piece") from None
+            lost = None
+        except RayActorError as e:  # the replica died (a crash, a lost machine): Serve starts another
+            log.warning("a replica of %s died while writing: %s", lm.name, e)
+            lost = e
+        else:
+            lost = None
         finally:
             over.set()  # a closed iterator (a closed page) cancels the remote request too
             response.cancel()
-        if cancel.is_set():
+        if cancel.is_set() or lost is not None:
+            why = StopReason.REPLICA_LOST if lost is not None else StopReason.CANCELLED
             for i in range(request.variations):
                 if i not in finished:
-                    yield _cut_short(lm, request, i, texts.get(i, ""), last.get(i))
+                    yield _cut_short(lm, request, i, texts.get(i, ""), last.get(i), why)
 
 
 def _cancel_when(cancel: threading.Event, over: threading.Event, response) -> None:
@@ -243,14 +314,16 @@ def _cancel_when(cancel: threading.Event, over: threading.Event, response) -> No
             return
 
 
-def _cut_short(lm: RemoteModel, request: api.ComposeRequest, index: int, written: str,
-               last: PatchEvent | None) -> api.Composition:
+def _cut_short(lm: RemoteModel, request: api.ComposeRequest, index: int, written: str, last: PatchEvent | None,
+               why: StopReason) -> api.Composition:
     """A piece stopped mid-way, from what the replica streamed (the Composition it would have
-    made was cancelled with the request)."""
+    made went with the request or the replica)."""
     prompt, warnings = known_prompt(request.prompt, lm.prompts)
     text = "".join(prompt.lines()) + request.prefix + written
     patches, chars, bars, elapsed = (last.patches, last.chars, last.bars, last.elapsed) if last else (0, 0, 0, 0.0)
-    piece = Piece(index, prompt, request.seed + index, request.sampling, text, StopReason.CANCELLED, patches, chars,
-                  bars, elapsed, 0)
+    piece = Piece(index, prompt, request.seed + index, request.sampling, text, why, patches, chars, bars, elapsed, 0)
     result = to_abc(text)
-    return api.Composition(piece, result, list(lm.warnings) + warnings + result.warnings, controls=request.controls)
+    lost = ["the model's replica stopped while writing this piece (a crash or a lost machine): it was kept as far "
+            "as it had come; Serve starts a new replica for the next one"] if why == StopReason.REPLICA_LOST else []
+    return api.Composition(piece, result, lost + list(lm.warnings) + warnings + result.warnings,
+                           controls=request.controls)

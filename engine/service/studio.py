@@ -83,13 +83,11 @@ class Studio:
         path = self.policy.notagen(spec or None) or self.config.model
         key = str(Path(path).resolve()) if path else ""  # one slot per model, however it is spelt
         c = self.config
-        batching = (c.max_batch, c.max_wait_s, c.decode, api.Sharing(c.session_rows, c.session_waiting))
         if self.cluster is not None:  # replicas on Ray Serve, each a copy of the model and its batch
-            placement = self._placement(max(c.max_batch, c.max_variations))
             return self._slot(self.models, key, MAX_MODELS,
-                              lambda: RemoteSlot(path, c.device, self.cluster, placement, batching))
+                              lambda: RemoteSlot(path, c.device, self.cluster, c.placement_options(), c.batching()))
         return self._slot(self.models, key, MAX_MODELS,
-                          lambda: ModelSlot(path, self.config.device, self._load_placed, batching))
+                          lambda: ModelSlot(path, c.device, self._load_placed, c.batching()))
 
     def _slot(self, slots: OrderedDict, key: str, limit: int, make) -> ModelSlot:
         """The slot for `key`, made (and loading) if new. Failed loads never hold a place and are
@@ -132,18 +130,11 @@ class Studio:
         except ValueError:
             return path.name
 
-    def _placement(self, batch: int) -> api.PlacementOptions:
-        """The server's placement settings; --device (cpu, cuda:N) stands in for --devices."""
-        c = self.config
-        devices = c.devices or (c.device if c.device not in (None, "auto") else None)
-        return api.PlacementOptions(devices, c.placement, c.max_memory, batch)
-
     def _load_placed(self, spec: str | None, device: str):
-        # the KV caches are planned for the whole batch: every row of every user at once
-        return api.load_placed(spec, self._placement(max(self.config.max_batch, self.config.max_variations)))
+        return api.load_placed(spec, self.config.placement_options())
 
     def _load_audio_placed(self, spec: str | None, device: str, local_only: bool = True):
-        return api.load_audio_model(spec, options=self._placement(1), local_only=local_only)
+        return api.load_audio_model(spec, options=self.config.placement_options(1), local_only=local_only)
 
     def prompts(self, spec: str | None = None):
         lm = self.model(spec).get()

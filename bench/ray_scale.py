@@ -1,0 +1,75 @@
+"""The studio with its model in-process, and on Ray Serve with 1 and 2 replicas, in one run:
+N simulated users (gradio_client, arriving together) each compose a piece of at most --patches
+patches with the bundled model (--tiny: a tiny random model, plumbing only) and download it.
+Reports per server: completed, failed, p50/p95 latency, patches/s, and the Ray overhead
+(in-process throughput over 1 replica's, minus one; target <= 10%). On a machine with N GPUs,
+--replica-gpus 1 --replicas-max N compares N replicas with 1. Last line: one JSON object.
+
+    python -m bench.ray_scale [--users 16] [--patches 64] [--max-batch 16] [--tiny] [--max-minutes 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.studio_load import free_port, run, tiny_model
+
+
+def serve(tmp: Path, name: str, model: str | None, max_batch: int, replicas: int = 0, gpus: float = 0.0):
+    """A studio page; replicas=0: the model in-process, else that many Ray Serve replicas sharing
+    this machine's CPUs."""
+    from engine.service.studio import Studio
+    from engine.settings import ServerSettings
+    from webui.app import start
+
+    cpus = max(1.0, (os.cpu_count() or 1) / max(1, replicas))
+    config = ServerSettings(port=free_port(), outputs=str(tmp / f"outputs-{name}"), model=model, queue_size=64,
+                            max_batch=max_batch, max_wait_s=600, ray="local" if replicas else "",
+                            replicas=max(1, replicas), replica_cpus=cpus, replica_gpus=gpus)
+    studio = Studio(config)  # on this thread: a local Ray lives as long as the thread that started it
+    studio.model(None).get(600)
+    demo, _, url = start(config, studio, quiet=True)
+    return demo, studio, url
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--patches", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--replicas-max", type=int, default=2)
+    ap.add_argument("--replica-gpus", type=float, default=0.0)
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model: plumbing only")
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="no new server starts after this long")
+    a = ap.parse_args(argv)
+    deadline = time.monotonic() + 60 * a.max_minutes
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = str(tiny_model(tmp)) if a.tiny else None
+        for name, replicas in [("in_process", 0)] + [(f"ray_{n}_replicas", n) for n in range(1, a.replicas_max + 1)]:
+            if time.monotonic() > deadline:
+                rows[name] = {"skipped": "--max-minutes reached"}
+                continue
+            demo, studio, url = serve(tmp, name, model, a.max_batch, replicas, a.replica_gpus)
+            try:
+                rows[name] = run(url, studio, a.users, "together", a.patches, tmp, base=1000 * (replicas + 1))
+            finally:
+                demo.close()
+                studio.shutdown(5)
+            print(name, json.dumps(rows[name]), flush=True)
+    base, one = rows.get("in_process", {}), rows.get("ray_1_replicas", {})
+    overhead = (round(base["throughput_patches_per_s"] / one["throughput_patches_per_s"] - 1, 3)
+                if base.get("throughput_patches_per_s") and one.get("throughput_patches_per_s") else None)
+    result = {"users": a.users, "patches": a.patches, "max_batch": a.max_batch, "model": "tiny" if a.tiny else "bundled",
+              "cpus": os.cpu_count(), "servers": rows, "ray_overhead": overhead}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
