@@ -60,7 +60,8 @@ def main(argv=None) -> dict:
                 rows[name] = run(url, studio, a.users, "together", a.patches, tmp, base=1000 * (replicas + 1))
             finally:
                 demo.close()
-                studio.shutdown(5)
+                if studio.cluster is not None:  # not studio.shutdown(): it closes the render pipeline for good
+                    studio.cluster.close()
             print(name, json.dumps(rows[name]), flush=True)
     base, one = rows.get("in_process", {}), rows.get("ray_1_replicas", {})
     overhead = (round(base["throughput_patches_per_s"] / one["throughput_patches_per_s"] - 1, 3)

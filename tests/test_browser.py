@@ -302,7 +302,7 @@ function find(root) {
   return null;
 }
 const a = find(document.querySelector('#score-player'));
-if (!a) return false;
+if (!a || a.readyState < 3 || !(a.duration > 0)) return false;  // loaded, as a listener finds it
 a.muted = true; a.currentTime = 0; a.play(); return true;
 """
 
@@ -400,11 +400,16 @@ def test_the_piece_is_engraved_while_it_is_written_and_a_cursor_follows_the_play
     wait_for(driver, lambda d: "fit the metre" in d.find_element(By.ID, "status").text, what="the summary")
     assert driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
     assert "[r:" not in driver.find_element(By.ID, "live-score").text  # the model's markers are not music
-    wait_for(driver, lambda d: d.execute_script(PLAY), what="the player's audio")
-    first = wait_for(driver, lambda d: d.execute_script("return window.cadenzaScore.state().highlighted"),
-                     timeout=30, what="the cursor on a note")
-    time.sleep(2.0)
-    state = driver.execute_script("return window.cadenzaScore.state()")
+    for attempt in range(2):
+        wait_for(driver, lambda d: d.execute_script(PLAY), what="the player's audio")
+        first = wait_for(driver, lambda d: d.execute_script("return window.cadenzaScore.state().highlighted"),
+                         timeout=30, what="the cursor on a note")
+        time.sleep(2.0)
+        state = driver.execute_script("return window.cadenzaScore.state()")
+        if state["event"] > 0 or state["playing"]:  # moved on, or playing with no cursor: a failure to report
+            break
+        # stopped under the cursor: Gradio's waveform player may load its file again once drawn (seen
+        # in loaded CI runs); a listener presses play again, and so does this test, once
     assert first > 0 and state["event"] > 0, state  # it moved on with the music
     shot(driver, "cursor")
 

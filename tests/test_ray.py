@@ -41,7 +41,7 @@ def served(tmp_path_factory):
     local = Studio(ServerSettings(outputs=str(tmp / "local-out"), model=str(model), min_free_mb=0))
     yield studio, local, url, tmp
     demo.close()
-    studio.shutdown(1)
+    studio.cluster.close()  # not studio.shutdown(): that also closes this process's render pipeline for good
     import ray
 
     assert not ray.is_initialized()  # the Ray started by the studio went with it

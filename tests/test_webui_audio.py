@@ -184,3 +184,10 @@ def test_the_seed_shown_while_making_audio_is_the_seed_of_the_kept_clip(server):
     (again,) = list(studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=1.0, seed=kept.record.seed))))[-1]
     first, second = (sf.read(str(o.paths("wav")[0]))[0] for o in (kept, again))
     assert (first == second).all()
+
+
+def test_system_lists_a_loaded_musicgen_with_its_device(server):
+    url, studio, tmp = server
+    list(studio.audio("y" * 20 + "-system", AudioRequest("slow piano", AudioSettings(duration=1.0, seed=1))))
+    audio = [m for m in studio.system()["models"] if m.get("kind") == "MusicGen"]
+    assert audio and all("ready on cpu" in m["status"] for m in audio), audio

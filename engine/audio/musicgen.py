@@ -89,6 +89,9 @@ class AudioModel:
     def config(self):
         return self.model.config
 
+    def devices(self) -> list[str]:
+        return sorted({str(p.device) for p in self.model.parameters()})
+
     @property
     def sampling_rate(self) -> int:
         return int(self.config.audio_encoder.sampling_rate)
