@@ -26,8 +26,9 @@ def test_a_real_chorale_and_a_real_tune_pass_the_check(tmp_path):
 
 def test_faults_are_found_at_their_bars():
     tune = analyse(IRISH)
-    assert tune.unfit_bars == [2, 5, 6] and not tune.ends_on_tonic  # 5, 4 and 5 eighths in 3/4
-    assert tune.lines()[0] == "5 of 8 bars fill the metre (not: bars 2, 5, 6)"
+    # 5, 4 and 5 eighths in 3/4, numbered as printed: the pickup A2 is bar 0
+    assert tune.unfit_bars == [1, 4, 5] and not tune.ends_on_tonic
+    assert tune.lines()[0] == "5 of 8 bars fill the metre (not: bars 1, 4, 5)"
     fifths = ("X:1\nL:1/4\nM:2/4\nK:C\nV:1\nV:2\n[V:1]e f|[V:2]c d|\n[V:1]g a|[V:2]c d|\n"
               "[V:1]c2|[V:2]C2|\n")
     found = analyse(fifths)
@@ -43,9 +44,9 @@ def test_the_check_is_in_the_record_the_manifest_and_the_page(tmp_path):
 
     studio = Studio(ServerSettings(outputs=str(tmp_path / "out"), min_free_mb=0, formats=("abc", "musicxml")))
     out = studio.render("a" * 20 + "-analysis", IRISH)
-    assert out.record.analysis["unfit_bars"] == [2, 5, 6] and out.record.analysis["ends_on_tonic"] is False
+    assert out.record.analysis["unfit_bars"] == [1, 4, 5] and out.record.analysis["ends_on_tonic"] is False
     page = views.notes(out.record)
-    assert "Musical check" in page and "5 of 8 bars fill the metre (not: bars 2, 5, 6)" in page
+    assert "Musical check" in page and "5 of 8 bars fill the metre (not: bars 1, 4, 5)" in page
     assert api.analysis_lines({}) == [] and api.analysis_lines({"bars": 3, "voices": 1, "new_field": 1})
     assert api.analyse("not a score at all") == {} or api.analyse("not a score at all")["bars"] == 0
 

@@ -652,6 +652,36 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
     shot(driver, "identity")
 
 
+UNEVEN = "X:1\nT:Uneven\nL:1/8\nM:3/4\nK:D\nA2|\nA B c2 d2|\nA2 A2 B|\nB c d c e d|\nE D F2|\nF2 E2 D2|]\n"
+
+
+def test_the_bars_at_fault_in_the_musical_check_are_drawn_in_red_with_the_reason(page):
+    """Issue 32 step 5: bars 2 and 4 (as printed: the pickup is bar 0) are a beat short; the check
+    says so in words and the score marks them, the reason on hover."""
+    driver, studio = page
+    fresh(driver, studio)
+    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys(UNEVEN)
+    before = len(records(studio))
+    button(driver, "Render my edits").click()
+    wait_for(driver, lambda d: len(records(studio)) > before, timeout=120, what="the render kept")
+    assert records(studio)[-1]["analysis"]["unfit_bars"] == [2, 4]
+    state = wait_for(driver, lambda d: (s := d.execute_script("return window.cadenzaScore.state()"))["faults"] == 2 and s,
+                     timeout=30, what="two bars marked at fault")
+    assert state["pickup"]
+    reasons = driver.execute_script("return Array.from(document.querySelectorAll('#live-score .cadenza-fault "
+                                    "title')).map(t => t.textContent)")
+    assert set(reasons) == {"bar 2: does not fill the metre", "bar 4: does not fill the metre"}, reasons
+    assert "drawn in red on the score" in driver.find_element(By.TAG_NAME, "body").text
+    shot(driver, "faults")
+    # another score drawn: its own marks only (none here)
+    assert driver.execute_script("window.cadenzaScore.render('X:1\\nL:1/8\\nM:3/4\\nK:D\\nD2 F2 A2|d6|]\\n'); "
+                                 "return window.cadenzaScore.state().faults") == 0
+
+
 def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts_from(page):
     """Issue 34 item 8: the score's bars carry numbers (a pickup is bar 0, as printed); clicking a note
     chooses its bar (marked, its number in the Bar box) and Rewrite keeps exactly the bars before it."""

@@ -45,7 +45,7 @@ AUDIO_KINDS = ("audio", "performed")
 AUDIO_PLAYERS = 4  # variations shown with a player each (all are in the downloads)
 STATIC = Path(__file__).parent / "static"  # abcjs (vendored, pinned) and the script that engraves with it
 CSS = """
-#live-abc { display: none !important; }
+#live-abc, #score-marks { display: none !important; }
 #live-score { background: white; color: black; overflow: auto; max-height: 78vh; min-height: 160px; padding: 4px 8px; }
 #live-score .placeholder { color: #666; padding: 2em; }
 #score-page { background: white; overflow-x: auto; max-height: 80vh; }
@@ -221,7 +221,8 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
     seed_info = views.seed_line(r) or (
         "" if r.prompt else "This score has no style of its own: Continue and Rewrite write it as the Period, "
                             "Composer and Instrumentation chosen above.")
-    shown = {ui.abc: o.abc, ui.live: o.abc, ui.progress: views.summary(r), ui.notes: views.notes(r),
+    shown = {ui.abc: o.abc, ui.live: o.abc, ui.marks: views.marks(r.analysis, o.abc), ui.progress: views.summary(r),
+             ui.notes: views.notes(r),
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
              ui.audio: gr.update(value=_servable(wav[0]) if wav else None, visible=True), ui.downloads: [_servable(p) for p in o.downloads()],
@@ -234,7 +235,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
 def _cleared(ui: SimpleNamespace) -> dict:
     """The page without a finished piece: what _show fills, emptied (a new piece is being written,
     and nothing of the previous one may stay beside it: it is in History)."""
-    return {ui.seed_info: "", ui.again: gr.update(visible=False), ui.notes: "", ui.printed: _page_html(None),
+    return {ui.seed_info: "", ui.again: gr.update(visible=False), ui.notes: "", ui.marks: "", ui.printed: _page_html(None),
             ui.pages: [], ui.page_no: 0, ui.downloads: None, **_cards(ui, []),
             # the old player is hidden, not emptied: emptying it, then giving it the new piece, reloaded
             # the player just after the new piece began to play (the cursor test lost its place)
@@ -351,6 +352,8 @@ def _score_tab(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> N
                 ui.seed_info = gr.Markdown("")
                 ui.again = gr.Button("Write this again", visible=False, size="md")
         ui.live = gr.Textbox(value="", elem_id="live-abc", show_label=False, container=False, lines=1)
+        # the bars at fault in the musical check, for the score (views.marks); hidden like live-abc
+        ui.marks = gr.Textbox(value="", elem_id="score-marks", show_label=False, container=False, lines=1)
         ui.score = gr.HTML(views.LIVE_SCORE_HTML, elem_id="score")
         with gr.Row():
             ui.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, height=200,
@@ -940,7 +943,7 @@ def build_app(config: ServerSettings, studio: Studio | None = None) -> gr.Blocks
         _settings_sidebar(ui, config, studio)
         ui.page_no = gr.State(0)
         # what a finished piece, clip or performance may change on the page (handlers return dicts by component)
-        ui.shown = [ui.abc, ui.live, ui.progress, ui.notes, ui.seed_info, ui.again, ui.printed, ui.pages, ui.page_no,
+        ui.shown = [ui.abc, ui.live, ui.marks, ui.progress, ui.notes, ui.seed_info, ui.again, ui.printed, ui.pages, ui.page_no,
                     ui.audio, ui.downloads, ui.history, ui.history_ids, ui.piece_id, ui.current, ui.work,
                     ui.cards_row, ui.card_ids, ui.seed, *(x for c in ui.cards for x in (c.box, c.text, c.audio))]
         ui.audio_shown = [ui.a_progress, *ui.a_players, ui.a_pictures, ui.a_files, ui.history, ui.history_ids]

@@ -3,6 +3,7 @@ no components), so the page (webui/app.py) only places them and tests can read t
 from __future__ import annotations
 
 import html
+import json
 import re
 
 from engine.api import analysis_lines
@@ -77,7 +78,9 @@ def notes(r: PieceRecord) -> str:
                      for fmt, err in r.errors.items())
     found = analysis_lines(r.analysis)
     if found:
-        failed += ("<details open class='analysis'><summary>Musical check</summary><ul>"
+        shown = (" <span class='fault-key'>(the bars at fault are drawn in red on the score)</span>"
+                 if any(r.analysis.get(k) for k in FAULTS) else "")
+        failed += (f"<details open class='analysis'><summary>Musical check{shown}</summary><ul>"
                    + "".join(f"<li>{html.escape(line)}</li>" for line in found) + "</ul></details>")
     if not r.warnings:
         return failed
@@ -133,3 +136,20 @@ def _batching(copies: list[dict]) -> str:
         return (f"{c['rows_in_use']}/{c['max_batch']} rows{sessions}, {c['waiting_requests']} waiting{paused}, "
                 f"{c['patches_per_s']} patches/s")
     return "; ".join(one(c) for c in copies)
+
+
+# the musical check's findings with bar numbers (engine.symbolic.analysis), as the score shows them
+FAULTS = {"unfit_bars": "does not fill the metre", "parallel_bars": "parallel fifths or octaves",
+          "crossing_bars": "voices crossing"}
+
+
+def marks(analysis: dict, abc: str) -> str:
+    """The bars at fault for the engraved score (cadenza-score.js draws them in red, with the
+    reasons on hover), tied to the text they were found in: an edit of it hides them."""
+    bars: dict[str, list[str]] = {}
+    for field, why in FAULTS.items():
+        for n in (analysis or {}).get(field) or []:
+            bars.setdefault(str(n), []).append(why)
+    if not bars:
+        return ""
+    return json.dumps({"bars": bars, "length": len(abc), "tail": abc[-64:]})

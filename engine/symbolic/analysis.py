@@ -5,8 +5,8 @@ the voices end together; for one voice whether it ends on the key's tonic. The s
 the bar rules and the critic (postprocess.bar_fits, engine.symbolic.harmony), on the ABC the
 composer gets (to_abc's: every voice in every bar, X:1 and the header first).
 
-Bar numbers count the tune body's bars from 1, a pickup included, as "Rewrite from this bar" counts
-them (the engraved score shows no numbers yet: issue 34).
+Bars are numbered as printed, as the engraved score and "Rewrite from this bar" number them: a
+pickup is bar 0, the first full bar is bar 1.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from engine.symbolic.harmony import (bar_harmony, beat_length, chord_fit, crossings, ends_on, final_cadence,
                                      key_alterations, parallels, read_bar, tonic_class)
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import BARLINE, bar_fits, header_field, header_unit, line_segments, metre_bar
+from engine.symbolic.postprocess import (BARLINE, bar_fits, header_field, header_unit, line_segments, metre_bar,
+                                        starts_with_pickup)
 
 MAX_LISTED = 12  # bar numbers listed per finding (the count is always whole)
 
@@ -73,7 +74,8 @@ def analyse(abc: str) -> Analysis:
         body = [f"[V:{voices[0]}]{ln.strip()}\n" for ln in body]
     bar, unit = metre_bar(meta), header_unit(meta)
     fits = bar_fits(body, bar, unit)
-    result = Analysis(len(body), len(voices), [n for n, ok in enumerate(fits, 1) if not ok])
+    first = 0 if starts_with_pickup(body, bar, unit) else 1  # the first line's printed number
+    result = Analysis(len(body), len(voices), [n for n, ok in enumerate(fits, first) if not ok])
     key_text = header_field(meta, "K") or "C"
     key = key_alterations(key_text)
     segments = [[line_segments(ln).get(v, "") for v in voices] for ln in body]
@@ -85,16 +87,16 @@ def analyse(abc: str) -> Analysis:
             result.ends_on_tonic = ends_on([b for segs in segments for b in BARLINE.split(segs[0])
                                             if b and not BARLINE.fullmatch(b)], key, tonic)
         return result
-    _harmony(result, segments, key, beat_length(header_field(meta, "M"), header_field(meta, "L")), bar)
+    _harmony(result, segments, key, beat_length(header_field(meta, "M"), header_field(meta, "L")), bar, first)
     return result
 
 
-def _harmony(result: Analysis, segments: list[list[str]], key: dict, beat, bar) -> None:
+def _harmony(result: Analysis, segments: list[list[str]], key: dict, beat, bar, first: int) -> None:
     if not (beat and bar):
         return
     chord_beats = full = none = 0
     previous = None
-    for n, segs in enumerate(segments, 1):
+    for n, segs in enumerate(segments, first):
         h = bar_harmony(segs, key, beat, bar)
         crossed_here = parallel_here = False
         for now in h.beats:

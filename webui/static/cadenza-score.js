@@ -32,6 +32,7 @@
     "#live-score .cadenza-sheet{width:100%}",
     "#live-score.cadenza-drawn>.placeholder{display:none}",
     "#live-score .cadenza-staging{position:absolute;left:0;top:0;visibility:hidden}",
+    "#live-score .cadenza-fault{fill:#c92a2a;stroke:#c92a2a}",
     "#live-score .abcjs-playing{fill:#d9480f;stroke:#d9480f}",
     "#live-score .cadenza-cursor{fill:#d9480f;opacity:.45;pointer-events:none}",
     "#live-score .cadenza-chosen{fill:#1c7ed6;stroke:#1c7ed6}",
@@ -54,6 +55,9 @@
     busyUntil: 0, redraw: false,
     pickup: false, // the piece starts with a pickup: abcjs counts it bar 1, a printed score bar 0
     chosen: null, // the bar a click chose for Rewrite (as printed), or null
+    source: null, // the ABC as given for the drawing shown (before cleaning)
+    marks: null, marksText: "", // the musical check's bars at fault (#score-marks), for one text
+    faults: 0, // bars drawn as at fault now
   };
 
   // --- ABC text -----------------------------------------------------------------------------
@@ -163,6 +167,7 @@
     st.event = -1;
     buildTimings(visual);
     markChosen();
+    markFaults();
     followAudio(false); // a re-render while playing: the cursor back where the music is; the reader's place kept
     return true;
   }
@@ -185,16 +190,59 @@
     return m ? parseInt(m[1], 10) + (st.pickup ? 0 : 1) : null;
   }
 
+  /** The notes and rests of bar `bar` (as printed) in the drawing shown. */
+  function barElements(box, bar) {
+    var mm = bar - (st.pickup ? 0 : 1);
+    return box.querySelectorAll(".cadenza-sheet:not(.cadenza-staging) .abcjs-note.abcjs-mm" + mm +
+                                ", .cadenza-sheet:not(.cadenza-staging) .abcjs-rest.abcjs-mm" + mm);
+  }
+
   function markChosen() {
     var box = st.box;
     if (!box) return;
     var old = box.querySelectorAll(".cadenza-chosen");
     for (var i = 0; i < old.length; i++) old[i].classList.remove("cadenza-chosen");
     if (st.chosen === null) return;
-    var mm = st.chosen - (st.pickup ? 0 : 1);
-    var els = box.querySelectorAll(".cadenza-sheet:not(.cadenza-staging) .abcjs-note.abcjs-mm" + mm +
-                                   ", .cadenza-sheet:not(.cadenza-staging) .abcjs-rest.abcjs-mm" + mm);
+    var els = barElements(box, st.chosen);
     for (var j = 0; j < els.length; j++) els[j].classList.add("cadenza-chosen");
+  }
+
+  /** The musical check's bars at fault in red, the reasons on hover; only on the text they were
+   * found in (an edit, or another piece, hides them). */
+  function markFaults() {
+    var box = st.box;
+    if (!box) return;
+    var old = box.querySelectorAll(".cadenza-fault");
+    for (var i = 0; i < old.length; i++) old[i].classList.remove("cadenza-fault");
+    var titles = box.querySelectorAll("title.cadenza-fault-why");
+    for (var t = 0; t < titles.length; t++) titles[t].remove();
+    st.faults = 0;
+    var m = st.marks, text = st.source;
+    if (!m || !m.bars || typeof text !== "string" || text.length !== m.length || text.slice(-64) !== m.tail) return;
+    Object.keys(m.bars).forEach(function (bar) {
+      var els = barElements(box, parseInt(bar, 10));
+      for (var j = 0; j < els.length; j++) {
+        els[j].classList.add("cadenza-fault");
+        var why = document.createElementNS("http://www.w3.org/2000/svg", "title");
+        why.setAttribute("class", "cadenza-fault-why");
+        why.textContent = "bar " + bar + ": " + m.bars[bar].join(", ");
+        els[j].appendChild(why);
+      }
+      if (els.length) st.faults += 1;
+    });
+  }
+
+  function readMarks() {
+    var field = document.querySelector("#score-marks textarea") || document.querySelector("#score-marks input");
+    var value = field ? field.value : "";
+    if (value === st.marksText) return false;
+    st.marksText = value;
+    try {
+      st.marks = value ? JSON.parse(value) : null;
+    } catch (e) {
+      st.marks = null;
+    }
+    return true;
   }
 
   /** Chooses bar `bar` (as printed) for Rewrite: marked on the score, its number in the page's box. */
@@ -227,6 +275,8 @@
     st.lastError = null;
     st.cursor = null;
     st.chosen = null;
+    st.source = null;
+    st.faults = 0;
   }
 
   function render(abc) {
@@ -242,7 +292,11 @@
       st.lastError = "no music yet: nothing to engrave";
       return false;
     }
-    return draw(text);
+    var before = st.source;
+    st.source = abc; // what the marks of the musical check are tied to (draw applies them)
+    var ok = draw(text);
+    if (!ok) st.source = before; // the previous drawing stays, and so do its marks
+    return ok;
   }
 
   // --- zoom ---------------------------------------------------------------------------------
@@ -485,11 +539,13 @@
     }
     if (!box || Date.now() < st.busyUntil) return bindAudio();
     var field = document.querySelector("#live-abc textarea") || document.querySelector("#live-abc input");
+    var marked = readMarks();
     if (field && field.value !== st.seen) {
       st.seen = field.value; // one try per change: text abcjs cannot draw is not retried every tick
       st.redraw = false;
       render(st.seen);
     } else if (st.text) {
+      if (marked) markFaults();
       if (Math.abs(boxWidth(box) - st.width) > 24) st.redraw = true; // reflow to the new width
       if (!box.querySelector(".cadenza-sheet:not(.cadenza-staging)")) st.redraw = true; // wiped
       if (st.redraw) {
@@ -520,7 +576,7 @@
         renders: st.renders, failures: st.failures, lastError: st.lastError, warnings: st.warnings.length,
         zoom: st.zoom, highlighted: st.highlighted.length, event: st.event, events: st.timings.length,
         scoreSeconds: st.lastMs / 1000, audios: st.audios.length, playing: !!(st.audio && !st.audio.paused),
-        pickup: st.pickup, chosen: st.chosen,
+        pickup: st.pickup, chosen: st.chosen, faults: st.faults,
       };
     },
     prepare: clean, // the text abcjs is given: markers out, a half-written last token cut (page.js uses it)
