@@ -22,7 +22,7 @@ from engine import placement
 
 log = logging.getLogger("cadenza.api")
 from engine.audio import musicgen
-from engine.checks import whole
+from engine.checks import said, whole
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
@@ -304,7 +304,7 @@ def fetch_checkpoint(repo_id: str, filename: str, revision: str | None = None) -
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id.strip()):
-        raise SettingsError(f"expected a Hugging Face repo id like 'ElectricAlexis/NotaGen', got {repo_id!r}")
+        raise SettingsError(f"expected a Hugging Face repo id like 'ElectricAlexis/NotaGen', got {said(repo_id)}")
     if not isinstance(filename, str) or not filename.strip() or ".." in filename:
         raise SettingsError("expected the checkpoint's file name in that repo, e.g. a .pth file")
     try:

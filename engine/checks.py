@@ -10,12 +10,19 @@ import random
 from engine.errors import SettingsError
 
 SEED_LIMIT = 2**63  # seeds are whole numbers from 0 to SEED_LIMIT - 1 (torch's generators take them)
+QUOTED = 60  # characters of a refused value an error quotes (a 1,000-character key came back whole)
+
+
+def said(value) -> str:
+    """A refused value as an error quotes it: its repr, cut to QUOTED characters."""
+    text = repr(value)
+    return text if len(text) <= QUOTED else text[:QUOTED - 3] + "..."
 
 
 def whole(value, label: str, lo: int, hi: int) -> int:
     """A whole number in [lo, hi]; 4.0 (a float from a page's number box) is taken as 4."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-        raise SettingsError(f"{label} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
+        raise SettingsError(f"{label} must be a whole number from {lo:,} to {hi:,}, got {said(value)}")
     if not lo <= value <= hi:
         raise SettingsError(f"{label} must be a whole number from {lo:,} to {hi:,}, got {value:g}")
     return int(value)
@@ -25,7 +32,7 @@ def real(value, label: str, lo: float, hi: float, above: bool = False) -> float:
     """A number in [lo, hi] (in (lo, hi] when `above`), NaN refused."""
     span = f"more than {lo:g} and at most {hi:g}" if above else f"from {lo:g} to {hi:g}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise SettingsError(f"{label} must be a number {span}, got {value!r}")
+        raise SettingsError(f"{label} must be a number {span}, got {said(value)}")
     if not (lo < value <= hi if above else lo <= value <= hi):
         raise SettingsError(f"{label} must be a number {span}, got {value:g}")
     return float(value)

@@ -10,7 +10,7 @@ import pytest
 from conftest import bach
 from engine import api, checks, requests
 from engine.audio.musicgen import AudioSettings
-from engine.errors import CadenzaError
+from engine.errors import CadenzaError, SettingsError
 from engine.requests import AudioRequest, ComposeRequest
 from engine.symbolic import prompts, sampling
 from test_webui import tiny_folder
@@ -134,3 +134,13 @@ def test_eight_threads_composing_and_rendering_at_once_keep_their_own_pieces(tmp
     assert [seed for seed, *_ in together] == list(range(8)) and all(files for _, _, files, _ in together)
     printed = capfd.readouterr()
     assert "list index out of range" not in printed.out + printed.err  # abctoolkit's prints stayed caught
+
+
+def test_a_refused_value_is_quoted_short_not_echoed_whole():
+    from engine.symbolic.controls import check_key
+
+    with pytest.raises(SettingsError) as e:
+        check_key("G" * 1000)
+    assert "e.g. D, Bb, F#m" in str(e.value) and len(str(e.value)) < 300 and str(e.value).endswith("...")
+    with pytest.raises(SettingsError, match=r"got 'xxxxx.*\.\.\.$"):
+        bach(max_patches="x" * 500)

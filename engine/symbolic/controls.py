@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.checks import whole
+from engine.checks import said, whole
 from engine.errors import SettingsError
 from engine.symbolic.harmony import FIFTHS, MODES as MODE_FIFTHS
 from engine.symbolic.patches import split_tunebody
@@ -36,10 +36,10 @@ def check_key(value: str) -> str:
     mode = MODES.get(m.group(3).lower()) if m else None
     if m is None or mode is None:
         raise SettingsError(f"key must be a note A-G, optionally # or b, then a mode (major, minor or m, dorian, "
-                            f"phrygian, lydian, mixolydian, aeolian, locrian), e.g. D, Bb, F#m, Eb dorian; got {value!r}")
+                            f"phrygian, lydian, mixolydian, aeolian, locrian), e.g. D, Bb, F#m, Eb dorian; got {said(value)}")
     tonic, acc = m.group(1).upper(), m.group(2).replace("♯", "#").replace("♭", "b")
     if abs(FIFTHS[tonic] + {"#": 7, "b": -7, "": 0}[acc] + MODE_FIFTHS.get(mode or "maj", 0)) > 7:
-        raise SettingsError(f"key {value!r} needs more than seven sharps or flats: write it enharmonically "
+        raise SettingsError(f"key {said(value)} needs more than seven sharps or flats: write it enharmonically "
                             f"(G# major is Ab major)")
     return tonic + acc + mode
 
@@ -51,7 +51,7 @@ def check_meter(value: str) -> str:
     m = METER.match(value) if isinstance(value, str) else None
     if m is None or int(m.group(1)) < 1 or int(m.group(2)) not in NOTE_VALUES:
         raise SettingsError(f"metre must be beats/note value with the note value one of {', '.join(map(str, NOTE_VALUES))} "
-                            f"(3/4, 6/8, 2/2), or C or C|; got {value!r}")
+                            f"(3/4, 6/8, 2/2), or C or C|; got {said(value)}")
     return f"{int(m.group(1))}/{int(m.group(2))}"
 
 

@@ -5,6 +5,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.checks import said
 from engine.errors import PromptError
 
 NOTAGEN_X_TABLE = "notagen_x_prompts.txt"
@@ -24,7 +25,7 @@ def check_field(name: str, value: str) -> str:
     if bad:
         shown = ", ".join(repr(c) for c in bad[:5])
         raise PromptError(
-            f"{name} {value!r} contains {shown}: the model reads 7-bit ASCII only, one line, without '_' or '%' "
+            f"{name} {said(value)} contains {shown}: the model reads 7-bit ASCII only, one line, without '_' or '%' "
             "(write accented names without accents, e.g. 'Dvorak, Antonin')")
     if len(value) > MAX_FIELD_CHARS:
         raise PromptError(f"{name} is {len(value)} characters long: expected at most {MAX_FIELD_CHARS}")
