@@ -90,6 +90,8 @@ class ServerSettings:
                        "cluster (ray start --head ...); off by default: the models run in this process",
                        nargs="?", const="local", metavar="ADDRESS")
     replicas: int = setting(1, "Ray Serve replicas of each model (one copy and its batch each)", parse=_whole)
+    replicas_max: int = setting(0, "autoscale each model from --replicas up to this many replicas on the pieces "
+                                "each replica is writing (0: fixed at --replicas)", parse=_whole)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
     replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
     write_config: str = setting("", "write the Ray Serve config (`serve deploy FILE`) of these settings' model and "
@@ -181,6 +183,9 @@ class ServerSettings:
         if not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256 or not 0 <= self.replica_gpus <= 16:
             raise SettingsError(f"replicas must be from 1 to 256, CPUs per replica above 0 and at most 256, GPUs per "
                                 f"replica from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {self.replica_gpus:g}")
+        if self.replicas_max and not self.replicas <= self.replicas_max <= 256:
+            raise SettingsError(f"replicas max must be 0 (no autoscaling) or from --replicas ({self.replicas}) to 256, "
+                                f"got {self.replicas_max}")
         if self.placement not in PLACEMENTS:
             raise SettingsError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         for what, cap in (("session rows", self.session_rows), ("session waiting", self.session_waiting)):

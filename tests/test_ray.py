@@ -107,7 +107,7 @@ def test_the_http_api_composes_through_the_replicas(served):
     assert all(Path(f).stat().st_size > 0 for f in files)
 
 
-def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path):
+def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path, capsys):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
@@ -122,6 +122,12 @@ def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_
     assert app["name"] == "cadenza-bundled" and app["deployments"][0]["num_replicas"] == 3
     assert app["deployments"][0]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
     assert application(app["args"]) is not None  # the import_path's builder takes the args as written
+    assert main(["--write-config", str(path), "--replicas", "2", "--replicas-max", "6"]) == 0  # autoscaled
+    (app,) = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
+    scaling = app.deployments[0].autoscaling_config
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (2, 6, 8)
+    assert main(["--write-config", str(path), "--replicas", "3", "--replicas-max", "2"]) == 2
+    assert "replicas max must be 0 (no autoscaling) or from --replicas (3) to 256, got 2" in capsys.readouterr().err
 
 
 def test_a_studio_finds_the_models_application_already_running_and_does_not_deploy_another(served):

@@ -113,9 +113,15 @@ def app_name(spec: str | None) -> str:
     return "cadenza-" + slug(Path(spec).stem if spec else "bundled")
 
 
-def deployment_options(replicas: int, rows: int, cpus: float, gpus: float) -> dict:
-    return {"num_replicas": replicas, "max_ongoing_requests": max(8, rows * 2),
-            "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}}
+def deployment_options(replicas: int, rows: int, cpus: float, gpus: float, replicas_max: int = 0) -> dict:
+    """A replica takes up to twice its rows in pieces (the rest wait in its scheduler's line).
+    Autoscaled, Serve aims at a quarter of the rows in pieces per replica: a piece searching a bar
+    writes 4 candidates, so that is a full batch."""
+    options = {"max_ongoing_requests": max(8, rows * 2), "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}}
+    if replicas_max > replicas:
+        return options | {"autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas_max,
+                                                 "target_ongoing_requests": max(1, rows // 4)}}
+    return options | {"num_replicas": replicas}
 
 
 def application(args: dict):
@@ -139,7 +145,8 @@ def serve_config(settings) -> dict:
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
                 "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
                 "deployments": [{"name": DEPLOYMENT, **deployment_options(
-                    settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus)}]}]}
+                    settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus,
+                    settings.replicas_max)}]}]}
 
 
 def write_config(settings, path: str | Path) -> Path:
@@ -154,8 +161,9 @@ def write_config(settings, path: str | Path) -> Path:
 class RayCluster:
     """The studio's connection to Ray: a local Ray started here, or a cluster joined."""
 
-    def __init__(self, address: str, replicas: int, gpus_per_replica: float, cpus_per_replica: float):
-        self.address, self.replicas = address, replicas
+    def __init__(self, address: str, replicas: int, gpus_per_replica: float, cpus_per_replica: float,
+                 replicas_max: int = 0):
+        self.address, self.replicas, self.replicas_max = address, replicas, replicas_max
         self.gpus, self.cpus = gpus_per_replica, cpus_per_replica
         self._lock = threading.Lock()
         self._started = False
@@ -198,7 +206,7 @@ class RayCluster:
         with self._lock:
             self._apps.append(name)
         engine = serve.deployment(SymbolicEngine, name=DEPLOYMENT, **deployment_options(
-            self.replicas, batching[0], self.cpus, self.gpus))
+            self.replicas, batching[0], self.cpus, self.gpus, self.replicas_max))
         handle = serve.run(engine.bind(spec, placement, batching, max(1, int(self.cpus))), name=name,
                            route_prefix=None)
         return handle, name

@@ -65,8 +65,8 @@ class Studio:
         # --ray: the models run as Ray Serve replicas. Connected here, on the thread that made the
         # studio: a local Ray's processes die with the thread that started them (PR_SET_PDEATHSIG),
         # and a model loader's thread ends once the model is up.
-        self.cluster = (RayCluster(config.ray, config.replicas, config.replica_gpus, config.replica_cpus)
-                        if config.ray else None)
+        self.cluster = (RayCluster(config.ray, config.replicas, config.replica_gpus, config.replica_cpus,
+                                   config.replicas_max) if config.ray else None)
         if self.cluster is not None:
             self.cluster.connect()
         recovered = self._recover()
