@@ -227,15 +227,15 @@ MORNING_XML = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def test_a_length_or_tempo_of_0_typed_in_the_page_is_refused_not_silently_the_models():
-    from webui.app import _compose_request
+    from webui.forms import compose_request
 
     args = ("Baroque", "Bach, Johann Sebastian", "Choral", 1.2, 9, 0.9, "", 24, 1)
     with pytest.raises(SettingsError, match="a length of 0 bars: leave Length empty"):
-        _compose_request(*args, bars="0")
+        compose_request(*args, bars="0")
     with pytest.raises(SettingsError, match="a tempo of 0: leave Tempo empty"):
-        _compose_request(*args, bars="8", tempo=" 0 ")
-    assert _compose_request(*args, bars="", tempo="").controls.bars is None  # empty: the model's
-    assert _compose_request(*args, bars=0, tempo=0).controls.bars is None  # the API's default
+        compose_request(*args, bars="8", tempo=" 0 ")
+    assert compose_request(*args, bars="", tempo="").controls.bars is None  # empty: the model's
+    assert compose_request(*args, bars=0, tempo=0).controls.bars is None  # the API's default
 
 
 def test_the_last_delete_can_be_undone_and_held_pieces_are_outside_the_quota(studio):

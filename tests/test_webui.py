@@ -340,12 +340,12 @@ def test_continue_carries_on_from_the_users_score(server):
 def test_the_seed_shown_while_writing_is_the_seed_of_the_kept_piece(server):
     """No seed asked for (the page's -1): the studio draws one before the first patch; every
     progress line and the record show it, and asking for it again writes the same piece."""
-    from webui.app import _compose_request
+    from webui.forms import compose_request
     from engine.service.pieces import Progress
 
     url, studio, tmp = server
     key = "s" * 20 + "-seed-shown"
-    request = _compose_request(BACH.period, BACH.composer, BACH.instrumentation, 1.2, 9, 0.9, -1, 24, 1)
+    request = compose_request(BACH.period, BACH.composer, BACH.instrumentation, 1.2, 9, 0.9, -1, 24, 1)
     assert request.seed is None
     items = list(studio.compose(key, request))
     (kept,) = items[-1]

@@ -171,11 +171,11 @@ def test_the_seed_shown_while_making_audio_is_the_seed_of_the_kept_clip(server):
     import soundfile as sf
 
     from engine.api import AudioProgress
-    from webui.app import _audio_request
+    from webui.forms import audio_request
 
     url, studio, tmp = server
     key = "v" * 20 + "-audio-seed"
-    request = _audio_request("slow piano", 1.0, -1)  # the page's -1: a random seed
+    request = audio_request("slow piano", 1.0, -1)  # the page's -1: a random seed
     assert request.settings.seed is None
     items = list(studio.audio(key, request))
     (kept,) = items[-1]

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import functools
 import html
-import inspect
 import logging
 import os
 import secrets
-import shutil
 import signal
-import tempfile
 import threading
-import time
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -23,19 +18,20 @@ import gradio as gr
 
 from engine.api import AudioProgress
 from engine.audio.musicgen import KNOWN_MODELS, AudioSettings
-from engine.checks import page_number, page_seed
 from engine.errors import CadenzaError, SettingsError
 from engine.render.identity import heading, of_edit
-from engine.requests import AudioRequest, ComposeRequest
+from engine.requests import ComposeRequest
 from engine.store import valid_key
-from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.sampling import SamplingSettings
 from engine.settings import ServerSettings
 from engine.service.policy import public
-from webui.guard import LoginBackoff, trim_folder
+from webui.guard import LoginBackoff
 from webui import views
 from engine.service.pieces import Outcome, Progress
 from engine.service.studio import Studio
+from webui.forms import audio_request, compose_request
+from webui.handlers import fail, keep_page, servable, with_session, sweep_served, trim_served
+from webui.http_api import endpoints
 
 log = logging.getLogger("cadenza.web")
 
@@ -71,123 +67,14 @@ def _head() -> str:
     scripts = [STATIC / "abcjs-basic-min.js", STATIC / "cadenza-score.js", STATIC / "page.js"]
     return f"<style>{HEAD_CSS}</style>" + "".join(
         f"<script>{p.read_text(encoding='utf-8')}</script>" for p in scripts if p.is_file())
-
-
-NO_SESSION = "this page has no session yet: reload it"
 FOLLOW_S = 3 * 3600.0  # a page follows a piece being written at most this long (a reload follows it again)
 # The page is updated at most this often while a piece is written (each update is the whole piece so
 # far: the editor and the engraving redo it all). Every patch, a chorale took 4x as long on 2 cores.
 UPDATE_GAP_S = 0.5
-NOTICE_S = 20  # seconds a refusal stays on screen: long enough to read, then it uncovers the page
 # Runs in the browser as Generate, Continue, Rewrite or Write this again is pressed: the music
 # being written comes into view (the inputs go on unchanged).
 TO_THE_MUSIC = ("(...args) => { const s = document.getElementById('status'); "
                 "if (s) s.scrollIntoView({block: 'start', behavior: 'smooth'}); return args; }")
-
-
-def _refused(message) -> str:
-    """A refused request: one log line (no traceback) and the words a client may read."""
-    text = public(str(message))
-    log.info("refused: %s", text[:300])
-    return text
-
-
-def _fail(e: Exception):
-    """Bad input or a failed step: a clear message for the caller; the server goes on."""
-    raise gr.Error(_refused(e), duration=None, print_exception=False)
-
-
-def _keep_page(message) -> dict:
-    """In the page, a failed step says why in a notice and changes nothing: the ABC being edited,
-    the score and the downloads already shown all stay (one skip() leaves every output as it was)."""
-    gr.Warning(html.escape(_refused(message)), duration=NOTICE_S)  # notices are HTML; user text is not
-    return gr.skip()
-
-
-def _session(fn=None, *, api: bool = False, errors: tuple = (CadenzaError,)):
-    """The one session check, for a handler whose first argument is the session key. Without a
-    valid key, or when the step is refused (`errors`), the page shows a notice and keeps what it
-    shows; an API caller (api=True) gets the message as its error. Generators stay generators
-    (Gradio streams them)."""
-    if fn is None:
-        return functools.partial(_session, api=api, errors=errors)
-
-    def refuse(message):
-        if api:
-            _fail(message)
-        return _keep_page(message)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def steps(key, *args):
-            if not valid_key(key):
-                yield refuse(NO_SESSION)
-                return
-            try:
-                yield from fn(key, *args)
-            except errors as e:
-                yield refuse(e)
-        return steps
-
-    @functools.wraps(fn)
-    def step(key, *args):
-        if not valid_key(key):
-            return refuse(NO_SESSION)
-        try:
-            return fn(key, *args)
-        except errors as e:
-            return refuse(e)
-    return step
-
-
-SERVE_DIR = "cadenza-serve"  # under the temp folder: copies of outputs kept elsewhere, deleted with Gradio's cache
-
-
-def _servable(path: Path) -> str:
-    """Gradio copies returned files into its cache from the working or temp directory only; an
-    outputs directory elsewhere is copied to a temp folder first (never added to allowed_paths,
-    which would make every session's files fetchable by URL)."""
-    p = str(path.resolve())
-    if p.startswith(str(Path.cwd().resolve())) or p.startswith(tempfile.gettempdir()):
-        return p
-    out = Path(tempfile.mkdtemp(prefix="f-", dir=_serve_dir())) / path.name
-    shutil.copy2(path, out)
-    return str(out)
-
-
-def _serve_dir() -> Path:
-    folder = Path(tempfile.gettempdir()) / SERVE_DIR
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def sweep_served(max_age_s: float) -> int:
-    """Deletes the copies _servable made that are older than max_age_s (Gradio has its own copy by then)."""
-    folder, now, gone = Path(tempfile.gettempdir()) / SERVE_DIR, time.time(), 0
-    for p in folder.iterdir() if folder.is_dir() else ():
-        try:
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-                gone += 1
-        except OSError:
-            continue
-    return gone
-
-
-def trim_served(max_bytes: int) -> int:
-    """Gradio's cache of files served to browsers (and our copies for it) under --cache-max-gb,
-    the oldest first: a browser fetching many big pieces could otherwise fill the disk within
-    --cache-hours, outside any session's quota."""
-    from gradio.utils import get_upload_folder
-
-    gone = 0
-    for folder in (Path(get_upload_folder()), Path(tempfile.gettempdir()) / SERVE_DIR):
-        removed, freed = trim_folder(folder, max_bytes)
-        if removed:
-            log.warning("Gradio's cache over %.1f GB: removed its %d oldest file(s), %.0f MB", max_bytes / 2**30,
-                        removed, freed / 2**20)
-        gone += removed
-    return gone
 
 
 def _page_html(svg: str | None, page: int = 0, pages: int = 0) -> str:
@@ -225,7 +112,7 @@ def _show(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome, siblings: l
              ui.notes: views.notes(r),
              ui.seed_info: seed_info, ui.again: gr.update(visible=r.seed is not None and r.kind == "composed"),
              ui.printed: _page_html(first, 0, len(pages)), ui.pages: pages, ui.page_no: 0,
-             ui.audio: gr.update(value=_servable(wav[0]) if wav else None, visible=True), ui.downloads: [_servable(p) for p in o.downloads()],
+             ui.audio: gr.update(value=servable(wav[0]) if wav else None, visible=True), ui.downloads: [servable(p) for p in o.downloads()],
              **_history(ui, studio.history(key)), ui.piece_id: r.id, ui.current: _identity(r, o.abc), ui.work: {"piece": r.id, "draft": None}}
     if siblings is not None:
         shown |= _cards(ui, siblings)
@@ -251,7 +138,7 @@ def _cards(ui: SimpleNamespace, outcomes: list[Outcome]) -> dict:
         wav = o.paths("wav") if o else []
         shown |= {card.box: gr.update(visible=o is not None),
                   card.text: views.card(o.record, n + 1, o.abc) if o else "",
-                  card.audio: _servable(wav[0]) if wav else None}
+                  card.audio: servable(wav[0]) if wav else None}
     return shown
 
 
@@ -270,39 +157,15 @@ def _audio_summary(o: Outcome) -> str:
 
 def _audio_players(o: Outcome) -> list:
     wavs = o.paths("wav")
-    return [gr.update(value=_servable(wavs[i]), visible=True) if i < len(wavs)
+    return [gr.update(value=servable(wavs[i]), visible=True) if i < len(wavs)
             else gr.update(value=None, visible=False) for i in range(AUDIO_PLAYERS)]
 
 
 def _show_audio(ui: SimpleNamespace, studio: Studio, key: str, o: Outcome) -> dict:
     """Everything the Audio page shows of a finished clip, by component."""
     return {ui.a_progress: _audio_summary(o), **dict(zip(ui.a_players, _audio_players(o))),
-            ui.a_pictures: [_servable(p) for p in o.paths("png")], ui.a_files: [_servable(p) for p in o.downloads()],
+            ui.a_pictures: [servable(p) for p in o.paths("png")], ui.a_files: [servable(p) for p in o.downloads()],
             **_history(ui, studio.history(key))}
-
-
-def _audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=AudioSettings.top_k, tp=AudioSettings.top_p,
-                   temp=AudioSettings.temperature, var=AudioSettings.variations, melody=None, score=None) -> AudioRequest:
-    """The page's and the API's values as they come -> an AudioRequest, which checks them (the
-    page's seed -1 means a random one: None from here on)."""
-    settings = AudioSettings(duration=dur, guidance_scale=guidance, top_k=tk, top_p=tp, temperature=temp,
-                             seed=page_seed(page_number(sd)), variations=var)
-    return AudioRequest(text, settings, melody=melody or None, score=score)
-
-
-def _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries,
-                     critic=ComposeRequest.critic, bars=None, music_key=None, meter=None, tempo=None) -> ComposeRequest:
-    """The page's and the API's values as they come -> a ComposeRequest, which checks them (an
-    empty control box, or 0, leaves it to the model)."""
-    for typed, said in ((bars, f"a length of 0 bars: leave Length empty for the model's own length, or ask for "
-                                f"1 to {MAX_BARS:,} bars"),
-                        (tempo, "a tempo of 0: leave Tempo empty for the model's own tempo, or give 20 to 400 "
-                                "quarter notes a minute")):
-        if isinstance(typed, str) and page_number(typed) == 0:  # typed in the page (the API's 0 is its default)
-            raise SettingsError(said)
-    return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp),
-                          seed=page_seed(page_number(sd)), variations=var, max_patches=mp, bar_retries=br, critic=critic,
-                          controls=Controls.from_page(page_number(bars), music_key, meter, page_number(tempo)))
 
 
 def _musicgen_choices(studio: Studio, first: str, melody: bool) -> list[str]:
@@ -615,7 +478,7 @@ def _wire_session(ui: SimpleNamespace, config: ServerSettings, studio: Studio, d
                     break
             return _prompt_lists(studio, spec, pick) or (gr.skip(),) * 3
         except CadenzaError as e:
-            _fail(e)
+            fail(e)
 
     ui.surprise.click(on_surprise, [ui.model, ui.period, ui.composer, ui.instrumentation],
                       [ui.period, ui.composer, ui.instrumentation], api_visibility="private", concurrency_limit=None)
@@ -635,7 +498,7 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
         try:
             studio.model(spec or None)
         except CadenzaError as e:
-            _fail(e)
+            fail(e)
         return f"loading {public(spec) if spec else 'the server model'} ...", False, gr.Timer(active=True)
 
     ui.use_model.click(on_use_model, [ui.model], [ui.status, ui.filled, ui.timer], api_visibility="private",
@@ -645,7 +508,7 @@ def _wire_model(ui: SimpleNamespace, studio: Studio) -> None:
         try:
             name = studio.fetch(r, f)
         except CadenzaError as e:
-            _fail(e)
+            fail(e)
         return name, f"downloaded {public(name)}: press 'Use this model'"
 
     ui.fetch.click(on_fetch, [ui.repo, ui.repo_file], [ui.model, ui.status], api_visibility="private",
@@ -669,7 +532,7 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
     def run(k, spec, p, c, i, temp, tk, tp, sd, mp, var, br, critic, bars, mkey, meter, tempo, cont_abc=None,
             rewrite_from=None, title=None):
         studio.model(spec or None)  # a model this server does not offer is refused first, whatever else came
-        request = _compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
+        request = compose_request(p, c, i, temp, tk, tp, sd, mp, var, br, bool(critic), bars, mkey, meter, tempo)
         # written on a thread of its own: a reload reattaches to it (reattach), a closed tab leaves it to finish
         live = studio.write(k, request, model=spec or None, continue_abc=cont_abc, rewrite_from=rewrite_from,
                             title=title)
@@ -693,7 +556,7 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
             else:  # Stop came before the first bar: nothing to keep (what was open before is in History)
                 yield {ui.progress: "stopped before a bar was written: nothing was kept"}
 
-    @_session
+    @with_session
     def reattach(k):
         """A page loaded while its session's piece is being written (a reload, a second tab): its
         prompt and settings back in the page, then its progress and live score as it goes on."""
@@ -712,16 +575,16 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
               ui.max_patches, ui.variations, ui.bar_retries, ui.critic, ui.bars, ui.music_key, ui.meter, ui.tempo]
     composing = dict(api_visibility="private", concurrency_id="model", concurrency_limit=config.compose_limit(),
                      show_progress_on=[ui.progress], js=TO_THE_MUSIC)
-    ui.generate.click(_session(run), inputs, ui.shown, **composing)
+    ui.generate.click(with_session(run), inputs, ui.shown, **composing)
 
-    @_session
+    @with_session
     def run_continue(k, *values):
         *settings, text, current = values
         if not text or not text.strip():
             raise SettingsError("there is no score to continue: write or upload some ABC first")
         yield from run(k, *settings, cont_abc=text, title=_edited(text, current)[0])
 
-    @_session
+    @with_session
     def run_rewrite(k, *values):
         *settings, text, bar, current = values
         if not text or not text.strip():
@@ -730,7 +593,7 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
 
     ui.cont.click(run_continue, inputs + [ui.abc, ui.current], ui.shown, **composing)
     ui.rewrite.click(run_rewrite, inputs + [ui.abc, ui.rewrite_bar, ui.current], ui.shown, **composing)
-    ui.stop.click(_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
+    ui.stop.click(with_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
                   [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
 
     def again(current):
@@ -743,7 +606,7 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
 
     restored = ui.settings_shown + [ui.seed, ui.variations]
     ui.again.click(again, [ui.current], restored, api_visibility="private", concurrency_limit=None).then(
-        _session(run), inputs, ui.shown, **composing)
+        with_session(run), inputs, ui.shown, **composing)
 
     def open_card(k, ids, n):
         if not valid_key(k) or not isinstance(ids, list) or n >= len(ids):
@@ -751,7 +614,7 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
         try:
             return _show(ui, studio, k, studio.outcome(k, ids[n]))
         except CadenzaError as e:
-            return _keep_page(e)
+            return keep_page(e)
 
     for n, card in enumerate(ui.cards):
         card.open.click(functools.partial(open_card, n=n), [ui.key, ui.card_ids], ui.shown, api_visibility="private",
@@ -760,24 +623,24 @@ def _wire_compose(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
 
 def _wire_scores(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """Render, upload and turning the score's pages."""
-    @_session
+    @with_session
     def on_render(k, text, current=None):
         """The edits are the open piece's: its title and prompt go with them."""
         return _show(ui, studio, k, studio.render(k, text, *_edited(text, current)))
 
-    @_session
+    @with_session
     def on_upload(k, path):
         if not path:
             return gr.skip()
         try:
             shown = _show(ui, studio, k, studio.upload(k, path))
         except CadenzaError as e:
-            _keep_page(e)  # the notice; the open piece stays as it is
+            keep_page(e)  # the notice; the open piece stays as it is
             return {ui.upload: None}  # the file that could not be read leaves the box
         # the box is emptied once the score is read: the piece is in the work area and History
         return shown | {ui.upload: None}
 
-    @_session
+    @with_session
     def on_transpose(k, text, to_key, current=None, chosen_key=None):
         if not text or not text.strip():
             raise SettingsError("there is no score to transpose: open, write or upload one first")
@@ -807,9 +670,9 @@ def _wire_scores(ui: SimpleNamespace, config: ServerSettings, studio: Studio) ->
 
 def _wire_audio(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> None:
     """The Audio page and "Perform with MusicGen"."""
-    @_session(errors=(CadenzaError, ValueError, TypeError))  # (a melody file soundfile cannot read)
+    @with_session(errors=(CadenzaError, ValueError, TypeError))  # (a melody file soundfile cannot read)
     def run_audio(k, text, spec, dur, guidance, tk, tp, temp, sd, var, melody):
-        request = _audio_request(text, dur, sd, guidance, tk, tp, temp, var, melody=melody)
+        request = audio_request(text, dur, sd, guidance, tk, tp, temp, var, melody=melody)
         for item in studio.audio(k, request, model=spec or None):
             if isinstance(item, AudioProgress):
                 yield {ui.a_progress: f"making audio (seed {item.seed}): step {item.steps} of {item.total}, "
@@ -820,20 +683,20 @@ def _wire_audio(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -> 
     ui.a_go.click(run_audio, [ui.key, ui.a_prompt, ui.a_model, ui.a_duration, ui.a_guidance, ui.a_top_k, ui.a_top_p,
                               ui.a_temperature, ui.a_seed, ui.a_variations, ui.a_melody], ui.audio_shown,
                   api_visibility="private", concurrency_id="audio", concurrency_limit=1)
-    ui.a_stop.click(_session(lambda k: "stopping ..." if studio.stop(k, "audio") else gr.skip()), [ui.key],
+    ui.a_stop.click(with_session(lambda k: "stopping ..." if studio.stop(k, "audio") else gr.skip()), [ui.key],
                     [ui.a_progress], api_visibility="private", concurrency_limit=None)
 
-    @_session(errors=(CadenzaError, ValueError, TypeError))
+    @with_session(errors=(CadenzaError, ValueError, TypeError))
     def run_perform(k, text, style_text, spec, dur, sd):
-        for item in studio.audio(k, _audio_request(style_text, dur, sd, score=text or ""), model=spec or None):
+        for item in studio.audio(k, audio_request(style_text, dur, sd, score=text or ""), model=spec or None):
             if isinstance(item, AudioProgress):
                 yield {ui.perform_progress: f"performing (seed {item.seed}): step {item.steps} of {item.total}, "
                                             f"{item.elapsed:.1f}s"}
             else:
                 o = item[0]
                 wavs = o.paths("wav")
-                yield {ui.perform_progress: _audio_summary(o), ui.perform_audio: _servable(wavs[0]) if wavs else None,
-                       ui.perform_files: [_servable(p) for p in o.downloads()], **_history(ui, studio.history(k))}
+                yield {ui.perform_progress: _audio_summary(o), ui.perform_audio: servable(wavs[0]) if wavs else None,
+                       ui.perform_files: [servable(p) for p in o.downloads()], **_history(ui, studio.history(k))}
 
     ui.perform.click(run_perform, [ui.key, ui.abc, ui.style, ui.perform_model, ui.perform_seconds, ui.seed],
                      ui.perform_shown, api_visibility="private", concurrency_id="audio", concurrency_limit=1)
@@ -848,7 +711,7 @@ def _wire_history(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
         return {**_history(ui, records), ui.to_delete: gr.update(choices=choices, value=[]), ui.usage: studio.usage(k),
                 ui.picked: "", ui.picked_box: gr.update(visible=False)}
 
-    @_session
+    @with_session
     def on_history(k, ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(ids, list) or not isinstance(row, int) or not 0 <= row < len(ids):
@@ -858,12 +721,12 @@ def _wire_history(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
         wav = o.paths("wav")
         about = f"{views.summary(r)}" + (f" · seed {r.seed}" if r.seed is not None else "") + f" · {r.created[:16]}"
         return {ui.picked: r.id, ui.picked_box: gr.update(visible=True), ui.picked_text: about,
-                ui.picked_audio: _servable(wav[0]) if wav else None, ui.new_title: r.title}
+                ui.picked_audio: servable(wav[0]) if wav else None, ui.new_title: r.title}
 
     picked = [ui.picked, ui.picked_box, ui.picked_text, ui.picked_audio, ui.new_title]
     ui.history.select(on_history, [ui.key, ui.history_ids], picked, api_visibility="private", concurrency_limit=None)
 
-    @_session
+    @with_session
     def on_open(k, pid, spec):
         o = studio.outcome(k, pid)
         if o.record.kind in AUDIO_KINDS:
@@ -878,29 +741,29 @@ def _wire_history(ui: SimpleNamespace, config: ServerSettings, studio: Studio) -
     ui.open_picked.click(on_open, [ui.key, ui.picked, ui.model], opened, api_visibility="private",
                          concurrency_limit=None)
 
-    @_session
+    @with_session
     def on_rename(k, pid, title):
         r = studio.rename(k, pid, title)
         gr.Info(f"renamed: {html.escape(r.title)}")  # a title is the user's text, never HTML
         return listing(k)
 
-    @_session
+    @with_session
     def on_delete(k, ids):
         n, freed = studio.delete(k, ids or [])
         gr.Info(f"deleted {n} piece(s), {freed / 2**20:.1f} MB freed: Undo delete brings them back")
         return listing(k) | {ui.undelete: gr.update(visible=True)}
 
-    @_session
+    @with_session
     def on_undelete(k):
         n = studio.undelete(k)
         gr.Info(f"{n} piece(s) back in History" if n else "nothing to bring back: only the last Delete can be undone")
         return listing(k) | {ui.undelete: gr.update(visible=False)}
 
     listed = [ui.history, ui.history_ids, ui.to_delete, ui.usage, ui.picked, ui.picked_box, ui.undelete]
-    ui.history_tab.select(_session(listing), [ui.key], listed, api_visibility="private", concurrency_limit=None)
+    ui.history_tab.select(with_session(listing), [ui.key], listed, api_visibility="private", concurrency_limit=None)
     ui.rename.click(on_rename, [ui.key, ui.picked, ui.new_title], listed, api_visibility="private",
                     concurrency_limit=None)
-    ui.delete_picked.click(_session(lambda k, pid: on_delete(k, [pid] if pid else [])), [ui.key, ui.picked], listed,
+    ui.delete_picked.click(with_session(lambda k, pid: on_delete(k, [pid] if pid else [])), [ui.key, ui.picked], listed,
                            api_visibility="private", concurrency_limit=None)
     ui.delete.click(on_delete, [ui.key, ui.to_delete], listed, api_visibility="private", concurrency_limit=None)
     ui.undelete.click(on_undelete, [ui.key], listed, api_visibility="private", concurrency_limit=None)
@@ -958,211 +821,11 @@ def build_app(config: ServerSettings, studio: Studio | None = None) -> gr.Blocks
         _wire_audio(ui, config, studio)
         _wire_history(ui, config, studio)
         _wire_system(ui, demo, studio)
-        _api_endpoints(studio, config)
+        endpoints(studio, config)
     # api_open=False: /gradio_api/run/<name> is refused, so every request waits in the queue and
     # keeps its limits (gradio_client and the page use the queue).
     demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency, api_open=False)
     return demo
-
-
-def _api_endpoints(studio: Studio, config: ServerSettings) -> None:
-    """Named endpoints for scripts (gradio_client): /prompts, /compose, /render, /upload, /history, /piece,
-    /audio (MusicGen, optionally following a melody file), /perform (a score played by MusicGen),
-    /delete. They go through the same queue and limits as the page. Those that only take and give
-    JSON are typed functions (gr.api); those that take or give files are events on hidden
-    components, because gr.api skips Gradio's file handling: an upload would not be checked to be
-    one, and a result would hand out server paths instead of downloads."""
-    _api_json(studio)
-    with gr.Row(visible=False):  # each endpoint's parameters are its handler's, named in words (gradio_client)
-        session = gr.Textbox(label="session_key")
-        abc_in, text_in = gr.Textbox(label="abc"), gr.Textbox(label="text")
-        model_in = gr.Textbox(label="model")
-        p_in, c_in, i_in = gr.Textbox(label="period"), gr.Textbox(label="composer"), gr.Textbox(label="instrumentation")
-        # no precision=0: Gradio would round text to an int before our checks and fail with a bare
-        # error; each field's own check refuses text or a fraction by name instead
-        seed_in = gr.Number(label="seed", value=-1)
-        temp_in = gr.Number(label="temperature", value=SamplingSettings.temperature)
-        tk_in = gr.Number(label="top_k", value=SamplingSettings.top_k)
-        tp_in = gr.Number(label="top_p", value=SamplingSettings.top_p)
-        mp_in = gr.Number(label="max_patches", value=ComposeRequest.max_patches)
-        var_in = gr.Number(label="variations", value=1)
-        bars_in, bar_in = gr.Number(label="bars", value=0), gr.Number(label="bar", value=1)
-        mkey_in, meter_in = gr.Textbox(label="music_key", value=""), gr.Textbox(label="meter", value="")
-        tempo_in = gr.Number(label="tempo", value=0)
-        info_out = gr.JSON(label="result")
-        files_out = gr.File(label="files", file_count="multiple")
-        file_in = gr.File(label="score", type="filepath")
-        melody_in = gr.File(label="melody", type="filepath")
-        style_in = gr.Textbox(label="style")
-        dur_in = gr.Number(label="seconds", value=AudioSettings.duration)
-        guid_in = gr.Number(label="guidance_scale", value=AudioSettings.guidance_scale)
-        atk_in = gr.Number(label="audio_top_k", value=AudioSettings.top_k)
-        atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
-        atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
-        buttons = {name: gr.Button(visible=False) for name in ("compose", "continue", "rewrite", "render", "transpose",
-                                                                "piece", "upload", "audio", "perform")}
-    h = _api_handlers(studio)
-    out = [info_out, files_out]
-    style = [model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in, bars_in, mkey_in, meter_in,
-             tempo_in]
-    writing = dict(concurrency_id="model", concurrency_limit=config.compose_limit())
-    rendering = dict(concurrency_id="render", concurrency_limit=2)
-    sounding = dict(concurrency_id="audio", concurrency_limit=1)
-    events = {  # endpoint: (handler, inputs after the session key, queue)
-        "compose": (h.compose, style, writing),
-        "continue": (h.continue_score, [abc_in] + style, writing),
-        "rewrite": (h.rewrite, [abc_in, bar_in] + style, writing),
-        "render": (h.render, [abc_in], rendering),
-        "transpose": (h.transpose, [abc_in, mkey_in], rendering),
-        "upload": (h.upload, [file_in], rendering),
-        "piece": (h.piece, [text_in], {}),
-        "audio": (h.audio, [text_in, model_in, dur_in, seed_in, guid_in, atk_in, atp_in, atemp_in, var_in, melody_in],
-                  sounding),
-        "perform": (h.perform, [abc_in, style_in, model_in, dur_in, seed_in], sounding),
-    }
-    for name, (handler, inputs, queue) in events.items():
-        buttons[name].click(handler, [session] + inputs, out, api_name=name, **queue)
-
-
-def _api_json(studio: Studio) -> None:
-    """/prompts, /history, /delete and /undelete: JSON in, JSON out, as typed functions."""
-    def prompts(model: str = "") -> dict:
-        """The period / composer / instrumentation combinations the model knows."""
-        try:
-            table = studio.prompts(model or None)
-        except CadenzaError as e:
-            _fail(e)
-        return {"prompts": [{"period": p.period, "composer": p.composer, "instrumentation": p.instrumentation}
-                            for p in table.prompts]}
-
-    @_session(api=True)
-    def history(session_key: str) -> dict:
-        """Every piece of the session, newest first."""
-        return {"pieces": [asdict(r) for r in studio.history(session_key)]}
-
-    @_session(api=True)
-    def delete(session_key: str, piece_id: str) -> dict:
-        """Removes one piece (its id, as /history gives it) from the session."""
-        n, freed = studio.delete(session_key, [piece_id])
-        return {"deleted": n, "freed_bytes": freed, "usage": studio.usage(session_key)}
-
-    @_session(api=True)
-    def undelete(session_key: str) -> dict:
-        """Brings back the pieces of the session's last /delete (until the next one or a restart)."""
-        return {"restored": studio.undelete(session_key), "usage": studio.usage(session_key)}
-
-    gr.api(prompts, api_name="prompts", concurrency_limit=None)
-    gr.api(history, api_name="history")
-    gr.api(delete, api_name="delete", concurrency_limit=None)
-    gr.api(undelete, api_name="undelete", concurrency_limit=None)
-
-
-def _api_handlers(studio: Studio) -> SimpleNamespace:
-    """The functions behind the endpoints that give files: (JSON, files) while streaming and at the end."""
-    def files(outcomes: list[Outcome]) -> tuple[dict, list[str]]:
-        return _result(outcomes), [_servable(p) for o in outcomes for p in o.downloads()]
-
-    def written(session_key, model, request, **score) -> Iterator[tuple]:
-        """A piece streamed as it is written: waiting, writing (with its ABC so far), rendering, done."""
-        for item in studio.compose(session_key, request, model=model or None, **score):
-            if isinstance(item, Progress) and item.waiting is not None:
-                yield {"status": "waiting", "seed": item.seed, "position": item.waiting,
-                       "reason": item.waiting_reason}, None
-            elif isinstance(item, Progress) and item.keeping is not None:
-                yield {"status": "rendering", "seed": item.seed, "rendered": item.keeping[0],
-                       "pieces": item.keeping[1]}, None
-            elif isinstance(item, Progress):
-                yield {"status": "writing", "seed": item.seed, "bars": item.bars, "patches": item.patches,
-                       "elapsed": round(item.elapsed, 2), "abc": item.abc}, None
-            else:
-                yield files(item)
-
-    def request(period, composer, instrumentation, seed, temperature, top_k, top_p, max_patches, variations, bars,
-                music_key, meter, tempo) -> ComposeRequest:
-        return _compose_request(period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches,
-                                variations, bars=bars, music_key=music_key, meter=meter, tempo=tempo)
-
-    @_session(api=True)
-    def compose(session_key, model, period, composer, instrumentation, seed, temperature, top_k, top_p, max_patches,
-                variations, bars=0, music_key="", meter="", tempo=0):
-        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
-                                                       top_p, max_patches, variations, bars, music_key, meter, tempo))
-
-    @_session(api=True)
-    def continue_score(session_key, abc, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
-                       max_patches, variations, bars=0, music_key="", meter="", tempo=0):
-        """The score goes on in the style given (bars: how many bars the whole piece should have)."""
-        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
-                                                       top_p, max_patches, variations, bars, music_key, meter, tempo),
-                           continue_abc=_score_text(abc, "continue"), title=_title_of(abc))
-
-    @_session(api=True)
-    def rewrite(session_key, abc, bar, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
-                max_patches, variations, bars=0, music_key="", meter="", tempo=0):
-        """The bars before `bar` kept (numbered as printed: a pickup is bar 0), the rest written anew."""
-        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
-                                                       top_p, max_patches, variations, bars, music_key, meter, tempo),
-                           continue_abc=_score_text(abc, "rewrite"), rewrite_from=page_number(bar), title=_title_of(abc))
-
-    @_session(api=True)
-    def render(session_key, abc):
-        return files([studio.render(session_key, abc)])
-
-    @_session(api=True)
-    def transpose(session_key, abc, music_key):
-        """The score in another key, kept as a new piece ("... (in G)")."""
-        return files([studio.transpose(session_key, _score_text(abc, "transpose"), _key_text(music_key))])
-
-    @_session(api=True)
-    def upload(session_key, file):
-        if not file:
-            raise SettingsError("no file: expected an .abc, .musicxml, .xml or .mxl score")
-        return files([studio.upload(session_key, file)])
-
-    @_session(api=True)
-    def piece(session_key, piece_id):
-        return files([studio.outcome(session_key, piece_id)])
-
-    def audio_stream(session_key, model, request):
-        for item in studio.audio(session_key, request, model=model or None):
-            if isinstance(item, AudioProgress):
-                yield {"status": "working", "seed": item.seed, "steps": item.steps, "total": item.total,
-                       "elapsed": round(item.elapsed, 2)}, None
-            else:
-                yield files(item)
-
-    @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
-    def audio(session_key, prompt, model, seconds, seed, guidance_scale, top_k, top_p, temperature, variations, melody):
-        yield from audio_stream(session_key, model, _audio_request(prompt, seconds, seed, guidance_scale, top_k, top_p,
-                                                                   temperature, variations, melody=melody))
-
-    @_session(api=True, errors=(CadenzaError, ValueError, TypeError))
-    def perform(session_key, abc, style, model, seconds, seed):
-        yield from audio_stream(session_key, model, _audio_request(style, seconds, seed, score=abc or ""))
-
-    return SimpleNamespace(compose=compose, continue_score=continue_score, rewrite=rewrite, render=render,
-                           transpose=transpose, upload=upload, piece=piece, audio=audio, perform=perform)
-
-
-def _score_text(abc, what: str) -> str:
-    if not isinstance(abc, str) or not abc.strip():
-        raise SettingsError(f"there is no score to {what}: expected ABC text (X:, a header, K: and some bars)")
-    return abc
-
-
-def _key_text(music_key) -> str:
-    if not isinstance(music_key, str) or not music_key.strip():
-        raise SettingsError("no key to transpose to: expected a key such as G, Bb or F#m")
-    return music_key.strip()
-
-
-def _title_of(abc) -> str | None:
-    """A continued or rewritten score keeps its own title (its T: line), with "(continued)"."""
-    return heading(abc)[0] if isinstance(abc, str) else None
-
-
-def _result(outcomes: list[Outcome]) -> dict:
-    return {"status": "done", "pieces": [{**asdict(o.record), "abc": o.abc} for o in outcomes]}
 
 
 def start(config: ServerSettings, studio: Studio | None = None, quiet: bool = False):
