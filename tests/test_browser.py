@@ -117,14 +117,9 @@ def test_pick_a_prompt_generate_see_the_score_hear_it_download_it(page):
 
 def test_bad_abc_gets_a_clear_message_in_the_page_and_the_page_goes_on(page):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     driver, studio = page
-    editor = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".cm-content"), what="the ABC editor")
-    editor.click()
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys("this is not music")
+    type_score(driver, "this is not music")
     driver.find_element(By.XPATH, "//button[normalize-space()='Render my edits']").click()
     wait_for(driver, lambda d: "not ABC notation" in d.find_element(By.TAG_NAME, "body").text,
              timeout=60, what="the error message")
@@ -178,7 +173,6 @@ def test_audio_page_makes_audio_and_a_score_is_performed(page):
     """The Audio page with a tiny random MusicGen: a prompt becomes a player, a picture and
     downloads; then the Score page's "Perform with MusicGen" plays a typed score."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     from test_audio import TUNE
 
@@ -202,11 +196,7 @@ def test_audio_page_makes_audio_and_a_score_is_performed(page):
     driver.save_screenshot(str(SCREENSHOT.with_name("audio.png")))
     # the Score page: type a score, perform it
     driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Score']").click()
-    editor = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".cm-content"), what="the ABC editor")
-    editor.click()
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys(TUNE)
+    type_score(driver, TUNE)
     driver.find_element(By.XPATH, "//button[contains(., 'Perform with MusicGen')]").click()  # opens the accordion
     buttons = wait_for(driver, lambda d: [b for b in d.find_elements(By.XPATH, "//button[normalize-space()='Perform with MusicGen']")
                                           if b.is_displayed() and b.tag_name == "button"], what="the Perform button")
@@ -244,6 +234,15 @@ def typed(element, text: str) -> None:
 
 def button(driver, text: str):
     return next(b for b in driver.find_elements(By.XPATH, f"//button[normalize-space()='{text}']") if b.is_displayed())
+
+
+def type_score(driver, text: str) -> None:
+    """The ABC editor's text replaced by `text`, typed as a composer would."""
+    editor = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".cm-content"), what="the ABC editor")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys(text)
 
 
 def records(studio) -> list[dict]:
@@ -510,15 +509,10 @@ def test_history_selects_plays_opens_with_the_prompt_renames_and_deletes(page):
 
 def test_converter_notes_are_in_plain_words_folded_under_details(page):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     driver, studio = page
     fresh(driver, studio)
-    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
-    editor.click()
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys("X:1\nT:Notes\n%%score (1 2\nL:1/8\nM:2/4\nK:C\nV:1\nCDEF) |GABc|]\nV:2\nC,4|G,4|]\n")
+    type_score(driver, "X:1\nT:Notes\n%%score (1 2\nL:1/8\nM:2/4\nK:C\nV:1\nCDEF) |GABc|]\nV:2\nC,4|G,4|]\n")
     before = len(records(studio))
     button(driver, "Render my edits").click()
     # (the piece open before may have notes of its own: wait for this score's)
@@ -617,7 +611,6 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
     over the open piece is a score of its own (its title, no style), and its downloads are named so."""
 
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     from test_studio_views import MORNING_XML
 
@@ -636,11 +629,7 @@ def test_a_score_is_called_by_its_own_title_through_upload_and_render(page, tmp_
         assert driver.find_elements(By.CSS_SELECTOR, drawn), drawn
     page_svg = (Path(uploaded["folder"]) / uploaded["files"]["svg"][0]).read_text()
     assert 'class="clef' in page_svg and "a treble clef was put in" in " ".join(uploaded["warnings"])
-    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
-    editor.click()
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys("X:1\nT:My Jig\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n")
+    type_score(driver, "X:1\nT:My Jig\nM:6/8\nL:1/8\nK:G\nGAB c2d|e2f g3|]\n")
     button(driver, "Render my edits").click()
     wait_for(driver, lambda d: len(records(studio)) > before + 1, timeout=120, what="the render kept")
     mine = records(studio)[-1]
@@ -660,11 +649,7 @@ def test_the_bars_at_fault_in_the_musical_check_are_drawn_in_red_with_the_reason
     says so in words and the score marks them, the reason on hover."""
     driver, studio = page
     fresh(driver, studio)
-    editor = driver.find_element(By.CSS_SELECTOR, ".cm-content")
-    editor.click()
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys(UNEVEN)
+    type_score(driver, UNEVEN)
     before = len(records(studio))
     button(driver, "Render my edits").click()
     wait_for(driver, lambda d: len(records(studio)) > before, timeout=120, what="the render kept")
