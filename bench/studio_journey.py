@@ -17,20 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.studio_load import free_port
+
 FOLK = ("Folk", "Traditional, Irish", "Melody")
 CHORALE = ("Baroque", "Bach, Johann Sebastian", "Choral")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def browser(profile: Path):

@@ -18,10 +18,6 @@ from engine.files import hf_cache
 from engine.placement import PLACEMENTS
 
 
-def _whole(text: str) -> int:
-    return int(text)
-
-
 def _count_or_none(text: str) -> int | None:
     """0 means no cap."""
     return int(text) or None
@@ -50,7 +46,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-WHAT = {_whole: "a whole number", _count_or_none: "a whole number (0: no cap)", float: "a number",
+WHAT = {int: "a whole number", _count_or_none: "a whole number (0: no cap)", float: "a number",
         _yes: "1 or 0", parse_auth: "user:password"}
 
 
@@ -68,7 +64,7 @@ def setting(default, help: str, *, parse: Callable = str, flag: str | None = Non
 class ServerSettings:
     # --- where and for whom ---
     host: str = setting("127.0.0.1", "address to serve on (0.0.0.0: the LAN)")
-    port: int = setting(7860, "port to serve on", parse=_whole)
+    port: int = setting(7860, "port to serve on", parse=int)
     auth: tuple[str, str] | None = setting(None, "user:password the page asks for", parse=parse_auth)
     share: bool = setting(False, "also make a public gradio.live link", parse=_yes, action="store_const", const="1")
     outputs: str = setting("outputs", "where every session's pieces are kept (a folder per session)")
@@ -89,20 +85,20 @@ class ServerSettings:
     ray: str = setting("", "serve the models as Ray Serve replicas: --ray starts a local Ray, --ray ADDRESS joins a "
                        "cluster (ray start --head ...); off by default: the models run in this process",
                        nargs="?", const="local", metavar="ADDRESS")
-    replicas: int = setting(1, "Ray Serve replicas of each model (one copy and its batch each)", parse=_whole)
+    replicas: int = setting(1, "Ray Serve replicas of each model (one copy and its batch each)", parse=int)
     replicas_max: int = setting(0, "autoscale each model from --replicas up to this many replicas on the pieces "
-                                "each replica is writing (0: fixed at --replicas)", parse=_whole)
+                                "each replica is writing (0: fixed at --replicas)", parse=int)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
     replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
     write_config: str = setting("", "write the Ray Serve config (`serve deploy FILE`) of these settings' model and "
                                 "replicas to FILE, and exit", metavar="FILE")
     # --- batching and the waiting line ---
     concurrency: int = setting(1, "compose requests handed to the model at once (raised to at least max batch + "
-                               "queue size: the model batches them)", parse=_whole)
+                               "queue size: the model batches them)", parse=int)
     # rows written together per model copy (continuous batching: engine.symbolic.scheduler); a piece
     # takes as many rows as its search writes candidates of a bar (4 by default)
     max_batch: int = setting(32, "rows written together per model copy, every user's pieces in one batch; a piece "
-                             "takes one row per candidate of its search", parse=_whole)
+                             "takes one row per candidate of its search", parse=int)
     max_wait_s: float = setting(120.0, "seconds a piece may wait for a row in the batch before 'server busy'",
                                 parse=float, flag="--max-wait", env="CADENZA_MAX_WAIT")
     # Rows shared between sessions (engine.symbolic.scheduler.Sharing): rows go to the session holding
@@ -112,16 +108,16 @@ class ServerSettings:
                                        "rows are shared evenly whenever several sessions write)", parse=_count_or_none)
     session_waiting: int | None = setting(8, "pieces one session may have waiting for a row (0: no cap)",
                                           parse=_count_or_none)
-    queue_size: int = setting(32, "requests waiting at most; more get 'busy, try again shortly'", parse=_whole)
+    queue_size: int = setting(32, "requests waiting at most; more get 'busy, try again shortly'", parse=int)
     # --- what one request may ask ---
-    max_patches: int = setting(4096, "patches (16 characters) one piece may ask for at most", parse=_whole)
-    max_variations: int = setting(8, "variations one request may ask for at most", parse=_whole)
+    max_patches: int = setting(4096, "patches (16 characters) one piece may ask for at most", parse=int)
+    max_variations: int = setting(8, "variations one request may ask for at most", parse=int)
     max_seconds: float = setting(1200.0, "wall-clock seconds one request may run at most", parse=float)
     max_audio_seconds: float = setting(120.0, "the longest audio a user may ask for (the engine allows 300)",
                                        parse=float)
-    max_upload_mb: int = setting(20, "largest upload (scores and melodies), MB", parse=_whole)
+    max_upload_mb: int = setting(20, "largest upload (scores and melodies), MB", parse=int)
     max_score_chars: int = setting(120_000, "characters of ABC sent to Render / Continue at most (NotaGen's pieces "
-                                   "stay under 102,400)", parse=_whole)
+                                   "stay under 102,400)", parse=int)
     formats: tuple[str, ...] = setting(("abc", "musicxml", "midi", "wav", "svg", "pdf", "zip"),
                                        "files made for each piece, comma-separated", parse=_words)
     # --- what clients may reach (webui/guard.py) ---
@@ -132,10 +128,10 @@ class ServerSettings:
     allow_downloads: tuple[str, ...] = setting((), "let clients download models from the Hugging Face Hub: any repo, "
                                                "or only these (comma-separated); off by default", parse=_words,
                                                nargs="?", const="*", metavar="REPOS")
-    session_quota_mb: int = setting(2048, "disk one session may fill; then it is asked to delete pieces", parse=_whole)
-    session_max_pieces: int = setting(500, "pieces one session may keep (History lists 500)", parse=_whole)
+    session_quota_mb: int = setting(2048, "disk one session may fill; then it is asked to delete pieces", parse=int)
+    session_max_pieces: int = setting(500, "pieces one session may keep (History lists 500)", parse=int)
     min_free_mb: int = setting(1024, "refuse new work while the outputs disk has less free space than this",
-                               parse=_whole)
+                               parse=int)
     # Every session's pieces together (keys are free to make up, so the per-session quota bounds a
     # browser, not a person): over it, pieces of sessions idle for evict_idle_hours go, least
     # recently opened first; then new work is refused. 0: no cap.
@@ -149,7 +145,7 @@ class ServerSettings:
     cache_max_gb: float = setting(2.0, "Gradio's cache of files served to browsers, at most (the oldest go first)",
                                   parse=float)
     login_free_tries: int = setting(5, "wrong passwords per client address before it must wait (1 s, 2 s, 4 s ...)",
-                                    parse=_whole)
+                                    parse=int)
     trusted_proxies: str = setting("", "reverse proxies whose X-Forwarded-For names the client (comma-separated); "
                                    "none by default", metavar="ADDRESSES")
     shutdown_grace_s: float = setting(20.0, "on SIGTERM/Ctrl+C: seconds running work has to stop and be kept",

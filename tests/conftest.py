@@ -43,3 +43,12 @@ def reference_prefix() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def free_port() -> int:
+    """A free localhost port for a server under test."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,13 +10,12 @@ installs it, runs them)."""
 import json
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import free_port, ROOT
 from engine import api
 
 try:  # module level for the helpers below; the tests skip without chromium
@@ -28,12 +27,6 @@ except ImportError:  # pragma: no cover - selenium is in requirements.txt
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed")
 SCREENSHOT = ROOT / "outputs" / "test-screenshots" / "studio.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 SymbolicEngine replicas of a tiny random model. A piece streams and is kept as in-process, the
 same seed gives the same text, Stop keeps what was written, and the page's HTTP API works on it."""
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from conftest import BACH, bach, tiny_model  # noqa: E402
+from conftest import BACH, bach, free_port, tiny_model  # noqa: E402
 from engine.service.pieces import Progress  # noqa: E402
 from engine.service.studio import Studio  # noqa: E402
 from engine.settings import ServerSettings  # noqa: E402
@@ -19,12 +18,6 @@ from engine.symbolic.checkpoint import save_model  # noqa: E402
 from engine.symbolic.prompts import PromptTable  # noqa: E402
 
 BEGUN = "X:1\nT:Begun\nL:1/8\nM:4/4\nK:C\nCDEF GABc|\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

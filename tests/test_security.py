@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACH, ROOT, tiny_model
+from conftest import BACH, free_port, ROOT, tiny_model
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.prompts import PromptTable
 
@@ -37,14 +37,6 @@ NAMED = ("prompts", "compose", "continue", "rewrite", "render", "transpose", "up
          "delete", "undelete")
 NOT_OFFERED = "on this server: name a model in its models folder (offered: tiny)"
 SCORE = "X:1\nT:Test\nM:4/4\nL:1/8\nK:C\nCDEF GABc|c2B2 A2G2|]\n"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_folder(folder: Path, seed: int = 1) -> Path:

@@ -2,7 +2,6 @@
 would: streaming, stop and cancel, uploads, downloads, sessions kept apart, bad input."""
 import json
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACH, bach, tiny_model
+from conftest import BACH, bach, free_port, tiny_model
 from engine import api
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.prompts import Prompt, PromptTable
@@ -27,12 +26,6 @@ from engine.service.studio import Studio  # noqa: E402
 
 PROMPTS = [BACH, Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard"), Prompt("Romantic", "Chopin, Frederic", "Keyboard")]
 KEY_A, KEY_B = "a" * 20 + "-session-A", "b" * 20 + "-session-B"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_folder(tmp: Path) -> Path:

@@ -287,6 +287,7 @@ class RemoteSlot(ModelSlot):
         over = threading.Event()
         threading.Thread(target=_cancel_when, args=(cancel, over, response), name="cadenza-remote-stop",
                          daemon=True).start()
+        lost = None  # the replica's death, if it died writing
         try:
             for ev in response:  # bounded by the request's own limits; Stop cancels it
                 if isinstance(ev, api.Composition):
@@ -299,12 +300,9 @@ class RemoteSlot(ModelSlot):
         except RequestCancelledError:
             if not cancel.is_set():
                 raise CadenzaError("the model's replica cancelled the piece") from None
-            lost = None
         except RayActorError as e:  # the replica died (a crash, a lost machine): Serve starts another
             log.warning("a replica of %s died while writing: %s", lm.name, e)
             lost = e
-        else:
-            lost = None
         finally:
             over.set()  # a closed iterator (a closed page) cancels the remote request too
             response.cancel()
