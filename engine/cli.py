@@ -1,4 +1,4 @@
-"""`python -m engine ...`: compose, render, prompts, doctor, dataset, train, finetune, audio."""
+"""`python -m engine ...`: compose, render, prompts, doctor, dataset, train, train-dpo, finetune, audio."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,9 @@ from engine.symbolic.grow import deepen
 from engine.symbolic.prompts import check_field
 from engine.symbolic.reference import ReferenceBackend
 from engine.symbolic.sampling import SamplingSettings
+from engine.symbolic import dpo
+from engine.symbolic.checkpoint import save_model
+from engine.symbolic.dpo import DpoConfig
 from engine.symbolic.train import TrainConfig, new_model, train
 
 
@@ -160,6 +163,22 @@ def _add_training(sub) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--name", default=None, help="the model's name in manifests")
 
+    o = sub.add_parser("train-dpo", help="preference tuning: the model writes pieces, the musical check ranks them, "
+                                         "DPO learns from the best against the worst (NotaGen's CLaMP-DPO)")
+    o.add_argument("--out", required=True, help="run folder (resumed when it holds a run); the tuned model goes to OUT/model")
+    o.add_argument("--init", default=None, help="model to start from (default: the bundled model)")
+    o.add_argument("--data", default="assets/data/corpus", help="dataset whose held-out split measures bits per character")
+    o.add_argument("--prompts", default=None,
+                   help="prompt keys separated by ';' (period_composer_instrumentation; default: every prompt of the model)")
+    for flag, name in (("--rounds", "rounds"), ("--pieces", "pieces"), ("--steps", "steps"), ("--batch", "batch_pairs"),
+                       ("--max-patches", "max_patches"), ("--seed", "seed")):
+        o.add_argument(flag, type=int, default=getattr(DpoConfig, name), help=f"(default {getattr(DpoConfig, name)})")
+    for flag, name in (("--keep", "keep"), ("--beta", "beta"), ("--penalty", "penalty"), ("--lr", "lr")):
+        o.add_argument(flag, type=float, default=getattr(DpoConfig, name), help=f"(default {getattr(DpoConfig, name)})")
+    o.add_argument("--max-minutes", type=float, default=None,
+                   help="stop with a checkpoint after this many minutes (resume later with the same command)")
+    o.add_argument("--device", default="auto")
+
     f = sub.add_parser("finetune", help="teach a model a new composer from your folder of scores")
     f.add_argument("folder", help="a folder of .musicxml/.mxl/.xml/.abc files")
     f.add_argument("--period", required=True)
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"compose": cmd_compose, "render": cmd_render, "prompts": cmd_prompts,
                 "doctor": cmd_doctor, "dataset": cmd_dataset, "train": cmd_train,
-                "finetune": cmd_finetune, "audio": cmd_audio,
+                "finetune": cmd_finetune, "train-dpo": cmd_train_dpo, "audio": cmd_audio,
                 "perform": cmd_audio}[args.command](args)
     except CadenzaError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -406,6 +425,30 @@ def cmd_train(args) -> int:
     last = history["val_bpc"][-1]["bpc"] if history["val_bpc"] else float("nan")
     done = history["steps"][-1]["step"] if history["steps"] else 0
     print(f"wrote {args.out}: {done} of {cfg.steps} steps, validation {last:.3f} bits per character", file=sys.stderr)
+    return 0
+
+
+def cmd_train_dpo(args) -> int:
+    cfg = DpoConfig(rounds=args.rounds, pieces=args.pieces, keep=args.keep, steps=args.steps, batch_pairs=args.batch,
+                    beta=args.beta, penalty=args.penalty, lr=args.lr, max_patches=args.max_patches, seed=args.seed,
+                    prompts=args.prompts.split(";") if args.prompts else None, max_minutes=args.max_minutes)
+    lm = api.load(args.init, device=api.pick_device(args.device), dtype=torch.float32)
+    source = lm.source / "config.json" if lm.source.is_dir() else None
+    own = json.loads(source.read_text()) if source and source.is_file() else {}
+    # what generation holds each prompt to (voices, bar rules), kept from the starting model
+    extras = {k: v for k, v in own.items() if k not in lm.model.config.to_dict() and k != "architecture"}
+
+    def save(model, folder, dtype=None):
+        save_model(model, folder, prompts=lm.prompts, dtype=dtype,
+                   extra_config={**extras, "name": extras.get("name", lm.name), "dpo_rounds": cfg.rounds})
+
+    val = read_split(args.data, "val") if Path(args.data).is_dir() else []
+    report = dpo.tune(lm, val, args.out, cfg, save, on_event=lambda line: print(line, file=sys.stderr))
+    if report["stopped"]:
+        print(f"stopped after {args.max_minutes} minutes: run the same command to go on", file=sys.stderr)
+        return 0
+    save(lm.model, Path(args.out) / "model", dtype=torch.bfloat16)  # the shipped form: bf16 weights
+    print(f"wrote {args.out}/model; per round: {args.out}/{dpo.REPORT_FILE}", file=sys.stderr)
     return 0
 
 

@@ -66,15 +66,13 @@ def ends_on(bars: list[str], key: dict[str, int], tonic: int) -> bool | None:
 
 
 def _length(text: str) -> Fraction:
-    """An ABC length suffix: '' 1, '2' 2, '/' 1/2, '//' 1/4, '3/2' 3/2."""
-    if not text:
-        return Fraction(1)
-    if "/" not in text:
-        return Fraction(int(text))
-    num, _, den = text.partition("/")
-    if den and not den.startswith("/"):
-        return Fraction(int(num or 1), int(den))
-    return Fraction(int(num or 1), 2 ** text.count("/"))
+    """An ABC length suffix: '' 1, '2' 2, '/' 1/2, '//' 1/4, '3/2' 3/2; a malformed one a model can
+    write ('4/4/2', '/0') read slash by slash (each halves, or divides by the number after it)."""
+    num, slash, rest = text.partition("/")
+    value = Fraction(int(num or 1))
+    for den in rest.split("/") if slash else []:
+        value /= max(1, int(den)) if den else 2
+    return value
 
 
 def _pitch(acc: str | None, letter: str, octave: str, key: dict[str, int], carried: dict[str, int]) -> int:
