@@ -173,7 +173,7 @@ def _add_training(sub) -> None:
     for flag, name in (("--rounds", "rounds"), ("--pieces", "pieces"), ("--steps", "steps"), ("--batch", "batch_pairs"),
                        ("--max-patches", "max_patches"), ("--seed", "seed")):
         o.add_argument(flag, type=int, default=getattr(DpoConfig, name), help=f"(default {getattr(DpoConfig, name)})")
-    for flag, name in (("--keep", "keep"), ("--beta", "beta"), ("--penalty", "penalty"), ("--lr", "lr")):
+    for flag, name in (("--keep", "keep"), ("--beta", "beta"), ("--penalty", "penalty"), ("--lr", "lr"), ("--ptx", "ptx")):
         o.add_argument(flag, type=float, default=getattr(DpoConfig, name), help=f"(default {getattr(DpoConfig, name)})")
     o.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this many minutes (resume later with the same command)")
@@ -430,7 +430,8 @@ def cmd_train(args) -> int:
 
 def cmd_train_dpo(args) -> int:
     cfg = DpoConfig(rounds=args.rounds, pieces=args.pieces, keep=args.keep, steps=args.steps, batch_pairs=args.batch,
-                    beta=args.beta, penalty=args.penalty, lr=args.lr, max_patches=args.max_patches, seed=args.seed,
+                    beta=args.beta, penalty=args.penalty, lr=args.lr, ptx=args.ptx, max_patches=args.max_patches,
+                    seed=args.seed,
                     prompts=args.prompts.split(";") if args.prompts else None, max_minutes=args.max_minutes)
     lm = api.load(args.init, device=api.pick_device(args.device), dtype=torch.float32)
     source = lm.source / "config.json" if lm.source.is_dir() else None
@@ -442,8 +443,9 @@ def cmd_train_dpo(args) -> int:
         save_model(model, folder, prompts=lm.prompts, dtype=dtype,
                    extra_config={**extras, "name": extras.get("name", lm.name), "dpo_rounds": cfg.rounds})
 
-    val = read_split(args.data, "val") if Path(args.data).is_dir() else []
-    report = dpo.tune(lm, val, args.out, cfg, save, on_event=lambda line: print(line, file=sys.stderr))
+    val = read_split(args.data, "val")
+    real = read_split(args.data, "train") if cfg.ptx else None
+    report = dpo.tune(lm, val, args.out, cfg, save, on_event=lambda line: print(line, file=sys.stderr), train_pieces=real)
     if report["stopped"]:
         print(f"stopped after {args.max_minutes} minutes: run the same command to go on", file=sys.stderr)
         return 0

@@ -16,7 +16,7 @@ from engine.symbolic.checkpoint import LoadedModel, save_model
 from engine.symbolic.dpo import DpoConfig, dpop_loss, grade, pair_up, sequence_logps
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.prompts import PromptTable
-from engine.symbolic.train import batch_tensor, loss_on, piece_patches
+from engine.symbolic.train import batch_tensor, evaluate, loss_on, piece_patches
 
 CORPUS = ROOT / "assets" / "data" / "corpus"
 
@@ -195,3 +195,17 @@ def test_the_command_refuses_bad_settings_and_unknown_prompts(tmp_path):
     unknown = run("--init", str(folder), "--prompts", "Romantic_Nobody_Choral")
     assert unknown.returncode == 2 and "no prompt 'Romantic_Nobody_Choral'" in unknown.stderr
     assert "Baroque_Bach, Johann Sebastian_Choral" in unknown.stderr
+
+
+def test_the_training_datas_own_loss_keeps_the_models_likelihood_of_real_music(tmp_path, held_out):
+    real = _of(held_out, "Traditional, German", "Melody", 4)
+    bpc = {}
+    for ptx in (0.0, 1.0):
+        torch.manual_seed(0)
+        lm = _lm(tmp_path / str(ptx))
+        samples = _real_round(lm, tmp_path / str(ptx) / "round-1", held_out)
+        cfg = DpoConfig(steps=8, batch_pairs=1, lr=1e-3, warmup=1, ptx=ptx, ptx_pieces=2)
+        dpo.train_round(lm.model, samples, pair_up(samples, 0.5, 0.05), tmp_path / str(ptx) / "round-1", cfg,
+                        lambda: False, real=real)
+        bpc[ptx] = evaluate(lm.model, real)
+    assert bpc[1.0] < bpc[0.0] - 0.1, bpc

@@ -34,11 +34,12 @@ from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.postprocess import to_abc
 from engine.symbolic.prompts import Prompt
-from engine.symbolic.train import batch_tensor, evaluate, piece_patches
+from engine.symbolic.train import TrainConfig, batch_tensor, crop, evaluate, loss_on, piece_patches
 
 SAMPLES_FILE = "samples.jsonl.gz"
 STATE_FILE = "dpo_state.pt"
 REPORT_FILE = "dpo_report.json"
+PATCH_SAMPLING = TrainConfig.patch_sampling  # the ptx term's patches per step, as in training
 UNFINISHED = -1.0  # the grade of a piece cut short (no eos) or with no bar: below any finished piece
 
 
@@ -55,6 +56,11 @@ class DpoConfig:
     lr: float = 2e-5
     warmup: int = 20  # linear warm-up steps, then constant (NotaGen's schedule)
     grad_clip: float = 1.0
+    # Weight of the training data's own loss added to every step (InstructGPT's "ptx" term): the
+    # pairs teach what the judge prefers, the real pieces keep the model's likelihood of music as
+    # written (held-out bits per character). 0 is NotaGen's DPOP alone.
+    ptx: float = 0.0
+    ptx_pieces: int = 8  # training pieces per step for that term
     max_patches: int = 1024  # a sampled piece's length at most (pieces longer than the context are not paired)
     header_retries: int = 64  # the header is held to the prompt's voices, as every piece's is
     eval_pieces: int = 64  # held-out pieces for bits per character after each round
@@ -70,6 +76,7 @@ class DpoConfig:
                   (1 <= self.batch_pairs <= 64, "pairs per step must be 1 to 64"),
                   (0 < self.beta <= 10, "beta must be above 0 and at most 10"),
                   (0 <= self.penalty <= 100, "penalty (DPOP's lambda) must be 0 to 100"),
+                  (0 <= self.ptx <= 100, "ptx (the weight of the training data's loss) must be 0 to 100"),
                   (0 < self.lr <= 1e-2, "learning rate must be above 0 and at most 0.01"),
                   (self.max_minutes is None or self.max_minutes > 0, "max minutes must be above 0")]
         for ok, message in checks:
@@ -196,9 +203,11 @@ def summary(samples: list[dict]) -> dict:
 
 
 def train_round(model: NotaGenModel, samples: list[dict], pairs: list[tuple[int, int]], folder: Path, cfg: DpoConfig,
-                out_of_time: Callable[[], bool], on_step: Callable[[dict], None] | None = None) -> dict | None:
-    """DPOP steps on the pairs from the round's checkpoint (if any); -> the round's training record,
-    None when time ran out first (the state is saved)."""
+                out_of_time: Callable[[], bool], on_step: Callable[[dict], None] | None = None,
+                real: list[dict] | None = None) -> dict | None:
+    """DPOP steps on the pairs (plus cfg.ptx times the loss on `real` training pieces) from the
+    round's checkpoint (if any); -> the round's training record, None when time ran out first (the
+    state is saved)."""
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(cfg.seed)
@@ -224,6 +233,8 @@ def train_round(model: NotaGenModel, samples: list[dict], pairs: list[tuple[int,
         logps = sequence_logps(model, [samples[i]["text"] for i in chosen + rejected]).cpu()
         loss, accuracy = dpop_loss(logps[: len(batch)], logps[len(batch):], ref[chosen], ref[rejected],
                                    cfg.beta, cfg.penalty)
+        if cfg.ptx and real:
+            loss = loss + cfg.ptx * _data_loss(model, real, cfg.ptx_pieces, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -240,10 +251,17 @@ def train_round(model: NotaGenModel, samples: list[dict], pairs: list[tuple[int,
             "accuracy_last20": round(sum(s["accuracy"] for s in last) / len(last), 3)}
 
 
+def _data_loss(model: NotaGenModel, real: list[dict], n: int, rng: random.Random) -> torch.Tensor:
+    """The pretraining loss (engine.symbolic.train's: cropped pieces, sampled patches) on n pieces."""
+    encoded = [crop(p["text"], model.config.patch_length, rng) for p in rng.sample(real, min(n, len(real)))]
+    ids, mask = batch_tensor(encoded, model.device)
+    return loss_on(model, ids, mask, PATCH_SAMPLING)[0]
+
+
 def tune(lm, val_pieces: list[dict], out: str | Path, cfg: DpoConfig, save: Callable[[NotaGenModel, Path], None],
-         on_event: Callable[[str], None] = lambda line: None) -> dict:
+         on_event: Callable[[str], None] = lambda line: None, train_pieces: list[dict] | None = None) -> dict:
     """Runs (or resumes) cfg.rounds rounds on lm.model in place; `save(model, folder)` writes a model
-    folder. -> the report (also in out/dpo_report.json): per round the samples' grades by prompt,
+    folder; `train_pieces` are the real pieces of the cfg.ptx term. -> the report (also in out/dpo_report.json): per round the samples' grades by prompt,
     the pairs, the training record and held-out bits per character; "stopped" when out of time."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +294,7 @@ def tune(lm, val_pieces: list[dict], out: str | Path, cfg: DpoConfig, save: Call
         if not pairs:
             raise CadenzaError(f"round {r}: no pair of pieces differs by {cfg.min_gap} in grade: nothing to learn from")
         on_event(f"round {r}: {len(pairs)} pairs; tuning {cfg.steps} steps")
-        trained = train_round(lm.model, samples, pairs, folder, cfg, out_of_time)
+        trained = train_round(lm.model, samples, pairs, folder, cfg, out_of_time, real=train_pieces)
         if trained is None:
             report["stopped"] = True
             break
