@@ -259,7 +259,9 @@ def open_ending(line: str) -> str:
     return re.sub(r"(\|\]|\|\|)(?=\s*(\[V:|$))", "|", line)
 
 
-SCORE_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl")  # what every door (page, CLI, API) reads as a score
+# what every door (page, CLI, API) reads as a score (MIDI is notated by music21 first)
+SCORE_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl", ".mid", ".midi")
+SCORE_KINDS = "an .abc, .musicxml, .xml or .mxl score or a .mid/.midi file"
 
 
 def check_score_file(path: str | Path, max_mb: float = 20.0) -> Path:
@@ -267,9 +269,9 @@ def check_score_file(path: str | Path, max_mb: float = 20.0) -> Path:
     in UTF-8; a clear SettingsError otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise SettingsError(f"{path.name or path} is not a file: expected an .abc, .musicxml, .xml or .mxl score")
+        raise SettingsError(f"{path.name or path} is not a file: expected {SCORE_KINDS}")
     if path.suffix.lower() not in SCORE_SUFFIXES:
-        raise SettingsError(f"{path.name} is not a score: expected an .abc, .musicxml, .xml or .mxl file")
+        raise SettingsError(f"{path.name} is not a score: expected {SCORE_KINDS}")
     size = path.stat().st_size
     if size > max_mb * 2**20:
         raise SettingsError(f"{path.name} is {size / 2**20:.1f} MB: scores are limited to {max_mb:g} MB")
@@ -283,8 +285,8 @@ def check_score_file(path: str | Path, max_mb: float = 20.0) -> Path:
 
 def read_score(path: str | Path, max_mb: float = 20.0) -> str:
     """A score file as ABC (for Continue, Rewrite, Transpose, Perform): .abc as it is; MusicXML
-    (.musicxml, .xml, .mxl) read as an upload is, in a bounded worker (entities refused, a missing
-    clef mended, converters' placeholder titles dropped)."""
+    (.musicxml, .xml, .mxl) and MIDI (.mid, .midi, notated first) read as an upload is, in a bounded
+    worker (entities refused, a missing clef mended, converters' placeholder titles dropped)."""
     path = check_score_file(path, max_mb)
     if path.suffix.lower() == ".abc":
         return path.read_text(encoding="utf-8")
@@ -293,7 +295,7 @@ def read_score(path: str | Path, max_mb: float = 20.0) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         result = render_file(path, tmp, ("abc",), "score")
         if not result.paths("abc"):
-            raise SettingsError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
+            raise SettingsError(result.failed.get("abc") or f"{path.name} could not be read as a score")
         return result.paths("abc")[0].read_text(encoding="utf-8")
 
 

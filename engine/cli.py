@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compose(sub)
 
     r = sub.add_parser("render", help="turn an ABC or MusicXML file into MusicXML, MIDI, WAV, SVG, PDF, PNG and a ZIP")
-    r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml or FILE.mxl")
+    r.add_argument("file", help="FILE.abc, FILE.musicxml, FILE.xml, FILE.mxl or FILE.mid")
     r.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     r.add_argument("--transpose", default=None, metavar="KEY",
                    help="move the score to this key first (D, Bb, F#m ...; the score's mode is kept)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--melody", default=None, help="an audio file to follow (WAV, FLAC, OGG, MP3); needs a melody model")
     _audio_options(a)
     pf = sub.add_parser("perform", help="a score (ABC or MusicXML) played by a MusicGen melody model in a style")
-    pf.add_argument("score", help="the score: .abc, .musicxml, .xml or .mxl")
+    pf.add_argument("score", help="the score: .abc, .musicxml, .xml, .mxl or .mid")
     pf.add_argument("style", help="how it is played, e.g. 'string quartet, warm hall'")
     _audio_options(pf, default_model="facebook/musicgen-melody", default_duration=30.0)
     return p
@@ -107,7 +107,7 @@ def _add_compose(sub) -> None:
     c.add_argument("--meter", default=None, help="3/4, 6/8, C, C| ... (default: the model's)")
     c.add_argument("--tempo", type=int, default=None, help="quarter notes per minute (default: the model's)")
     c.add_argument("--from-score", default=None, metavar="FILE",
-                   help="continue this score (.abc, .musicxml, .xml, .mxl) instead of starting a new piece")
+                   help="continue this score (.abc, .musicxml, .xml, .mxl, .mid) instead of starting a new piece")
     c.add_argument("--rewrite-from", type=int, default=None, metavar="N",
                    help="(with --from-score) keep the bars before bar N and write the rest again; bars are "
                         "numbered as printed (a pickup is bar 0)")

@@ -76,6 +76,24 @@ def fn_index(demo, name: str) -> int:
     return found[0]
 
 
+# The page's handlers that read their inputs by name (a set of components): a browser sends the values
+# in the handler's own order (its components' creation order); the cases below give them as named here.
+FORM = ["key", "model", "period", "composer", "instrumentation", "temperature", "top_k", "top_p", "seed", "max_patches",
+        "variations", "bar_retries", "critic", "bars", "music_key", "meter", "tempo"]
+BY_NAME = {"run": FORM, "run_continue": FORM + ["abc", "current"], "run_rewrite": FORM + ["abc", "rewrite_bar", "current"],
+           "run_audio": ["key", "a_prompt", "a_model", "a_duration", "a_guidance", "a_top_k", "a_top_p", "a_temperature",
+                         "a_seed", "a_variations", "a_melody"],
+           "run_perform": ["key", "abc", "style", "perform_model", "perform_seconds", "seed"]}
+
+
+def in_page_order(demo, name: str, data: list) -> list:
+    """`data` (in BY_NAME[name]'s order) as the page sends it for that handler."""
+    if name not in BY_NAME:
+        return data
+    named = {getattr(demo.ui, n)._id: v for n, v in zip(BY_NAME[name], data)}
+    return [named[c._id] for c in demo.fns[fn_index(demo, name)].inputs]
+
+
 def join(url: str, fn: int, data: list, timeout: float = 60) -> dict:
     """Calls one handler through the queue as a hand-made client would: -> its last message, with
     the notices (gr.Warning) it sent on the way under "notices"."""
@@ -168,7 +186,7 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
 def test_page_handlers_called_through_the_queue_refuse_hostile_arguments(served, handler, data, expected):
     demo, studio, url, tmp = served
     before = sorted(p.name for p in Path(studio.store.root).rglob("*"))
-    msg = join(url, fn_index(demo, handler), data)
+    msg = join(url, fn_index(demo, handler), in_page_order(demo, handler, data))
     if expected is None:  # refused before the handler runs, without a word (show_error is off)
         assert msg.get("success") is False and "passwd" not in words(msg)
     else:

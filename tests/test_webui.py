@@ -459,3 +459,14 @@ def test_a_request_that_finds_every_row_in_use_is_shown_its_place_in_line(tmp_pa
     first.close()  # a closed tab: its row frees, the second request goes on
     items = list(second)
     assert isinstance(items[-1], list) and items[-1][0].record.seed == 2
+
+
+def test_the_pages_record_names_every_component_and_refuses_a_misspelt_one():
+    from webui.page import Page
+
+    ui = Page()
+    with pytest.raises(AttributeError):
+        ui.perfrom = None  # not a component of the page
+    ui.key = "k"
+    with pytest.raises(RuntimeError, match="the page was built without work, pages"):
+        ui.check()

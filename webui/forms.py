@@ -18,8 +18,9 @@ def audio_request(text, dur, sd, guidance=AudioSettings.guidance_scale, tk=Audio
     return AudioRequest(text, settings, melody=melody or None, score=score)
 
 
-def compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_retries,
-                     critic=ComposeRequest.critic, bars=None, music_key=None, meter=None, tempo=None) -> ComposeRequest:
+def compose_request(period, composer, instrumentation, temperature, top_k, top_p, seed, max_patches, variations,
+                    bar_retries=ComposeRequest.bar_retries, critic=ComposeRequest.critic, bars=None, music_key=None,
+                    meter=None, tempo=None) -> ComposeRequest:
     """The page's and the API's values as they come -> a ComposeRequest, which checks them (an
     empty control box, or 0, leaves it to the model)."""
     for typed, said in ((bars, f"a length of 0 bars: leave Length empty for the model's own length, or ask for "
@@ -28,6 +29,8 @@ def compose_request(p, c, i, temp, tk, tp, sd, mp, var, br=ComposeRequest.bar_re
                                 "quarter notes a minute")):
         if isinstance(typed, str) and page_number(typed) == 0:  # typed in the page (the API's 0 is its default)
             raise SettingsError(said)
-    return ComposeRequest(p, c, i, SamplingSettings(top_k=tk, top_p=tp, temperature=temp),
-                          seed=page_seed(page_number(sd)), variations=var, max_patches=mp, bar_retries=br, critic=critic,
+    return ComposeRequest(period, composer, instrumentation,
+                          SamplingSettings(top_k=top_k, top_p=top_p, temperature=temperature),
+                          seed=page_seed(page_number(seed)), variations=variations, max_patches=max_patches,
+                          bar_retries=bar_retries, critic=critic,
                           controls=Controls.from_page(page_number(bars), music_key, meter, page_number(tempo)))

@@ -127,3 +127,19 @@ def trim_served(max_bytes: int) -> int:
                         removed, freed / 2**20)
         gone += removed
     return gone
+
+
+def by_name(ui, fn):
+    """A handler of a set of inputs: Gradio calls it with one dict {component: value}; -> fn(key,
+    values), the session key first as with_session expects. (Not functools.wraps: Gradio reads the
+    signature, and this one takes the one dict.)"""
+    if inspect.isgeneratorfunction(fn):
+        def stream(values: dict):
+            yield from fn(values.get(ui.key), values)
+        stream.__name__ = fn.__name__
+        return stream
+
+    def call(values: dict):
+        return fn(values.get(ui.key), values)
+    call.__name__ = fn.__name__
+    return call

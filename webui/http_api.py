@@ -173,7 +173,7 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
     @with_session(api=True)
     def upload(session_key, file):
         if not file:
-            raise SettingsError("no file: expected an .abc, .musicxml, .xml or .mxl score")
+            raise SettingsError(f"no file: expected {api.SCORE_KINDS}")
         return files([studio.upload(session_key, file)])
 
     @with_session(api=True)

@@ -1,5 +1,5 @@
 """What the page shows of a piece, in words, tables and HTML: pure functions of records (no Gradio,
-no components), so the page (webui/app.py) only places them and tests can read them."""
+no components), so the page (webui/tabs/) only places them and tests can read them."""
 from __future__ import annotations
 
 import html

@@ -16,6 +16,13 @@ TARGET_DBFS = -16.0  # gated RMS loudness the WAV is normalised to
 PEAK_DBFS = -1.0  # no sample above this: no clipping
 MAX_XML_BYTES = 50 * 2**20  # a MusicXML file (or an .mxl's score) larger than this is refused
 MAX_UNZIPPED_BYTES = 100 * 2**20
+# A MIDI file is notes, not notation: these bound what music21 is asked to quantise and notate
+# (a 2 MB file of notes is hours of music; a page of 20,000 notes is past any composer's score).
+MAX_MIDI_BYTES = 2 * 2**20
+MAX_MIDI_NOTES = 20_000
+MAX_MIDI_PARTS = 16
+MIDI_SUFFIXES = (".mid", ".midi")
+MIDI_DIVISORS = (4, 3)  # onsets and lengths quantised to sixteenths and eighth-note triplets
 PAGE_OPTIONS = {"pageWidth": 2100, "pageHeight": 2970, "pageMarginLeft": 100, "pageMarginRight": 100,
                 "pageMarginTop": 80, "pageMarginBottom": 120, "scale": 45, "footer": "none", "header": "auto",
                 "breaks": "auto", "adjustPageHeight": False}  # A4 in tenths of a millimetre
@@ -88,6 +95,57 @@ def read_musicxml(path: Path) -> bytes:
     if tag not in ("score-partwise", "score-timewise"):
         raise ConversionError(f"the XML is not a MusicXML score: its root is <{tag}>, expected <score-partwise>")
     return data
+
+
+def midi_to_musicxml(path: Path) -> tuple[bytes, list[str]]:
+    """A MIDI file -> MusicXML (music21: quantised to sixteenths and triplets, a part per track, the
+    metre and key as the file declares them, a key from music21's analysis where it declares none)
+    and what was done to it: drum tracks are dropped (unpitched: nothing to write in notes). MIDI
+    keeps no anacrusis: bars are counted from the file's first tick, as a sequencer counts them. A ConversionError says what was
+    expected of a file that is not MIDI, too large, or has nothing to notate."""
+    data = path.read_bytes()
+    if not data.startswith(b"MThd"):
+        raise ConversionError("the file is not MIDI: a MIDI file begins with 'MThd' (expected a .mid or .midi "
+                              "file saved by a sequencer or notation program)")
+    if len(data) > MAX_MIDI_BYTES:
+        raise ConversionError(f"the MIDI file is {len(data) / 2**20:.1f} MB: at most {MAX_MIDI_BYTES // 2**20} MB "
+                              "of MIDI is accepted")
+    from music21 import converter, key, metadata
+    from music21.musicxml.m21ToXml import GeneralObjectExporter
+
+    try:
+        score = converter.parse(path, format="midi", quantizePost=True, quarterLengthDivisors=MIDI_DIVISORS)
+    except Exception as e:  # noqa: BLE001 - music21's MIDI reader raises many kinds on a broken file
+        raise ConversionError(f"the MIDI file could not be read ({type(e).__name__}: {str(e)[:200]})") from e
+    notes = []
+    drums = [p for p in score.parts if _only_drums(p)]
+    for part in drums:
+        score.remove(part)
+    if drums:
+        notes.append(f"{len(drums)} drum track{'s' if len(drums) > 1 else ''} left out: unpitched percussion "
+                     "has no notes to write")
+    count = sum(len(p.recurse().notes) for p in score.parts)
+    if not count:
+        raise ConversionError("the MIDI file has nothing to notate: " + (
+            "it holds drums only (unpitched percussion)" if drums else "it holds no notes"))
+    if count > MAX_MIDI_NOTES or len(score.parts) > MAX_MIDI_PARTS:
+        raise ConversionError(f"the MIDI file has {count:,} notes in {len(score.parts)} tracks: at most "
+                              f"{MAX_MIDI_NOTES:,} notes in {MAX_MIDI_PARTS} tracks are notated")
+    if not score.recurse().getElementsByClass(key.KeySignature):  # many sequencers write none
+        found = score.analyze("key")
+        for part in score.parts:
+            (part.getElementsByClass("Measure").first() or part).insert(0, key.KeySignature(found.sharps))
+        notes.append(f"the MIDI file declares no key: written in {found.tonic.name} {found.mode} "
+                     "(music21's analysis of its notes)")
+    for part in score.parts:  # accidentals as the key signature implies (MIDI import marks every one)
+        part.makeAccidentals(inPlace=True, overrideStatus=True)
+    score.metadata = metadata.Metadata(title=path.stem.replace("_", " "))  # MIDI has no title of its own
+    return GeneralObjectExporter(score).parse(), notes
+
+
+def _only_drums(part) -> bool:
+    kinds = {type(n).__name__ for n in part.recurse().notes}
+    return bool(kinds) and kinds <= {"Unpitched", "PercussionChord"}
 
 
 MUSIC21_PLACEHOLDERS = {"Music21", "Music21 Fragment"}  # what music21 writes where a score has no composer or title

@@ -21,7 +21,7 @@ from pathlib import Path
 from engine import __version__
 from engine.errors import CadenzaError
 from engine.files import slug, unique_stem, write_atomic
-from engine.render.convert import default_soundfont
+from engine.render.convert import MIDI_SUFFIXES, default_soundfont
 from engine.render.identity import with_identity
 from engine.symbolic.controls import check_key
 from engine.symbolic.postprocess import close_brackets
@@ -187,7 +187,8 @@ def not_abc(abc_text) -> str | None:
 
 def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: str | None = None,
                 meta: dict | None = None, options: RenderOptions | None = None) -> RenderResult:
-    """A file the user has: .abc, or MusicXML (.musicxml, .xml, .mxl)."""
+    """A file the user has: .abc, MusicXML (.musicxml, .xml, .mxl) or MIDI (.mid, .midi: notated by
+    music21 in the worker first)."""
     path = Path(path)
     if not path.is_file():
         raise CadenzaError(f"no file at {path}")
@@ -199,8 +200,8 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
         except UnicodeDecodeError as e:
             raise CadenzaError(f"{path.name} is not UTF-8 text ({e})") from e
         return render(text, out_dir, formats, stem, meta, options)
-    if suffix not in (".musicxml", ".xml", ".mxl"):
-        raise CadenzaError(f"{path.name}: expected an .abc, .musicxml, .xml or .mxl file")
+    if suffix not in (".musicxml", ".xml", ".mxl", *MIDI_SUFFIXES):
+        raise CadenzaError(f"{path.name}: expected an .abc, .musicxml, .xml, .mxl, .mid or .midi file")
     opts = replace(options or RenderOptions(), formats=tuple(formats))  # the caller's options stay as they were
     opts.check()
     out = Path(out_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.errors import CadenzaError
 from engine.render import convert
-from engine.render.convert import ConversionError
+from engine.render.convert import MIDI_SUFFIXES, ConversionError
 from engine.render.identity import tidy_titles
 from engine.symbolic.abcformat import interleave, musicxml_to_abc, xml_to_abc
 
@@ -46,7 +46,14 @@ def run_stage(stage: str, a: dict) -> dict:
         Path(a["out"]).write_text(xml, encoding="utf-8")
         return {"files": [a["out"]], "warnings": warnings}
     if stage == "import":
-        data, notes = convert.mended_musicxml(convert.read_musicxml(Path(a["src"])))
+        src = Path(a["src"])
+        # a MIDI file is notated first (music21, quantised); then it is read as any MusicXML upload
+        xml, notes = convert.midi_to_musicxml(src) if src.suffix.lower() in MIDI_SUFFIXES else (None, [])
+        if xml is not None:
+            Path(a["xml"]).write_bytes(xml)
+            src = Path(a["xml"])
+        data, mended = convert.mended_musicxml(convert.read_musicxml(src))
+        notes += mended
         Path(a["xml"]).write_bytes(data)
         abc = tidy_titles(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)))  # its title once, no "Music21"
         Path(a["abc"]).write_text(abc, encoding="utf-8")

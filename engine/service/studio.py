@@ -574,7 +574,7 @@ class Studio:
         return Outcome(record, folder, abc_text)
 
     def upload(self, key: str, path: str | Path) -> Outcome:
-        """A score file from the user (.abc, .musicxml, .xml, .mxl) -> rendered and kept; its ABC
+        """A score file from the user (.abc, .musicxml, .xml, .mxl, .mid, .midi) -> rendered and kept; its ABC
         can then be edited or continued. It is called by its own title, else by its file's name."""
         path = api.check_score_file(path, self.config.max_upload_mb)  # as every door reads a score
         if path.suffix.lower() == ".abc":
@@ -587,7 +587,7 @@ class Studio:
                 result = api.render_file(path, folder, self.config.formats, slug(path.stem),
                                          options=self.render_options())
                 if not result.status.get("abc") or not result.status["abc"].ok:
-                    raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as MusicXML")
+                    raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as a score")
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
                 xml = result.paths("musicxml")
                 bars, found = api.check_score(xml[0]) if xml else (None, {})
