@@ -560,6 +560,25 @@ def test_an_upload_opens_says_it_has_no_style_yet_and_leaves_the_box_empty(page,
     assert len(records(studio)) == kept and driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
 
 
+def test_a_midi_file_opens_engraved_with_its_drums_left_out_said(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from test_midi import _midi, _track
+
+    driver, studio = page
+    fresh(driver, studio)
+    song = _midi(tmp_path / "my_song.mid", _track([67, 69, 71, 72, 74, 72, 71, 69]), _track([38] * 8, channel=9))
+    driver.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(song))
+    wait_for(driver, lambda d: "2 notes on the score" in d.find_element(By.TAG_NAME, "body").text, timeout=120,
+             what="the MIDI upload opened with its notes")
+    assert driver.find_elements(By.CSS_SELECTOR, "#live-score svg .abcjs-note")
+    driver.find_element(By.XPATH, "//summary[normalize-space()='2 notes on the score']").click()
+    assert "1 drum track left out" in driver.find_element(By.TAG_NAME, "body").text
+    assert "my song" in printed_titles(driver) and records(studio)[-1]["kind"] == "uploaded"
+    assert "declares no key: written in" in driver.find_element(By.TAG_NAME, "body").text
+    shot(driver, "midi-upload")
+
+
 def test_the_system_page_is_tables(page):
     from selenium.webdriver.common.by import By
 
