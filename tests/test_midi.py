@@ -2,7 +2,6 @@
 worker, then read as any MusicXML upload; drums left out; bad files refused in words."""
 import pytest
 
-from conftest import tiny_model  # noqa: F401 - (the tests' path set-up)
 from engine import api
 from engine.errors import CadenzaError
 from engine.render.convert import MAX_MIDI_BYTES

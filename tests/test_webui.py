@@ -254,6 +254,13 @@ def test_uploads_that_are_not_scores_or_too_big_are_refused(server):
     big.write_text("X:1\nK:C\n" + "C" * (2 * 2**20))
     with pytest.raises(Exception, match="(?i)size|large|MB|limit"):
         c.predict(KEY_B, handle_file(str(big)), api_name="/upload")
+    with pytest.raises(Exception, match="no file: expected an .abc, .musicxml, .xml or .mxl score or a .mid"):
+        c.predict(KEY_B, None, api_name="/upload")
+    from test_midi import _midi, _track
+
+    drums = _midi(tmp / "drums.mid", _track([36, 38] * 4, channel=9))
+    with pytest.raises(Exception, match="nothing to notate: it holds drums only"):
+        c.predict(KEY_B, handle_file(str(drums)), api_name="/upload")
     assert c.predict("", api_name="/prompts")["prompts"]
 
 

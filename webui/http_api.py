@@ -9,7 +9,7 @@ from typing import Iterator
 
 import gradio as gr
 
-from engine.api import AudioProgress
+from engine.api import SCORE_KINDS, AudioProgress
 from engine.audio.musicgen import AudioSettings
 from engine.checks import page_number
 from engine.errors import CadenzaError, SettingsError
@@ -173,7 +173,7 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
     @with_session(api=True)
     def upload(session_key, file):
         if not file:
-            raise SettingsError(f"no file: expected {api.SCORE_KINDS}")
+            raise SettingsError(f"no file: expected {SCORE_KINDS}")
         return files([studio.upload(session_key, file)])
 
     @with_session(api=True)
