@@ -26,6 +26,7 @@ from engine.checks import said, whole
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
+from engine.render.pipeline import SCORE_KINDS, SCORE_SUFFIXES  # noqa: F401 - what every door reads as a score
 from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, StageError, interleaved,  # noqa: F401
                                     not_abc, render, render_file, transpose, with_titles)
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
@@ -257,11 +258,6 @@ def open_ending(line: str) -> str:
     """The score's last bar without its final barline (|] or ||, in every voice): the music goes
     on after it, so the final barline must not stay mid-piece."""
     return re.sub(r"(\|\]|\|\|)(?=\s*(\[V:|$))", "|", line)
-
-
-# what every door (page, CLI, API) reads as a score (MIDI is notated by music21 first)
-SCORE_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl", ".mid", ".midi")
-SCORE_KINDS = "an .abc, .musicxml, .xml or .mxl score or a .mid/.midi file"
 
 
 def check_score_file(path: str | Path, max_mb: float = 20.0) -> Path:

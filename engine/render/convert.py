@@ -101,8 +101,9 @@ def midi_to_musicxml(path: Path) -> tuple[bytes, list[str]]:
     """A MIDI file -> MusicXML (music21: quantised to sixteenths and triplets, a part per track, the
     metre and key as the file declares them, a key from music21's analysis where it declares none)
     and what was done to it: drum tracks are dropped (unpitched: nothing to write in notes). MIDI
-    keeps no anacrusis: bars are counted from the file's first tick, as a sequencer counts them. A ConversionError says what was
-    expected of a file that is not MIDI, too large, or has nothing to notate."""
+    keeps no anacrusis: bars are counted from the file's first tick, as a sequencer counts them. A
+    ConversionError says what was expected of a file that is not MIDI, too large, or has nothing
+    to notate."""
     data = path.read_bytes()
     if not data.startswith(b"MThd"):
         raise ConversionError("the file is not MIDI: a MIDI file begins with 'MThd' (expected a .mid or .midi "

@@ -185,6 +185,11 @@ def not_abc(abc_text) -> str | None:
     return None
 
 
+# what every door (page, CLI, API) reads as a score (MIDI is notated by music21 first)
+SCORE_SUFFIXES = (".abc", ".musicxml", ".xml", ".mxl", *MIDI_SUFFIXES)
+SCORE_KINDS = "an .abc, .musicxml, .xml or .mxl score or a .mid/.midi file"
+
+
 def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: str | None = None,
                 meta: dict | None = None, options: RenderOptions | None = None) -> RenderResult:
     """A file the user has: .abc, MusicXML (.musicxml, .xml, .mxl) or MIDI (.mid, .midi: notated by
@@ -200,8 +205,8 @@ def render_file(path: str | Path, out_dir: str | Path, formats=FORMATS, stem: st
         except UnicodeDecodeError as e:
             raise CadenzaError(f"{path.name} is not UTF-8 text ({e})") from e
         return render(text, out_dir, formats, stem, meta, options)
-    if suffix not in (".musicxml", ".xml", ".mxl", *MIDI_SUFFIXES):
-        raise CadenzaError(f"{path.name}: expected an .abc, .musicxml, .xml, .mxl, .mid or .midi file")
+    if suffix not in SCORE_SUFFIXES:
+        raise CadenzaError(f"{path.name}: expected {SCORE_KINDS}")
     opts = replace(options or RenderOptions(), formats=tuple(formats))  # the caller's options stay as they were
     opts.check()
     out = Path(out_dir)

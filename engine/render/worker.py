@@ -47,12 +47,10 @@ def run_stage(stage: str, a: dict) -> dict:
         return {"files": [a["out"]], "warnings": warnings}
     if stage == "import":
         src = Path(a["src"])
-        # a MIDI file is notated first (music21, quantised); then it is read as any MusicXML upload
-        xml, notes = convert.midi_to_musicxml(src) if src.suffix.lower() in MIDI_SUFFIXES else (None, [])
-        if xml is not None:
-            Path(a["xml"]).write_bytes(xml)
-            src = Path(a["xml"])
-        data, mended = convert.mended_musicxml(convert.read_musicxml(src))
+        # a MIDI file is notated first (music21, quantised); then it goes on as any MusicXML upload
+        raw, notes = (convert.midi_to_musicxml(src) if src.suffix.lower() in MIDI_SUFFIXES
+                      else (convert.read_musicxml(src), []))
+        data, mended = convert.mended_musicxml(raw)
         notes += mended
         Path(a["xml"]).write_bytes(data)
         abc = tidy_titles(musicxml_to_abc(a["xml"], timeout=a.get("timeout", 60)))  # its title once, no "Music21"

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import CadenzaError
+from engine.files import write_atomic
 from engine.symbolic.analysis import analyse
 from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
@@ -305,9 +306,9 @@ def tune(lm, val_pieces: list[dict], out: str | Path, cfg: DpoConfig, save: Call
         if val_pieces:
             entry["val_bpc"] = round(evaluate(lm.model, val_pieces[: cfg.eval_pieces]), 4)
         report["rounds"].append(entry)
-        report_path.write_text(json.dumps(report, indent=1) + "\n")
+        write_atomic(report_path, json.dumps(report, indent=1) + "\n")
         on_event(f"round {r} done: " + json.dumps({k: v for k, v in entry.items() if k != "samples"}))
-    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    write_atomic(report_path, json.dumps(report, indent=1) + "\n")
     return report
 
 
