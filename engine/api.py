@@ -23,6 +23,7 @@ from engine import placement
 log = logging.getLogger("cadenza.api")
 from engine.audio import musicgen
 from engine.checks import said, whole
+from engine.stops import StopReason
 from engine.errors import CadenzaError, CheckpointError, SettingsError
 from engine.files import slug, write_atomic
 from engine.placement import PlacementOptions, default_dtype, pick_device  # noqa: F401 - part of the API
@@ -31,7 +32,7 @@ from engine.render.pipeline import (FORMATS, RenderOptions, RenderResult, StageE
                                     not_abc, render, render_file, transpose, with_titles)
 from engine.requests import AudioRequest, ComposeRequest  # noqa: F401 - part of the API
 from engine.symbolic.abcformat import musicxml_to_abc, reduce_rests
-from engine.symbolic import analysis
+from engine.symbolic import analysis, passage
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.compiled import DECODE_MODES, resolve_decode  # noqa: F401 - part of the API
 from engine.symbolic.controls import Controls
@@ -141,12 +142,16 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
                            bar_rules=_bar_rules(lm, prompt, request), controls=request.controls,
-                           search=request.search)
+                           search=request.search,
+                           end_lines=request.passage.before + request.passage.lines if request.passage else None)
               for i in range(request.variations)]
     job = scheduler.submit(pieces, owner=owner) if scheduler is not None else None
     events = iter(job) if job is not None else stream(lm.model, pieces, backend)
     try:
-        yield from _compositions(lm, request, events, warnings)
+        if request.passage is None:
+            yield from _compositions(lm, request, events, warnings)
+        else:
+            yield from _passage(lm, request, events, warnings)
     finally:  # a closed iterator (a closed tab) stops this request's rows, not the others'
         if job is not None:
             job.cancel()
@@ -164,12 +169,48 @@ def _compositions(lm: LoadedModel, request: ComposeRequest, events, warnings: li
             yield ev
 
 
+def _passage(lm: LoadedModel, request: ComposeRequest, events, warnings: list[str]):
+    """A passage's candidates as they are written, then one Composition: the candidate after which
+    the model finds the kept bars most likely, joined to them (engine.symbolic.passage). Stopped
+    before any candidate was finished: the longest one as it is, saying the kept bars are not joined."""
+    pieces: list[Piece] = []
+    for ev in events:
+        if isinstance(ev, Piece):
+            pieces.append(ev)
+        else:
+            yield ev
+    if not pieces:
+        return
+    p = request.passage
+    done = [c for c in pieces if c.stop_reason == StopReason.PASSAGE]
+    notes = list(lm.warnings) + warnings
+    if not done:
+        longest = max(pieces, key=lambda c: (c.bars, -c.index))
+        notes.append(f"cut short ({longest.stop_reason}) before {p.describe()} were written: the bars after them "
+                     f"are not joined (the score it came from is unchanged)")
+        result = to_abc(longest.text)
+        yield Composition(longest, result, notes + result.warnings, controls=request.controls)
+        return
+    scores = passage.seam_logps(lm.model, [c.text for c in done], p.kept)
+    best = max(range(len(done)), key=lambda i: (scores[i], -done[i].index))
+    chosen = done[best]
+    joined = dataclasses.replace(chosen, text=chosen.text + "".join(p.kept), bars=chosen.bars + len(p.kept))
+    if p.kept and len(done) > 1:
+        notes.append(f"{p.describe()} rewritten: the best of {len(done)} candidates by how well the kept bars follow "
+                     f"(seed {chosen.seed}; log-likelihood of the next {min(len(p.kept), passage.SEAM_BARS)} bars "
+                     f"{scores[best]:.1f} nats, the others {', '.join(f'{x:.1f}' for i, x in enumerate(scores) if i != best)})")
+    result = to_abc(joined.text)
+    yield Composition(joined, result, notes + result.warnings, controls=request.controls)
+
+
 def _bar_rules(lm: LoadedModel, prompt, request: ComposeRequest) -> frozenset[str]:
     """The bar rules the prompt's training pieces keep (the model's config); "harmony" only with
-    the critic on; "metre" whenever the composer chose the metre (the bars must fit what was asked,
-    even for a style whose training bars do not always fit theirs)."""
+    the critic on; "metre" whenever the composer chose the metre or rewrites a passage (the bars must
+    fit what was asked, or the bars around them, even for a style whose training bars do not always
+    fit theirs)."""
     rules = lm.bar_rules.get(prompt.key(), frozenset())
-    rules = rules | {"metre"} if request.controls.meter else rules
+    # the bars must fit what was asked (a chosen metre), or the bars kept around a rewritten passage
+    rules = rules | {"metre"} if request.controls.meter or request.passage else rules
     return rules if request.critic else rules - {"harmony"}
 
 
@@ -212,26 +253,65 @@ def continuation_prefix(abc_text: str, more_bars: int = 32, rewrite_from: int | 
     rest is written again. Bars are numbered as printed: a pickup is bar 0, the first full bar is 1
     (N=1 keeps only the pickup; N=0, or 1 without a pickup, keeps only the header)."""
     more_bars = whole(more_bars, "more bars", 1, 10_000)
+    meta, body, first = _score_lines(abc_text, "continue")
+    n = len(body) + more_bars
+    if rewrite_from is not None:
+        what = "the bar to rewrite from" + (" (bar 0 is this score's pickup)" if first == 0 else "")
+        rewrite_from = whole(rewrite_from, what, first, first + len(body) - 1)
+        n, body = len(body), body[:rewrite_from - first]
+    if rewrite_from is None:
+        body = body[:-1] + [open_ending(body[-1])]
+    return _model_text(meta, body, n)
+
+
+def passage_request(request: ComposeRequest, abc_text: str, first: int, last: int | None = None,
+                    candidates: int = passage.CANDIDATES) -> ComposeRequest:
+    """`request` set to rewrite bars first..last of a score and keep the others (engine.symbolic.passage):
+    the bars before `first` are its prefix and the bars after `last` are kept verbatim; its
+    variations are the candidates (the best one is joined). Numbered as printed (a pickup is bar 0).
+    Without `last`, or with the score's last bar, everything from `first` on is written again with the
+    score's length. Bars out of range, or a passage crossing a change of metre, are refused."""
+    candidates = whole(candidates, "candidates for the passage", 1, passage.MAX_PASSAGE_CANDIDATES)
+    meta, body, start = _score_lines(abc_text, "rewrite")
+    end = start + len(body) - 1
+    what = "the first bar to rewrite" + (" (bar 0 is this score's pickup)" if start == 0 else "")
+    first = whole(first, what, start, end)
+    last = end if last is None or (isinstance(last, str) and not last.strip()) else last
+    last = whole(last, f"the last bar to rewrite (bar {first}, the first, or a later bar of the score)", first, end)
+    lines = [_model_text([], [ln], len(body), i) for i, ln in enumerate(body)]
+    for i in range(first - start + 1, last - start + 1):  # a new metre inside the passage
+        if re.search(r"\[M:", body[i]):
+            raise SettingsError(f"bars {first}-{last} cross a change of metre at bar {start + i}: choose bars in one "
+                                f"metre (up to bar {start + i - 1}, or from bar {start + i})")
+    before = first - start
+    controls = Controls(bars=len(body), tempo=request.controls.tempo)  # the score's key and metre stay
+    chosen = passage.Passage(first, last, before, tuple(lines[last - start + 1:]), tuple(lines[before:last - start + 1]))
+    return request.update(prefix=_model_text(meta, body[:before], len(body)), controls=controls, passage=chosen,
+                          variations=candidates)
+
+
+def _score_lines(abc_text: str, doing: str) -> tuple[list[str], list[str], int]:
+    """A user's score as the model's lines: (metadata, tune-body lines, the printed number of the
+    first: 0 with a pickup, else 1). Refused in words when it is not a score with bars."""
     problem = not_abc(abc_text)  # as Render says it: plain text is refused, not continued as a new piece
     if problem:
         raise SettingsError(problem)
     try:
         meta, body = split_tunebody("".join(interleaved(abc_text=abc_text)))
     except StageError as e:
-        raise SettingsError(f"the score to continue cannot be read: {e}") from e
+        raise SettingsError(f"the score to {doing} cannot be read: {e}") from e
     if not body:
-        raise SettingsError("the score has no bars to continue: expected ABC with a header and some notes")
-    n = len(body) + more_bars
+        raise SettingsError(f"the score has no bars to {doing}: expected ABC with a header and some notes")
     if sum(ln.startswith("V:") for ln in meta) == 1:  # a melody: its training tunes name no part
         meta = [re.sub(r'\s+s?nm="[^"]*"', "", ln) if ln.startswith("V:") else ln for ln in meta]
-    if rewrite_from is not None:
-        first = 0 if starts_with_pickup(body, metre_bar(meta), header_unit(meta)) else 1  # as the page numbers bars
-        what = "the bar to rewrite from" + (" (bar 0 is this score's pickup)" if first == 0 else "")
-        rewrite_from = whole(rewrite_from, what, first, first + len(body) - 1)
-        n, body = len(body), body[:rewrite_from - first]
-    if rewrite_from is None:
-        body = body[:-1] + [open_ending(body[-1])]
-    text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body))
+    first = 0 if starts_with_pickup(body, metre_bar(meta), header_unit(meta)) else 1  # as the page numbers bars
+    return meta, body, first
+
+
+def _model_text(meta: list[str], body: list[str], n: int, start: int = 0) -> str:
+    """Metadata and tune-body lines in the model's format: each line's [r:i/j] counts a piece of `n`
+    lines (the first being line `start`), rests reduced, ASCII only."""
+    text = "".join(meta) + "".join(f"[r:{i}/{n - i - 1}]" + reduce_rests(ln) for i, ln in enumerate(body, start))
     return unidecode(text)  # the model reads ASCII only (lyrics and titles are gone already)
 
 

@@ -7,6 +7,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from engine.symbolic.grow import deepen
 from engine.symbolic.prompts import check_field
 from engine.symbolic.reference import ReferenceBackend
 from engine.symbolic.sampling import SamplingSettings
-from engine.symbolic import dpo
+from engine.symbolic import dpo, passage
 from engine.symbolic.checkpoint import save_model
 from engine.symbolic.dpo import DpoConfig
 from engine.symbolic.train import TrainConfig, new_model, train
@@ -111,6 +112,12 @@ def _add_compose(sub) -> None:
     c.add_argument("--rewrite-from", type=int, default=None, metavar="N",
                    help="(with --from-score) keep the bars before bar N and write the rest again; bars are "
                         "numbered as printed (a pickup is bar 0)")
+    c.add_argument("--rewrite", default=None, metavar="N-M",
+                   help="(with --from-score) write bars N to M again and keep every other bar as it is: "
+                        "--candidates of them written at once, the one the kept bars follow best kept")
+    c.add_argument("--candidates", type=int, default=None,
+                   help="(with --rewrite) candidates of the passage written at once, each a row of the batch "
+                        f"(default {passage.CANDIDATES})")
     c.add_argument("--decode", choices=api.DECODE_MODES, default="auto",
                    help="character steps compiled with torch.compile (seconds to compile once) or eager "
                         "(default auto: compiled on CUDA, eager on the CPU)")
@@ -266,9 +273,18 @@ def cmd_compose(args) -> int:
                              max_seconds=args.max_seconds, bar_retries=args.bar_retries,
                              header_retries=args.header_retries, critic=args.critic == "on", search=args.search,
                              controls=Controls(args.bars, args.key, args.meter, args.tempo))
-    if args.rewrite_from is not None and not args.from_score:
-        raise SettingsError("--rewrite-from needs the score to rewrite: --from-score FILE")
-    if args.from_score:
+    for flag, value in (("--rewrite-from", args.rewrite_from), ("--rewrite", args.rewrite)):
+        if value is not None and not args.from_score:
+            raise SettingsError(f"{flag} needs the score to rewrite: --from-score FILE")
+    if args.rewrite is not None and args.rewrite_from is not None:
+        raise SettingsError("--rewrite N-M and --rewrite-from N both say where to rewrite: give one")
+    if args.candidates is not None and args.rewrite is None:
+        raise SettingsError("--candidates is for a passage: give the bars with --rewrite N-M")
+    if args.rewrite is not None:
+        first, last = bar_range(args.rewrite)
+        request = api.passage_request(request, api.read_score(args.from_score), first, last,
+                                      args.candidates or passage.CANDIDATES)
+    elif args.from_score:
         prefix = api.continuation_prefix(api.read_score(args.from_score), rewrite_from=args.rewrite_from)
         request = request.update(prefix=prefix)
     request = request.seeded()
@@ -291,7 +307,7 @@ def cmd_compose(args) -> int:
 
     previous = signal.signal(signal.SIGINT, stop)
     bar = tqdm(total=args.max_patches, unit="patch", file=sys.stderr, dynamic_ncols=True, leave=False)
-    stream_text = not args.quiet and args.variations == 1
+    stream_text = not args.quiet and request.variations == 1
 
     def on_event(ev) -> None:
         if ev.index == 0:
@@ -331,6 +347,15 @@ def cmd_compose(args) -> int:
             print(f"  note: {w}", file=sys.stderr)
         _print_render(rendered)
     return 0
+
+
+def bar_range(text: str) -> tuple[int, int]:
+    """'5-8' -> (5, 8); '5' -> (5, 5): bars as printed."""
+    m = re.fullmatch(r"\s*(\d{1,6})\s*(?:[-\u2013]\s*(\d{1,6}))?\s*", text or "")
+    if m is None:
+        raise SettingsError(f"--rewrite takes the first and last bar to write again, as N-M (5-8) or N (one bar); "
+                            f"got {text!r}")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def cmd_render(args) -> int:

@@ -19,6 +19,7 @@ from engine.audio.musicgen import MELODY_SUFFIXES, AudioSettings, check_prompt
 from engine.checks import SEED_LIMIT, check_seed, draw_seed, real, whole, with_checked
 from engine.errors import SettingsError
 from engine.symbolic.controls import Controls, fit_prefix
+from engine.symbolic.passage import Passage
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.sampling import SamplingSettings
 from engine.symbolic.search import MAX_CANDIDATES
@@ -66,6 +67,9 @@ class ComposeRequest:
     search: int = 4
     prefix: str = ""  # text in the model's format to continue (api.continuation_prefix makes it from ABC)
     controls: Controls = field(default_factory=Controls)  # length in bars, key, metre, tempo (None: the model's)
+    # bars inside the piece of `prefix` written anew, the bars after them kept (api.passage_request
+    # makes it): the variations are its candidates, and one piece comes back, the best joined
+    passage: Passage | None = None
     prompt: Prompt = field(init=False, repr=False, compare=False)  # the three fields, checked (made here)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class ComposeRequest:
         # the score to continue under the controls: renumbered to the length asked, its key and metre
         # checked against those asked (controls.fit_prefix; it is the same text when fitted again)
         _set(self, "prefix", fit_prefix(self.prefix, self.controls))
+        if self.passage is not None and not isinstance(self.passage, Passage):
+            raise SettingsError(f"passage must be a Passage (the bars to rewrite), got {type(self.passage).__name__}")
 
     def update(self, **changes) -> "ComposeRequest":
         """A new request with these fields changed (sampling's too: temperature=1.0), checked."""
@@ -123,7 +129,8 @@ class ComposeRequest:
         return {**dataclasses.asdict(self.sampling), "max_patches": self.max_patches,
                 "bar_retries": self.bar_retries, "variations": self.variations, "critic": self.critic,
                 "search": self.search,
-                "controls": self.controls.to_dict()}
+                "controls": self.controls.to_dict()} | (
+                    {"rewritten": [self.passage.first, self.passage.last]} if self.passage else {})
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ class StopReason(StrEnum):
     MAX_SECONDS = "max_seconds"  # its time bound
     MAX_CHARS = "max_chars"  # NotaGen's bound on a piece's text
     CONTEXT = "context"  # one line (or the header) alone fills the model's context
+    PASSAGE = "passage"  # the bars asked for were written (a passage rewritten inside a piece)
     # a clip (engine.audio.musicgen)
     DONE = "done"  # every window made
     # any job
@@ -18,3 +19,6 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"  # the server was shut down
     INTERRUPTED = "interrupted"  # the server died while it was written (kept from its journal)
     REPLICA_LOST = "replica_lost"  # the Ray Serve replica writing it died (kept from the text streamed)
+
+
+FINISHED = frozenset({StopReason.EOS, StopReason.PASSAGE, StopReason.DONE})  # ended as asked, not cut short

@@ -723,7 +723,7 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
     before = len(records(studio))
     started = lambda d: "writing" in d.find_element(By.ID, "status").text or len(records(studio)) > before  # noqa: E731
     for attempt in range(2):  # bounded: once more if the click was lost (the page was busy); a refusal fails
-        button(driver, "Rewrite from this bar (a new seed)").click()
+        button(driver, "Rewrite these bars (a new seed)").click()
         try:
             wait_for(driver, started, timeout=60, what="the rewrite to start")
             break
@@ -745,6 +745,67 @@ def test_bars_are_numbered_as_printed_and_a_click_chooses_the_bar_rewrite_starts
     # a new piece's header (its music still to come) wipes the piece drawn before: it is not this one
     assert driver.execute_script("window.cadenzaScore.render('X:1\\nT:Next\\nM:4/4\\nK:C\\nV:1\\n'); "
                                  "return document.querySelectorAll('#live-score .abcjs-note').length") == 0
+
+
+def test_a_shift_click_chooses_a_passage_and_rewrite_keeps_every_bar_around_it(page):
+    """Issue 35: a click chooses the first bar, a shift-click the last (both marked, both in their boxes);
+    Rewrite writes that passage again and keeps every other bar of the piece."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from engine.render.pipeline import interleaved
+
+    driver, studio = page
+    fresh(driver, studio)
+    (original,) = generate(driver, studio, bars="6")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-score .abcjs-bar-number"), timeout=30,
+             what="bar numbers on the score")
+
+    def click_bar(mm: int, shift: bool) -> dict:
+        for attempt in range(10):  # bounded: the score may be redrawn under us
+            try:
+                head = driver.find_elements(By.CSS_SELECTOR, "#live-score .cadenza-sheet:not(.cadenza-staging) "
+                                                             f".abcjs-note.abcjs-mm{mm} .abcjs-notehead")[0]
+                driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", head)
+                chain = ActionChains(driver)
+                if shift:
+                    chain = chain.key_down(Keys.SHIFT).move_to_element(head).click().key_up(Keys.SHIFT)
+                else:
+                    chain = chain.move_to_element(head).click()
+                chain.perform()
+            except StaleElementReferenceException:
+                time.sleep(0.5)
+                continue
+            state = driver.execute_script("return window.cadenzaScore.state()")
+            if state["chosen"] is not None and (state["chosenTo"] is not None) == shift:
+                return state
+            time.sleep(0.5)
+        return driver.execute_script("return window.cadenzaScore.state()")
+
+    click_bar(1, shift=False)
+    state = click_bar(2, shift=True)
+    first = 1 if state["pickup"] else 2  # abcjs's mm1, mm2: the second and third bars drawn
+    assert (state["chosen"], state["chosenTo"]) == (first, first + 1), state
+    for box_id, value in (("rewrite-bar", first), ("rewrite-to", first + 1)):
+        wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"#{box_id} input").get_attribute("value")
+                 == str(value), timeout=10, what=f"the {box_id} box to take the bar clicked")
+    assert len({e.get_attribute("class") for e in driver.find_elements(
+        By.CSS_SELECTOR, "#live-score .cadenza-chosen")}) >= 2  # both bars marked
+    shot(driver, "passage-chosen")
+    before = len(records(studio))
+    button(driver, "Rewrite these bars (a new seed)").click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the rewrite",
+             timeout=240)
+    rewritten = records(studio)[-1]
+    assert rewritten["kind"] == "rewritten" and rewritten["settings"]["rewritten"] == [first, first + 1], rewritten
+    text = lambda r: (Path(r["folder"]) / r["files"]["abc"][0]).read_text()  # noqa: E731
+    bars = lambda abc: [ln for ln in "".join(interleaved(abc_text=abc)).splitlines() if ln.startswith("[V:")]  # noqa: E731
+    old, new = bars(text(original)), bars(text(rewritten))
+    at = first - (0 if state["pickup"] else 1)  # the passage's first line
+    assert len(new) == len(old) and new[:at] == old[:at] and new[at + 2:] == old[at + 2:]
+    shot(driver, "passage-rewritten")
 
 
 def test_at_820_px_the_composer_shows_whole_and_the_settings_open_over_the_page(page):

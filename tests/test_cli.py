@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import NOTAGEN_SHARED, ROOT, tiny_model
+from engine.errors import SettingsError
 
 TINY_PTH = NOTAGEN_SHARED / "notagen_tiny_reference.pth"
 
@@ -167,3 +168,35 @@ def test_rewrite_from_a_bar_and_transpose_on_the_command_line(checkpoint, tmp_pa
     r = cli("render", score, "--transpose", "Gm", "--formats", "abc", "-o", tmp_path / "moved")
     assert r.returncode == 0 and "from F# minor to G minor: ascending minor second" in r.stderr, r.stderr
     assert "\nK:Gm" in (tmp_path / "moved" / "bwv66.6-in-Gm.abc").read_text()
+
+
+def test_rewrite_a_passage_on_the_command_line_keeps_every_other_bar(tmp_path):
+    """--rewrite 3-4 on a real chorale with the bundled model: one piece, bars 3-4 new, the rest Bach's."""
+    from music21 import corpus
+
+    from engine import api
+    from engine.render.pipeline import interleaved
+
+    score = tmp_path / "bwv66.6.mxl"
+    score.write_bytes(open(corpus.getWork("bach/bwv66.6"), "rb").read())
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--seed", 3, "--from-score", score, "--rewrite", "3-4", "--candidates", 2, "--formats", "abc",
+            "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "bars 3-4 rewritten: the best of 2 candidates" in r.stderr
+    (written,) = (tmp_path / "out").glob("*.abc")
+    bars = lambda text: [ln for ln in "".join(interleaved(abc_text=text)).splitlines() if ln.startswith("[V:")]  # noqa: E731
+    before, after = bars(api.read_score(score)), bars(written.read_text())
+    assert len(after) == len(before) and after[:3] == before[:3] and after[5:] == before[5:]
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--from-score", score, "--rewrite", "3-x")
+    assert r.returncode == 2 and "--rewrite takes the first and last bar to write again, as N-M" in r.stderr
+
+
+def test_bar_ranges_and_rewrite_flags_are_read_or_refused_in_words():
+    from engine.cli import bar_range
+
+    assert bar_range("5-8") == (5, 8) and bar_range(" 5 ") == (5, 5) and bar_range("0-2") == (0, 2)
+    for bad in ("", "5-", "a-b", "-3", "5-8-9"):
+        with pytest.raises(SettingsError, match="as N-M"):
+            bar_range(bad)

@@ -80,7 +80,7 @@ def fn_index(demo, name: str) -> int:
 # in the handler's own order (its components' creation order); the cases below give them as named here.
 FORM = ["key", "model", "period", "composer", "instrumentation", "temperature", "top_k", "top_p", "seed", "max_patches",
         "variations", "bar_retries", "critic", "bars", "music_key", "meter", "tempo"]
-BY_NAME = {"run": FORM, "run_continue": FORM + ["abc", "current"], "run_rewrite": FORM + ["abc", "rewrite_bar", "current"],
+BY_NAME = {"run": FORM, "run_continue": FORM + ["abc", "current"], "run_rewrite": FORM + ["abc", "rewrite_bar", "rewrite_to", "current"],
            "run_audio": ["key", "a_prompt", "a_model", "a_duration", "a_guidance", "a_top_k", "a_top_p", "a_temperature",
                          "a_seed", "a_variations", "a_melody"],
            "run_perform": ["key", "abc", "style", "perform_model", "perform_seconds", "seed"]}
@@ -175,7 +175,7 @@ def test_the_download_handler_reaches_the_hub_only_when_the_admin_allowed_it(ser
     ("run_audio", [KEY, "piano", "", 5, 3.0, 250, 0.0, 1.0, 10**30, 1, None], "seed must be a whole number from 0 to"),
     ("run_perform", [KEY, SCORE, "strings", "/etc", 5, 1], NOT_OFFERED),
     ("run_continue", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", "", SCORE, {}], NOT_OFFERED),
-    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", "", SCORE, 2, {}], NOT_OFFERED),
+    ("run_rewrite", [KEY, "/etc", *NO_PROMPT, 1.2, 9, 0.9, 1, 16, 1, 0, True, "", "", "", "", SCORE, 2, None, {}], NOT_OFFERED),
     ("on_transpose", [KEY, SCORE, "H#", {}, ""], "key must be"),
     ("on_surprise", ["/etc/hosts", *NO_PROMPT], NOT_OFFERED),
     ("on_rename", [KEY, "../../other-session", "mine now"], "no piece"),

@@ -398,6 +398,38 @@ def test_rewrite_from_a_bar_keeps_the_bars_before_it_as_a_new_piece(server):
         list(studio.compose(key, bach(), continue_abc=abc, rewrite_from=500))
 
 
+def test_rewriting_bars_inside_a_piece_keeps_every_other_bar_as_a_new_piece(server):
+    """Bars 3-4 of a real chorale written again (the bundled model: it writes whole bars), by the
+    studio and by /rewrite with last_bar: one piece comes back, every other bar as it was."""
+    from music21 import corpus
+
+    from engine.errors import CadenzaError
+    from engine.render.pipeline import interleaved
+    from engine.symbolic.abcformat import musicxml_to_abc
+    url, studio, tmp = server
+    bundled = str(api.bundled_model())
+    key = "r" * 20 + "-passage"
+    abc = musicxml_to_abc(corpus.getWork("bach/bwv66.6"))
+
+    def bars_of(text):
+        return [ln for ln in "".join(interleaved(abc_text=text)).splitlines() if ln.startswith("[V:")]
+
+    items = list(studio.compose(key, bach(seed=4), model=bundled, continue_abc=abc, rewrite_from=3, rewrite_to=4))
+    (outcome,) = items[-1]
+    assert outcome.record.kind == "rewritten" and outcome.record.settings["rewritten"] == [3, 4]
+    before, after = bars_of(abc), bars_of(outcome.abc)
+    assert len(after) == len(before) and after[:3] == before[:3] and after[5:] == before[5:]  # pickup, 1-2, 5-
+    assert any("bars 3-4 rewritten: the best of 4 candidates" in w for w in outcome.record.warnings)
+    c = client(url, tmp, "passage")
+    style = dict(model=bundled, period=BACH.period, composer=BACH.composer, instrumentation=BACH.instrumentation,
+                 seed=5, temperature=1.2, top_k=9, top_p=0.9, max_patches=400, variations=1)
+    info, _ = c.predict(session_key=key, abc=abc, bar=2, last_bar=2, **style, api_name="/rewrite")
+    (piece,) = info["pieces"]
+    assert bars_of(piece["abc"])[3:] == before[3:] and bars_of(piece["abc"])[:2] == before[:2]
+    with pytest.raises(CadenzaError, match="the last bar to rewrite"):
+        list(studio.compose(key, bach(), model=bundled, continue_abc=abc, rewrite_from=3, rewrite_to=2))
+
+
 def test_transpose_makes_a_new_piece_in_the_asked_key(server):
     from music21 import converter, corpus
 

@@ -44,6 +44,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         mp_in = gr.Number(label="max_patches", value=ComposeRequest.max_patches)
         var_in = gr.Number(label="variations", value=1)
         bars_in, bar_in = gr.Number(label="bars", value=0), gr.Number(label="bar", value=1)
+        last_in = gr.Number(label="last_bar", value=None)
         mkey_in, meter_in = gr.Textbox(label="music_key", value=""), gr.Textbox(label="meter", value="")
         tempo_in = gr.Number(label="tempo", value=0)
         info_out = gr.JSON(label="result")
@@ -68,7 +69,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
     events = {  # endpoint: (handler, inputs after the session key, queue)
         "compose": (h.compose, style, writing),
         "continue": (h.continue_score, [abc_in] + style, writing),
-        "rewrite": (h.rewrite, [abc_in, bar_in] + style, writing),
+        "rewrite": (h.rewrite, [abc_in, bar_in] + style + [last_in], writing),
         "render": (h.render, [abc_in], rendering),
         "transpose": (h.transpose, [abc_in, mkey_in], rendering),
         "upload": (h.upload, [file_in], rendering),
@@ -155,11 +156,13 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
 
     @with_session(api=True)
     def rewrite(session_key, abc, bar, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
-                max_patches, variations, bars=0, music_key="", meter="", tempo=0):
-        """The bars before `bar` kept (numbered as printed: a pickup is bar 0), the rest written anew."""
+                max_patches, variations, bars=0, music_key="", meter="", tempo=0, last_bar=None):
+        """The bars before `bar` kept (numbered as printed: a pickup is bar 0), the rest written anew; with
+        `last_bar`, only bars bar..last_bar are, the bars after them kept too (the best of a few candidates)."""
         yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
                                                        top_p, max_patches, variations, bars, music_key, meter, tempo),
-                           continue_abc=score_text(abc, "rewrite"), rewrite_from=page_number(bar), title=title_of(abc))
+                           continue_abc=score_text(abc, "rewrite"), rewrite_from=page_number(bar), title=title_of(abc),
+                           rewrite_to=page_number(last_bar))
 
     @with_session(api=True)
     def render(session_key, abc):

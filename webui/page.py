@@ -66,6 +66,7 @@ class Page:
     abc: gr.Code
     upload: gr.File
     rewrite_bar: gr.Number
+    rewrite_to: gr.Number
     rewrite: gr.Button
     transpose_key: gr.Textbox
     transpose: gr.Button

@@ -9,7 +9,7 @@ import re
 from engine.api import analysis_lines
 from engine.store import PieceRecord
 from engine.service.policy import public
-from engine.stops import StopReason
+from engine.stops import FINISHED, StopReason
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "bars", "fits the metre", "model"]
 HISTORY_WIDTHS = ["150px", "320px", "100px", "110px", "60px", "120px", "160px"]
@@ -52,7 +52,7 @@ def summary(r: PieceRecord) -> str:
         parts.append(f"{r.bars} bars")
     if r.alignment:
         parts.append(html.escape(r.alignment.replace("aligned", "fit the metre and each other")))
-    if r.stop_reason and r.stop_reason != StopReason.EOS:
+    if r.stop_reason and r.stop_reason not in FINISHED:
         parts.append(f"stopped: {html.escape(STOPS.get(r.stop_reason, r.stop_reason))}")
     return " · ".join(parts)
 

@@ -340,13 +340,15 @@ class Studio:
     # --- composing ---------------------------------------------------------------------------------
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
                 continue_abc: str | None = None, rewrite_from: int | None = None,
-                title: str | None = None) -> Iterator[Progress | list[Outcome]]:
+                title: str | None = None, rewrite_to: int | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
         kept, and so it is when the server shuts down. The request is held to this server's limits;
         its seed (drawn now when it has none) is the one every Progress and record shows. A
         continued or rewritten score keeps its T:/C: lines and its title (`title`, the open
-        piece's), with "continued"/"rewritten" added."""
+        piece's), with "continued"/"rewritten" added. With `rewrite_to` too, only bars
+        rewrite_from..rewrite_to are written again and the bars after them are kept (api.passage_request:
+        candidates written at once, rows of the batch, and the best joined): one piece comes back."""
         c = self.config
         session = self.store.session(key)
         request = request.within(c.max_patches, c.max_variations, c.max_seconds, c.max_batch).seeded()
@@ -356,7 +358,11 @@ class Studio:
             if len(continue_abc) > c.max_score_chars:
                 raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
                                     f"{c.max_score_chars:,}")
-            request = request.update(prefix=api.continuation_prefix(continue_abc, rewrite_from=rewrite_from))
+            if rewrite_to is not None and rewrite_from is not None:
+                candidates = min(api.passage.CANDIDATES, c.max_variations)  # a server's own bound on rows per request
+                request = api.passage_request(request, continue_abc, rewrite_from, rewrite_to, candidates)
+            else:
+                request = request.update(prefix=api.continuation_prefix(continue_abc, rewrite_from=rewrite_from))
         elif rewrite_from is not None:
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
         with self.job(session, "compose") as job:
@@ -375,11 +381,11 @@ class Studio:
                 slot.checkin(lm)
 
     def write(self, key: str, request: ComposeRequest, model: str | None = None, continue_abc: str | None = None,
-              rewrite_from: int | None = None, title: str | None = None) -> Live:
+              rewrite_from: int | None = None, title: str | None = None, rewrite_to: int | None = None) -> Live:
         """compose() for the page: it runs on a thread of its own, so the piece belongs to the
         session, not to the tab (a reload reattaches with live(); a closed tab leaves it to finish).
         A refused request (bad input, a full session) raises here, before anything runs."""
-        items = self.compose(key, request, model, continue_abc, rewrite_from, title)
+        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to)
         first = next(items)  # the checks and the "started" update: refusals reach the caller
         r = request
         about = {"prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},

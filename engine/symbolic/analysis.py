@@ -5,7 +5,7 @@ the voices end together; for one voice whether it ends on the key's tonic. The s
 the bar rules and the critic (postprocess.bar_fits, engine.symbolic.harmony), on the ABC the
 composer gets (to_abc's: every voice in every bar, X:1 and the header first).
 
-Bars are numbered as printed, as the engraved score and "Rewrite from this bar" number them: a
+Bars are numbered as printed, as the engraved score and Rewrite number them: a
 pickup is bar 0, the first full bar is bar 1.
 """
 from __future__ import annotations

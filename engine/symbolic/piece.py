@@ -22,7 +22,7 @@ from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, t
 from engine.symbolic.sampling import SamplingSettings
 from engine.symbolic import search
 from engine.symbolic.search import MAX_CANDIDATES
-from engine.stops import StopReason
+from engine.stops import FINISHED, StopReason
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
 _UIDS = itertools.count()  # a piece's name in a backend's caches, unique in the process (index is per request)
@@ -62,6 +62,9 @@ class PieceRequest:
     # Candidates written at once for each tune-body line whose bar rules are checked (bar_retries),
     # the best kept (engine.symbolic.search); each is a row of the batch. 1: one at a time.
     search: int = 1
+    # The piece ends once it has this many tune-body lines (the prefix's counted): a passage written
+    # inside a piece (engine.symbolic.passage), whose bars after it are kept. None: it ends at eos.
+    end_lines: int | None = None
 
     def allowed_voices(self) -> frozenset[int] | None:
         """`voices` as a set (None: any number)."""
@@ -82,6 +85,9 @@ class PieceRequest:
         if isinstance(self.search, bool) or not isinstance(self.search, int) or not 1 <= self.search <= MAX_CANDIDATES:
             raise SettingsError(f"search must be a whole number of candidates from 1 (off) to {MAX_CANDIDATES}, "
                                 f"got {self.search!r}")
+        if self.end_lines is not None and (isinstance(self.end_lines, bool) or not isinstance(self.end_lines, int)
+                                           or not 1 <= self.end_lines <= 100_000):
+            raise SettingsError(f"end_lines must be a whole number of lines from 1, got {self.end_lines!r}")
         counts = self.allowed_voices()
         if counts is not None:
             if not counts or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64 for v in counts):
@@ -121,7 +127,7 @@ class Piece:
 
     @property
     def complete(self) -> bool:
-        return self.stop_reason == StopReason.EOS
+        return self.stop_reason in FINISHED
 
     @property
     def cut_short(self) -> bool:
@@ -240,6 +246,8 @@ class PieceState:
             self.stop_reason = StopReason.MAX_SECONDS
         elif self.chars >= req.max_chars:
             self.stop_reason = StopReason.MAX_CHARS
+        elif req.end_lines is not None and self.lines_before + self.bars >= req.end_lines and self.text.endswith("\n"):
+            self.stop_reason = StopReason.PASSAGE
 
     def accept(self, ids: list[int]) -> PatchEvent | None:
         """ids: the 16 ids of the next patch, the context's partial tail included."""

@@ -11,7 +11,9 @@
  *   #score-player        a Gradio Audio; its <audio> may sit in a wavesurfer shadow root
  *   #rewrite-bar         a Gradio Number: a click on the music puts the clicked bar's number in it (the bar
  *                        Rewrite starts from), and the bar is marked
- * window.cadenzaScore = {render(abc), zoom(f), state(), prepare(abc), choose(bar)} is the handle tests and
+ *   #rewrite-to          a Gradio Number: a shift-click puts the last bar of the passage to rewrite in it (a
+ *                        plain click empties it: rewrite to the end); the bars between are marked
+ * window.cadenzaScore = {render(abc), zoom(f), state(), prepare(abc), choose(bar, last)} is the handle tests and
  * page.js use. Bars are numbered as printed: a pickup is bar 0, the first full bar 1 (engine.api's Rewrite
  * counts so too).
  */
@@ -55,6 +57,7 @@
     busyUntil: 0, redraw: false,
     pickup: false, // the piece starts with a pickup: abcjs counts it bar 1, a printed score bar 0
     chosen: null, // the bar a click chose for Rewrite (as printed), or null
+    chosenTo: null, // the passage's last bar, chosen by a shift-click, or null (to the end)
     source: null, // the ABC as given for the drawing shown (before cleaning)
     marks: null, marksText: "", // the musical check's bars at fault (#score-marks), for one text
     faults: 0, // bars drawn as at fault now
@@ -203,8 +206,11 @@
     var old = box.querySelectorAll(".cadenza-chosen");
     for (var i = 0; i < old.length; i++) old[i].classList.remove("cadenza-chosen");
     if (st.chosen === null) return;
-    var els = barElements(box, st.chosen);
-    for (var j = 0; j < els.length; j++) els[j].classList.add("cadenza-chosen");
+    var last = st.chosenTo === null ? st.chosen : st.chosenTo;
+    for (var bar = st.chosen; bar <= last && bar - st.chosen < 10000; bar++) {
+      var els = barElements(box, bar);
+      for (var j = 0; j < els.length; j++) els[j].classList.add("cadenza-chosen");
+    }
   }
 
   /** The musical check's bars at fault in red, the reasons on hover; only on the text they were
@@ -245,20 +251,32 @@
     return true;
   }
 
-  /** Chooses bar `bar` (as printed) for Rewrite: marked on the score, its number in the page's box. */
-  function choose(bar) {
+  /** Chooses bar `bar` (as printed) for Rewrite: marked on the score, its number in the page's box.
+   * With `last` (a shift-click), the passage runs from the bar chosen before to `bar` (either way round)
+   * and only those bars are rewritten; without it the passage runs to the end. */
+  function choose(bar, last) {
     if (typeof bar !== "number" || isNaN(bar)) return false;
-    st.chosen = bar;
-    markChosen();
-    var input = document.querySelector("#rewrite-bar input");
-    if (input) {
-      // Gradio's Number takes a value from its input event (set by a script, nothing else fires one)
-      var setter = Object.getOwnPropertyDescriptor(window.HTMLInputElement.prototype, "value").set;
-      setter.call(input, String(bar));
-      input.dispatchEvent(new Event("input", { bubbles: true }));
-      input.dispatchEvent(new Event("change", { bubbles: true }));
+    if (last && st.chosen !== null) {
+      st.chosenTo = Math.max(bar, st.chosen);
+      st.chosen = Math.min(bar, st.chosen);
+    } else {
+      st.chosen = bar;
+      st.chosenTo = null;
     }
+    markChosen();
+    setNumber("#rewrite-bar input", String(st.chosen));
+    setNumber("#rewrite-to input", st.chosenTo === null ? "" : String(st.chosenTo));
     return true;
+  }
+
+  function setNumber(selector, value) {
+    var input = document.querySelector(selector);
+    if (!input) return;
+    // Gradio's Number takes a value from its input event (set by a script, nothing else fires one)
+    var setter = Object.getOwnPropertyDescriptor(window.HTMLInputElement.prototype, "value").set;
+    setter.call(input, value);
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+    input.dispatchEvent(new Event("change", { bubbles: true }));
   }
 
   /** Removes the drawing: the page emptied the text (a new piece is about to be written). */
@@ -275,6 +293,7 @@
     st.lastError = null;
     st.cursor = null;
     st.chosen = null;
+    st.chosenTo = null;
     st.source = null;
     st.faults = 0;
   }
@@ -517,9 +536,9 @@
   }
 
   /** A click on a note chooses its bar for Rewrite and moves the playback there. */
-  function onNoteClick(abcelem, tuneNumber, classes) {
+  function onNoteClick(abcelem, tuneNumber, classes, analysis, drag, mouseEvent) {
     var bar = barOf(classes);
-    if (bar !== null) choose(bar);
+    if (bar !== null) choose(bar, !!(mouseEvent && mouseEvent.shiftKey));
     var audio = st.audio;
     if (!audio || !abcelem || !(abcelem.startChar in st.charToMs)) return;
     audio.currentTime = st.charToMs[abcelem.startChar] / msPerSecond(audio);
@@ -576,7 +595,7 @@
         renders: st.renders, failures: st.failures, lastError: st.lastError, warnings: st.warnings.length,
         zoom: st.zoom, highlighted: st.highlighted.length, event: st.event, events: st.timings.length,
         scoreSeconds: st.lastMs / 1000, audios: st.audios.length, playing: !!(st.audio && !st.audio.paused),
-        pickup: st.pickup, chosen: st.chosen, faults: st.faults,
+        pickup: st.pickup, chosen: st.chosen, chosenTo: st.chosenTo, faults: st.faults,
       };
     },
     prepare: clean, // the text abcjs is given: markers out, a half-written last token cut (page.js uses it)

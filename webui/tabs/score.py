@@ -90,9 +90,12 @@ def build(ui: Page, config: ServerSettings, studio: Studio) -> None:
                                         file_types=list(SCORE_SUFFIXES))
                     with gr.Row():
                         # a click on the score puts the bar's number here (webui/static/cadenza-score.js)
-                        ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=0, label="Bar (click one)",
+                        ui.rewrite_bar = gr.Number(value=1, precision=0, minimum=0, label="From bar (click one)",
                                                    min_width=80, elem_id="rewrite-bar")
-                        ui.rewrite = gr.Button("Rewrite from this bar (a new seed)", min_width=150)
+                        # shift-click: the passage's last bar; the bars after it are kept (empty: to the end)
+                        ui.rewrite_to = gr.Number(value=None, precision=0, minimum=0, label="To bar (shift-click)",
+                                                  min_width=80, elem_id="rewrite-to")
+                    ui.rewrite = gr.Button("Rewrite these bars (a new seed)", min_width=150)
                     with gr.Row():
                         ui.transpose_key = gr.Textbox(value="", label="Key", placeholder="D, Bb, F#m", min_width=80)
                         ui.transpose = gr.Button("Transpose to this key", min_width=150)
@@ -130,12 +133,13 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
                                variations=v[ui.variations], bar_retries=v[ui.bar_retries], critic=bool(v[ui.critic]),
                                bars=v[ui.bars], music_key=v[ui.music_key], meter=v[ui.meter], tempo=v[ui.tempo])
 
-    def write(k, v: dict, cont_abc=None, rewrite_from=None, title=None):
+    def write(k, v: dict, cont_abc=None, rewrite_from=None, title=None, rewrite_to=None):
         spec = v[ui.model] or None
         studio.model(spec)  # a model this server does not offer is refused first, whatever else came
         request = request_of(v)
         # written on a thread of its own: a reload reattaches to it (reattach), a closed tab leaves it to finish
-        live = studio.write(k, request, model=spec, continue_abc=cont_abc, rewrite_from=rewrite_from, title=title)
+        live = studio.write(k, request, model=spec, continue_abc=cont_abc, rewrite_from=rewrite_from, title=title,
+                            rewrite_to=rewrite_to)
         yield from _follow(k, live)
 
     @with_session
@@ -191,10 +195,12 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
         text = v[ui.abc]
         if not text or not text.strip():
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
-        yield from write(k, v, cont_abc=text, rewrite_from=v[ui.rewrite_bar], title=page.edited(text, v[ui.current])[0])
+        yield from write(k, v, cont_abc=text, rewrite_from=v[ui.rewrite_bar], title=page.edited(text, v[ui.current])[0],
+                         rewrite_to=v[ui.rewrite_to])
 
     ui.cont.click(by_name(ui, run_continue), form | {ui.abc, ui.current}, ui.shown, **composing)
-    ui.rewrite.click(by_name(ui, run_rewrite), form | {ui.abc, ui.rewrite_bar, ui.current}, ui.shown, **composing)
+    ui.rewrite.click(by_name(ui, run_rewrite), form | {ui.abc, ui.rewrite_bar, ui.rewrite_to, ui.current}, ui.shown,
+                     **composing)
     ui.stop.click(with_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
                   [ui.key], [ui.progress], api_visibility="private", concurrency_limit=None)
 

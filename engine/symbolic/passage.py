@@ -1,0 +1,99 @@
+"""Rewriting a passage inside a piece (issue 35): bars N..M are written anew, the bars before them are
+the prefix and the bars after them are kept verbatim.
+
+The new bars must lead into the kept ones, and the model itself judges the join: K candidates of the
+passage are written at once (rows of the batch, seeds seed..seed+K-1), each stopping when its last
+bar is written (PieceRequest.end_lines), and the one after which the model finds the kept bars most
+likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. The markers of every line
+count the whole piece ([r:i/j] forced with the piece's length), so the model writes the passage as
+the middle of a piece, not as its end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import SettingsError
+from engine.symbolic.config import PAD_ID
+from engine.symbolic.model import NotaGenModel
+from engine.symbolic.patches import split_tunebody
+from engine.symbolic.train import batch_tensor, piece_patches
+
+SEAM_BARS = 4  # kept bars the join is judged on (the first ones after the passage)
+CANDIDATES = 4  # candidates of a passage written at once, by default (each a row of the batch)
+MAX_PASSAGE_CANDIDATES = 16
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Bars `first`..`last` (numbered as printed: a pickup is bar 0) written anew; `before` tune-body
+    lines precede them (the prefix) and `kept` follow them, in the model's format, kept verbatim;
+    `replaced` are the score's own lines of the passage (what a rewrite is compared with)."""
+    first: int
+    last: int
+    before: int
+    kept: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.first, int) and isinstance(self.last, int) and 0 <= self.first <= self.last):
+            raise SettingsError(f"the bars to rewrite must run from a bar to the same or a later one, got "
+                                f"{self.first!r}-{self.last!r}")
+        for lines in (self.kept, self.replaced):
+            if not isinstance(lines, tuple) or not all(isinstance(ln, str) and ln.endswith("\n") for ln in lines):
+                raise SettingsError("the bars of a passage must be whole lines of the model's format")
+
+    @property
+    def lines(self) -> int:
+        """Tune-body lines (bars of every voice) the passage has."""
+        return self.last - self.first + 1
+
+    @property
+    def total(self) -> int:
+        """Lines in the whole piece: its markers count these."""
+        return self.before + self.lines + len(self.kept)
+
+    def describe(self) -> str:
+        return f"bar {self.first}" if self.first == self.last else f"bars {self.first}-{self.last}"
+
+
+def fitted(text: str, patch_length: int, patch_size: int) -> tuple[list[list[int]], int]:
+    """`text` in the training encoding cut to the context: the metadata and the latest tune-body lines
+    that fit (the streaming scheme's window), without the eos patch. -> (patches, lines dropped)."""
+    meta, body = split_tunebody(text)
+    for drop in range(len(body) + 1):  # bounded by the lines
+        patches = piece_patches("".join(meta + body[drop:]), patch_size)[:-1]
+        if len(patches) <= patch_length:
+            return patches, drop
+    raise SettingsError("the piece's header alone fills the model's context: no bars can be judged after it")
+
+
+def seam_logps(model: NotaGenModel, befores: list[str], kept: tuple[str, ...], bars: int = SEAM_BARS) -> list[float]:
+    """log p(the first `bars` kept lines | each text before them) in nats, one teacher-forced pass of
+    the model per text: how well each candidate leads into what follows it. Each text is cut to the
+    context as writing cuts it (metadata and the latest lines)."""
+    follow = "".join(kept[:bars])
+    if not befores or not follow:
+        return [0.0] * len(befores)
+    cfg = model.config
+    rows, starts = [], []
+    for text in befores:
+        whole, _ = fitted(text + follow, cfg.patch_length, cfg.patch_size)
+        # the kept lines' patches are the last ones: a line starts a patch, so they are as many as alone
+        tail = len(piece_patches(follow, cfg.patch_size)) - 2  # minus bos and eos
+        rows.append(whole)
+        starts.append(len(whole) - tail)
+    with torch.inference_mode():
+        ids, mask = batch_tensor(rows, model.device)
+        hidden = model.patch_level_decoder(ids)
+        target = mask[:, 1:].clone()  # patch t+1 is predicted from the hidden state at t
+        for i, s in enumerate(starts):
+            target[i, : s - 1] = False  # only the kept lines' patches count
+        src, tgt = hidden[:, :-1][target], ids[:, 1:][target]
+        logits = model.char_level_decoder(src, tgt)[:, : tgt.shape[1]]
+        per_char = -F.cross_entropy(logits.transpose(1, 2).float(), tgt, ignore_index=PAD_ID, reduction="none")
+        rows_of = target.nonzero()[:, 0]
+        total = torch.zeros(len(befores), device=per_char.device).index_add(0, rows_of, per_char.sum(1))
+    return [float(x) for x in total.cpu()]
