@@ -35,12 +35,12 @@ from engine.symbolic.abcformat import musicxml_to_abc, reduce_rests
 from engine.symbolic import analysis, passage
 from engine.symbolic.checkpoint import LoadedModel, load_model
 from engine.symbolic.compiled import DECODE_MODES, resolve_decode  # noqa: F401 - part of the API
-from engine.symbolic.controls import Controls
+from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.scheduler import Scheduler, Sharing, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import (AbcResult, Alignment, check_alignment, header_unit, metre_bar,
-                                         starts_with_pickup, to_abc)
+from engine.symbolic.postprocess import (AbcResult, Alignment, check_alignment, header_field, header_unit,
+                                         metre_bar, starts_with_pickup, to_abc)
 from engine.symbolic.prompts import known_prompt
 from engine.symbolic.reference import ReferenceBackend  # noqa: F401 - part of the API
 
@@ -137,13 +137,17 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
     session, whose rows are shared fairly with other sessions'."""
     request = request.seeded()
     prompt, warnings = known_prompt(request.prompt, lm.prompts)
+    if request.melody and set(lm.voices.get(prompt.key(), ())) == {1}:
+        raise SettingsError(f"{prompt.instrumentation} ({prompt.composer}) is written for one voice: choose a style "
+                            f"with several voices to harmonise a melody in (a choral or chamber one)")
     pieces = [PieceRequest(prompt, seed=request.seed + i, sampling=request.sampling, max_patches=request.max_patches,
                            max_seconds=request.max_seconds, cancel=cancel, prefix=request.prefix,
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
                            bar_rules=_bar_rules(lm, prompt, request), controls=request.controls,
                            search=request.search,
-                           end_lines=request.passage.before + request.passage.lines if request.passage else None)
+                           end_lines=request.passage.before + request.passage.lines if request.passage else None,
+                           melody=request.melody)
               for i in range(request.variations)]
     job = scheduler.submit(pieces, owner=owner) if scheduler is not None else None
     events = iter(job) if job is not None else stream(lm.model, pieces, backend)
@@ -191,14 +195,17 @@ def _passage(lm: LoadedModel, request: ComposeRequest, events, warnings: list[st
         result = to_abc(longest.text)
         yield Composition(longest, result, notes + result.warnings, controls=request.controls)
         return
-    scores = passage.seam_logps(lm.model, [c.text for c in done], p.kept)
-    best = max(range(len(done)), key=lambda i: (scores[i], -done[i].index))
+    done.sort(key=lambda c: c.index)
+    best, faults, scores = passage.best(lm.model, [c.text for c in done], p)
     chosen = done[best]
     joined = dataclasses.replace(chosen, text=chosen.text + "".join(p.kept), bars=chosen.bars + len(p.kept))
     if p.kept and len(done) > 1:
+        others = ", ".join(f"{x:.1f}" + (f" ({faults[i]} bars not fitting)" if faults[i] else "")
+                           for i, x in enumerate(scores) if i != best)
         notes.append(f"{p.describe()} rewritten: the best of {len(done)} candidates by how well the kept bars follow "
                      f"(seed {chosen.seed}; log-likelihood of the next {min(len(p.kept), passage.SEAM_BARS)} bars "
-                     f"{scores[best]:.1f} nats, the others {', '.join(f'{x:.1f}' for i, x in enumerate(scores) if i != best)})")
+                     f"{scores[best]:.1f} nats" + (f", {faults[best]} bars not fitting" if faults[best] else "") +
+                     f"; the others {others})")
     result = to_abc(joined.text)
     yield Composition(joined, result, notes + result.warnings, controls=request.controls)
 
@@ -288,6 +295,35 @@ def passage_request(request: ComposeRequest, abc_text: str, first: int, last: in
     chosen = passage.Passage(first, last, before, tuple(lines[last - start + 1:]), tuple(lines[before:last - start + 1]))
     return request.update(prefix=_model_text(meta, body[:before], len(body)), controls=controls, passage=chosen,
                           variations=candidates)
+
+
+def harmonise_request(request: ComposeRequest, abc_text: str) -> ComposeRequest:
+    """`request` set to harmonise a melody (one voice, in ABC: the user's, or read from MusicXML or
+    MIDI by read_score): every tune-body line is forced to begin with the melody's bar as the first
+    voice, and the model writes the other voices of the request's style after it. The header is the
+    model's, with the melody's key, metre and note unit forced (and the request's tempo); the piece has
+    the melody's length. A score of several voices, or one too long, is refused in words."""
+    asked = [name for name, v in (("length", request.controls.bars), ("key", request.controls.key),
+                                   ("metre", request.controls.meter)) if v is not None]
+    if asked:
+        raise SettingsError(f"the melody sets the piece's {' and '.join(asked)}: leave {'them' if len(asked) > 1 else 'it'} "
+                            f"empty to harmonise it (transpose the melody first for another key)")
+    meta, body, _ = _score_lines(abc_text, "harmonise")
+    voices = [ln for ln in meta if ln.startswith("V:")]
+    if len(voices) > 1:
+        raise SettingsError(f"the score has {len(voices)} voices: harmonise takes a melody, one voice (open or "
+                            f"upload that voice alone, or delete the others' V: lines and bars)")
+    if len(body) > MAX_BARS:
+        raise SettingsError(f"the melody has {len(body)} bars: at most {MAX_BARS} can be harmonised at once")
+    fields = {f: (header_field(meta, f) or "").split()[0] if (header_field(meta, f) or "").split() else None
+              for f in "KML"}
+    try:
+        controls = Controls(bars=len(body), key=fields["K"] or "C", meter=fields["M"] or "4/4",
+                            tempo=request.controls.tempo, unit=fields["L"] or "1/8")
+    except SettingsError as e:
+        raise SettingsError(f"the melody's header cannot be kept: {e}") from e
+    melody = tuple(unidecode(reduce_rests(ln)).rstrip("\n") for ln in body)
+    return request.update(prefix="", controls=controls, melody=melody)
 
 
 def _score_lines(abc_text: str, doing: str) -> tuple[list[str], list[str], int]:

@@ -118,6 +118,9 @@ def _add_compose(sub) -> None:
     c.add_argument("--candidates", type=int, default=None,
                    help="(with --rewrite) candidates of the passage written at once, each a row of the batch "
                         f"(default {passage.CANDIDATES})")
+    c.add_argument("--harmonise", default=None, metavar="FILE",
+                   help="harmonise this melody (one voice: .abc, .musicxml, .xml, .mxl, .mid) in the style given: "
+                        "its bars are the first voice, the model writes the others")
     c.add_argument("--decode", choices=api.DECODE_MODES, default="auto",
                    help="character steps compiled with torch.compile (seconds to compile once) or eager "
                         "(default auto: compiled on CUDA, eager on the CPU)")
@@ -280,7 +283,11 @@ def cmd_compose(args) -> int:
         raise SettingsError("--rewrite N-M and --rewrite-from N both say where to rewrite: give one")
     if args.candidates is not None and args.rewrite is None:
         raise SettingsError("--candidates is for a passage: give the bars with --rewrite N-M")
-    if args.rewrite is not None:
+    if args.harmonise and args.from_score:
+        raise SettingsError("--harmonise FILE and --from-score FILE: harmonise a melody or continue a score, not both")
+    if args.harmonise:
+        request = api.harmonise_request(request, api.read_score(args.harmonise))
+    elif args.rewrite is not None:
         first, last = bar_range(args.rewrite)
         request = api.passage_request(request, api.read_score(args.from_score), first, last,
                                       args.candidates or passage.CANDIDATES)

@@ -70,6 +70,9 @@ class ComposeRequest:
     # bars inside the piece of `prefix` written anew, the bars after them kept (api.passage_request
     # makes it): the variations are its candidates, and one piece comes back, the best joined
     passage: Passage | None = None
+    # a melody to harmonise: the first voice's bar of every line, forced, the other voices the model's
+    # (api.harmonise_request makes it, with the melody's key, metre, unit and length in the controls)
+    melody: tuple[str, ...] = ()
     prompt: Prompt = field(init=False, repr=False, compare=False)  # the three fields, checked (made here)
 
     def __post_init__(self) -> None:
@@ -101,6 +104,11 @@ class ComposeRequest:
         # the score to continue under the controls: renumbered to the length asked, its key and metre
         # checked against those asked (controls.fit_prefix; it is the same text when fitted again)
         _set(self, "prefix", fit_prefix(self.prefix, self.controls))
+        if not isinstance(self.melody, tuple) or not all(isinstance(m, str) and m.isascii() for m in self.melody):
+            raise SettingsError("the melody to harmonise must be its bars in the model's format (ASCII text)")
+        if self.melody and (self.prefix or self.controls.bars != len(self.melody)):
+            raise SettingsError(f"a melody of {len(self.melody)} bars is harmonised as a new piece of as many bars: "
+                                f"no score to continue, a length of {len(self.melody)}")
         if self.passage is not None and not isinstance(self.passage, Passage):
             raise SettingsError(f"passage must be a Passage (the bars to rewrite), got {type(self.passage).__name__}")
 
@@ -130,7 +138,8 @@ class ComposeRequest:
                 "bar_retries": self.bar_retries, "variations": self.variations, "critic": self.critic,
                 "search": self.search,
                 "controls": self.controls.to_dict()} | (
-                    {"rewritten": [self.passage.first, self.passage.last]} if self.passage else {})
+                    {"rewritten": [self.passage.first, self.passage.last]} if self.passage else {}) | (
+                    {"harmonised_bars": len(self.melody)} if self.melody else {})
 
 
 @dataclass(frozen=True)

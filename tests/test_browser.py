@@ -808,6 +808,28 @@ def test_a_shift_click_chooses_a_passage_and_rewrite_keeps_every_bar_around_it(p
     shot(driver, "passage-rewritten")
 
 
+def test_a_melody_typed_in_the_editor_is_harmonised_as_a_chorale(page):
+    """Issue 35: a composer types a tune, picks Bach's chorales and presses "Harmonise this melody": the
+    piece comes back with the tune as its first voice, note for note, under three new voices, the
+    length box's value notwithstanding (the melody sets it)."""
+    driver, studio = page
+    fresh(driver, studio)
+    choose(driver, CHORALE)
+    typed(box(driver, "the model's length"), "16")  # left from an earlier piece: the melody's own length wins
+    type_score(driver, "X:1\nT:Evening tune\nL:1/8\nM:3/4\nK:D\nD2 | F2 A2 d2 | c4 B2 | A6 |]\n")
+    before = len(records(studio))
+    button(driver, "Harmonise this melody").click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the harmonisation",
+             timeout=240)
+    piece = records(studio)[-1]
+    assert piece["kind"] == "harmonised" and piece["title"] == "Evening tune (harmonised)", piece
+    abc = (Path(piece["folder"]) / piece["files"]["abc"][0]).read_text()
+    first = [ln.split("[V:2]")[0] for ln in abc.splitlines() if ln.startswith("[V:1]")]
+    assert first == ["[V:1]D2|", "[V:1]F2 A2 d2|", "[V:1]c4 B2|", "[V:1]A6|]"], abc
+    wait_for(driver, lambda d: "harmonised" in d.find_element(By.TAG_NAME, "body").text, what="the piece on the page")
+    shot(driver, "harmonised")
+
+
 def test_at_820_px_the_composer_shows_whole_and_the_settings_open_over_the_page(page):
     """Issue 34 item 9: nothing of the page is squeezed at the width of a small laptop or tablet."""
     from selenium.webdriver.common.by import By

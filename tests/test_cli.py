@@ -200,3 +200,18 @@ def test_bar_ranges_and_rewrite_flags_are_read_or_refused_in_words():
     for bad in ("", "5-", "a-b", "-3", "5-8-9"):
         with pytest.raises(SettingsError, match="as N-M"):
             bar_range(bad)
+
+
+def test_harmonise_a_melody_on_the_command_line(tmp_path):
+    """--harmonise FILE with the bundled model: the tune is the first voice of a four-voice chorale."""
+    tune = tmp_path / "tune.abc"
+    tune.write_text("X:1\nT:Tune\nL:1/8\nM:3/4\nK:D\nV:1 treble\nD2 | F2 A2 d2 | c4 B2 | A6 |]\n")
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--seed", 2, "--harmonise", tune, "--formats", "abc", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    (written,) = (tmp_path / "out").glob("*.abc")
+    first = [ln.split("[V:2]")[0] for ln in written.read_text().splitlines() if ln.startswith("[V:1]")]
+    assert first == ["[V:1]D2|", "[V:1]F2 A2 d2|", "[V:1]c4 B2|", "[V:1]A6|]"]
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--harmonise", tune, "--key", "G")
+    assert r.returncode == 2 and "the melody sets the piece's key: leave it empty" in r.stderr

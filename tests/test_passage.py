@@ -10,6 +10,7 @@ from engine import api
 from engine.errors import SettingsError
 from engine.stops import StopReason
 from engine.symbolic.config import PAD_ID
+from engine.symbolic import passage
 from engine.symbolic.passage import Passage, fitted, seam_logps
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.train import piece_patches
@@ -118,3 +119,13 @@ def test_a_passage_stopped_before_it_was_written_comes_back_as_written_with_a_no
     out = api.compose(lm, r)
     assert len(out) == 1 and out[0].piece.stop_reason == StopReason.MAX_PATCHES
     assert any("the bars after them are not joined" in w for w in out[0].warnings)
+
+
+def test_a_candidate_whose_bars_do_not_fit_ranks_after_one_whose_bars_do():
+    r = api.passage_request(bach(), SCORE, 2, 3)
+    head = "".join(bach().prompt.lines()) + r.prefix
+    short = head + "[r:2/6][V:1]d4|[V:2]G,8|\n[r:3/5][V:1]c8|[V:2]C,8|\n"  # bar 2: the voices disagree
+    fits = head + "[r:2/6][V:1]d4 B4|[V:2]G,8|\n[r:3/5][V:1]c8|[V:2]C,8|\n"
+    assert passage.faults(short, r.passage) == 1 and passage.faults(fits, r.passage) == 0
+    chosen, found, scores = passage.best(tiny_model(), [short, fits], r.passage)
+    assert (chosen, found) == (1, [1, 0]) and len(scores) == 2

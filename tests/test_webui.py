@@ -430,6 +430,32 @@ def test_rewriting_bars_inside_a_piece_keeps_every_other_bar_as_a_new_piece(serv
         list(studio.compose(key, bach(), model=bundled, continue_abc=abc, rewrite_from=3, rewrite_to=2))
 
 
+def test_a_melody_is_harmonised_as_a_new_piece_by_the_studio_and_by_harmonise(server):
+    """The bundled model harmonises a tune as a Bach chorale: the melody is its first voice, note for
+    note; the piece is kept as "... (harmonised)"; a score of several voices is refused in words."""
+    from engine.errors import CadenzaError
+    url, studio, tmp = server
+    bundled = str(api.bundled_model())
+    key = "h" * 20 + "-harmonise"
+    melody = "X:1\nT:Tune\nL:1/8\nM:3/4\nK:D\nV:1 treble\nD2 | F2 A2 d2 | c4 B2 | A6 |]\n"
+    first = lambda abc: [ln.split("[V:2]")[0] for ln in abc.splitlines() if ln.startswith("[V:1]")]  # noqa: E731
+    (outcome,) = list(studio.compose(key, bach(seed=2), model=bundled, harmonise_abc=melody, title="Tune"))[-1]
+    assert outcome.record.kind == "harmonised" and outcome.record.title == "Tune (harmonised)"
+    assert first(outcome.abc) == ["[V:1]D2|", "[V:1]F2 A2 d2|", "[V:1]c4 B2|", "[V:1]A6|]"]
+    assert "\nV:4" in outcome.abc  # a chorale's four voices
+    c = client(url, tmp, "harmonise")
+    style = dict(model=bundled, period=BACH.period, composer=BACH.composer, instrumentation=BACH.instrumentation,
+                 seed=3, temperature=1.2, top_k=9, top_p=0.9, max_patches=400, variations=1)
+    info, files = c.predict(session_key=key, abc=melody, **style, api_name="/harmonise")
+    (piece,) = info["pieces"]
+    assert piece["kind"] == "harmonised" and first(piece["abc"]) == first(outcome.abc) and files
+    with pytest.raises(Exception, match="the score has 2 voices: harmonise takes a melody"):
+        c.predict(session_key=key, abc="X:1\nL:1/8\nM:4/4\nK:C\nV:1\nC8|]\nV:2\nC,8|]\n", **style,
+                  api_name="/harmonise")
+    with pytest.raises(CadenzaError, match="not both at once"):
+        list(studio.compose(key, bach(), model=bundled, harmonise_abc=melody, continue_abc=melody))
+
+
 def test_transpose_makes_a_new_piece_in_the_asked_key(server):
     from music21 import converter, corpus
 

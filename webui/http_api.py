@@ -1,5 +1,5 @@
 """The named endpoints scripts call (gradio_client): /prompts, /compose, /continue, /rewrite,
-/render, /transpose, /upload, /history, /piece, /audio, /perform, /delete, /undelete. Each
+/harmonise, /render, /transpose, /upload, /history, /piece, /audio, /perform, /delete, /undelete. Each
 parameter is named for what it is; they go through the same queue and limits as the page."""
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         atk_in = gr.Number(label="audio_top_k", value=AudioSettings.top_k)
         atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
         atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
-        buttons = {name: gr.Button(visible=False) for name in ("compose", "continue", "rewrite", "render", "transpose",
+        buttons = {name: gr.Button(visible=False) for name in ("compose", "continue", "rewrite", "harmonise", "render",
+                                                                "transpose",
                                                                 "piece", "upload", "audio", "perform")}
     h = file_handlers(studio)
     out = [info_out, files_out]
@@ -70,6 +71,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         "compose": (h.compose, style, writing),
         "continue": (h.continue_score, [abc_in] + style, writing),
         "rewrite": (h.rewrite, [abc_in, bar_in] + style + [last_in], writing),
+        "harmonise": (h.harmonise, [abc_in] + style, writing),
         "render": (h.render, [abc_in], rendering),
         "transpose": (h.transpose, [abc_in, mkey_in], rendering),
         "upload": (h.upload, [file_in], rendering),
@@ -165,6 +167,15 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
                            rewrite_to=page_number(last_bar))
 
     @with_session(api=True)
+    def harmonise(session_key, abc, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
+                  max_patches, variations, bars=0, music_key="", meter="", tempo=0):
+        """A melody (one voice, ABC) harmonised in the style given: its bars the first voice of every bar,
+        the other voices the model's; its key, metre and length are the melody's."""
+        yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
+                                                       top_p, max_patches, variations, bars, music_key, meter, tempo),
+                           harmonise_abc=score_text(abc, "harmonise"), title=title_of(abc))
+
+    @with_session(api=True)
     def render(session_key, abc):
         return files([studio.render(session_key, abc)])
 
@@ -200,8 +211,8 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
     def perform(session_key, abc, style, model, seconds, seed):
         yield from audio_stream(session_key, model, audio_request(style, seconds, seed, score=abc or ""))
 
-    return SimpleNamespace(compose=compose, continue_score=continue_score, rewrite=rewrite, render=render,
-                           transpose=transpose, upload=upload, piece=piece, audio=audio, perform=perform)
+    return SimpleNamespace(compose=compose, continue_score=continue_score, rewrite=rewrite, harmonise=harmonise,
+                           render=render, transpose=transpose, upload=upload, piece=piece, audio=audio, perform=perform)
 
 
 def score_text(abc, what: str) -> str:

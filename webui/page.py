@@ -51,6 +51,7 @@ class Page:
     generate: gr.Button
     stop: gr.Button
     cont: gr.Button
+    harmonise: gr.Button
     render: gr.Button
     progress: gr.Markdown
     audio: gr.Audio

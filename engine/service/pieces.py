@@ -106,13 +106,13 @@ class Named:
     piece's title and the T:/C: lines of its ABC (the model's format has no room for them)."""
     title: str | None
     source: str  # the ABC continued or rewritten ("" for a new piece)
-    kind: str  # composed | continued | rewritten
+    kind: str  # composed | continued | rewritten | harmonised
 
     def title_for(self, prompt: Prompt) -> str:
         if not self.title:  # what the printed page's title says (engine.render.identity)
             return piece_title({"period": prompt.period, "composer": prompt.composer,
                                 "instrumentation": prompt.instrumentation})
-        base = re.sub(r"( \((continued|rewritten)\))+$", "", self.title.strip())[:100]
+        base = re.sub(r"( \((continued|rewritten|harmonised)\))+$", "", self.title.strip())[:100]
         return base if self.kind == "composed" else f"{base} ({self.kind})"
 
     def head(self, abc: str, prompt: Prompt) -> str:

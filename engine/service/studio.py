@@ -340,7 +340,8 @@ class Studio:
     # --- composing ---------------------------------------------------------------------------------
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
                 continue_abc: str | None = None, rewrite_from: int | None = None,
-                title: str | None = None, rewrite_to: int | None = None) -> Iterator[Progress | list[Outcome]]:
+                title: str | None = None, rewrite_to: int | None = None,
+                harmonise_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
         kept, and so it is when the server shuts down. The request is held to this server's limits;
@@ -348,13 +349,23 @@ class Studio:
         continued or rewritten score keeps its T:/C: lines and its title (`title`, the open
         piece's), with "continued"/"rewritten" added. With `rewrite_to` too, only bars
         rewrite_from..rewrite_to are written again and the bars after them are kept (api.passage_request:
-        candidates written at once, rows of the batch, and the best joined): one piece comes back."""
+        candidates written at once, rows of the batch, and the best joined): one piece comes back.
+        `harmonise_abc`, a melody (one voice), is harmonised in the request's style instead: its bars
+        are the first voice of every line and the model writes the others (api.harmonise_request)."""
         c = self.config
         session = self.store.session(key)
         request = request.within(c.max_patches, c.max_variations, c.max_seconds, c.max_batch).seeded()
         slot = self.model(model)
         slot.get()
-        if continue_abc:
+        if harmonise_abc is not None and (continue_abc or rewrite_from is not None):
+            raise SettingsError("harmonise a melody, or continue or rewrite a score: not both at once")
+        if harmonise_abc is not None:
+            if not harmonise_abc.strip():
+                raise SettingsError("there is no melody to harmonise: write, open or upload one voice first")
+            if len(harmonise_abc) > c.max_score_chars:
+                raise SettingsError(f"the melody is {len(harmonise_abc):,} characters: at most {c.max_score_chars:,}")
+            request = api.harmonise_request(request, harmonise_abc)
+        elif continue_abc:
             if len(continue_abc) > c.max_score_chars:
                 raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
                                     f"{c.max_score_chars:,}")
@@ -367,8 +378,9 @@ class Studio:
             raise SettingsError("there is no score to rewrite: open, write or upload one first")
         with self.job(session, "compose") as job:
             lm, scheduler = slot.checkout()
-            kind = "rewritten" if rewrite_from is not None else "continued" if request.prefix else "composed"
-            named = Named(title, continue_abc or "", kind)
+            kind = ("harmonised" if request.melody else "rewritten" if rewrite_from is not None
+                    else "continued" if request.prefix else "composed")
+            named = Named(title, continue_abc or harmonise_abc or "", kind)
             journal = session.journal(job.id, journal_about(lm, request, named))
             try:
                 yield from self._compose(session, slot, lm, request, job.cancel, named, scheduler, journal)
@@ -381,11 +393,12 @@ class Studio:
                 slot.checkin(lm)
 
     def write(self, key: str, request: ComposeRequest, model: str | None = None, continue_abc: str | None = None,
-              rewrite_from: int | None = None, title: str | None = None, rewrite_to: int | None = None) -> Live:
+              rewrite_from: int | None = None, title: str | None = None, rewrite_to: int | None = None,
+              harmonise_abc: str | None = None) -> Live:
         """compose() for the page: it runs on a thread of its own, so the piece belongs to the
         session, not to the tab (a reload reattaches with live(); a closed tab leaves it to finish).
         A refused request (bad input, a full session) raises here, before anything runs."""
-        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to)
+        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to, harmonise_abc)
         first = next(items)  # the checks and the "started" update: refusals reach the caller
         r = request
         about = {"prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},

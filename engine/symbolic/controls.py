@@ -28,6 +28,7 @@ MODES = {  # accepted spellings -> ABC's
 KEY = re.compile(r"^\s*([A-Ga-g])\s*([#b♯♭]?)\s*([A-Za-z]*)\s*$")
 METER = re.compile(r"^\s*(\d{1,2})\s*/\s*(\d{1,2})\s*$")
 NOTE_VALUES = (1, 2, 4, 8, 16, 32)
+UNIT = re.compile(r"^1/(1|2|4|8|16|32|64)$")
 
 
 def check_key(value: str) -> str:
@@ -62,6 +63,9 @@ class Controls:
     key: str | None = None  # an ABC key (D, Bb, F#m, Ebdor)
     meter: str | None = None  # 3/4, 6/8, C, C|
     tempo: int | None = None  # quarter notes per minute
+    # the note length unit (L:) the header must declare: a harmonised melody's notes are written in
+    # its unit (engine.api.harmonise_request), not set by the composer
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         if self.bars is not None:
@@ -72,6 +76,8 @@ class Controls:
             object.__setattr__(self, "meter", check_meter(self.meter))
         if self.tempo is not None:
             object.__setattr__(self, "tempo", whole(self.tempo, "tempo (quarter notes per minute)", 20, 400))
+        if self.unit is not None and (not isinstance(self.unit, str) or not UNIT.match(self.unit)):
+            raise SettingsError(f"the note length unit must be 1/1 to 1/64 (as ABC's L: field), got {said(self.unit)}")
 
     @classmethod
     def from_page(cls, bars=None, key=None, meter=None, tempo=None) -> "Controls":
@@ -81,13 +87,15 @@ class Controls:
         return cls(*(None if blank(v) else v for v in (bars, key, meter, tempo)))
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.bars, self.key, self.meter, self.tempo))
+        return any(v is not None for v in (self.bars, self.key, self.meter, self.tempo, self.unit))
 
     def fields(self) -> dict[str, str]:
         """The header lines asked for, by field letter: {'K': 'K:D\\n', ...}."""
         out = {}
         if self.tempo is not None:
             out["Q"] = f"Q:1/4={self.tempo}\n"
+        if self.unit is not None:
+            out["L"] = f"L:{self.unit}\n"
         if self.meter is not None:
             out["M"] = f"M:{self.meter}\n"
         if self.key is not None:
@@ -96,7 +104,7 @@ class Controls:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in (("bars", self.bars), ("key", self.key), ("meter", self.meter),
-                                  ("tempo", self.tempo)) if v is not None}
+                                  ("tempo", self.tempo), ("unit", self.unit)) if v is not None}
 
 
 def marker(index: int, bars: int) -> str:

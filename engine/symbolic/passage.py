@@ -4,7 +4,9 @@ the prefix and the bars after them are kept verbatim.
 The new bars must lead into the kept ones, and the model itself judges the join: K candidates of the
 passage are written at once (rows of the batch, seeds seed..seed+K-1), each stopping when its last
 bar is written (PieceRequest.end_lines), and the one after which the model finds the kept bars most
-likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. The markers of every line
+likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. Candidates whose new bars break
+the bar rules (voices of unequal length, bars that do not fill the metre: `faults`) rank after those
+that keep them, whatever their likelihood. The markers of every line
 count the whole piece ([r:i/j] forced with the piece's length), so the model writes the passage as
 the middle of a piece, not as its end.
 """
@@ -19,6 +21,7 @@ from engine.errors import SettingsError
 from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import split_tunebody
+from engine.symbolic.postprocess import check_alignment, header_unit, metre_bar
 from engine.symbolic.train import batch_tensor, piece_patches
 
 SEAM_BARS = 4  # kept bars the join is judged on (the first ones after the passage)
@@ -97,3 +100,19 @@ def seam_logps(model: NotaGenModel, befores: list[str], kept: tuple[str, ...], b
         rows_of = target.nonzero()[:, 0]
         total = torch.zeros(len(befores), device=per_char.device).index_add(0, rows_of, per_char.sum(1))
     return [float(x) for x in total.cpu()]
+
+
+def faults(text: str, p: Passage) -> int:
+    """Lines of the passage whose voices disagree in length or do not fill the metre (as the page
+    counts bars that fit), in a candidate's text (its prefix and passage, the kept bars not needed)."""
+    meta, body = split_tunebody(text)
+    bad = check_alignment(body, metre_bar(meta), header_unit(meta)).misaligned_lines  # 1-based
+    return sum(p.before < n <= p.before + p.lines for n in bad)
+
+
+def best(model: NotaGenModel, texts: list[str], p: Passage) -> tuple[int, list[int], list[float]]:
+    """The candidate to keep among `texts` (each a prompt, prefix and passage): the fewest faults,
+    then the kept bars most likely after it, then the first. -> (its index, faults, seam scores)."""
+    found = [faults(t, p) for t in texts]
+    scores = seam_logps(model, texts, p.kept)
+    return min(range(len(texts)), key=lambda i: (found[i], -scores[i], i)), found, scores

@@ -4,6 +4,7 @@ The retry rules that decide to take text back live in engine.symbolic.retries.""
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from engine.checks import SEED_LIMIT
 from engine.errors import SettingsError
 from engine.symbolic.config import BOS_ID, EOS_ID, PAD_ID
 from engine.symbolic.controls import Controls, header_edit, marker
-from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_patches,
-                                     split_tunebody, to_ids)
+from engine.symbolic.patches import (encode_for_generation, is_eos_patch, patch_text, prompt_patches, split_bars,
+                                     split_patches, split_tunebody, to_ids)
 from engine.symbolic.prompts import Prompt
 from engine.symbolic.postprocess import Metre
 from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, take_back_header, take_back_line
@@ -25,6 +26,7 @@ from engine.symbolic.search import MAX_CANDIDATES
 from engine.stops import FINISHED, StopReason
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
+BARLINE_END = re.compile(r"[|\]:]$")  # a melody bar that ends with its barline (|, ||, |], :|, [|]...)
 _UIDS = itertools.count()  # a piece's name in a backend's caches, unique in the process (index is per request)
 
 
@@ -65,6 +67,10 @@ class PieceRequest:
     # The piece ends once it has this many tune-body lines (the prefix's counted): a passage written
     # inside a piece (engine.symbolic.passage), whose bars after it are kept. None: it ends at eos.
     end_lines: int | None = None
+    # A melody to harmonise: line i of the tune body is forced to begin with its [r:i/j] marker and
+    # melody[i] (the first voice's bar, "[V:1]...|"), and the model writes the other voices after it;
+    # the piece has as many lines as the melody (controls.bars). Empty: nothing forced.
+    melody: tuple[str, ...] = ()
 
     def allowed_voices(self) -> frozenset[int] | None:
         """`voices` as a set (None: any number)."""
@@ -88,6 +94,11 @@ class PieceRequest:
         if self.end_lines is not None and (isinstance(self.end_lines, bool) or not isinstance(self.end_lines, int)
                                            or not 1 <= self.end_lines <= 100_000):
             raise SettingsError(f"end_lines must be a whole number of lines from 1, got {self.end_lines!r}")
+        if not isinstance(self.melody, tuple) or not all(isinstance(m, str) and "\n" not in m for m in self.melody):
+            raise SettingsError("melody must be the first voice's bars, one string a line, without newlines")
+        if self.melody and self.controls.bars != len(self.melody):
+            raise SettingsError(f"a harmonised melody of {len(self.melody)} bars needs a length of as many bars, "
+                                f"got {self.controls.bars}")
         counts = self.allowed_voices()
         if counts is not None:
             if not counts or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64 for v in counts):
@@ -197,20 +208,47 @@ class PieceState:
 
     def next_prefix(self) -> list[int]:
         """The characters forced at the start of the next patch: the context's partial tail, and,
-        with a length in bars, each line's [r:i/j] marker, then the end after the last line."""
+        with a length in bars, each line's [r:i/j] marker, then the end after the last line; with a
+        melody, the marker and the melody's bar, patch by patch (`forced_patch`)."""
         bars = self.req.controls.bars
         if bars is not None and self.tail and self.text.endswith("\n"):
             # a continued score's last line, complete in a partial patch: the patch closes there (as
             # in training, a line ends its patch) so that the next line starts with its marker
             return self.tail + [EOS_ID]
+        if self.req.melody and self.in_tunebody and not self.tail:
+            forced = self.forced_patch()
+            if forced is not None:
+                return forced
         if bars is None or not self.in_tunebody or self.tail or not self.text.endswith("\n"):
             return self.tail
         index = self.lines_before + self.bars
         return [BOS_ID, EOS_ID] if index >= bars else [ord(c) for c in marker(index, bars)]
 
+    def forced_patch(self) -> list[int] | None:
+        """The next patch of the current line's forced start: its [r:i/j] marker, melody[i] and the
+        start of the second voice's bar ("[V:2]" after the melody's barline: training cuts a line before
+        each barline, so the melody's barline begins the next voice's segment). Cut into patches as
+        training cuts them (EOS closes a short one; the last, partial, is completed by the model).
+        None once it is written: the rest of the line is the model's."""
+        index = self.lines_before + self.bars
+        if index >= len(self.req.melody):
+            return None
+        bar = self.req.melody[index]
+        text = marker(index, len(self.req.melody)) + bar + ("" if BARLINE_END.search(bar) else "|") + "[V:2]"
+        written = len(self.text) - (self.text.rfind("\n") + 1)  # characters of the current line so far
+        segments, at = split_bars([text]), 0
+        for n, seg in enumerate(segments):
+            for chunk in split_patches(seg, self.patch_size, generate_last=n == len(segments) - 1):
+                if at == written:
+                    return [ord(c) for c in chunk]
+                at += len(chunk.replace(chr(EOS_ID), ""))
+        return None
+
     def tunebody_start(self) -> str:
         """What the first tune-body line is forced to begin with (NotaGen numbers it 0)."""
         bars = self.req.controls.bars
+        if self.req.melody:
+            return "".join(chr(i) for i in self.forced_patch() or [])
         return "[r:0/" if bars is None else marker(self.lines_before, bars)
 
     def eos_allowed(self) -> bool:

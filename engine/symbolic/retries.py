@@ -152,6 +152,7 @@ def take_back_line(s: "PieceState") -> TakeBack:
 # What each broken rule weighs when attempts are compared: a bar whose voices disagree or leave a
 # chord open is unreadable; a voice left out, a last bar that does not close (search.rank) or a bar
 # the wrong length is heard; a dissonant bar is only less idiomatic.
+VOICE_FIELD = re.compile(r"\[V:\s*([^\]\s]+)")
 FAULT_WEIGHTS = {"form": 8, "full": 4, "ending": 4, "metre": 2, "harmony": 1}
 
 
@@ -159,11 +160,19 @@ def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: boo
     """The weighted rules a line breaks (0: it keeps them all)."""
     segments = line_segments(line)
     rules = s.req.bar_rules
-    broken = [not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())) and "form",
+    broken = [not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())
+                   and one_bar(line)) and "form",
               "full" in rules and len(segments) < s.declared and "full",
               "metre" in rules and after is None and "metre",
               not harmonious and "harmony"]
     return sum(FAULT_WEIGHTS[b] for b in broken if b)
+
+
+def one_bar(line: str) -> bool:
+    """A tune-body line is one bar of each voice: no voice twice, no second [r:] marker (the model
+    sometimes runs on into the next line without its newline)."""
+    voices = VOICE_FIELD.findall(line)
+    return len(voices) == len(set(voices)) and line.count("[r:") <= 1
 
 
 def take_back_ending(s: "PieceState") -> TakeBack:

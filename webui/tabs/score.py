@@ -57,6 +57,7 @@ def build(ui: Page, config: ServerSettings, studio: Studio) -> None:
             ui.generate = gr.Button("Generate", variant="primary")
             ui.stop = gr.Button("Stop", variant="secondary")
             ui.cont = gr.Button("Continue this score")
+            ui.harmonise = gr.Button("Harmonise this melody")
             ui.render = gr.Button("Render my edits")
         ui.progress = gr.Markdown("", elem_id="status")
         with gr.Row():  # the player, the seed and Write this again, right above the music
@@ -133,13 +134,15 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
                                variations=v[ui.variations], bar_retries=v[ui.bar_retries], critic=bool(v[ui.critic]),
                                bars=v[ui.bars], music_key=v[ui.music_key], meter=v[ui.meter], tempo=v[ui.tempo])
 
-    def write(k, v: dict, cont_abc=None, rewrite_from=None, title=None, rewrite_to=None):
+    def write(k, v: dict, cont_abc=None, rewrite_from=None, title=None, rewrite_to=None, melody=None):
         spec = v[ui.model] or None
         studio.model(spec)  # a model this server does not offer is refused first, whatever else came
         request = request_of(v)
+        if melody is not None:  # the melody's own length, key and metre, whatever the boxes hold
+            request = request.update(bars=None, key=None, meter=None)
         # written on a thread of its own: a reload reattaches to it (reattach), a closed tab leaves it to finish
         live = studio.write(k, request, model=spec, continue_abc=cont_abc, rewrite_from=rewrite_from, title=title,
-                            rewrite_to=rewrite_to)
+                            rewrite_to=rewrite_to, harmonise_abc=melody)
         yield from _follow(k, live)
 
     @with_session
@@ -198,7 +201,15 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
         yield from write(k, v, cont_abc=text, rewrite_from=v[ui.rewrite_bar], title=page.edited(text, v[ui.current])[0],
                          rewrite_to=v[ui.rewrite_to])
 
+    @with_session
+    def run_harmonise(k, v: dict):
+        text = v[ui.abc]
+        if not text or not text.strip():
+            raise SettingsError("there is no melody to harmonise: write, open or upload one voice first")
+        yield from write(k, v, melody=text, title=page.edited(text, v[ui.current])[0])
+
     ui.cont.click(by_name(ui, run_continue), form | {ui.abc, ui.current}, ui.shown, **composing)
+    ui.harmonise.click(by_name(ui, run_harmonise), form | {ui.abc, ui.current}, ui.shown, **composing)
     ui.rewrite.click(by_name(ui, run_rewrite), form | {ui.abc, ui.rewrite_bar, ui.rewrite_to, ui.current}, ui.shown,
                      **composing)
     ui.stop.click(with_session(lambda k: "stopping after this patch ..." if studio.stop(k, "compose") else gr.skip()),
