@@ -39,8 +39,8 @@ from engine.symbolic.controls import MAX_BARS, Controls
 from engine.symbolic.generate import FastBackend, PatchEvent, Piece, PieceRequest, stream
 from engine.symbolic.scheduler import Scheduler, Sharing, Waiting  # noqa: F401 - part of the API
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import (AbcResult, Alignment, check_alignment, header_field, header_unit,
-                                         metre_bar, starts_with_pickup, to_abc)
+from engine.symbolic.postprocess import (R_MARKER, AbcResult, Alignment, check_alignment, header_field, header_unit,
+                                         line_segments, metre_bar, starts_with_pickup, to_abc)
 from engine.symbolic.prompts import known_prompt
 from engine.symbolic.reference import ReferenceBackend  # noqa: F401 - part of the API
 
@@ -297,22 +297,26 @@ def passage_request(request: ComposeRequest, abc_text: str, first: int, last: in
                           variations=candidates)
 
 
-def harmonise_request(request: ComposeRequest, abc_text: str) -> ComposeRequest:
+def harmonise_request(request: ComposeRequest, abc_text: str, voice: int | None = None) -> ComposeRequest:
     """`request` set to harmonise a melody (one voice, in ABC: the user's, or read from MusicXML or
     MIDI by read_score): every tune-body line is forced to begin with the melody's bar as the first
     voice, and the model writes the other voices of the request's style after it. The header is the
     model's, with the melody's key, metre and note unit forced (and the request's tempo); the piece has
-    the melody's length. A score of several voices, or one too long, is refused in words."""
+    the melody's length. A score of several voices is refused in words unless `voice` (1, 2, ... in
+    the order of its V: lines) names the one to harmonise; so is one too long."""
     asked = [name for name, v in (("length", request.controls.bars), ("key", request.controls.key),
                                    ("metre", request.controls.meter)) if v is not None]
     if asked:
         raise SettingsError(f"the melody sets the piece's {' and '.join(asked)}: leave {'them' if len(asked) > 1 else 'it'} "
                             f"empty to harmonise it (transpose the melody first for another key)")
+    if voice is not None:
+        abc_text = voice_of(abc_text, voice)
     meta, body, _ = _score_lines(abc_text, "harmonise")
     voices = [ln for ln in meta if ln.startswith("V:")]
     if len(voices) > 1:
         raise SettingsError(f"the score has {len(voices)} voices: harmonise takes a melody, one voice (open or "
-                            f"upload that voice alone, or delete the others' V: lines and bars)")
+                            f"upload that voice alone, delete the others' V: lines and bars, or name the voice: "
+                            f"1 to {len(voices)})")
     if len(body) > MAX_BARS:
         raise SettingsError(f"the melody has {len(body)} bars: at most {MAX_BARS} can be harmonised at once")
     fields = {f: (header_field(meta, f) or "").split()[0] if (header_field(meta, f) or "").split() else None
@@ -324,6 +328,24 @@ def harmonise_request(request: ComposeRequest, abc_text: str) -> ComposeRequest:
         raise SettingsError(f"the melody's header cannot be kept: {e}") from e
     melody = tuple(unidecode(reduce_rests(ln)).rstrip("\n") for ln in body)
     return request.update(prefix="", controls=controls, melody=melody)
+
+
+def voice_of(abc_text: str, voice: int = 1) -> str:
+    """One voice of a score (1, 2, ... in the order of its V: lines) as a score of its own in ABC: the
+    header's fields, that voice declared as V:1, and its bars (rests included)."""
+    meta, body, _ = _score_lines(abc_text, "take a voice from")
+    declared = [ln for ln in meta if ln.startswith("V:")] or ["V:1\n"]
+    voice = whole(voice, f"the voice (1 to {len(declared)}, in the order of the score's V: lines)", 1, len(declared))
+    name = declared[voice - 1][2:].split()[0]
+    head = [ln for ln in meta if not ln.startswith(("V:", "%%score", "%%staves"))]
+    bars = []
+    for n, line in enumerate(body, 1):
+        segment = line_segments(line).get(name) if len(declared) > 1 or "[V:" in line else R_MARKER.sub("", line).strip()
+        if segment is None:
+            raise SettingsError(f"voice {voice} has no bar {n} in this score: expected every voice in every bar")
+        bars.append(f"[V:1]{segment}\n")
+    rest = declared[voice - 1][2:].split(None, 1)
+    return "".join(["X:1\n"] + head + [f"V:1 {rest[1]}" if len(rest) > 1 else "V:1\n"] + bars)
 
 
 def _score_lines(abc_text: str, doing: str) -> tuple[list[str], list[str], int]:

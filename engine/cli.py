@@ -121,6 +121,9 @@ def _add_compose(sub) -> None:
     c.add_argument("--harmonise", default=None, metavar="FILE",
                    help="harmonise this melody (one voice: .abc, .musicxml, .xml, .mxl, .mid) in the style given: "
                         "its bars are the first voice, the model writes the others")
+    c.add_argument("--voice", type=int, default=None,
+                   help="(with --harmonise) the voice of a score of several to harmonise: 1, 2, ... in the order "
+                        "of its parts")
     c.add_argument("--decode", choices=api.DECODE_MODES, default="auto",
                    help="character steps compiled with torch.compile (seconds to compile once) or eager "
                         "(default auto: compiled on CUDA, eager on the CPU)")
@@ -283,10 +286,12 @@ def cmd_compose(args) -> int:
         raise SettingsError("--rewrite N-M and --rewrite-from N both say where to rewrite: give one")
     if args.candidates is not None and args.rewrite is None:
         raise SettingsError("--candidates is for a passage: give the bars with --rewrite N-M")
+    if args.voice is not None and not args.harmonise:
+        raise SettingsError("--voice names the voice to harmonise: give the score with --harmonise FILE")
     if args.harmonise and args.from_score:
         raise SettingsError("--harmonise FILE and --from-score FILE: harmonise a melody or continue a score, not both")
     if args.harmonise:
-        request = api.harmonise_request(request, api.read_score(args.harmonise))
+        request = api.harmonise_request(request, api.read_score(args.harmonise), args.voice)
     elif args.rewrite is not None:
         first, last = bar_range(args.rewrite)
         request = api.passage_request(request, api.read_score(args.from_score), first, last,

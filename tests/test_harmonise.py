@@ -98,3 +98,14 @@ def test_a_line_running_on_into_the_next_or_with_a_voice_twice_is_not_one_bar():
     assert retries.one_bar("[r:1/3][V:1]c2 d2|[V:2]E4|[V:3]C4|\n")
     assert not retries.one_bar("[r:1/3][V:1]c2 d2|[V:2]E4|[V:2]C4|\n")
     assert not retries.one_bar("[r:1/3][V:1]c2 d2|[V:2]E4|][r:2/2][V:1]G4|\n")
+
+
+def test_one_voice_of_a_score_is_taken_as_a_melody_by_number():
+    two = "X:1\nT:Two\nL:1/8\nM:4/4\nK:G\nV:1 treble\nV:2 bass\n[V:1]B4 d4|[V:2]G,8|\n[V:1]c8|][V:2]A,8|]\n"
+    low = api.voice_of(two, 2)
+    assert "V:1 bass" in low and first_voice(low) == ["[V:1]G,8|", "[V:1]A,8|]"] and "V:2" not in low
+    assert api.harmonise_request(bach(), two, voice=1).melody == ("[V:1]B4 d4|", "[V:1]c8|]")
+    with pytest.raises(SettingsError, match=r"the voice \(1 to 2, in the order of the score's V: lines\) must be"):
+        api.voice_of(two, 3)
+    with pytest.raises(SettingsError, match="name the voice: 1 to 2"):
+        api.harmonise_request(bach(), two)

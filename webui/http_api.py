@@ -45,6 +45,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         var_in = gr.Number(label="variations", value=1)
         bars_in, bar_in = gr.Number(label="bars", value=0), gr.Number(label="bar", value=1)
         last_in = gr.Number(label="last_bar", value=None)
+        voice_in = gr.Number(label="voice", value=None)
         mkey_in, meter_in = gr.Textbox(label="music_key", value=""), gr.Textbox(label="meter", value="")
         tempo_in = gr.Number(label="tempo", value=0)
         info_out = gr.JSON(label="result")
@@ -71,7 +72,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         "compose": (h.compose, style, writing),
         "continue": (h.continue_score, [abc_in] + style, writing),
         "rewrite": (h.rewrite, [abc_in, bar_in] + style + [last_in], writing),
-        "harmonise": (h.harmonise, [abc_in] + style, writing),
+        "harmonise": (h.harmonise, [abc_in] + style + [voice_in], writing),
         "render": (h.render, [abc_in], rendering),
         "transpose": (h.transpose, [abc_in, mkey_in], rendering),
         "upload": (h.upload, [file_in], rendering),
@@ -168,12 +169,13 @@ def file_handlers(studio: Studio) -> SimpleNamespace:
 
     @with_session(api=True)
     def harmonise(session_key, abc, model, period, composer, instrumentation, seed, temperature, top_k, top_p,
-                  max_patches, variations, bars=0, music_key="", meter="", tempo=0):
-        """A melody (one voice, ABC) harmonised in the style given: its bars the first voice of every bar,
-        the other voices the model's; its key, metre and length are the melody's."""
+                  max_patches, variations, bars=0, music_key="", meter="", tempo=0, voice=None):
+        """A melody (one voice, ABC; or `voice` 1, 2, ... of a score) harmonised in the style given: its
+        bars the first voice of every bar, the other voices the model's; its key, metre and length kept."""
         yield from written(session_key, model, request(period, composer, instrumentation, seed, temperature, top_k,
                                                        top_p, max_patches, variations, bars, music_key, meter, tempo),
-                           harmonise_abc=score_text(abc, "harmonise"), title=title_of(abc))
+                           harmonise_abc=score_text(abc, "harmonise"), title=title_of(abc),
+                           harmonise_voice=page_number(voice))
 
     @with_session(api=True)
     def render(session_key, abc):

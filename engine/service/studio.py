@@ -341,7 +341,8 @@ class Studio:
     def compose(self, key: str, request: ComposeRequest, model: str | None = None,
                 continue_abc: str | None = None, rewrite_from: int | None = None,
                 title: str | None = None, rewrite_to: int | None = None,
-                harmonise_abc: str | None = None) -> Iterator[Progress | list[Outcome]]:
+                harmonise_abc: str | None = None,
+                harmonise_voice: int | None = None) -> Iterator[Progress | list[Outcome]]:
         """Yields Progress while writing, then the list of kept pieces (one per variation).
         Stop (or closing the iterator: a closed tab) ends it within a patch; what was written is
         kept, and so it is when the server shuts down. The request is held to this server's limits;
@@ -350,8 +351,9 @@ class Studio:
         piece's), with "continued"/"rewritten" added. With `rewrite_to` too, only bars
         rewrite_from..rewrite_to are written again and the bars after them are kept (api.passage_request:
         candidates written at once, rows of the batch, and the best joined): one piece comes back.
-        `harmonise_abc`, a melody (one voice), is harmonised in the request's style instead: its bars
-        are the first voice of every line and the model writes the others (api.harmonise_request)."""
+        `harmonise_abc`, a melody (one voice, or `harmonise_voice` of a score), is harmonised in the
+        request's style instead: its bars are the first voice of every line and the model writes the
+        others (api.harmonise_request)."""
         c = self.config
         session = self.store.session(key)
         request = request.within(c.max_patches, c.max_variations, c.max_seconds, c.max_batch).seeded()
@@ -364,7 +366,7 @@ class Studio:
                 raise SettingsError("there is no melody to harmonise: write, open or upload one voice first")
             if len(harmonise_abc) > c.max_score_chars:
                 raise SettingsError(f"the melody is {len(harmonise_abc):,} characters: at most {c.max_score_chars:,}")
-            request = api.harmonise_request(request, harmonise_abc)
+            request = api.harmonise_request(request, harmonise_abc, harmonise_voice)
         elif continue_abc:
             if len(continue_abc) > c.max_score_chars:
                 raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
