@@ -10,6 +10,7 @@ from engine.data.build import read_split
 from engine.errors import SettingsError
 from engine.symbolic.patches import split_bars, split_patches, split_tunebody, to_ids
 from engine.symbolic import retries
+from engine.symbolic.config import EOS_ID
 from engine.symbolic.piece import PieceRequest, PieceState
 from engine.symbolic.postprocess import to_abc
 
@@ -109,3 +110,14 @@ def test_one_voice_of_a_score_is_taken_as_a_melody_by_number():
         api.voice_of(two, 3)
     with pytest.raises(SettingsError, match="name the voice: 1 to 2"):
         api.harmonise_request(bach(), two)
+
+
+def test_a_context_re_encoded_mid_bar_goes_on_with_the_melody_from_the_patch_begun():
+    """After a re-encode (a melody longer than the context) the text may end inside a forced patch:
+    the partial patch (the tail) is completed with the melody, not by the model."""
+    r = api.harmonise_request(bach(), MELODY)
+    header = "L:1/8\nM:3/4\nK:D\nV:1 treble\nV:2 bass\n"
+    begun = header + "[r:0/3][V:1]D2|[V:2]A,2|\n[r:1/2][V:1]F2 A2 d"  # '[r:1/2][V:1]F2 A' + '2 d' (the tail)
+    state = PieceState(0, PieceRequest(BACH, melody=r.melody, controls=r.controls, prefix=begun), 64, 16, "cpu")
+    assert state.tail == [ord(c) for c in "2 d"]
+    assert state.next_prefix() == [ord(c) for c in "2 d2"] + [EOS_ID]  # the melody's bar closed, as training cuts it

@@ -215,7 +215,7 @@ class PieceState:
             # a continued score's last line, complete in a partial patch: the patch closes there (as
             # in training, a line ends its patch) so that the next line starts with its marker
             return self.tail + [EOS_ID]
-        if self.req.melody and self.in_tunebody and not self.tail:
+        if self.req.melody and self.in_tunebody:
             forced = self.forced_patch()
             if forced is not None:
                 return forced
@@ -229,18 +229,21 @@ class PieceState:
         start of the second voice's bar ("[V:2]" after the melody's barline: training cuts a line before
         each barline, so the melody's barline begins the next voice's segment). Cut into patches as
         training cuts them (EOS closes a short one; the last, partial, is completed by the model).
-        None once it is written: the rest of the line is the model's."""
+        None once it is written: the rest of the line is the model's. A context re-encoded mid-line
+        leaves the patch being written begun (the tail): the forced patch then goes on from it."""
         index = self.lines_before + self.bars
         if index >= len(self.req.melody):
             return None
         bar = self.req.melody[index]
         text = marker(index, len(self.req.melody)) + bar + ("" if BARLINE_END.search(bar) else "|") + "[V:2]"
-        written = len(self.text) - (self.text.rfind("\n") + 1)  # characters of the current line so far
+        # where the patch being written begins in the current line
+        start = len(self.text) - (self.text.rfind("\n") + 1) - len(self.tail)
         segments, at = split_bars([text]), 0
         for n, seg in enumerate(segments):
             for chunk in split_patches(seg, self.patch_size, generate_last=n == len(segments) - 1):
-                if at == written:
-                    return [ord(c) for c in chunk]
+                if at == start:
+                    ids = [ord(c) for c in chunk]
+                    return ids if ids[:len(self.tail)] == self.tail else None
                 at += len(chunk.replace(chr(EOS_ID), ""))
         return None
 
