@@ -828,6 +828,16 @@ def test_a_melody_typed_in_the_editor_is_harmonised_as_a_chorale(page):
     assert first == ["[V:1]D2|", "[V:1]F2 A2 d2|", "[V:1]c4 B2|", "[V:1]A6|]"], abc
     wait_for(driver, lambda d: "harmonised" in d.find_element(By.TAG_NAME, "body").text, what="the piece on the page")
     shot(driver, "harmonised")
+    # the open piece (four voices now) harmonised again: its first voice is the melody
+    wait_for(driver, lambda d: "[V:4]" in d.find_element(By.CSS_SELECTOR, ".cm-content").text, what="the piece in the editor")
+    before = len(records(studio))
+    button(driver, "Harmonise this melody").click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the second harmonisation",
+             timeout=240)
+    again = records(studio)[-1]
+    abc = (Path(again["folder"]) / again["files"]["abc"][0]).read_text()
+    assert again["kind"] == "harmonised" and [ln.split("[V:2]")[0] for ln in abc.splitlines()
+                                              if ln.startswith("[V:1]")] == first
 
 
 def test_at_820_px_the_composer_shows_whole_and_the_settings_open_over_the_page(page):

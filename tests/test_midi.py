@@ -85,3 +85,13 @@ def test_a_midi_upload_is_kept_with_its_bars_its_check_and_its_drums_note(tmp_pa
     with pytest.raises(CadenzaError, match="nothing to notate: it holds drums only"):
         studio.upload("k" * 32, _midi(tmp_path / "drums.mid", _track([36] * 4, channel=9)))
     assert [r.id for r in studio.history("k" * 32)] == [o.record.id]  # the refused file left nothing behind
+
+
+def test_a_midi_melody_is_read_for_harmonising_bar_by_bar(tmp_path):
+    """One track of quarter notes (C major scale up and down, 16 beats): four bars of 4/4 forced as the
+    first voice, the key and metre music21 gives it."""
+    path = _midi(tmp_path / "tune.mid", _track([60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60, 60]))
+    request = api.harmonise_request(api.ComposeRequest("Baroque", "Bach, Johann Sebastian", "Choral"),
+                                    api.read_score(path))
+    assert request.controls.bars == 4 and request.controls.meter == "4/4" and request.controls.key == "C"
+    assert all(bar.startswith("[V:1]") for bar in request.melody)

@@ -396,11 +396,12 @@ class Studio:
 
     def write(self, key: str, request: ComposeRequest, model: str | None = None, continue_abc: str | None = None,
               rewrite_from: int | None = None, title: str | None = None, rewrite_to: int | None = None,
-              harmonise_abc: str | None = None) -> Live:
+              harmonise_abc: str | None = None, harmonise_voice: int | None = None) -> Live:
         """compose() for the page: it runs on a thread of its own, so the piece belongs to the
         session, not to the tab (a reload reattaches with live(); a closed tab leaves it to finish).
         A refused request (bad input, a full session) raises here, before anything runs."""
-        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to, harmonise_abc)
+        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to, harmonise_abc,
+                             harmonise_voice)
         first = next(items)  # the checks and the "started" update: refusals reach the caller
         r = request
         about = {"prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},

@@ -141,8 +141,9 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
         if melody is not None:  # the melody's own length, key and metre, whatever the boxes hold
             request = request.update(bars=None, key=None, meter=None)
         # written on a thread of its own: a reload reattaches to it (reattach), a closed tab leaves it to finish
+        # the open piece's melody is its first voice: a score of several is harmonised from its top line
         live = studio.write(k, request, model=spec, continue_abc=cont_abc, rewrite_from=rewrite_from, title=title,
-                            rewrite_to=rewrite_to, harmonise_abc=melody)
+                            rewrite_to=rewrite_to, harmonise_abc=melody, harmonise_voice=1 if melody else None)
         yield from _follow(k, live)
 
     @with_session
