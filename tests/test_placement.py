@@ -198,6 +198,7 @@ def test_a_split_model_writes_exactly_what_the_whole_model_writes(stages):
     assert split.patch_level_decoder.base.split
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the transfer path between devices")
 def test_a_split_between_the_gpu_and_the_cpu_writes_what_the_gpu_alone_writes():
     import copy
