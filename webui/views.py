@@ -12,7 +12,7 @@ from engine.service.policy import public
 from engine.stops import FINISHED, StopReason
 
 HISTORY_HEADERS = ["created", "title", "kind", "seed", "bars", "fits the metre", "model"]
-HISTORY_WIDTHS = ["150px", "320px", "100px", "110px", "60px", "120px", "160px"]
+HISTORY_WIDTHS = ["14%", "24%", "14%", "14%", "8%", "11%", "15%"]  # of the page: no sideways scroll at 820 px
 # The browser engraves the ABC held in #live-abc into #live-score (webui/static/cadenza-score.js);
 # this HTML never changes, so a re-render of the page never wipes the engraving.
 LIVE_SCORE_HTML = ("<div id='live-score-tools'></div>"
