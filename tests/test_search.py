@@ -63,6 +63,25 @@ def test_a_last_line_that_closes_every_voice_wins_over_one_that_does_not():
     assert piece.text.endswith(closing)
 
 
+def test_a_last_line_whose_voices_end_together_wins_over_a_closed_one_that_does_not():
+    """The ending rule asks every voice to end together, each written once (a final bar of 8 eighths
+    over 4, or with a voice twice, is the ragged ending the musical check counts)."""
+    from engine.symbolic import retries
+
+    state = _searching()
+    piece, candidate = state.search.members
+    piece.rewriting_end = True
+    ragged = SHORT.replace("|[V:2]", "|][V:2]").replace("|\n", "|]\n")
+    together = GOOD.replace("|[V:2]", "|][V:2]").replace("|\n", "|]\n")
+    assert retries.ending_faults(piece, ragged, piece.line_start) > retries.ending_faults(piece, together, piece.line_start)
+    twice = together.replace("|]\n", "|][V:2]G,,8|]\n")
+    assert retries.ending_faults(piece, twice, piece.line_start) > retries.ending_faults(piece, together, piece.line_start)
+    _feed(piece, ragged)
+    _feed(candidate, together)
+    search.settle(piece)
+    assert piece.text.endswith(together)
+
+
 def test_when_every_candidate_breaks_a_rule_the_round_is_written_again():
     state = _searching(k=2, retries=1)
     piece, candidate = state.search.members

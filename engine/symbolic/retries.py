@@ -206,10 +206,11 @@ def ends_well(s: "PieceState", line: str, mark) -> bool:
 def ending_faults(s: "PieceState", line: str, mark) -> int:
     """What a last line fails of the ending rule (0: it ends well): it closes every voice with a
     final barline (unless the prompt's real pieces mostly end "open"), holds every voice for "full"
-    prompts, and cadences (retries.cadences: V-I for "harmony" prompts, the tonic for a tune)."""
+    prompts, ends every voice together (each written once), and cadences (retries.cadences: V-I for "harmony" prompts, the tonic for a tune)."""
     rules = s.req.bar_rules
     return sum((not ("open" in rules or closes_section(line)),
                 "full" in rules and len(line_segments(line)) < s.declared,
+                not (line_aligned(line) and one_bar(line)),  # every voice ends together, each once
                 not cadences(s, line, mark)))
 
 
