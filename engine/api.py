@@ -322,7 +322,8 @@ def harmonise_request(request: ComposeRequest, abc_text: str, voice: int | None 
     fields = {f: (header_field(meta, f) or "").split()[0] if (header_field(meta, f) or "").split() else None
               for f in "KML"}
     try:
-        controls = Controls(bars=len(body), key=fields["K"] or "C", meter=fields["M"] or "4/4",
+        key = fields["K"] if fields["K"] and fields["K"].lower() != "none" else "C"  # K:none: no signature, as C's
+        controls = Controls(bars=len(body), key=key, meter=fields["M"] or "4/4",
                             tempo=request.controls.tempo, unit=fields["L"] or "1/8")
     except SettingsError as e:
         raise SettingsError(f"the melody's header cannot be kept: {e}") from e
