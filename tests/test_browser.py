@@ -243,6 +243,14 @@ def records(studio) -> list[dict]:
     return [json.loads(p.read_text()) | {"folder": str(p.parent)} for p in paths]
 
 
+def kept_after(driver, studio, label: str, what: str, timeout: float = 240) -> dict:
+    """Presses the button `label` and waits for the piece it writes: -> that piece's record."""
+    before = len(records(studio))
+    button(driver, label).click()
+    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what=what, timeout=timeout)
+    return records(studio)[-1]
+
+
 CHORALE = ("Baroque", "Bach, Johann Sebastian", "Choral")
 
 
@@ -794,11 +802,7 @@ def test_a_shift_click_chooses_a_passage_and_rewrite_keeps_every_bar_around_it(p
     assert len({e.get_attribute("class") for e in driver.find_elements(
         By.CSS_SELECTOR, "#live-score .cadenza-chosen")}) >= 2  # both bars marked
     shot(driver, "passage-chosen")
-    before = len(records(studio))
-    button(driver, "Rewrite these bars (a new seed)").click()
-    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the rewrite",
-             timeout=240)
-    rewritten = records(studio)[-1]
+    rewritten = kept_after(driver, studio, "Rewrite these bars (a new seed)", "the rewrite")
     assert rewritten["kind"] == "rewritten" and rewritten["settings"]["rewritten"] == [first, first + 1], rewritten
     text = lambda r: (Path(r["folder"]) / r["files"]["abc"][0]).read_text()  # noqa: E731
     bars = lambda abc: [ln for ln in "".join(interleaved(abc_text=abc)).splitlines() if ln.startswith("[V:")]  # noqa: E731
@@ -817,11 +821,7 @@ def test_a_melody_typed_in_the_editor_is_harmonised_as_a_chorale(page):
     choose(driver, CHORALE)
     typed(box(driver, "the model's length"), "16")  # left from an earlier piece: the melody's own length wins
     type_score(driver, "X:1\nT:Evening tune\nL:1/8\nM:3/4\nK:D\nD2 | F2 A2 d2 | c4 B2 | A6 |]\n")
-    before = len(records(studio))
-    button(driver, "Harmonise this melody").click()
-    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the harmonisation",
-             timeout=240)
-    piece = records(studio)[-1]
+    piece = kept_after(driver, studio, "Harmonise this melody", "the harmonisation")
     assert piece["kind"] == "harmonised" and piece["title"] == "Evening tune (harmonised)", piece
     abc = (Path(piece["folder"]) / piece["files"]["abc"][0]).read_text()
     first = [ln.split("[V:2]")[0] for ln in abc.splitlines() if ln.startswith("[V:1]")]
@@ -830,11 +830,7 @@ def test_a_melody_typed_in_the_editor_is_harmonised_as_a_chorale(page):
     shot(driver, "harmonised")
     # the open piece (four voices now) harmonised again: its first voice is the melody
     wait_for(driver, lambda d: "[V:4]" in d.find_element(By.CSS_SELECTOR, ".cm-content").text, what="the piece in the editor")
-    before = len(records(studio))
-    button(driver, "Harmonise this melody").click()
-    wait_for(driver, lambda d: len(records(studio)) > before and not studio.running(), what="the second harmonisation",
-             timeout=240)
-    again = records(studio)[-1]
+    again = kept_after(driver, studio, "Harmonise this melody", "the second harmonisation")
     abc = (Path(again["folder"]) / again["files"]["abc"][0]).read_text()
     assert again["kind"] == "harmonised" and [ln.split("[V:2]")[0] for ln in abc.splitlines()
                                               if ln.startswith("[V:1]")] == first

@@ -187,27 +187,27 @@ def wire_compose(ui: Page, config: ServerSettings, studio: Studio) -> None:
                      show_progress_on=[ui.progress], js=TO_THE_MUSIC)
     ui.generate.click(by_name(ui, run), form, ui.shown, **composing)
 
-    @with_session
-    def run_continue(k, v: dict):
+    def score_of(v: dict, missing: str) -> tuple[str, str | None]:
+        """The editor's ABC and the title it goes on under (the open piece's, unless edited away)."""
         text = v[ui.abc]
         if not text or not text.strip():
-            raise SettingsError("there is no score to continue: write or upload some ABC first")
-        yield from write(k, v, cont_abc=text, title=page.edited(text, v[ui.current])[0])
+            raise SettingsError(missing)
+        return text, page.edited(text, v[ui.current])[0]
+
+    @with_session
+    def run_continue(k, v: dict):
+        text, title = score_of(v, "there is no score to continue: write or upload some ABC first")
+        yield from write(k, v, cont_abc=text, title=title)
 
     @with_session
     def run_rewrite(k, v: dict):
-        text = v[ui.abc]
-        if not text or not text.strip():
-            raise SettingsError("there is no score to rewrite: open, write or upload one first")
-        yield from write(k, v, cont_abc=text, rewrite_from=v[ui.rewrite_bar], title=page.edited(text, v[ui.current])[0],
-                         rewrite_to=v[ui.rewrite_to])
+        text, title = score_of(v, "there is no score to rewrite: open, write or upload one first")
+        yield from write(k, v, cont_abc=text, rewrite_from=v[ui.rewrite_bar], title=title, rewrite_to=v[ui.rewrite_to])
 
     @with_session
     def run_harmonise(k, v: dict):
-        text = v[ui.abc]
-        if not text or not text.strip():
-            raise SettingsError("there is no melody to harmonise: write, open or upload one voice first")
-        yield from write(k, v, melody=text, title=page.edited(text, v[ui.current])[0])
+        text, title = score_of(v, "there is no melody to harmonise: write, open or upload one voice first")
+        yield from write(k, v, melody=text, title=title)
 
     ui.cont.click(by_name(ui, run_continue), form | {ui.abc, ui.current}, ui.shown, **composing)
     ui.harmonise.click(by_name(ui, run_harmonise), form | {ui.abc, ui.current}, ui.shown, **composing)
