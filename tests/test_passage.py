@@ -129,3 +129,15 @@ def test_a_candidate_whose_bars_do_not_fit_ranks_after_one_whose_bars_do():
     assert passage.faults(short, r.passage) == 1 and passage.faults(fits, r.passage) == 0
     chosen, found, scores = passage.best(tiny_model(), [short, fits], r.passage)
     assert (chosen, found) == (1, [1, 0]) and len(scores) == 2
+
+
+def test_parallel_octaves_into_the_kept_bar_are_a_fault_of_the_seam():
+    """The passage ends on G over G (an octave) and the kept bar starts on A over A: parallel octaves
+    across the seam; ending on B over G does not."""
+    r = api.passage_request(bach(), SCORE, 2, 3)
+    head = "".join(bach().prompt.lines()) + r.prefix
+    meta = split_tunebody(head)[0]
+    kept = "[r:4/4][V:1]A8|[V:2]A,8|\n"
+    assert passage.seam_parallels(meta, "[r:3/5][V:1]G8|[V:2]G,8|\n", kept) == 1
+    assert passage.seam_parallels(meta, "[r:3/5][V:1]B8|[V:2]G,8|\n", kept) == 0
+    assert passage.seam_parallels(meta, "[r:3/5][V:1]G8|\n", kept) == 0  # not the same voices: not judged

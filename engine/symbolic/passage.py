@@ -5,8 +5,8 @@ The new bars must lead into the kept ones, and the model itself judges the join:
 passage are written at once (rows of the batch, seeds seed..seed+K-1), each stopping when its last
 bar is written (PieceRequest.end_lines), and the one after which the model finds the kept bars most
 likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. Candidates whose new bars break
-the bar rules (voices of unequal length, bars that do not fill the metre: `faults`) rank after those
-that keep them, whatever their likelihood. The markers of every line
+the bar rules (voices of unequal length, bars that do not fill the metre) or that move into the kept
+bars in parallel fifths or octaves (`faults`) rank after those that do not, whatever their likelihood. The markers of every line
 count the whole piece ([r:i/j] forced with the piece's length), so the model writes the passage as
 the middle of a piece, not as its end.
 """
@@ -21,7 +21,8 @@ from engine.errors import SettingsError
 from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import check_alignment, header_unit, metre_bar
+from engine.symbolic.harmony import bar_harmony, beat_length, key_alterations, parallels
+from engine.symbolic.postprocess import check_alignment, header_field, header_unit, line_segments, metre_bar
 from engine.symbolic.train import batch_tensor, piece_patches
 
 SEAM_BARS = 4  # kept bars the join is judged on (the first ones after the passage)
@@ -104,10 +105,25 @@ def seam_logps(model: NotaGenModel, befores: list[str], kept: tuple[str, ...], b
 
 def faults(text: str, p: Passage) -> int:
     """Lines of the passage whose voices disagree in length or do not fill the metre (as the page
-    counts bars that fit), in a candidate's text (its prefix and passage, the kept bars not needed)."""
+    counts bars that fit), in a candidate's text (its prefix and passage), and the parallel fifths or
+    octaves from its last sound into the first kept bar (the critic over the seam)."""
     meta, body = split_tunebody(text)
     bad = check_alignment(body, metre_bar(meta), header_unit(meta)).misaligned_lines  # 1-based
-    return sum(p.before < n <= p.before + p.lines for n in bad)
+    last = body[p.before + p.lines - 1] if len(body) >= p.before + p.lines else ""
+    return sum(p.before < n <= p.before + p.lines for n in bad) + (seam_parallels(meta, last, p.kept[0]) if p.kept else 0)
+
+
+def seam_parallels(meta: list[str], last: str, kept: str) -> int:
+    """Parallel fifths or octaves between what the passage's last bar sounds at its end and the first
+    sound of the kept bar after it (harmony.parallels); 0 where the two bars do not hold the same
+    voices or the metre cannot be read."""
+    before, after = line_segments(last), line_segments(kept)
+    beat, bar = beat_length(header_field(meta, "M"), header_field(meta, "L")), metre_bar(meta)
+    if len(before) < 2 or list(before) != list(after) or not beat or not bar:
+        return 0
+    key = key_alterations(header_field(meta, "K") or "C")
+    end, start = (bar_harmony(list(x.values()), key, beat, bar).moments for x in (before, after))
+    return parallels(end[-1], start[0])[1] if end and start else 0
 
 
 def best(model: NotaGenModel, texts: list[str], p: Passage) -> tuple[int, list[int], list[float]]:
