@@ -39,9 +39,10 @@ def test_the_service_composes_renders_and_keeps_history_with_no_gradio_loaded():
 def test_every_stop_reason_is_said_in_words_and_a_record_keeps_its_value():
     import json
 
-    from engine.stops import StopReason
+    from engine.stops import FINISHED, StopReason
     from webui.views import STOPS
 
-    assert set(StopReason) - set(STOPS) == {StopReason.EOS, StopReason.DONE}  # the ends that need no word
+    # the ends that need no word: the model ended it, the passage asked for was written, the clip is made
+    assert set(StopReason) - set(STOPS) == FINISHED == {StopReason.EOS, StopReason.PASSAGE, StopReason.DONE}
     assert json.loads(json.dumps({"stop_reason": StopReason.CANCELLED})) == {"stop_reason": "cancelled"}
     assert StopReason("max_patches") is StopReason.MAX_PATCHES  # read back from a record
