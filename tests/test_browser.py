@@ -802,6 +802,8 @@ def test_a_shift_click_chooses_a_passage_and_rewrite_keeps_every_bar_around_it(p
     assert len({e.get_attribute("class") for e in driver.find_elements(
         By.CSS_SELECTOR, "#live-score .cadenza-chosen")}) >= 2  # both bars marked
     shot(driver, "passage-chosen")
+    driver.execute_script("document.querySelector('#rewrite-to').scrollIntoView({block: 'center'})")
+    driver.save_screenshot(str(SCREENSHOT.with_name("passage-boxes-1400.png")))  # From bar, To bar, Rewrite
     rewritten = kept_after(driver, studio, "Rewrite these bars (a new seed)", "the rewrite")
     assert rewritten["kind"] == "rewritten" and rewritten["settings"]["rewritten"] == [first, first + 1], rewritten
     text = lambda r: (Path(r["folder"]) / r["files"]["abc"][0]).read_text()  # noqa: E731
