@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import BACH, bach
+from conftest import BACH, ROOT, bach
 from engine import api
 from engine.data.build import read_split
 from engine.errors import SettingsError
@@ -83,7 +83,7 @@ def test_a_one_voice_style_is_refused_for_harmonising(lm):
 
 
 def test_a_held_out_bach_soprano_comes_back_note_for_note_under_new_voices(lm):
-    chorale = next(p for p in read_split("assets/data/corpus", "val") if tuple(p["labels"]) == tuple(BACH.__dict__.values()))
+    chorale = next(p for p in read_split(ROOT / "assets" / "data" / "corpus", "val") if tuple(p["labels"]) == tuple(BACH.__dict__.values()))
     melody = soprano_of(to_abc(chorale["text"]).abc)
     out = api.compose(lm, api.harmonise_request(bach(seed=3), melody))
     assert len(out) == 1
