@@ -285,16 +285,16 @@ def passage_request(request: ComposeRequest, abc_text: str, first: int, last: in
     first = whole(first, what, start, end)
     last = end if last is None or (isinstance(last, str) and not last.strip()) else last
     last = whole(last, f"the last bar to rewrite (bar {first}, the first, or a later bar of the score)", first, end)
-    lines = [_model_text([], [ln], len(body), i) for i, ln in enumerate(body)]
-    for i in range(first - start + 1, last - start + 1):  # a new metre inside the passage
+    before, after = first - start, last - start + 1  # lines before the passage, and to its end
+    for i in range(before + 1, after):  # a new metre inside the passage
         if re.search(r"\[M:", body[i]):
             raise SettingsError(f"bars {first}-{last} cross a change of metre at bar {start + i}: choose bars in one "
                                 f"metre (up to bar {start + i - 1}, or from bar {start + i})")
-    before = first - start
+    lines = [_model_text([], [ln], len(body), i) for i, ln in enumerate(body)]
     controls = Controls(bars=len(body), tempo=request.controls.tempo)  # the score's key and metre stay
-    chosen = passage.Passage(first, last, before, tuple(lines[last - start + 1:]), tuple(lines[before:last - start + 1]))
-    return request.update(prefix=_model_text(meta, body[:before], len(body)), controls=controls, passage=chosen,
-                          variations=candidates)
+    chosen = passage.Passage(first, last, before, tuple(lines[after:]), tuple(lines[before:after]))
+    return request.update(prefix=_model_text(meta, [], 0) + "".join(lines[:before]), controls=controls,
+                          passage=chosen, variations=candidates)
 
 
 def harmonise_request(request: ComposeRequest, abc_text: str, voice: int | None = None) -> ComposeRequest:
@@ -319,12 +319,11 @@ def harmonise_request(request: ComposeRequest, abc_text: str, voice: int | None 
                             f"1 to {len(voices)})")
     if len(body) > MAX_BARS:
         raise SettingsError(f"the melody has {len(body)} bars: at most {MAX_BARS} can be harmonised at once")
-    fields = {f: (header_field(meta, f) or "").split()[0] if (header_field(meta, f) or "").split() else None
-              for f in "KML"}
+    field = lambda f, default: ((header_field(meta, f) or "").split() or [default])[0]  # noqa: E731 - its first word
+    key = field("K", "C")
     try:
-        key = fields["K"] if fields["K"] and fields["K"].lower() != "none" else "C"  # K:none: no signature, as C's
-        controls = Controls(bars=len(body), key=key, meter=fields["M"] or "4/4",
-                            tempo=request.controls.tempo, unit=fields["L"] or "1/8")
+        controls = Controls(bars=len(body), key="C" if key.lower() == "none" else key,  # K:none: no signature, as C's
+                            meter=field("M", "4/4"), tempo=request.controls.tempo, unit=field("L", "1/8"))
     except SettingsError as e:
         raise SettingsError(f"the melody's header cannot be kept: {e}") from e
     melody = tuple(unidecode(reduce_rests(ln)).rstrip("\n") for ln in body)

@@ -59,8 +59,7 @@ def endpoints(studio: Studio, config: ServerSettings) -> None:
         atp_in = gr.Number(label="audio_top_p", value=AudioSettings.top_p)
         atemp_in = gr.Number(label="audio_temperature", value=AudioSettings.temperature)
         buttons = {name: gr.Button(visible=False) for name in ("compose", "continue", "rewrite", "harmonise", "render",
-                                                                "transpose",
-                                                                "piece", "upload", "audio", "perform")}
+                                                                "transpose", "piece", "upload", "audio", "perform")}
     h = file_handlers(studio)
     out = [info_out, files_out]
     style = [model_in, p_in, c_in, i_in, seed_in, temp_in, tk_in, tp_in, mp_in, var_in, bars_in, mkey_in, meter_in,

@@ -361,16 +361,14 @@ class Studio:
         slot.get()
         if harmonise_abc is not None and (continue_abc or rewrite_from is not None):
             raise SettingsError("harmonise a melody, or continue or rewrite a score: not both at once")
+        for text, what in ((harmonise_abc, "the melody"), (continue_abc, "the score to continue")):
+            if text and len(text) > c.max_score_chars:
+                raise SettingsError(f"{what} is {len(text):,} characters: at most {c.max_score_chars:,}")
         if harmonise_abc is not None:
             if not harmonise_abc.strip():
                 raise SettingsError("there is no melody to harmonise: write, open or upload one voice first")
-            if len(harmonise_abc) > c.max_score_chars:
-                raise SettingsError(f"the melody is {len(harmonise_abc):,} characters: at most {c.max_score_chars:,}")
             request = api.harmonise_request(request, harmonise_abc, harmonise_voice)
         elif continue_abc:
-            if len(continue_abc) > c.max_score_chars:
-                raise SettingsError(f"the score to continue is {len(continue_abc):,} characters: at most "
-                                    f"{c.max_score_chars:,}")
             if rewrite_to is not None and rewrite_from is not None:
                 candidates = min(api.passage.CANDIDATES, c.max_variations)  # a server's own bound on rows per request
                 request = api.passage_request(request, continue_abc, rewrite_from, rewrite_to, candidates)
@@ -400,8 +398,8 @@ class Studio:
         """compose() for the page: it runs on a thread of its own, so the piece belongs to the
         session, not to the tab (a reload reattaches with live(); a closed tab leaves it to finish).
         A refused request (bad input, a full session) raises here, before anything runs."""
-        items = self.compose(key, request, model, continue_abc, rewrite_from, title, rewrite_to, harmonise_abc,
-                             harmonise_voice)
+        items = self.compose(key, request, model, continue_abc=continue_abc, rewrite_from=rewrite_from, title=title,
+                             rewrite_to=rewrite_to, harmonise_abc=harmonise_abc, harmonise_voice=harmonise_voice)
         first = next(items)  # the checks and the "started" update: refusals reach the caller
         r = request
         about = {"prompt": {"period": r.period, "composer": r.composer, "instrumentation": r.instrumentation},

@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from engine.errors import CadenzaError
 from engine.files import write_atomic
 from engine.symbolic.analysis import analyse
-from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.postprocess import to_abc
 from engine.symbolic.prompts import Prompt
-from engine.symbolic.train import TrainConfig, batch_tensor, crop, evaluate, loss_on, piece_patches
+from engine.symbolic.train import TrainConfig, batch_tensor, crop, evaluate, loss_on, patch_logps, piece_patches
 
 SAMPLES_FILE = "samples.jsonl.gz"
 STATE_FILE = "dpo_state.pt"
@@ -110,14 +109,7 @@ def sequence_logps(model: NotaGenModel, texts: list[str]) -> torch.Tensor:
     """log p(text) under the model (nats, summed over every character after the bos patch) per text,
     in the training encoding (engine.symbolic.train.piece_patches, cut to the context)."""
     cfg = model.config
-    ids, mask = batch_tensor([piece_patches(t, cfg.patch_size)[: cfg.patch_length] for t in texts], model.device)
-    hidden = model.patch_level_decoder(ids)
-    target = mask[:, 1:]  # patch t+1 is predicted from the hidden state at t
-    src, tgt = hidden[:, :-1][target], ids[:, 1:][target]
-    logits = model.char_level_decoder(src, tgt)[:, : tgt.shape[1]]  # (M, 16, vocab)
-    per_char = -F.cross_entropy(logits.transpose(1, 2).float(), tgt, ignore_index=PAD_ID, reduction="none")
-    rows = target.nonzero()[:, 0]
-    return torch.zeros(len(texts), device=per_char.device).index_add(0, rows, per_char.sum(1))
+    return patch_logps(model, [piece_patches(t, cfg.patch_size)[: cfg.patch_length] for t in texts])
 
 
 def dpop_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,

@@ -4,26 +4,24 @@ the prefix and the bars after them are kept verbatim.
 The new bars must lead into the kept ones, and the model itself judges the join: K candidates of the
 passage are written at once (rows of the batch, seeds seed..seed+K-1), each stopping when its last
 bar is written (PieceRequest.end_lines), and the one after which the model finds the kept bars most
-likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. Candidates whose new bars break
-the bar rules (voices of unequal length, bars that do not fill the metre) or that move into the kept
-bars in parallel fifths or octaves (`faults`) rank after those that do not, whatever their likelihood. The markers of every line
-count the whole piece ([r:i/j] forced with the piece's length), so the model writes the passage as
-the middle of a piece, not as its end.
+likely (one teacher-forced pass, `seam_logps`) is kept and joined to them. Candidates whose new bars
+break the bar rules (voices of unequal length, bars that do not fill the metre) or move into the kept
+bars in parallel fifths or octaves (`faults`) rank after those that do not, whatever their
+likelihood. The markers of every line count the whole piece ([r:i/j] forced with the piece's
+length), so the model writes the passage as the middle of a piece, not as its end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from engine.errors import SettingsError
-from engine.symbolic.config import PAD_ID
 from engine.symbolic.model import NotaGenModel
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.harmony import bar_harmony, beat_length, key_alterations, parallels
 from engine.symbolic.postprocess import check_alignment, header_field, header_unit, line_segments, metre_bar
-from engine.symbolic.train import batch_tensor, piece_patches
+from engine.symbolic.train import patch_logps, piece_patches
 
 SEAM_BARS = 4  # kept bars the join is judged on (the first ones after the passage)
 CANDIDATES = 4  # candidates of a passage written at once, by default (each a row of the batch)
@@ -82,25 +80,11 @@ def seam_logps(model: NotaGenModel, befores: list[str], kept: tuple[str, ...], b
     if not befores or not follow:
         return [0.0] * len(befores)
     cfg = model.config
-    rows, starts = [], []
-    for text in befores:
-        whole, _ = fitted(text + follow, cfg.patch_length, cfg.patch_size)
-        # the kept lines' patches are the last ones: a line starts a patch, so they are as many as alone
-        tail = len(piece_patches(follow, cfg.patch_size)) - 2  # minus bos and eos
-        rows.append(whole)
-        starts.append(len(whole) - tail)
+    # the kept lines' patches are the last ones: a line starts a patch, so they are as many as alone
+    tail = len(piece_patches(follow, cfg.patch_size)) - 2  # minus bos and eos
+    rows = [fitted(text + follow, cfg.patch_length, cfg.patch_size)[0] for text in befores]
     with torch.inference_mode():
-        ids, mask = batch_tensor(rows, model.device)
-        hidden = model.patch_level_decoder(ids)
-        target = mask[:, 1:].clone()  # patch t+1 is predicted from the hidden state at t
-        for i, s in enumerate(starts):
-            target[i, : s - 1] = False  # only the kept lines' patches count
-        src, tgt = hidden[:, :-1][target], ids[:, 1:][target]
-        logits = model.char_level_decoder(src, tgt)[:, : tgt.shape[1]]
-        per_char = -F.cross_entropy(logits.transpose(1, 2).float(), tgt, ignore_index=PAD_ID, reduction="none")
-        rows_of = target.nonzero()[:, 0]
-        total = torch.zeros(len(befores), device=per_char.device).index_add(0, rows_of, per_char.sum(1))
-    return [float(x) for x in total.cpu()]
+        return patch_logps(model, rows, [len(r) - tail for r in rows]).cpu().tolist()
 
 
 def faults(text: str, p: Passage) -> int:

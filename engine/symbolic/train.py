@@ -100,6 +100,21 @@ def batch_tensor(pieces: list[list[list[int]]], device) -> tuple[torch.Tensor, t
     return ids.to(device), mask.to(device)
 
 
+def patch_logps(model: NotaGenModel, rows: list[list[list[int]]], starts: list[int] | None = None) -> torch.Tensor:
+    """log p of each row of patches under the model (nats, summed over the characters of every patch
+    from `starts[i]` on, the bos patch never), one teacher-forced pass; with gradients where the
+    caller has them (train-dpo), in inference mode where it does not (a rewrite's seam)."""
+    ids, mask = batch_tensor(rows, model.device)
+    hidden = model.patch_level_decoder(ids)
+    target = mask[:, 1:].clone()  # patch t+1 is predicted from the hidden state at t
+    for i, start in enumerate(starts or []):
+        target[i, : max(0, start - 1)] = False  # only the patches from `start` count
+    src, tgt = hidden[:, :-1][target], ids[:, 1:][target]
+    logits = model.char_level_decoder(src, tgt)[:, : tgt.shape[1]]  # (M, 16, vocab)
+    per_char = -F.cross_entropy(logits.transpose(1, 2).float(), tgt, ignore_index=PAD_ID, reduction="none")
+    return torch.zeros(len(rows), device=per_char.device).index_add(0, target.nonzero()[:, 0], per_char.sum(1))
+
+
 def loss_on(model: NotaGenModel, ids: torch.Tensor, mask: torch.Tensor, sample: int | None,
             gen: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy (nats) per character over the next patches; returns (loss, characters)."""
