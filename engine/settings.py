@@ -90,6 +90,10 @@ class ServerSettings:
                                 "each replica is writing (0: fixed at --replicas)", parse=int)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
     replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
+    render_replicas: int = setting(0, "Ray Serve replicas that render the exports (sheet music, MIDI, WAV, PDF) and "
+                                   "check scores, with --ray; 0: the studio renders them itself", parse=int)
+    render_cpus: float = setting(1.0, "CPUs Ray reserves for each render replica (0: none, when it shares the models' "
+                                 "machine; its conversions run in processes of their own either way)", parse=float)
     write_config: str = setting("", "write the Ray Serve config (`serve deploy FILE`) of these settings' model and "
                                 "replicas to FILE, and exit", metavar="FILE")
     # --- batching and the waiting line ---
@@ -179,6 +183,9 @@ class ServerSettings:
         if not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256 or not 0 <= self.replica_gpus <= 16:
             raise SettingsError(f"replicas must be from 1 to 256, CPUs per replica above 0 and at most 256, GPUs per "
                                 f"replica from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {self.replica_gpus:g}")
+        if not 0 <= self.render_replicas <= 256 or not 0 <= self.render_cpus <= 256:
+            raise SettingsError(f"render replicas must be from 0 to 256 and CPUs per render replica from 0 to 256, "
+                                f"got {self.render_replicas} and {self.render_cpus:g}")
         if self.replicas_max and not self.replicas <= self.replicas_max <= 256:
             raise SettingsError(f"replicas max must be 0 (no autoscaling) or from --replicas ({self.replicas}) to 256, "
                                 f"got {self.replicas_max}")

@@ -22,13 +22,14 @@ BEGUN = "X:1\nT:Begun\nL:1/8\nM:4/4\nK:C\nCDEF GABc|\n"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A studio page in front of a local Ray; and an in-process studio on the same model."""
+    """A studio page in front of a local Ray (the model's replicas and a render replica); and an
+    in-process studio on the same model."""
     from webui.app import start
 
     tmp = tmp_path_factory.mktemp("ray")
     model = save_model(tiny_model(seed=1), tmp / "tiny", prompts=PromptTable([BACH]))
     config = ServerSettings(port=free_port(), outputs=str(tmp / "ray-out"), model=str(model), min_free_mb=0,
-                            ray="local", replicas=2, replica_cpus=1)
+                            ray="local", replicas=2, replica_cpus=1, render_replicas=1, render_cpus=0)
     demo, studio, url = start(config, quiet=True)
     studio.model(None).get(300)
     local = Studio(ServerSettings(outputs=str(tmp / "local-out"), model=str(model), min_free_mb=0))
@@ -100,11 +101,42 @@ def test_the_http_api_composes_through_the_replicas(served):
     assert all(Path(f).stat().st_size > 0 for f in files)
 
 
+def test_scores_render_on_the_render_replica_as_they_do_in_process(served, tmp_path):
+    """The exports, the check and the words of a refusal are the same from a RenderEngine replica."""
+    import ray
+
+    from engine.errors import CadenzaError
+
+    studio, local, _, _ = served
+    key = "r" * 20 + "-ray-render"
+    score = ("X:1\nT:Two voices\nL:1/4\nM:4/4\nK:G\nV:1\nV:2 clef=bass\n[V:1] d2 B2|c2 A2|B2 G2|]\n"
+             "[V:2] G,2 G,2|A,2 D2|G,4|]\n")
+    remote, here = studio.render(key, score), local.render(key, score)
+    names = sorted(p.name for p in remote.folder.iterdir() if p.name != "record.json")
+    assert names == sorted(p.name for p in here.folder.iterdir() if p.name != "record.json")
+    assert {"abc", "musicxml", "midi", "pdf"} <= set(remote.record.files) and not remote.record.errors
+    assert remote.abc == here.abc and remote.record.bars == here.record.bars == 3
+    assert remote.record.alignment == here.record.alignment and remote.record.analysis == here.record.analysis
+    assert [a for a in ray.util.list_named_actors(all_namespaces=True) if "RenderEngine" in a["name"]]
+    assert "1 running" in studio.renderer.status() and "RenderEngine" in studio.system()["rendering"]
+    moved = studio.transpose(key, score, "A")  # music21 on the replica
+    assert "K:A" in moved.abc and moved.record.title == "Two voices (in A)"
+    (tmp_path / "two.musicxml").write_bytes(next(here.folder.glob("*.musicxml")).read_bytes())
+    up = studio.upload(key, tmp_path / "two.musicxml")  # the file's bytes go to the replica
+    up_here = local.upload(key, tmp_path / "two.musicxml")
+    assert up.record.kind == "uploaded" and up.record.bars == 3 and "d4 B4 | c4 A4" in up.abc
+    assert up.abc == up_here.abc and up.record.analysis == up_here.record.analysis
+    with pytest.raises(CadenzaError, match="the text is not ABC notation"):  # in words, not Ray's traceback
+        studio.render(key, "hello, this is not music")
+    assert len(studio.history(key)) == 3  # the refusal kept nothing, the pieces before it stay
+
+
 def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path, capsys):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     from engine.service.remote import application
+    from engine.service.rendering import application as rendering_application
     from webui.__main__ import main
 
     path = tmp_path / "serve.yaml"
@@ -119,6 +151,11 @@ def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_
     (app,) = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
     scaling = app.deployments[0].autoscaling_config
     assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (2, 6, 8)
+    assert main(["--write-config", str(path), "--render-replicas", "2", "--render-cpus", "1.5"]) == 0
+    model_app, renderer = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
+    assert renderer.name == "cadenza-renderer" and renderer.import_path == "engine.service.rendering:application"
+    assert renderer.deployments[0].num_replicas == 2 and renderer.deployments[0].ray_actor_options.num_cpus == 1.5
+    assert rendering_application(renderer.args) is not None
     assert main(["--write-config", str(path), "--replicas", "3", "--replicas-max", "2"]) == 2
     assert "replicas max must be 0 (no autoscaling) or from --replicas (3) to 256, got 2" in capsys.readouterr().err
 

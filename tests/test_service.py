@@ -46,3 +46,28 @@ def test_every_stop_reason_is_said_in_words_and_a_record_keeps_its_value():
     assert set(StopReason) - set(STOPS) == FINISHED == {StopReason.EOS, StopReason.PASSAGE, StopReason.DONE}
     assert json.loads(json.dumps({"stop_reason": StopReason.CANCELLED})) == {"stop_reason": "cancelled"}
     assert StopReason("max_patches") is StopReason.MAX_PATCHES  # read back from a record
+
+
+def test_render_replicas_without_ray_are_refused_in_words(tmp_path):
+    import pytest
+
+    from engine.errors import SettingsError
+    from engine.service.studio import Studio
+    from engine.settings import ServerSettings
+
+    with pytest.raises(SettingsError, match=r"render replicas run on Ray Serve: add --ray"):
+        Studio(ServerSettings(outputs=str(tmp_path / "out"), render_replicas=2, min_free_mb=0))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_render_replica_cannot_write_outside_the_pieces_folder(tmp_path):
+    """The files a replica sends back are named, not pathed: '../x' or a hidden name is refused."""
+    import pytest
+
+    from engine.errors import CadenzaError
+    from engine.service.rendering import Packed, Rendered, RemoteRenderer
+
+    for name in ("../escape.abc", "/etc/passwd", ".hidden", "a/b.abc", "x" * 300):
+        with pytest.raises(CadenzaError, match="the renderer sent back a file named"):
+            RemoteRenderer._unpack(Packed(Rendered(None), {name: b"X:1"}), tmp_path / "piece")
+    assert not (tmp_path / "escape.abc").exists() and not list((tmp_path / "piece").iterdir())

@@ -123,7 +123,7 @@ def system_tables(info: dict) -> tuple[list[list], list[list], str]:
     waiting = info.get("waiting_in_queue")
     line = (f"{info.get('running', 0)} piece(s) being made now (every user's scores in one batch per model copy: "
             f"see its rows below); {'' if waiting is None else f'{waiting} waiting in the queue; '}"
-            f"the queue holds {info.get('queue_size', '?')}.")
+            f"the queue holds {info.get('queue_size', '?')}. Exports rendered {info.get('rendering', '?')}.")
     return devices, models, line
 
 

@@ -20,6 +20,7 @@ from typing import Iterator
 from engine import api
 from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
+from engine.service import rendering
 from engine.service.models import ModelSlot
 from engine.stops import StopReason
 from engine.symbolic.generate import PatchEvent, Piece
@@ -138,15 +139,19 @@ def application(args: dict):
 
 def serve_config(settings) -> dict:
     """The `serve deploy` config for these settings (./run.sh --write-config FILE writes it)."""
-    return {"proxy_location": "Disabled",
-            "applications": [{
-                "name": app_name(settings.model),
-                "import_path": "engine.service.remote:application",
-                "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
-                "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
-                "deployments": [{"name": DEPLOYMENT, **deployment_options(
-                    settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus,
-                    settings.replicas_max)}]}]}
+    apps = [{"name": app_name(settings.model), "route_prefix": None,  # called through handles, not HTTP
+             "import_path": "engine.service.remote:application",
+             "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
+             "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
+             "deployments": [{"name": DEPLOYMENT, **deployment_options(
+                 settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus,
+                 settings.replicas_max)}]}]
+    if settings.render_replicas:  # the exports on replicas of their own (engine/service/rendering.py)
+        apps.append({"name": rendering.APP, "route_prefix": None, "import_path": "engine.service.rendering:application",
+                     "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}, "args": {},
+                     "deployments": [{"name": rendering.DEPLOYMENT, **rendering.deployment_options(
+                         settings.render_replicas, settings.render_cpus)}]})
+    return {"proxy_location": "Disabled", "applications": apps}
 
 
 def write_config(settings, path: str | Path) -> Path:
@@ -192,24 +197,36 @@ class RayCluster:
             serve.start(proxy_location="Disabled")
 
     def deploy(self, spec: str | None, placement: api.PlacementOptions, batching: tuple):
-        """The model's Serve application -> (handle, app name): the one running on the cluster
-        (an admin's `serve deploy` of --write-config's file, or another studio's), else deployed
-        from here with these settings."""
+        """The model's Serve application -> (handle, app name), see deploy_app."""
+        name = app_name(spec)
+        options = deployment_options(self.replicas, batching[0], self.cpus, self.gpus, self.replicas_max)
+        args = (spec, placement, batching, max(1, int(self.cpus)))
+        return self.deploy_app(name, DEPLOYMENT, SymbolicEngine, args, options), name
+
+    def deploy_app(self, name: str, deployment: str, cls, args: tuple, options: dict):
+        """A Serve application's handle: the one running on the cluster (an admin's `serve deploy`
+        of --write-config's file, or another studio's), else deployed from here with `options`."""
         from ray import serve
 
         self.connect()
-        name = app_name(spec)
         running = serve.status().applications.get(name)
         if running is not None and str(running.status).endswith("RUNNING"):
             log.info("using the Serve application %s already running on the cluster", name)
-            return serve.get_app_handle(name), name
+            return serve.get_app_handle(name)
         with self._lock:
             self._apps.append(name)
-        engine = serve.deployment(SymbolicEngine, name=DEPLOYMENT, **deployment_options(
-            self.replicas, batching[0], self.cpus, self.gpus, self.replicas_max))
-        handle = serve.run(engine.bind(spec, placement, batching, max(1, int(self.cpus))), name=name,
-                           route_prefix=None)
-        return handle, name
+        return serve.run(serve.deployment(cls, name=deployment, **options).bind(*args), name=name, route_prefix=None)
+
+    @staticmethod
+    def replica_states(app: str, deployment: str) -> str:
+        """The replicas' health as Serve sees it: "2 running", "1 running, 1 starting"."""
+        from ray import serve
+
+        try:
+            states = serve.status().applications[app].deployments[deployment].replica_states
+            return ", ".join(f"{n} {str(state).rsplit('.', 1)[-1].lower()}" for state, n in states.items()) or "none"
+        except Exception:  # noqa: BLE001 - the report must not fail while Serve is busy
+            return "state unknown"
 
     def delete(self, name: str) -> None:
         from ray import serve
@@ -261,13 +278,7 @@ class RemoteSlot(ModelSlot):
 
     def replicas(self) -> str:
         """The replicas' health as Serve sees it: "2 running", "1 running, 1 starting"."""
-        from ray import serve
-
-        try:
-            states = serve.status().applications[self.app].deployments[DEPLOYMENT].replica_states
-            return ", ".join(f"{n} {str(state).rsplit('.', 1)[-1].lower()}" for state, n in states.items()) or "none"
-        except Exception:  # noqa: BLE001 - the report must not fail while Serve is busy
-            return f"{self.cluster.replicas} asked for"
+        return self.cluster.replica_states(self.app, DEPLOYMENT)
 
     def plan(self) -> str | None:
         return self.lm.plan if self.lm is not None else None

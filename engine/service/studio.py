@@ -35,6 +35,7 @@ from engine.service.models import (MAX_AUDIO_MODELS, MAX_FAILED, MAX_MODELS, RET
                                    out_of_memory)
 from engine.service.jobs import LIVE_KEEP_S, Job, Live
 from engine.service.remote import RayCluster, RemoteSlot
+from engine.service.rendering import LocalRenderer, RemoteRenderer
 from engine.stops import StopReason
 
 log = logging.getLogger("cadenza.studio")
@@ -65,10 +66,15 @@ class Studio:
         # --ray: the models run as Ray Serve replicas. Connected here, on the thread that made the
         # studio: a local Ray's processes die with the thread that started them (PR_SET_PDEATHSIG),
         # and a model loader's thread ends once the model is up.
+        if config.render_replicas and not config.ray:
+            raise SettingsError("render replicas run on Ray Serve: add --ray (a local Ray) or --ray ADDRESS (a cluster)")
         self.cluster = (RayCluster(config.ray, config.replicas, config.replica_gpus, config.replica_cpus,
                                    config.replicas_max) if config.ray else None)
         if self.cluster is not None:
             self.cluster.connect()
+        # the exports: here, or on RenderEngine replicas (--render-replicas), files sent back
+        self.renderer = (RemoteRenderer(self.cluster, config.render_replicas, config.render_cpus)
+                         if self.cluster is not None and config.render_replicas else LocalRenderer())
         recovered = self._recover()
         if recovered:
             log.warning("kept %d piece(s) that an earlier run was writing when it stopped", recovered)
@@ -530,7 +536,9 @@ class Studio:
         stem = named.stem(p.prompt, p.seed)
         piece_id, folder = self.new_piece(session, stem)
         with self.saving(folder):
-            result = api.export(lm, comp, folder, self.config.formats, self.render_options(), stem=stem)
+            result = self.renderer.score(folder, comp.abc.abc, self.config.formats, stem, self.render_options(),
+                                         meta=comp.manifest(lm), strict=False).result
+            comp.rendered = result
             record = PieceRecord(
                 id=piece_id, created=now_iso(), kind=named.kind,
                 title=named.title_for(p.prompt),
@@ -574,17 +582,16 @@ class Studio:
         with self.job(session, "render"):
             notes = []
             if to_key is not None:
-                abc_text, note = api.transpose(abc_text, to_key, self.render_options())
+                abc_text, note = self.renderer.transpose(abc_text, to_key, self.render_options())
                 notes.append(note)
             if title and not api.not_abc(abc_text):
                 abc_text = retitled(abc_text, title)
             piece_id, folder = self.new_piece(session, title or untitled)
             with self.saving(folder):
-                result = api.render(abc_text, folder, self.config.formats, slug(title or untitled),
-                                    options=self.render_options())
-                xml = result.paths("musicxml")
                 # the bars against the metre as well as between voices, and the musical check
-                bars, found = api.check_score(xml[0]) if xml else (None, {})
+                rendered = self.renderer.score(folder, abc_text, self.config.formats, slug(title or untitled),
+                                               self.render_options(), check=True)
+                result, bars, found = rendered.result, rendered.bars, rendered.analysis
                 record = PieceRecord(id=piece_id, created=now_iso(), kind=kind,
                                      title=title or untitled, bars=bars.total if bars else 0, prompt=known_prompt(prompt),
                                      alignment=str(bars) if bars else "",
@@ -604,13 +611,12 @@ class Studio:
         with self.job(session, "render"):
             piece_id, folder = self.new_piece(session, path.stem)
             with self.saving(folder):
-                result = api.render_file(path, folder, self.config.formats, slug(path.stem),
-                                         options=self.render_options())
+                rendered = self.renderer.upload(folder, path, self.config.formats, slug(path.stem),
+                                                self.render_options())
+                result, bars, found = rendered.result, rendered.bars, rendered.analysis
                 if not result.status.get("abc") or not result.status["abc"].ok:
                     raise CadenzaError(result.failed.get("abc") or f"{path.name} could not be read as a score")
                 abc_text = (folder / result.status["abc"].files[0]).read_text()
-                xml = result.paths("musicxml")
-                bars, found = api.check_score(xml[0]) if xml else (None, {})
                 record = PieceRecord(id=piece_id, created=now_iso(), kind="uploaded",
                                      title=(heading(abc_text)[0] or path.stem)[:120],
                                      bars=bars.total if bars else 0, alignment=str(bars) if bars else "",
@@ -718,5 +724,5 @@ class Studio:
                   for spec, slot in list(self.models.items())]
         models += [{"model": Path(spec).name, "kind": "MusicGen", "status": slot.status()}
                    for spec, slot in list(self.audio_models.items())]
-        return {"devices": devices, "models": models, "running": self.running(),
+        return {"devices": devices, "models": models, "rendering": self.renderer.status(), "running": self.running(),
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size}
