@@ -90,6 +90,9 @@ class ServerSettings:
                                 "each replica is writing (0: fixed at --replicas)", parse=int)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
     replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
+    audio_replicas: int = setting(0, "Ray Serve replicas of each MusicGen model (with --ray; CPUs and GPUs as "
+                                  "--replica-cpus, --replica-gpus); 0: MusicGen runs in the studio's process",
+                                  parse=int)
     render_replicas: int = setting(0, "Ray Serve replicas that render the exports (sheet music, MIDI, WAV, PDF) and "
                                    "check scores, with --ray; 0: the studio renders them itself", parse=int)
     render_cpus: float = setting(1.0, "CPUs Ray reserves for each render replica (0: none, when it shares the models' "
@@ -183,6 +186,8 @@ class ServerSettings:
         if not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256 or not 0 <= self.replica_gpus <= 16:
             raise SettingsError(f"replicas must be from 1 to 256, CPUs per replica above 0 and at most 256, GPUs per "
                                 f"replica from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {self.replica_gpus:g}")
+        if not 0 <= self.audio_replicas <= 256:
+            raise SettingsError(f"audio replicas must be from 0 to 256, got {self.audio_replicas}")
         if not 0 <= self.render_replicas <= 256 or not 0 <= self.render_cpus <= 256:
             raise SettingsError(f"render replicas must be from 0 to 256 and CPUs per render replica from 0 to 256, "
                                 f"got {self.render_replicas} and {self.render_cpus:g}")

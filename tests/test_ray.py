@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from conftest import BACH, bach, free_port, tiny_model  # noqa: E402
+from test_audio import tiny_musicgen, write_tone  # noqa: E402
 from engine.service.pieces import Progress  # noqa: E402
 from engine.service.studio import Studio  # noqa: E402
 from engine.settings import ServerSettings  # noqa: E402
@@ -28,11 +29,15 @@ def served(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ray")
     model = save_model(tiny_model(seed=1), tmp / "tiny", prompts=PromptTable([BACH]))
+    audio = {"audio_model": str(tiny_musicgen(tmp / "musicgen")),
+             "melody_model": str(tiny_musicgen(tmp / "melody", melody=True))}
+    # 2 CPUs: two model replicas and a MusicGen replica of 0.5 each (one torch thread each), the renderer none
     config = ServerSettings(port=free_port(), outputs=str(tmp / "ray-out"), model=str(model), min_free_mb=0,
-                            ray="local", replicas=2, replica_cpus=1, render_replicas=1, render_cpus=0)
+                            ray="local", replicas=2, replica_cpus=0.5, render_replicas=1, render_cpus=0,
+                            audio_replicas=1, **audio)
     demo, studio, url = start(config, quiet=True)
     studio.model(None).get(300)
-    local = Studio(ServerSettings(outputs=str(tmp / "local-out"), model=str(model), min_free_mb=0))
+    local = Studio(ServerSettings(outputs=str(tmp / "local-out"), model=str(model), min_free_mb=0, **audio))
     yield studio, local, url, tmp
     demo.close()
     studio.cluster.close()  # not studio.shutdown(): that also closes this process's render pipeline for good
@@ -131,11 +136,57 @@ def test_scores_render_on_the_render_replica_as_they_do_in_process(served, tmp_p
     assert len(studio.history(key)) == 3  # the refusal kept nothing, the pieces before it stay
 
 
+def test_musicgen_on_an_audio_replica_makes_the_in_process_clip_and_stop_keeps_what_was_made(served):
+    import ray
+    import soundfile as sf
+
+    from engine.audio.musicgen import AudioSettings
+    from engine.requests import AudioRequest
+
+    studio, local, _, tmp = served
+    key = "a" * 20 + "-ray-audio"
+    request = AudioRequest("warm string quartet", AudioSettings(duration=1.0, seed=3, variations=2))
+    items = list(studio.audio(key, request))
+    assert items[:-1] and items[-2].steps == items[-2].total  # progress streamed from the replica
+    (remote,), (here,) = items[-1], list(local.audio(key, request))[-1]
+    assert remote.record.files == here.record.files and remote.record.seed == 3
+    for name in remote.record.files["wav"]:  # the same clip, sent back as files
+        a, b = sf.read(str(remote.folder / name))[0], sf.read(str(here.folder / name))[0]
+        assert a.shape == b.shape and abs(a - b).max() < 1e-3, name
+    assert "Ray Serve (1 running)" in studio.audio_model(None).status(), studio.audio_model(None).status()
+    assert [a for a in ray.util.list_named_actors(all_namespaces=True) if "AudioEngine" in a["name"]]
+    # a melody file: its bytes go to the melody model's replica
+    tone = write_tone(tmp / "tone.wav", 1.0)
+    (followed,) = list(studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=1.0, seed=4),
+                                                      melody=tone)))[-1]
+    assert followed.record.prompt["melody"] == "tone.wav" and followed.record.files["wav"]
+    # Stop: the replica stops within a step and still sends what it made
+    run = studio.audio(key, AudioRequest("slow piano", AudioSettings(duration=55.0, seed=1)))
+    first = next(run)
+    while first.steps < 60:  # bounded: 2700 steps
+        first = next(run)
+    assert studio.stop(key)
+    stopped_at = time.monotonic()
+    for item in run:
+        last = item
+    record = last[0].record
+    assert time.monotonic() - stopped_at < 10
+    assert record.stop_reason == "cancelled" and 0 < record.settings["audio_seconds"] < 55, record
+    assert (last[0].folder / record.files["wav"][0]).stat().st_size > 44
+    # a closed page: the replica is told through the board, and its clip is still kept
+    run = studio.audio(key, AudioRequest("fast jazz", AudioSettings(duration=55.0, seed=2)))
+    next(run)
+    run.close()
+    kept = [r for r in studio.history(key) if r.prompt["text"] == "fast jazz"]
+    assert kept and kept[0].stop_reason == "cancelled" and kept[0].files["wav"]
+
+
 def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path, capsys):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     from engine.service.remote import application
+    from engine.service.remote_audio import application as audio_application
     from engine.service.rendering import application as rendering_application
     from webui.__main__ import main
 
@@ -151,11 +202,15 @@ def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_
     (app,) = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
     scaling = app.deployments[0].autoscaling_config
     assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (2, 6, 8)
-    assert main(["--write-config", str(path), "--render-replicas", "2", "--render-cpus", "1.5"]) == 0
-    model_app, renderer = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
+    assert main(["--write-config", str(path), "--render-replicas", "2", "--render-cpus", "1.5", "--audio-replicas",
+                 "2", "--audio-model", "facebook/musicgen-small", "--melody-model", "facebook/musicgen-melody"]) == 0
+    model_app, audio, melody, renderer = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
     assert renderer.name == "cadenza-renderer" and renderer.import_path == "engine.service.rendering:application"
     assert renderer.deployments[0].num_replicas == 2 and renderer.deployments[0].ray_actor_options.num_cpus == 1.5
     assert rendering_application(renderer.args) is not None
+    assert (audio.name, melody.name) == ("cadenza-audio-musicgen-small", "cadenza-audio-musicgen-melody")
+    assert audio.import_path == "engine.service.remote_audio:application" and audio.args["model"] == "facebook/musicgen-small"
+    assert audio.deployments[0].num_replicas == 2 and audio_application(audio.args) is not None
     assert main(["--write-config", str(path), "--replicas", "3", "--replicas-max", "2"]) == 2
     assert "replicas max must be 0 (no autoscaling) or from --replicas (3) to 256, got 2" in capsys.readouterr().err
 

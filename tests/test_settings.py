@@ -35,7 +35,7 @@ OTHER = {"host": "0.0.0.0", "port": "8123", "auth": "ann:secret", "share": "1", 
          "session_max_pieces": "9", "min_free_mb": "0", "max_outputs_gb": "0", "evict_idle_hours": "2",
          "max_wav_minutes": "1.5", "cache_hours": "1", "cache_max_gb": "0.5", "login_free_tries": "2",
          "trusted_proxies": "10.0.0.1", "shutdown_grace_s": "5", "ray": "head:6379", "replicas": "2", "replicas_max": "4",
-         "replica_cpus": "2", "replica_gpus": "0.5", "render_replicas": "2",
+         "replica_cpus": "2", "replica_gpus": "0.5", "render_replicas": "2", "audio_replicas": "1",
          "render_cpus": "0.5", "write_config": "/tmp/serve.yaml"}
 
 

@@ -106,6 +106,11 @@ class ModelSlot:
         (engine.service.remote) streams the same events."""
         return api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=owner)
 
+    def audio_stream(self, am, request, folder, stem: str, cancel):
+        """A MusicGen clip made by this copy (api.audio_stream); a model served elsewhere
+        (engine.service.remote_audio) streams the same items."""
+        return api.audio_stream(am, request, folder, stem, cancel)
+
     def checkin(self, lm) -> None:
         with self._count:
             for i, c in enumerate(self.copies):

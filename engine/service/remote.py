@@ -20,7 +20,7 @@ from typing import Iterator
 from engine import api
 from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
-from engine.service import rendering
+from engine.service import remote_audio, rendering
 from engine.service.models import ModelSlot
 from engine.stops import StopReason
 from engine.symbolic.generate import PatchEvent, Piece
@@ -146,6 +146,14 @@ def serve_config(settings) -> dict:
              "deployments": [{"name": DEPLOYMENT, **deployment_options(
                  settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus,
                  settings.replicas_max)}]}]
+    if settings.audio_replicas:  # MusicGen on replicas of its own (engine/service/remote_audio.py)
+        apps += [{"name": remote_audio.app_name(spec), "route_prefix": None,
+                  "import_path": "engine.service.remote_audio:application",
+                  "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
+                  "args": {"model": spec, "local_only": True, "threads": max(1, int(settings.replica_cpus))},
+                  "deployments": [{"name": remote_audio.DEPLOYMENT, **remote_audio.deployment_options(
+                      settings.audio_replicas, settings.replica_cpus, settings.replica_gpus)}]}
+                 for spec in dict.fromkeys((settings.audio_model, settings.melody_model)) if spec]
     if settings.render_replicas:  # the exports on replicas of their own (engine/service/rendering.py)
         apps.append({"name": rendering.APP, "route_prefix": None, "import_path": "engine.service.rendering:application",
                      "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}, "args": {},
@@ -167,8 +175,9 @@ class RayCluster:
     """The studio's connection to Ray: a local Ray started here, or a cluster joined."""
 
     def __init__(self, address: str, replicas: int, gpus_per_replica: float, cpus_per_replica: float,
-                 replicas_max: int = 0):
+                 replicas_max: int = 0, audio_replicas: int = 1):
         self.address, self.replicas, self.replicas_max = address, replicas, replicas_max
+        self.audio_replicas = audio_replicas  # of each MusicGen model (engine.service.remote_audio)
         self.gpus, self.cpus = gpus_per_replica, cpus_per_replica
         self._lock = threading.Lock()
         self._started = False

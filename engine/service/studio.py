@@ -35,6 +35,7 @@ from engine.service.models import (MAX_AUDIO_MODELS, MAX_FAILED, MAX_MODELS, RET
                                    out_of_memory)
 from engine.service.jobs import LIVE_KEEP_S, Job, Live
 from engine.service.remote import RayCluster, RemoteSlot
+from engine.service.remote_audio import RemoteAudioSlot
 from engine.service.rendering import LocalRenderer, RemoteRenderer
 from engine.stops import StopReason
 
@@ -66,10 +67,11 @@ class Studio:
         # --ray: the models run as Ray Serve replicas. Connected here, on the thread that made the
         # studio: a local Ray's processes die with the thread that started them (PR_SET_PDEATHSIG),
         # and a model loader's thread ends once the model is up.
-        if config.render_replicas and not config.ray:
-            raise SettingsError("render replicas run on Ray Serve: add --ray (a local Ray) or --ray ADDRESS (a cluster)")
+        for what, n in (("render replicas", config.render_replicas), ("audio replicas", config.audio_replicas)):
+            if n and not config.ray:
+                raise SettingsError(f"{what} run on Ray Serve: add --ray (a local Ray) or --ray ADDRESS (a cluster)")
         self.cluster = (RayCluster(config.ray, config.replicas, config.replica_gpus, config.replica_cpus,
-                                   config.replicas_max) if config.ray else None)
+                                   config.replicas_max, config.audio_replicas) if config.ray else None)
         if self.cluster is not None:
             self.cluster.connect()
         # the exports: here, or on RenderEngine replicas (--render-replicas), files sent back
@@ -632,6 +634,9 @@ class Studio:
         (it may need weights the user has yet to put in place)."""
         default = self.config.melody_model if melody else self.config.audio_model
         name, download = self.policy.musicgen(spec or default)
+        if self.cluster is not None and self.config.audio_replicas:  # AudioEngine replicas on Ray Serve
+            return self._slot(self.audio_models, name, MAX_AUDIO_MODELS, lambda: RemoteAudioSlot(
+                name, self.config.device, self.cluster, self.config.placement_options(1), local_only=not download))
         return self._slot(self.audio_models, name, MAX_AUDIO_MODELS, lambda: ModelSlot(
             name, self.config.device, lambda s, device: self._load_audio_placed(s, device, local_only=not download)))
 
@@ -663,12 +668,13 @@ class Studio:
         missing = self.audio_weights_missing(model, melody=request.follows_melody)
         if missing is not None:  # said in steps, as on arrival, not as the loader's error
             raise CadenzaError(f"MusicGen is not set up on this server. {missing}")
-        am = self.audio_model(model, melody=request.follows_melody).get()
+        slot = self.audio_model(model, melody=request.follows_melody)
+        am = slot.get()
         stem = "performance" if request.score is not None else "audio"
         with self.job(session, "audio") as job:
             piece_id, folder = self.new_piece(session, f"{request.kind}-{request.prompt[:40]}-seed{request.settings.seed}")
             with self.saving(folder):
-                stream = api.audio_stream(am, request, folder, stem, job.cancel)
+                stream = slot.audio_stream(am, request, folder, stem, job.cancel)
                 out, closed = None, False
                 try:
                     for ev in stream:
