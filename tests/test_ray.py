@@ -61,6 +61,27 @@ def test_a_piece_streams_from_a_replica_and_equals_the_in_process_one(served):
     assert manifest["model"]["name"] == "tiny" and manifest["model"]["checksum"]  # what the replica said of its model
 
 
+def test_system_shows_each_replica_with_its_machine_devices_and_batch(served):
+    import socket
+
+    from webui.views import system_tables
+
+    studio, _, _, _ = served
+    deadline = time.monotonic() + 30
+    while True:  # bounded: replicas report every 2 s
+        (model,) = [m for m in studio.system()["models"] if m.get("kind") != "MusicGen"]
+        if len(model["batching"]) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    replicas = model["batching"]
+    assert len({r["replica"] for r in replicas}) == 2 and len({r["pid"] for r in replicas}) == 2, replicas
+    for r in replicas:
+        assert r["node"] == socket.gethostname() and r["devices"] == ["cpu"] and r["max_batch"] == 32
+        assert r["heard_s"] < 10 and r["app"] == "cadenza-tiny" and r["rows_in_use"] >= 0
+    _, rows, _ = system_tables(studio.system())
+    assert rows[0][4].count("replica ") == 2 and "rows" in rows[0][4], rows
+
+
 def test_stop_cancels_the_remote_rows_and_keeps_what_was_written(served):
     studio, _, _, _ = served
     key = "r" * 20 + "-ray-stop"

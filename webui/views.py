@@ -133,7 +133,9 @@ def _batching(copies: list[dict]) -> str:
     def one(c: dict) -> str:
         sessions = f" for {c['sessions_writing']} sessions" if c.get("sessions_writing", 0) > 1 else ""
         paused = f", {c['paused_pieces']} paused to share rows" if c.get("paused_pieces") else ""
-        return (f"{c['rows_in_use']}/{c['max_batch']} rows{sessions}, {c['waiting_requests']} waiting{paused}, "
+        where = (f"replica {c['replica'][:8]} on {c.get('node', '?')} ({', '.join(c.get('devices') or [])}, heard "
+                 f"{c.get('heard_s', 0):g} s ago): ") if c.get("replica") else ""
+        return (f"{where}{c['rows_in_use']}/{c['max_batch']} rows{sessions}, {c['waiting_requests']} waiting{paused}, "
                 f"{c['patches_per_s']} patches/s")
     return "; ".join(one(c) for c in copies)
 

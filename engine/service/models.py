@@ -111,6 +111,10 @@ class ModelSlot:
         (engine.service.remote_audio) streams the same items."""
         return api.audio_stream(am, request, folder, stem, cancel)
 
+    def batches(self) -> list[dict]:
+        """Each copy's batch now (the System page)."""
+        return [s.status() for s in self.schedulers]
+
     def checkin(self, lm) -> None:
         with self._count:
             for i, c in enumerate(self.copies):

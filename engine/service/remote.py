@@ -21,6 +21,7 @@ from engine import api
 from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 from engine.service import remote_audio, rendering
+from engine.service.board import board, report_every
 from engine.service.models import ModelSlot
 from engine.stops import StopReason
 from engine.symbolic.generate import PatchEvent, Piece
@@ -31,6 +32,7 @@ log = logging.getLogger("cadenza.remote")
 ROOT = Path(__file__).resolve().parents[2]
 CONNECT_S = 120.0  # joining a cluster, or starting a local Ray, at most
 STOP_POLL_S = 0.1  # how often a streaming request looks at its Stop while no patch comes
+BOARD_S = 5.0  # reading the replicas' reports, at most
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SymbolicEngine:
         rows, wait, decode, sharing = batching
         self.scheduler = api.Scheduler(self.lm.model, max_batch=rows, max_wait_s=wait, name=f"{self.lm.name}-replica",
                                        backend=functools.partial(api.FastBackend, decode=decode), sharing=sharing)
+        self.reporting = report_every(lambda: {"devices": self.lm.devices(), **self.scheduler.status()})
 
     def describe(self) -> RemoteModel:
         plan = getattr(self.lm, "plan", None)
@@ -291,6 +294,18 @@ class RemoteSlot(ModelSlot):
 
     def plan(self) -> str | None:
         return self.lm.plan if self.lm is not None else None
+
+    def batches(self) -> list[dict]:
+        """Each replica's batch as it last reported it (engine.service.board), with its machine."""
+        import ray
+
+        if self.app is None:
+            return []
+        try:
+            return ray.get(board().replicas.remote(self.app), timeout=BOARD_S)
+        except Exception as e:  # noqa: BLE001 - the report must not fail while Ray is busy
+            log.warning("the replicas' reports could not be read: %s", e)
+            return []
 
     def compose_stream(self, lm: RemoteModel, request: api.ComposeRequest, cancel: threading.Event, scheduler,
                        owner: str) -> Iterator:

@@ -5,7 +5,7 @@ Each MusicGen model is a Serve application of `AudioEngine` replicas (one copy o
 A clip streams its progress back; the replica writes the WAVs, pictures and manifest in a folder
 of its own and sends them back at the end, and the studio writes them into the piece's folder
 (storage stays in front). Stop, and a closed page, reach the replica through a small named actor
-(`StopBoard`): the replica stops MusicGen within a step and still sends what it made, which is
+(engine.service.board): the replica stops MusicGen within a step and still sends what it made, which is
 kept, as in-process. (Cancelling the Serve request would stop the replica too, but the clip made
 so far would go with the request.)"""
 from __future__ import annotations
@@ -24,11 +24,11 @@ from engine import api
 from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 from engine.requests import AudioRequest
+from engine.service.board import board, report_every
 from engine.service.models import ModelSlot
 
 log = logging.getLogger("cadenza.remote_audio")
 DEPLOYMENT = "AudioEngine"
-BOARD, NAMESPACE = "cadenza-stops", "cadenza"
 CONNECT_S = 300.0  # a replica loading MusicGen, at most
 STOP_POLL_S = 0.2  # how often a replica asks the board whether its clip was stopped
 MAX_NAME = 200
@@ -75,29 +75,6 @@ def _pack(out: api.AudioOutput, folder: Path) -> PackedAudio:
                        {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()})
 
 
-class StopBoard:
-    """The clips Stop was pressed for, by job id: the studio writes, the replicas read."""
-
-    def __init__(self):
-        self.stopped: dict[str, float] = {}
-
-    def stop(self, job: str) -> None:
-        self.stopped[job] = time.monotonic()
-
-    def is_stopped(self, job: str) -> bool:
-        return job in self.stopped
-
-    def forget(self, job: str) -> None:
-        self.stopped.pop(job, None)
-
-
-def stop_board():
-    """The board's actor, made by the first studio that needs it (it goes with that studio)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(StopBoard).options(name=BOARD, namespace=NAMESPACE, get_if_exists=True).remote()
-
-
 class AudioEngine:
     """A Ray Serve replica: one MusicGen model; each clip in a folder of its own, sent back whole."""
 
@@ -106,6 +83,8 @@ class AudioEngine:
 
         torch.set_num_threads(max(1, threads))
         self.am = api.load_audio_model(spec, options=placement, local_only=local_only)
+        self.making = 0  # clips being made now
+        self.reporting = report_every(lambda: {"devices": self.am.devices(), "clips": self.making})
 
     def describe(self) -> RemoteAudio:
         plan = getattr(self.am, "plan", None)
@@ -115,9 +94,7 @@ class AudioEngine:
     async def make(self, request: AudioRequest, melody: tuple[str, bytes] | None, stem: str, job: str):
         """AudioProgress while MusicGen works, then the PackedAudio (or the refusal, a CadenzaError,
         as an item: said by the studio in its own words)."""
-        import ray
-
-        board = ray.get_actor(BOARD, namespace=NAMESPACE)
+        b = board()
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -145,6 +122,7 @@ class AudioEngine:
 
         threading.Thread(target=run, name="cadenza-replica-clip", daemon=True).start()
         asked = time.monotonic()
+        self.making += 1
         try:
             while True:  # bounded by MusicGen's fixed number of steps; Stop ends it within one
                 try:
@@ -153,7 +131,7 @@ class AudioEngine:
                     item = None
                 if time.monotonic() - asked >= STOP_POLL_S and not cancel.is_set():
                     asked = time.monotonic()
-                    if await board.is_stopped.remote(job):
+                    if await b.is_stopped.remote(job):
                         cancel.set()
                 if item is None:
                     continue
@@ -163,6 +141,7 @@ class AudioEngine:
                     raise item
                 yield item
         finally:
+            self.making -= 1
             cancel.set()  # the request cancelled (the studio went away): MusicGen stops
 
 
@@ -195,7 +174,7 @@ class RemoteAudioSlot(ModelSlot):
         self.handle = c.deploy_app(self.app, DEPLOYMENT, AudioEngine,
                                    (spec, self.placement, self.local_only, max(1, int(c.cpus))),
                                    deployment_options(c.audio_replicas, c.cpus, c.gpus))
-        self.board = stop_board()
+        self.board = board()
         return self.handle.describe.remote().result(timeout_s=CONNECT_S)
 
     def close(self) -> None:

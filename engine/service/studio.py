@@ -726,7 +726,7 @@ class Studio:
     def system(self) -> dict:
         devices = [d.row() for d in inventory()]
         models = [{"model": Path(spec).name if spec else "bundled", "status": slot.status(), "placement": slot.plan(),
-                   "batching": [s.status() for s in slot.schedulers]}
+                   "batching": slot.batches()}
                   for spec, slot in list(self.models.items())]
         models += [{"model": Path(spec).name, "kind": "MusicGen", "status": slot.status()}
                    for spec, slot in list(self.audio_models.items())]
