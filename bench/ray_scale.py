@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--patches", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--replicas-max", type=int, default=2)
-    ap.add_argument("--replica-gpus", type=float, default=0.0)
+    ap.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (the studio default is auto)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model: plumbing only")
     ap.add_argument("--max-minutes", type=float, default=20.0, help="no new server starts after this long")
     a = ap.parse_args(argv)

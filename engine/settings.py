@@ -37,6 +37,11 @@ def _folders(value: str | list[str]) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
+def _gpus(text: str) -> float | str:
+    """A number of GPUs, or auto (from the placement plan: engine.service.remote.share_gpus)."""
+    return "auto" if text.strip().lower() == "auto" else float(text)
+
+
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not text:
         return None
@@ -47,7 +52,8 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 
 WHAT = {int: "a whole number", _count_or_none: "a whole number (0: no cap)", float: "a number",
-        _yes: "1 or 0", parse_auth: "user:password"}
+        _yes: "1 or 0", parse_auth: "user:password",
+        _gpus: "a number or auto"}
 
 
 def setting(default, help: str, *, parse: Callable = str, flag: str | None = None, env: str | None = None,
@@ -89,7 +95,11 @@ class ServerSettings:
     replicas_max: int = setting(0, "autoscale each model from --replicas up to this many replicas on the pieces "
                                 "each replica is writing (0: fixed at --replicas)", parse=int)
     replica_cpus: float = setting(1.0, "CPUs Ray gives each replica (its torch threads)", parse=float)
-    replica_gpus: float = setting(0.0, "GPUs Ray gives each replica (a fraction lets copies share one)", parse=float)
+    replica_gpus: float | str = setting("auto", "GPUs Ray gives each replica: a number (a fraction lets copies share "
+                                        "one), or auto: a whole GPU each while the cluster has enough, an even share "
+                                        "when replicas outnumber GPUs (as many copies as fit in one), the GPUs of its "
+                                        "split for a model too big for one; 0 on a cluster without GPUs",
+                                        parse=_gpus)
     audio_replicas: int = setting(0, "Ray Serve replicas of each MusicGen model (with --ray; CPUs and GPUs as "
                                   "--replica-cpus, --replica-gpus); 0: MusicGen runs in the studio's process",
                                   parse=int)
@@ -183,9 +193,11 @@ class ServerSettings:
             raise SettingsError(f"max batch must be from 1 to 1024 and max wait from 1 to 3600 s, got "
                                 f"{self.max_batch} and {self.max_wait_s:g}")
         resolve_decode(self.decode, torch.device("cpu"))  # raises with the choices
-        if not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256 or not 0 <= self.replica_gpus <= 16:
+        gpus = self.replica_gpus
+        if (not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256
+                or not (gpus == "auto" or isinstance(gpus, (int, float)) and 0 <= gpus <= 16)):
             raise SettingsError(f"replicas must be from 1 to 256, CPUs per replica above 0 and at most 256, GPUs per "
-                                f"replica from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {self.replica_gpus:g}")
+                                f"replica auto or from 0 to 16, got {self.replicas}, {self.replica_cpus:g}, {gpus}")
         if not 0 <= self.audio_replicas <= 256:
             raise SettingsError(f"audio replicas must be from 0 to 256, got {self.audio_replicas}")
         if not 0 <= self.render_replicas <= 256 or not 0 <= self.render_cpus <= 256:

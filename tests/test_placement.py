@@ -313,3 +313,34 @@ def test_a_split_model_streams_and_stops_like_the_whole_model():
     assert ev_whole == ev_split and len(ev_whole) > 30 and p_whole.text == p_split.text
     events, piece = run(split, stop_after=10)
     assert piece.stop_reason == "cancelled" and len(events) == 10 and piece.cut_short
+
+
+def test_replicas_get_whole_gpus_shared_gpus_or_the_gpus_of_their_split_from_the_plan():
+    """--replica-gpus auto (engine.service.remote.share_gpus), on plans for simulated GPUs."""
+    from engine.placement import Unit, plan_units
+    from engine.service.remote import share_gpus
+
+    gib = 2**30
+    small = [Unit(f"h.{i}", gib) for i in range(4)]  # 4 GiB
+    big = [Unit(f"h.{i}", 30 * gib) for i in range(4)]  # 120 GiB: no one 80 GiB GPU holds it
+    two = {"cuda:0": 80 * gib, "cuda:1": 80 * gib}
+    copies = plan_units(small, two)
+    assert copies.kind == "replicate"
+    assert share_gpus(copies, replicas=2, cluster_gpus=2, gpu_bytes=80 * gib) == 1.0  # a GPU each
+    assert share_gpus(copies, replicas=1, cluster_gpus=8, gpu_bytes=80 * gib) == 1.0
+    assert share_gpus(copies, replicas=8, cluster_gpus=2, gpu_bytes=80 * gib) == 0.25  # four share each GPU
+    assert share_gpus(copies, replicas=3, cluster_gpus=1, gpu_bytes=80 * gib) == 0.3333
+    assert share_gpus(copies, replicas=8, cluster_gpus=2) == 0.25  # a GPU's memory unknown: even shares
+    assert share_gpus(copies, replicas=8, cluster_gpus=0, gpu_bytes=80 * gib) == 0.0  # no GPUs: CPU replicas
+    fat = plan_units([Unit(f"h.{i}", 15 * gib) for i in range(4)], two)  # 60 GiB: one copy per GPU at most
+    assert share_gpus(fat, replicas=8, cluster_gpus=2, gpu_bytes=80 * gib) == 1.0
+    split = plan_units(big, two)
+    assert split.kind == "split" and share_gpus(split, replicas=2, cluster_gpus=4, gpu_bytes=80 * gib) == 2.0
+
+
+def test_replica_gpus_as_asked_or_auto_without_gpus_is_zero():
+    from engine.api import PlacementOptions
+    from engine.service.remote import replica_gpus
+
+    assert replica_gpus(0.5, None, PlacementOptions(), 4, cluster_gpus=8) == 0.5
+    assert replica_gpus("auto", None, PlacementOptions(), 4, cluster_gpus=0) == 0.0

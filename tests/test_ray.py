@@ -206,6 +206,7 @@ def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
+    from engine.devices import gpu_count
     from engine.service.remote import application
     from engine.service.remote_audio import application as audio_application
     from engine.service.rendering import application as rendering_application
@@ -220,6 +221,8 @@ def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_
     assert app["deployments"][0]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
     assert application(app["args"]) is not None  # the import_path's builder takes the args as written
     assert main(["--write-config", str(path), "--replicas", "2", "--replicas-max", "6"]) == 0  # autoscaled
+    auto = yaml.safe_load(path.read_text())["applications"][0]["deployments"][0]["ray_actor_options"]
+    assert auto["num_gpus"] == (0.0 if not gpu_count() else auto["num_gpus"])  # --replica-gpus auto, no GPU here
     (app,) = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
     scaling = app.deployments[0].autoscaling_config
     assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (2, 6, 8)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from engine import api
+from engine import api, placement
+from engine.devices import gpu_count, inventory
 from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 from engine.service import remote_audio, rendering
@@ -128,6 +130,45 @@ def deployment_options(replicas: int, rows: int, cpus: float, gpus: float, repli
     return options | {"num_replicas": replicas}
 
 
+def share_gpus(plan, replicas: int, cluster_gpus: float, gpu_bytes: int | None = None) -> float:
+    """--replica-gpus auto: the GPUs Ray gives each replica of a model with this placement plan.
+    A model split over k GPUs (too big for one) is one replica over k GPUs. Otherwise every replica
+    gets a whole GPU while the cluster has enough; when replicas outnumber GPUs they share them
+    evenly (Ray's fractions), at most as many per GPU as copies fit in one (`gpu_bytes`, a GPU's
+    memory, when known: the plan's own bytes per copy, its weights and cache). 0 without GPUs."""
+    if cluster_gpus <= 0:
+        return 0.0
+    on_gpu = [s for s in plan.stages if s.device != "cpu"]
+    if plan.kind == "split" and len(on_gpu) > 1:
+        return float(len(on_gpu))
+    per_gpu = max(1, math.ceil(replicas / cluster_gpus))
+    if gpu_bytes and plan.stages:
+        fit = int(gpu_bytes * (1 - placement.HEADROOM)) // max(1, plan.stages[0].bytes)
+        per_gpu = max(1, min(per_gpu, fit))
+    return round(1.0 / per_gpu, 4)
+
+
+def replica_gpus(asked, spec: str | None, options: api.PlacementOptions, replicas: int, cluster_gpus: float,
+                 musicgen: bool = False) -> float:
+    """--replica-gpus as asked, or (auto) share_gpus from the model's plan on this machine's GPUs
+    (the meta device: no weights read), a GPU's memory from the first one here."""
+    if asked != "auto":
+        return float(asked)
+    if cluster_gpus <= 0:
+        return 0.0
+    plan = placement.plan_for(spec if spec or musicgen else api.bundled_model(), options, musicgen=musicgen,
+                              local_only=True)
+    gpus = [d for d in inventory() if d.name != "cpu"]
+    gpu_bytes = gpus[0].total if gpus and gpus[0].total else None
+    share = share_gpus(plan, replicas, cluster_gpus, gpu_bytes)
+    if share and math.floor(cluster_gpus / share + 1e-6) < replicas:
+        log.warning("%g GPU(s) hold %d replica(s) of %g GPU each: the other replicas wait for GPUs", cluster_gpus,
+                    math.floor(cluster_gpus / share + 1e-6), share)
+    log.info("replicas of %s get %g GPU each (%d replica(s), %g GPU(s) in the cluster; %s)",
+             Path(str(spec)).name if spec else "the bundled model", share, replicas, cluster_gpus, plan.summary())
+    return share
+
+
 def application(args: dict):
     """`serve deploy`'s entry (import_path engine.service.remote:application): the model's
     SymbolicEngine replicas, made from the settings --write-config wrote into `args`."""
@@ -141,21 +182,25 @@ def application(args: dict):
 
 
 def serve_config(settings) -> dict:
-    """The `serve deploy` config for these settings (./run.sh --write-config FILE writes it)."""
+    """The `serve deploy` config for these settings (./run.sh --write-config FILE writes it);
+    --replica-gpus auto counts this machine's GPUs (the admin runs it on a machine like the cluster's)."""
     apps = [{"name": app_name(settings.model), "route_prefix": None,  # called through handles, not HTTP
              "import_path": "engine.service.remote:application",
              "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
              "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
              "deployments": [{"name": DEPLOYMENT, **deployment_options(
-                 settings.replicas, settings.max_batch, settings.replica_cpus, settings.replica_gpus,
-                 settings.replicas_max)}]}]
+                 settings.replicas, settings.max_batch, settings.replica_cpus, replica_gpus(
+                     settings.replica_gpus, settings.model, settings.placement_options(),
+                     settings.replicas_max or settings.replicas, gpu_count()), settings.replicas_max)}]}]
     if settings.audio_replicas:  # MusicGen on replicas of its own (engine/service/remote_audio.py)
         apps += [{"name": remote_audio.app_name(spec), "route_prefix": None,
                   "import_path": "engine.service.remote_audio:application",
                   "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
                   "args": {"model": spec, "local_only": True, "threads": max(1, int(settings.replica_cpus))},
                   "deployments": [{"name": remote_audio.DEPLOYMENT, **remote_audio.deployment_options(
-                      settings.audio_replicas, settings.replica_cpus, settings.replica_gpus)}]}
+                      settings.audio_replicas, settings.replica_cpus, replica_gpus(
+                          settings.replica_gpus, spec, settings.placement_options(1), settings.audio_replicas,
+                          gpu_count(), musicgen=True))}]}
                  for spec in dict.fromkeys((settings.audio_model, settings.melody_model)) if spec]
     if settings.render_replicas:  # the exports on replicas of their own (engine/service/rendering.py)
         apps.append({"name": rendering.APP, "route_prefix": None, "import_path": "engine.service.rendering:application",
@@ -208,12 +253,20 @@ class RayCluster:
             # the studio calls its replicas through handles: no Serve HTTP proxy (no port of its own to guard)
             serve.start(proxy_location="Disabled")
 
-    def deploy(self, spec: str | None, placement: api.PlacementOptions, batching: tuple):
+    def deploy(self, spec: str | None, options: api.PlacementOptions, batching: tuple):
         """The model's Serve application -> (handle, app name), see deploy_app."""
         name = app_name(spec)
-        options = deployment_options(self.replicas, batching[0], self.cpus, self.gpus, self.replicas_max)
-        args = (spec, placement, batching, max(1, int(self.cpus)))
-        return self.deploy_app(name, DEPLOYMENT, SymbolicEngine, args, options), name
+        gpus = self.gpus_for(spec, options, self.replicas_max or self.replicas)
+        options_ = deployment_options(self.replicas, batching[0], self.cpus, gpus, self.replicas_max)
+        args = (spec, options, batching, max(1, int(self.cpus)))
+        return self.deploy_app(name, DEPLOYMENT, SymbolicEngine, args, options_), name
+
+    def gpus_for(self, spec: str | None, options: api.PlacementOptions, replicas: int, musicgen: bool = False) -> float:
+        """The GPUs each replica of this model gets (--replica-gpus, or auto from its plan)."""
+        import ray
+
+        self.connect()
+        return replica_gpus(self.gpus, spec, options, replicas, ray.cluster_resources().get("GPU", 0.0), musicgen)
 
     def deploy_app(self, name: str, deployment: str, cls, args: tuple, options: dict):
         """A Serve application's handle: the one running on the cluster (an admin's `serve deploy`

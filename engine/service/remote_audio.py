@@ -171,9 +171,10 @@ class RemoteAudioSlot(ModelSlot):
     def _deploy(self, spec, device):
         self.app = app_name(spec)
         c = self.cluster
+        gpus = c.gpus_for(spec, self.placement, c.audio_replicas, musicgen=True)
         self.handle = c.deploy_app(self.app, DEPLOYMENT, AudioEngine,
                                    (spec, self.placement, self.local_only, max(1, int(c.cpus))),
-                                   deployment_options(c.audio_replicas, c.cpus, c.gpus))
+                                   deployment_options(c.audio_replicas, c.cpus, gpus))
         self.board = board()
         return self.handle.describe.remote().result(timeout_s=CONNECT_S)
 
