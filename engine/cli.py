@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.metadata as md
 import json
 import os
@@ -25,12 +24,12 @@ from engine.devices import inventory
 from engine.errors import CadenzaError, SettingsError
 from engine.render.pipeline import FORMATS, RenderOptions
 from engine.requests import AudioRequest, ComposeRequest
-from engine.symbolic.backend import FastBackend
 from engine.symbolic.config import NotaGenConfig
 from engine.symbolic.controls import Controls
 from engine.symbolic.grow import deepen
 from engine.symbolic.prompts import check_field
 from engine.symbolic.reference import ReferenceBackend
+from engine.symbolic.generate import PatchEvent
 from engine.symbolic.sampling import SamplingSettings
 from engine.symbolic import dpo, passage
 from engine.symbolic.checkpoint import save_model
@@ -128,6 +127,9 @@ def _add_compose(sub) -> None:
                    help="character steps compiled with torch.compile (seconds to compile once) or eager "
                         "(default auto: compiled on CUDA, eager on the CPU)")
     c.add_argument("--mode", choices=["fast", "reference"], default="fast", help=argparse.SUPPRESS)
+    c.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="write on Ray Serve replicas: a local Ray (--ray) or a cluster's (--ray ADDRESS), using the "
+                        "model's application when one runs there (see the README)")
     c.add_argument("-o", "--out", default="outputs", help="folder for the files (default ./outputs)")
     c.add_argument("--quiet", action="store_true", help="do not stream the ABC to the terminal")
     _placement_args(c)
@@ -301,13 +303,10 @@ def cmd_compose(args) -> int:
         request = request.update(prefix=prefix)
     request = request.seeded()
     print(f"loading model ... (seed {request.seed})", file=sys.stderr)
-    if args.devices or args.max_memory or args.placement != "auto":
-        # one request: a replicate plan's first copy writes it
-        lm = api.load_placed(args.model, api.PlacementOptions(args.devices, args.placement, args.max_memory,
-                                                               args.variations))[0]
-        print(lm.plan.describe(), file=sys.stderr)
-    else:
-        lm = api.load(args.model, device=args.device)
+    slot = _model_slot(args, request)
+    lm, scheduler = slot.checkout()
+    if slot.plan():
+        print(f"placement: {slot.plan()}", file=sys.stderr)
     for w in lm.warnings:
         print(f"warning: {w}", file=sys.stderr)
     cancel = threading.Event()
@@ -333,17 +332,21 @@ def cmd_compose(args) -> int:
                 sys.stdout.flush()
                 bar.refresh()
 
-    # the fast path is the studio's: the variations are rows of a batching scheduler
-    backend = ReferenceBackend if args.mode == "reference" else functools.partial(FastBackend, decode=args.decode)
-    rows = request.variations * request.search  # a search's candidates are rows too
-    scheduler = api.Scheduler(lm.model, max_batch=rows, backend=backend) if args.mode != "reference" else None
-    try:
-        results = api.compose(lm, request, on_event=on_event, cancel=cancel, scheduler=scheduler, backend=backend)
+    results = []
+    try:  # the service's way: the variations are rows of the copy's batching scheduler (or a replica's)
+        for ev in slot.compose_stream(lm, request, cancel, scheduler, owner="cli"):  # bounded by the request
+            if isinstance(ev, api.Composition):
+                results.append(ev)
+            elif isinstance(ev, PatchEvent):
+                on_event(ev)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
-        if scheduler is not None:
-            scheduler.close()
+        slot.checkin(lm)
+        slot.close()
+        if getattr(slot, "cluster", None) is not None:  # a Ray started here stops; a cluster stays up
+            slot.cluster.close()
+    results.sort(key=lambda c: c.piece.index)
     if stream_text:
         print()
     formats = _formats(args)
@@ -359,6 +362,34 @@ def cmd_compose(args) -> int:
             print(f"  note: {w}", file=sys.stderr)
         _print_render(rendered)
     return 0
+
+
+def _model_slot(args, request: ComposeRequest):
+    """The model as the studio's service holds it (engine.service.models): loaded here with a
+    batching scheduler sized for this request's rows, or (--ray) served by a cluster's replicas;
+    --mode reference: NotaGen's own algorithm, one row at a time, no scheduler."""
+    from engine.service.models import ModelSlot
+    from engine.service.remote import RayCluster, RemoteSlot
+
+    options = api.PlacementOptions(args.devices, args.placement, args.max_memory, request.variations)
+    rows = request.variations * request.search  # a search's candidates are rows too
+    batching = (rows, 120.0, args.decode, api.Sharing())  # a lone request: its rows are free at once
+    placed = args.devices or args.max_memory or args.placement != "auto"
+    if args.ray:
+        if args.mode == "reference":
+            raise SettingsError("--mode reference runs in this process: leave out --ray")
+        cluster = RayCluster(args.ray, 1, "auto", 1.0)
+        cluster.connect()  # on this thread: a local Ray dies with the thread that started it
+        slot = RemoteSlot(args.model, args.device, cluster, options, batching)
+    elif args.mode == "reference":
+        slot = ModelSlot(args.model, args.device, lambda spec, device: api.load(spec, device=device))
+        slot.backend = ReferenceBackend
+    else:
+        # one request: a replicate plan's first copy writes it
+        load = ((lambda spec, device: api.load_placed(spec, options)[0]) if placed
+                else (lambda spec, device: api.load(spec, device=device)))
+        slot = ModelSlot(args.model, args.device, load, batching)
+    return slot.start()
 
 
 def bar_range(text: str) -> tuple[int, int]:

@@ -202,6 +202,24 @@ def test_musicgen_on_an_audio_replica_makes_the_in_process_clip_and_stop_keeps_w
     assert kept and kept[0].stop_reason == "cancelled" and kept[0].files["wav"]
 
 
+def test_the_cli_composes_on_the_replicas_as_it_does_in_process(served, tmp_path, capsys):
+    """`compose --ray`: the model's application already running is used (not deployed again, nor
+    deleted after), and the piece equals the CLI's own in-process one for the same seed."""
+    from engine.cli import main
+
+    studio, _, _, _ = served
+    args = ["compose", "--model", studio.config.model, "--period", BACH.period, "--composer", BACH.composer,
+            "--instrumentation", BACH.instrumentation, "--seed", "9", "--max-patches", "24", "--formats", "abc",
+            "--quiet"]
+    assert main(args + ["--ray", "-o", str(tmp_path / "ray")]) == 0
+    assert main(args + ["-o", str(tmp_path / "here")]) == 0
+    (remote,), (here,) = (list((tmp_path / d).glob("*.abc")) for d in ("ray", "here"))
+    assert remote.name == here.name and remote.read_text() == here.read_text()
+    assert "Ray Serve (2 running)" in studio.model(None).status()  # the studio's replicas, left as they were
+    (after,) = list(studio.compose("c" * 20 + "-ray-cli", bach(seed=2, max_patches=12)))[-1]  # still deployed
+    assert after.record.seed == 2
+
+
 def test_write_config_gives_a_serve_deploy_file_that_ray_accepts_and_builds(tmp_path, capsys):
     import yaml
     from ray.serve.schema import ServeDeploySchema

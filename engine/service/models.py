@@ -30,6 +30,7 @@ class ModelSlot:
         self.spec, self.device = spec, device
         self.loader = loader or (lambda spec, device: api.load(spec, device=device))
         self.batching = batching  # (max_batch, max_wait_s, decode, sharing): a batching scheduler per copy (NotaGen)
+        self.backend = api.FastBackend  # without batching (ReferenceBackend: NotaGen's own algorithm, the CLI's --mode)
         self.lm = None  # the first copy: prompts, name, plan
         self.copies: list = []
         self.schedulers: list = []  # one per copy, when batching
@@ -104,7 +105,7 @@ class ModelSlot:
     def compose_stream(self, lm, request: ComposeRequest, cancel, scheduler, owner: str):
         """The request written by this copy (api.compose_stream): a model served elsewhere
         (engine.service.remote) streams the same events."""
-        return api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=owner)
+        return api.compose_stream(lm, request, cancel, scheduler=scheduler, owner=owner, backend=self.backend)
 
     def audio_stream(self, am, request, folder, stem: str, cancel):
         """A MusicGen clip made by this copy (api.audio_stream); a model served elsewhere

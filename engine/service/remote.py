@@ -228,7 +228,8 @@ class RayCluster:
         self.audio_replicas = audio_replicas  # of each MusicGen model (engine.service.remote_audio)
         self.gpus, self.cpus = gpus_per_replica, cpus_per_replica
         self._lock = threading.Lock()
-        self._started = False
+        self._started = False  # a local Ray started here
+        self._joined = False  # ray.init called here (else this process was connected already)
         self._apps: list[str] = []  # the Serve applications deployed from here
 
     def connect(self) -> None:
@@ -245,6 +246,7 @@ class RayCluster:
                     self._started = True
                 else:
                     ray.init(address=self.address, log_to_driver=False, runtime_env=env)
+                self._joined = True
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise CadenzaError(f"could not join the Ray cluster at {self.address!r}: {e}. Start one with "
                                    "`ray start --head` (see the README), or pass --ray alone for a local one") from e
@@ -294,8 +296,13 @@ class RayCluster:
             return "state unknown"
 
     def delete(self, name: str) -> None:
+        """A Serve application deployed from here goes (one found running stays for its owner)."""
         from ray import serve
 
+        with self._lock:
+            if name not in self._apps:
+                return
+            self._apps.remove(name)
         try:
             serve.delete(name, _blocking=False)
         except Exception as e:  # noqa: BLE001 - letting go of a model must not take the server down
@@ -313,10 +320,11 @@ class RayCluster:
             if self._started:
                 serve.shutdown()
             else:
-                for name in self._apps:
+                for name in list(self._apps):
                     self.delete(name)
         finally:
-            ray.shutdown()  # joined: this process leaves the cluster
+            if self._joined:  # this process leaves the cluster (a connection it found stays)
+                ray.shutdown()
 
 
 class RemoteSlot(ModelSlot):
