@@ -215,3 +215,14 @@ def test_harmonise_a_melody_on_the_command_line(tmp_path):
     r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
             "--harmonise", tune, "--key", "G")
     assert r.returncode == 2 and "the melody sets the piece's key: leave it empty" in r.stderr
+
+
+def test_reference_mode_writes_what_the_fast_path_writes_under_greedy_decoding(checkpoint, tmp_path):
+    """--mode reference (NotaGen's own algorithm, no scheduler) through the service's model slot."""
+    args = ["compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--model", checkpoint, "--seed", 5, "--max-patches", 6, "--temperature", 0, "--formats", "abc",
+            "--bar-retries", 0, "--header-retries", 0, "--critic", "off", "--search", 1, "--quiet", "--device", "cpu"]
+    fast, ref = cli(*args, "-o", tmp_path / "fast"), cli(*args, "--mode", "reference", "-o", tmp_path / "ref")
+    assert fast.returncode == 0 and ref.returncode == 0, (fast.stderr, ref.stderr)
+    text = (tmp_path / "fast" / "bach-choral-seed5.abc").read_text()
+    assert len(text) > 40 and text == (tmp_path / "ref" / "bach-choral-seed5.abc").read_text()
