@@ -19,7 +19,12 @@ import resource
 import time
 
 
-def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype: str, seed: int) -> dict:
+def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype: str, seed: int,
+             decode: str = "eager") -> dict:
+    """One path timed; decode "compiled": the character step compiled first (a few patches, its
+    seconds reported apart), then timed like the eager one."""
+    import functools
+
     import torch
 
     from engine.symbolic.config import PRESETS
@@ -32,14 +37,21 @@ def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype:
     prompt = Prompt("Baroque", "Bach, Johann Sebastian", "Keyboard")
     reqs = [PieceRequest(prompt, seed=seed + i, max_patches=patches, stop_at_eos=False, max_seconds=86_400)
             for i in range(batch)]
+    from engine.symbolic.generate import FastBackend
+    from engine.symbolic.reference import ReferenceBackend
+
+    backend = ReferenceBackend if mode == "reference" else functools.partial(FastBackend, decode=decode)
+    compile_s = 0.0
+    if mode != "reference" and decode == "compiled":  # compiled once per batch size, as a server does at load
+        t0 = time.perf_counter()
+        generate(model, [PieceRequest(prompt, seed=seed + i, max_patches=2, stop_at_eos=False) for i in range(batch)],
+                 backend)
+        compile_s = time.perf_counter() - t0
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    from engine.symbolic.generate import FastBackend
-    from engine.symbolic.reference import ReferenceBackend
-
-    pieces = generate(model, reqs, ReferenceBackend if mode == "reference" else FastBackend)
+    pieces = generate(model, reqs, backend)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -48,7 +60,8 @@ def run_case(size: str, mode: str, patches: int, batch: int, device: str, dtype:
     packed = any(getattr(m, "packed", None) is not None for m in model.modules())  # oneDNN bf16 on a CPU
     n_patches = sum(p.patches for p in pieces)
     n_chars = sum(p.chars for p in pieces)
-    return {"mode": mode, "batch": batch, "seconds": seconds, "patches": n_patches, "chars": n_chars,
+    return {"mode": mode if mode == "reference" else f"{mode}-{decode}", "batch": batch, "compile_s": compile_s,
+            "seconds": seconds, "patches": n_patches, "chars": n_chars,
             "patches_per_s": n_patches / seconds, "chars_per_s": n_chars / seconds,
             "ms_per_patch": 1000 * seconds / n_patches * batch, "peak_bytes": peak,
             "peak_kind": "cuda max allocated" if device.startswith("cuda") else "process max RSS", "packed": packed,
@@ -114,6 +127,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size compared with batch 1 (fast mode)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--compiled", action="store_true",
+                   help="also the character step compiled (torch.compile; inductor's C++ on a CPU), batch 1 and --batch")
     p.add_argument("--reference-patches", type=int, default=None,
                    help="patches for NotaGen's algorithm (default: --patches; fewer where it is too slow, compared per patch)")
     args = p.parse_args()
@@ -124,18 +139,25 @@ def main() -> None:
                                                     args.dtype, args.seed)
     batched = in_child(run_case, args.size, "fast", args.patches, args.batch, args.device, args.dtype, args.seed) if args.batch > 1 else None
 
-    rows = [r for r in (ref, fast, batched) if r]
+    compiled = batched_compiled = None
+    if args.compiled:
+        compiled = in_child(run_case, args.size, "fast", args.patches, 1, args.device, args.dtype, args.seed, "compiled")
+        if args.batch > 1:
+            batched_compiled = in_child(run_case, args.size, "fast", args.patches, args.batch, args.device, args.dtype,
+                                        args.seed, "compiled")
+    rows = [r for r in (ref, fast, batched, compiled, batched_compiled) if r]
     # a character step per character written, and one for the eos that ends the patch (at most 16)
     steps = min(16.0, fast["chars"] / fast["patches"] + 1)
     floor = in_child(floor_ms, args.size, args.dtype, args.device, steps)
     print(f"NotaGen generation speed: {args.size}, {args.patches} patches, {args.dtype} on {args.device}")
     print(f"floor: {floor['floor_ms_per_patch']:.2f} ms per patch step ({floor['char_steps_per_patch']:.1f} character "
           f"steps; {floor['bandwidth_patch_gb_s']:.1f} and {floor['bandwidth_char_gb_s']:.1f} GB/s measured)")
-    print(f"{'mode':10s} {'batch':>5s} {'patches/s':>10s} {'chars/s':>9s} {'ms/patch':>9s} {'x floor':>8s} {'peak MiB':>9s}")
+    print(f"{'mode':14s} {'batch':>5s} {'patches/s':>10s} {'chars/s':>9s} {'ms/patch':>9s} {'x floor':>8s} "
+          f"{'peak MiB':>9s} {'compile s':>9s}")
     for r in rows:
         r["x_floor"] = r["ms_per_patch"] / floor["floor_ms_per_patch"]
-        print(f"{r['mode']:10s} {r['batch']:5d} {r['patches_per_s']:10.2f} {r['chars_per_s']:9.1f} "
-              f"{r['ms_per_patch']:9.2f} {r['x_floor']:8.2f} {r['peak_bytes'] / 2**20:9.0f}")
+        print(f"{r['mode']:14s} {r['batch']:5d} {r['patches_per_s']:10.2f} {r['chars_per_s']:9.1f} "
+              f"{r['ms_per_patch']:9.2f} {r['x_floor']:8.2f} {r['peak_bytes'] / 2**20:9.0f} {r['compile_s']:9.1f}")
     result = {"bench": "notagen_speed", "size": args.size, "patches": args.patches, "device": args.device,
               "device_name": torch.cuda.get_device_name(0) if gpu and args.device.startswith("cuda") else "cpu",
               "dtype": args.dtype, "fast_patches_per_s": fast["patches_per_s"], "fast_ms_per_patch": fast["ms_per_patch"],
@@ -156,6 +178,14 @@ def main() -> None:
                    "batch_throughput_ratio": batched["patches_per_s"] / fast["patches_per_s"],
                    "batch_ms_per_step": batched["ms_per_patch"], "batch_x_floor": batched["x_floor"]}
         print(f"batch {args.batch} / batch 1 throughput: {result['batch_throughput_ratio']:.2f}x")
+    for key, r in (("compiled", compiled), ("batch_compiled", batched_compiled)):
+        if r:  # the compiled character step writes the eager path's text (same uniforms)
+            eager = fast if r["batch"] == 1 else batched
+            result |= {f"{key}_ms_per_patch": r["ms_per_patch"], f"{key}_x_floor": r["x_floor"],
+                       f"{key}_compile_s": round(r["compile_s"], 1), f"{key}_same_text": r["text"] == eager["text"],
+                       f"{key}_speedup_over_eager": eager["ms_per_patch"] / r["ms_per_patch"]}
+            if ref and r["batch"] == 1:
+                result["compiled_speedup_over_reference"] = ref["ms_per_patch"] / r["ms_per_patch"]
     print(json.dumps(result))
 
 

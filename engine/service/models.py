@@ -136,6 +136,32 @@ class ModelSlot:
         return plan.summary() if plan is not None else None
 
 
+class ServedSlot(ModelSlot):
+    """A model served by Ray Serve replicas of `deployment` (engine.service.remote and
+    remote_audio), lent like a local one: loading deploys (or finds) its application."""
+    deployment = ""
+
+    def __init__(self, spec: str | None, device: str, cluster):
+        super().__init__(spec, device, loader=self._deploy)
+        self.cluster = cluster
+        self.handle = self.app = None
+
+    def _deploy(self, spec, device):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.cluster.delete(self.app)
+
+    def replicas(self) -> str:
+        """The replicas' health as Serve sees it: "2 running", "1 running, 1 starting"."""
+        return self.cluster.replica_states(self.app, self.deployment)
+
+    def status(self) -> str:
+        text = super().status()
+        return text if self.lm is None else text.replace(" ready on ", f" ready on Ray Serve ({self.replicas()}), ", 1)
+
+
 def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 

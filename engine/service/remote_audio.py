@@ -25,7 +25,7 @@ from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 from engine.requests import AudioRequest
 from engine.service.board import board, report_every
-from engine.service.models import ModelSlot
+from engine.service.models import ServedSlot
 
 log = logging.getLogger("cadenza.remote_audio")
 DEPLOYMENT = "AudioEngine"
@@ -159,13 +159,14 @@ def deployment_options(replicas: int, cpus: float, gpus: float) -> dict:
             "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}}
 
 
-class RemoteAudioSlot(ModelSlot):
+class RemoteAudioSlot(ServedSlot):
     """A MusicGen model served by AudioEngine replicas, lent like a local one."""
 
+    deployment = DEPLOYMENT
+
     def __init__(self, spec: str, device: str, cluster, placement: api.PlacementOptions, local_only: bool):
-        super().__init__(spec, device, loader=self._deploy)
-        self.cluster, self.placement, self.local_only = cluster, placement, local_only
-        self.handle = self.app = None
+        super().__init__(spec, device, cluster)
+        self.placement, self.local_only = placement, local_only
         self.board = None
 
     def _deploy(self, spec, device):
@@ -177,16 +178,6 @@ class RemoteAudioSlot(ModelSlot):
                                    deployment_options(c.audio_replicas, c.cpus, gpus))
         self.board = board()
         return self.handle.describe.remote().result(timeout_s=CONNECT_S)
-
-    def close(self) -> None:
-        if self.app is not None:
-            self.cluster.delete(self.app)
-
-    def status(self) -> str:
-        text = super().status()
-        if self.lm is None:
-            return text
-        return text.replace(" ready on ", f" ready on Ray Serve ({self.cluster.replica_states(self.app, DEPLOYMENT)}), ", 1)
 
     def audio_stream(self, am: RemoteAudio, request: AudioRequest, folder: Path, stem: str,
                      cancel: threading.Event) -> Iterator:
