@@ -15,7 +15,7 @@ def build(ui: Page) -> None:
         ui.sys_devices = gr.Dataframe(headers=["device", "name", "free GiB", "total GiB"], label="Devices",
                                       interactive=False, wrap=True)
         ui.sys_models = gr.Dataframe(headers=["model", "kind", "status", "placement", "batch"], label="Models",
-                                     interactive=False, wrap=True, column_widths=["10%", "10%", "22%", "38%", "20%"])
+                                     interactive=False, wrap=True, column_widths=["12%", "10%", "20%", "28%", "30%"])
         ui.refresh = gr.Button("Refresh")
 
 
