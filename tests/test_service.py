@@ -71,3 +71,48 @@ def test_a_render_replica_cannot_write_outside_the_pieces_folder(tmp_path):
         with pytest.raises(CadenzaError, match="the renderer sent back a file named"):
             RemoteRenderer._unpack(Packed(Rendered(None), {name: b"X:1"}), tmp_path / "piece")
     assert not (tmp_path / "escape.abc").exists() and not list((tmp_path / "piece").iterdir())
+
+
+def test_a_replica_that_goes_silent_ends_the_piece_in_words_with_its_text_kept(monkeypatch):
+    """A stream from a replica that stops answering (a hung replica, an application deleted under
+    the studio) ends after the stall bound, as a lost replica does, instead of holding the page."""
+    import threading
+    import time
+
+    from conftest import BACH, bach
+    from engine import api
+    from engine.service import remote
+    from engine.symbolic.generate import PatchEvent
+    from engine.symbolic.prompts import PromptTable
+
+    released = threading.Event()
+
+    class Silent:  # one patch, then nothing until cancelled
+        def __iter__(self):
+            yield PatchEvent(0, "[r:0/3][V:1]CDEF", 1, 16, 0, 0.1)
+            released.wait(30)
+
+        def cancel(self):
+            released.set()
+
+    class Handle:
+        def options(self, **_):
+            return self
+
+        @property
+        def write(self):
+            return self
+
+        def remote(self, *_):
+            return Silent()
+
+    monkeypatch.setattr(remote, "STALL_S", 0.5)
+    slot = remote.RemoteSlot(None, "cpu", None, api.PlacementOptions(), (4, 0.0, "eager", api.Sharing()))
+    slot.handle = Handle()
+    lm = remote.RemoteModel("tiny", PromptTable([BACH]), {}, ["cpu"])
+    t = time.monotonic()
+    events = list(slot.compose_stream(lm, bach(seed=1, max_patches=50), threading.Event(), None, "s"))
+    assert time.monotonic() - t < 10 and released.is_set()  # the stream was cancelled, not waited on
+    (piece,) = [e for e in events if isinstance(e, api.Composition)]
+    assert piece.piece.stop_reason == "replica_lost" and "[V:1]CDEF" in piece.piece.text
+    assert "no word from it" in " ".join(piece.warnings)

@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONNECT_S = 120.0  # joining a cluster, or starting a local Ray, at most
 STOP_POLL_S = 0.1  # how often a streaming request looks at its Stop while no patch comes
 BOARD_S = 5.0  # reading the replicas' reports, at most
+STALL_S = 120.0  # beyond the scheduler's longest wait for a row: a replica silent this long is taken as lost
 UPSCALE_S = 5.0  # autoscaling: the load a replica more is asked for after
 
 
@@ -380,8 +382,8 @@ class RemoteSlot(ServedSlot):
         threading.Thread(target=_cancel_when, args=(cancel, over, response), name="cadenza-remote-stop",
                          daemon=True).start()
         lost = None  # the replica's death, if it died writing
-        try:
-            for ev in response:  # bounded by the request's own limits; Stop cancels it
+        try:  # bounded by the request's own limits and by STALL_S between events; Stop cancels it
+            for ev in within(response, self.batching_remote[1] + STALL_S):
                 if isinstance(ev, api.Composition):
                     finished.add(ev.piece.index)
                 elif isinstance(ev, PatchEvent):
@@ -392,8 +394,8 @@ class RemoteSlot(ServedSlot):
         except RequestCancelledError:
             if not cancel.is_set():
                 raise CadenzaError("the model's replica cancelled the piece") from None
-        except RayActorError as e:  # the replica died (a crash, a lost machine): Serve starts another
-            log.warning("a replica of %s died while writing: %s", lm.name, e)
+        except (RayActorError, Stalled) as e:  # the replica died (a crash, a lost machine), or went silent
+            log.warning("a replica of %s stopped while writing: %s", lm.name, e)
             lost = e
         finally:
             over.set()  # a closed iterator (a closed page) cancels the remote request too
@@ -403,6 +405,39 @@ class RemoteSlot(ServedSlot):
             for i in range(request.variations):
                 if i not in finished:
                     yield _cut_short(lm, request, i, texts.get(i, ""), last.get(i), why)
+
+
+class Stalled(Exception):
+    """No event from a replica for longer than a piece may wait for a row and write a patch."""
+
+
+def within(items, stall_s: float):
+    """`items` (a streaming response), each within `stall_s` of the one before: a replica that
+    stops answering, or an application deleted under the studio (its requests then wait for a
+    replica that never comes), ends the stream with Stalled instead of holding the page forever."""
+    events: queue.Queue = queue.Queue()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for item in items:  # bounded by the response
+                events.put(item)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            events.put(e)
+        finally:
+            events.put(end)
+
+    threading.Thread(target=pump, name="cadenza-remote-events", daemon=True).start()
+    while True:  # bounded: each wait is at most stall_s, and the response ends
+        try:
+            item = events.get(timeout=stall_s)
+        except queue.Empty:
+            raise Stalled(f"no word from the model's replica for {stall_s:.0f} s") from None
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _cancel_when(cancel: threading.Event, over: threading.Event, response) -> None:
@@ -421,7 +456,8 @@ def _cut_short(lm: RemoteModel, request: api.ComposeRequest, index: int, written
     patches, chars, bars, elapsed = (last.patches, last.chars, last.bars, last.elapsed) if last else (0, 0, 0, 0.0)
     piece = Piece(index, prompt, request.seed + index, request.sampling, text, why, patches, chars, bars, elapsed, 0)
     result = to_abc(text)
-    lost = ["the model's replica stopped while writing this piece (a crash or a lost machine): it was kept as far "
-            "as it had come; Serve starts a new replica for the next one"] if why == StopReason.REPLICA_LOST else []
+    lost = ["the model's replica stopped while writing this piece (a crash, a lost machine, or no word from it "
+            "for minutes): it was kept as far as it had come; Serve starts a new replica for the next one"
+            ] if why == StopReason.REPLICA_LOST else []
     return api.Composition(piece, result, lost + list(lm.warnings) + warnings + result.warnings,
                            controls=request.controls)
