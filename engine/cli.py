@@ -375,6 +375,8 @@ def _model_slot(args, request: ComposeRequest):
     rows = request.variations * request.search  # a search's candidates are rows too
     batching = (rows, 120.0, args.decode, api.Sharing())  # a lone request: its rows are free at once
     placed = args.devices or args.max_memory or args.placement != "auto"
+    # one request: a replicate plan's first copy writes it; unplaced, the slot's own api.load(device)
+    load = (lambda spec, device: api.load_placed(spec, options)[0]) if placed else None
     if args.ray:
         if args.mode == "reference":
             raise SettingsError("--mode reference runs in this process: leave out --ray")
@@ -382,12 +384,9 @@ def _model_slot(args, request: ComposeRequest):
         cluster.connect()  # on this thread: a local Ray dies with the thread that started it
         slot = RemoteSlot(args.model, args.device, cluster, options, batching)
     elif args.mode == "reference":
-        slot = ModelSlot(args.model, args.device, lambda spec, device: api.load(spec, device=device))
+        slot = ModelSlot(args.model, args.device, load)
         slot.backend = ReferenceBackend
     else:
-        # one request: a replicate plan's first copy writes it
-        load = ((lambda spec, device: api.load_placed(spec, options)[0]) if placed
-                else (lambda spec, device: api.load(spec, device=device)))
         slot = ModelSlot(args.model, args.device, load, batching)
     return slot.start()
 

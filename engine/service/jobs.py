@@ -2,10 +2,11 @@
 the page runs on a thread of its own (Live), so a reload reattaches and a closed tab lets it finish."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator
 
 
 LIVE_KEEP_S = 600.0  # a piece that ended with no page to take it is offered to the session's next page this long
@@ -78,3 +79,46 @@ class Job:
     session: str  # the session's folder id
     kind: str  # compose | audio | render
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+async def threaded(produce: Callable[[], Iterator], cancel: threading.Event,
+                   poll: Callable[[], Awaitable[bool]] | None = None, every: float = 0.2):
+    """The items of produce(), a blocking iterator run on a thread of its own, as an async
+    generator (a Serve replica's streaming method); its exception is raised here. `poll`, when
+    given, is awaited at most every `every` s and sets `cancel` when true (a replica asking the
+    board whether Stop was pressed). Leaving (the end, or the request cancelled) sets `cancel`,
+    which the work is bounded by."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    def run() -> None:
+        try:
+            for item in produce():
+                loop.call_soon_threadsafe(events.put_nowait, item)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller
+            loop.call_soon_threadsafe(events.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, end)
+
+    threading.Thread(target=run, name="cadenza-replica-work", daemon=True).start()
+    asked = time.monotonic()
+    try:
+        while True:  # bounded by the work, which `cancel` ends
+            try:
+                item = await asyncio.wait_for(events.get(), every if poll is not None else None)
+            except asyncio.TimeoutError:
+                item = None
+            if poll is not None and not cancel.is_set() and time.monotonic() - asked >= every:
+                asked = time.monotonic()
+                if await poll():
+                    cancel.set()
+            if item is None:
+                continue
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()

@@ -8,7 +8,6 @@ closed page cancel the remote request (its rows stop within a patch, the replica
 on), and the pieces are kept from the text already streamed. Ray is imported only when asked for."""
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -25,6 +24,7 @@ from engine.errors import CadenzaError
 from engine.files import slug, write_atomic
 from engine.service import remote_audio, rendering
 from engine.service.board import board, report_every
+from engine.service.jobs import threaded
 from engine.service.models import ServedSlot
 from engine.stops import StopReason
 from engine.symbolic.generate import PatchEvent, Piece
@@ -78,37 +78,15 @@ class SymbolicEngine:
         return RemoteModel(self.lm.name, self.lm.prompts, self.lm.about(), self.lm.devices(),
                            plan.summary() if plan is not None else None, list(self.lm.warnings))
 
-    def status(self) -> dict:
-        return self.scheduler.status() | {"pid": os.getpid()}
-
     async def write(self, request: api.ComposeRequest, owner: str):
         """The request's events as api.compose_stream gives them. The model runs on a thread of
         its own; a cancelled request (Stop, a closed page) stops its rows within a patch."""
         cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        end = object()
+        def piece():
+            return api.compose_stream(self.lm, request, cancel, scheduler=self.scheduler, owner=owner)
 
-        def run() -> None:
-            try:  # bounded by the request's patches and seconds, and by cancel
-                for ev in api.compose_stream(self.lm, request, cancel, scheduler=self.scheduler, owner=owner):
-                    loop.call_soon_threadsafe(events.put_nowait, ev)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, who says it in words
-                loop.call_soon_threadsafe(events.put_nowait, e)
-            finally:
-                loop.call_soon_threadsafe(events.put_nowait, end)
-
-        threading.Thread(target=run, name="cadenza-replica-piece", daemon=True).start()
-        try:
-            while True:
-                item = await events.get()
-                if item is end:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
+        async for ev in threaded(piece, cancel):  # bounded by the request's patches and seconds, and by cancel
+            yield ev
 
 
 DEPLOYMENT = "SymbolicEngine"
@@ -193,29 +171,25 @@ def application(args: dict):
 def serve_config(settings) -> dict:
     """The `serve deploy` config for these settings (./run.sh --write-config FILE writes it);
     --replica-gpus auto counts this machine's GPUs (the admin runs it on a machine like the cluster's)."""
-    apps = [{"name": app_name(settings.model), "route_prefix": None,  # called through handles, not HTTP
-             "import_path": "engine.service.remote:application",
-             "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
-             "args": {k: getattr(settings, k) for k in ENGINE_SETTINGS},
-             "deployments": [{"name": DEPLOYMENT, **deployment_options(
-                 settings.replicas, settings.max_batch, settings.replica_cpus, replica_gpus(
-                     settings.replica_gpus, settings.model, settings.placement_options(),
-                     settings.replicas_max or settings.replicas, gpu_count()), settings.replicas_max)}]}]
-    if settings.audio_replicas:  # MusicGen on replicas of its own (engine/service/remote_audio.py)
-        apps += [{"name": remote_audio.app_name(spec), "route_prefix": None,
-                  "import_path": "engine.service.remote_audio:application",
-                  "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}},
-                  "args": {"model": spec, "local_only": True, "threads": max(1, int(settings.replica_cpus))},
-                  "deployments": [{"name": remote_audio.DEPLOYMENT, **remote_audio.deployment_options(
-                      settings.audio_replicas, settings.replica_cpus, replica_gpus(
-                          settings.replica_gpus, spec, settings.placement_options(1), settings.audio_replicas,
-                          gpu_count(), musicgen=True))}]}
-                 for spec in dict.fromkeys((settings.audio_model, settings.melody_model)) if spec]
-    if settings.render_replicas:  # the exports on replicas of their own (engine/service/rendering.py)
-        apps.append({"name": rendering.APP, "route_prefix": None, "import_path": "engine.service.rendering:application",
-                     "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}, "args": {},
-                     "deployments": [{"name": rendering.DEPLOYMENT, **rendering.deployment_options(
-                         settings.render_replicas, settings.render_cpus)}]})
+    def app(name: str, import_path: str, args: dict, deployment: str, options: dict) -> dict:
+        # called through handles, not HTTP; replicas import the engine from the same checkout
+        return {"name": name, "route_prefix": None, "import_path": import_path,
+                "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}, "args": args,
+                "deployments": [{"name": deployment, **options}]}
+
+    c = settings
+    apps = [app(app_name(c.model), "engine.service.remote:application", {k: getattr(c, k) for k in ENGINE_SETTINGS},
+                DEPLOYMENT, deployment_options(c.replicas, c.max_batch, c.replica_cpus, replica_gpus(
+                    c.replica_gpus, c.model, c.placement_options(), c.replicas_max or c.replicas, gpu_count()),
+                    c.replicas_max))]
+    apps += [app(remote_audio.app_name(spec), "engine.service.remote_audio:application",  # MusicGen's own replicas
+                 {"model": spec, "local_only": True, "threads": max(1, int(c.replica_cpus))}, remote_audio.DEPLOYMENT,
+                 remote_audio.deployment_options(c.audio_replicas, c.replica_cpus, replica_gpus(
+                     c.replica_gpus, spec, c.placement_options(1), c.audio_replicas, gpu_count(), musicgen=True)))
+             for spec in dict.fromkeys((c.audio_model, c.melody_model)) if spec and c.audio_replicas]
+    if c.render_replicas:  # the exports on replicas of their own (engine/service/rendering.py)
+        apps.append(app(rendering.APP, "engine.service.rendering:application", {}, rendering.DEPLOYMENT,
+                        rendering.deployment_options(c.render_replicas, c.render_cpus)))
     return {"proxy_location": "Disabled", "applications": apps}
 
 

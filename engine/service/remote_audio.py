@@ -10,28 +10,27 @@ kept, as in-process. (Cancelling the Serve request would stop the replica too, b
 so far would go with the request.)"""
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from engine import api
 from engine.errors import CadenzaError
-from engine.files import slug, write_atomic
+from engine.files import slug
 from engine.requests import AudioRequest
 from engine.service.board import board, report_every
+from engine.service.jobs import threaded
 from engine.service.models import ServedSlot
+from engine.service.rendering import folder_files, write_files
 
 log = logging.getLogger("cadenza.remote_audio")
 DEPLOYMENT = "AudioEngine"
 CONNECT_S = 300.0  # a replica loading MusicGen, at most
 STOP_POLL_S = 0.2  # how often a replica asks the board whether its clip was stopped
-MAX_NAME = 200
 
 
 def app_name(spec: str) -> str:
@@ -61,18 +60,14 @@ class PackedAudio:
     files: dict[str, bytes] = field(default_factory=dict)
 
     def unpack(self, folder: Path) -> api.AudioOutput:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in self.files.items():
-            if Path(name).name != name or name.startswith(".") or len(name) > MAX_NAME:
-                raise CadenzaError(f"the MusicGen replica sent back a file named {name[:60]!r}: refused")
-            write_atomic(folder / name, data)
+        write_files(self.files, folder, "the MusicGen replica")
         return api.AudioOutput(self.result, [folder / n for n in self.wavs], [folder / n for n in self.pictures],
                                folder / self.manifest)
 
 
 def _pack(out: api.AudioOutput, folder: Path) -> PackedAudio:
     return PackedAudio(out.result, [p.name for p in out.wavs], [p.name for p in out.pictures], out.manifest.name,
-                       {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()})
+                       folder_files(folder))
 
 
 class AudioEngine:
@@ -96,53 +91,29 @@ class AudioEngine:
         as an item: said by the studio in its own words)."""
         b = board()
         cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        end = object()
 
-        def run() -> None:
+        def clip():  # in a folder of its own, sent back whole
             with tempfile.TemporaryDirectory(prefix="cadenza-audio-") as tmp:
-                try:
-                    r, out = request, Path(tmp) / "out"
-                    if melody is not None:
-                        path = Path(tmp) / "in" / Path(melody[0]).name
-                        path.parent.mkdir()
-                        path.write_bytes(melody[1])
-                        r = request.update(melody=path)
-                    out.mkdir()
-                    for ev in api.audio_stream(self.am, r, out, stem, cancel):  # bounded by MusicGen's steps
-                        loop.call_soon_threadsafe(events.put_nowait,
-                                                  _pack(ev, out) if isinstance(ev, api.AudioOutput) else ev)
-                except CadenzaError as e:
-                    loop.call_soon_threadsafe(events.put_nowait, e)
-                except BaseException as e:  # noqa: BLE001 - raised to the caller
-                    loop.call_soon_threadsafe(events.put_nowait, RuntimeError(f"MusicGen failed: {e}"))
-                finally:
-                    loop.call_soon_threadsafe(events.put_nowait, end)
+                r, out = request, Path(tmp) / "out"
+                if melody is not None:
+                    path = Path(tmp) / "in" / Path(melody[0]).name
+                    path.parent.mkdir()
+                    path.write_bytes(melody[1])
+                    r = request.update(melody=path)
+                out.mkdir()
+                for ev in api.audio_stream(self.am, r, out, stem, cancel):  # bounded by MusicGen's steps
+                    yield _pack(ev, out) if isinstance(ev, api.AudioOutput) else ev
 
-        threading.Thread(target=run, name="cadenza-replica-clip", daemon=True).start()
-        asked = time.monotonic()
         self.making += 1
-        try:
-            while True:  # bounded by MusicGen's fixed number of steps; Stop ends it within one
-                try:
-                    item = await asyncio.wait_for(events.get(), STOP_POLL_S)
-                except asyncio.TimeoutError:
-                    item = None
-                if time.monotonic() - asked >= STOP_POLL_S and not cancel.is_set():
-                    asked = time.monotonic()
-                    if await b.is_stopped.remote(job):
-                        cancel.set()
-                if item is None:
-                    continue
-                if item is end:
-                    return
-                if isinstance(item, RuntimeError):
-                    raise item
+        try:  # Stop (on the board) ends MusicGen within a step; what it made still comes
+            async for item in threaded(clip, cancel, poll=lambda: b.is_stopped.remote(job), every=STOP_POLL_S):
                 yield item
+        except CadenzaError as e:
+            yield e
+        except Exception as e:  # noqa: BLE001 - said to the caller in one line
+            raise RuntimeError(f"MusicGen failed: {e}") from None
         finally:
             self.making -= 1
-            cancel.set()  # the request cancelled (the studio went away): MusicGen stops
 
 
 def application(args: dict):

@@ -68,8 +68,28 @@ class Packed:
     error: str | None = None
 
 
-def _pack(rendered: Rendered, folder: Path) -> Packed:
-    return Packed(rendered, {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()})
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """A replica's work folder, to send back: its files by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def write_files(files: dict[str, bytes], folder: Path, sender: str) -> None:
+    """Files a replica sent back, into the piece's folder: named, never pathed (a name with a
+    path, a leading dot or over MAX_NAME characters is refused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if Path(name).name != name or name.startswith(".") or len(name) > MAX_NAME:
+            raise CadenzaError(f"{sender} sent back a file named {name[:60]!r}: refused")
+    for name, data in files.items():
+        write_atomic(folder / name, data)
+
+
+def _said(work) -> Packed:
+    """A replica's work, or its refusal as words for the studio to say (not Ray's traceback)."""
+    try:
+        return work()
+    except CadenzaError as e:
+        return Packed(error=str(e))
 
 
 class RenderEngine:
@@ -81,26 +101,18 @@ class RenderEngine:
     def score(self, abc: str, formats, stem: str, options: api.RenderOptions, meta: dict | None, strict: bool,
               check: bool) -> Packed:
         with tempfile.TemporaryDirectory(prefix="cadenza-render-") as tmp:
-            try:
-                return _pack(self.local.score(Path(tmp), abc, formats, stem, options, meta, strict, check), Path(tmp))
-            except CadenzaError as e:  # said in words by the studio, not as Ray's traceback
-                return Packed(error=str(e))
+            return _said(lambda: Packed(self.local.score(Path(tmp), abc, formats, stem, options, meta, strict, check),
+                                        folder_files(Path(tmp))))
 
     def upload(self, name: str, data: bytes, formats, stem: str, options: api.RenderOptions) -> Packed:
         with tempfile.TemporaryDirectory(prefix="cadenza-render-") as tmp:
             src, out = Path(tmp) / "in" / Path(name).name, Path(tmp) / "out"
             src.parent.mkdir()
             src.write_bytes(data)
-            try:
-                return _pack(self.local.upload(out, src, formats, stem, options), out)
-            except CadenzaError as e:
-                return Packed(error=str(e))
+            return _said(lambda: Packed(self.local.upload(out, src, formats, stem, options), folder_files(out)))
 
     def transpose(self, abc: str, to_key: str, options: api.RenderOptions) -> Packed:
-        try:
-            return Packed(moved=self.local.transpose(abc, to_key, options))
-        except CadenzaError as e:
-            return Packed(error=str(e))
+        return _said(lambda: Packed(moved=self.local.transpose(abc, to_key, options)))
 
 
 def application(args: dict):
@@ -147,11 +159,7 @@ class RemoteRenderer:
 
     @staticmethod
     def _unpack(packed: Packed, folder: Path) -> Rendered:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in packed.files.items():
-            if Path(name).name != name or name.startswith(".") or len(name) > MAX_NAME:
-                raise CadenzaError(f"the renderer sent back a file named {name[:60]!r}: refused")
-            write_atomic(folder / name, data)
+        write_files(packed.files, folder, "the renderer")
         rendered = packed.rendered
         rendered.result.out_dir = folder
         return rendered
