@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 import time
-from fractions import Fraction
 
-from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, final_cadence,
+from engine.symbolic.harmony import (INLINE_KEY, bar_harmony, beat_length, chord_fit, crossings, ends_together,
+                                     final_cadence,
                                      key_alterations, parallels, read_bar, tonic_class)
 from engine.symbolic.postprocess import BARLINE, check_alignment, header_field, header_unit, line_segments, metre_bar
 
@@ -90,10 +90,7 @@ def _ending(body: list[str], voices: list[str], key: dict) -> tuple[int, int]:
     """(a final V-I or IV-I cadence, the sampler's own test: harmony.final_cadence; every voice
     sounding to the end)."""
     last_bar = segments_of(body[-1], voices)
-    last = [read_bar(t, key) for t in last_bar]
-    ends = [max((e.onset + e.length for e in v if e.pitches), default=None) for v in last]
-    ended = [max((e.onset + e.length for e in v), default=Fraction(0)) for v in last]
-    together = int(all(x is not None for x in ends) and len(set(ends)) == 1 and ends[0] == max(ended))
+    together = int(ends_together(last_bar))
     before = segments_of(body[-2], voices) if len(body) > 1 else []
     return int(final_cadence(last_bar, before, key)), together
 
@@ -137,7 +134,8 @@ GERMAN = ("Folk", "Traditional, German", "Melody")
 MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False, search=1),  # NotaGen's own sampling
          "retries": dict(critic=False, search=1),  # bar and header retries with the bar rules, no critic
          "critic": dict(critic=True, search=1),  # one candidate a bar, written again while it breaks a rule
-         "search": dict(critic=True, search=4)}  # four candidates a bar, the best kept: the defaults
+         "search": dict(critic=True, search=4, search_by="line"),  # four candidates of each line, the best kept
+         "voice": dict(critic=True, search=4, search_by="voice")}  # ... of each voice's bar in turn: the defaults
 
 
 def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024,

@@ -145,7 +145,7 @@ def compose_stream(lm: LoadedModel, request: ComposeRequest, cancel: threading.E
                            bar_retries=request.bar_retries, voices=lm.voices.get(prompt.key()),
                            header_retries=request.header_retries,
                            bar_rules=_bar_rules(lm, prompt, request), controls=request.controls,
-                           search=request.search,
+                           search=request.search, search_by=request.search_by,
                            end_lines=request.passage.before + request.passage.lines if request.passage else None,
                            melody=request.melody)
               for i in range(request.variations)]

@@ -102,6 +102,9 @@ def _add_compose(sub) -> None:
     c.add_argument("--search", type=int, default=r.search,
                    help=f"candidates written at once for each bar the rules check, the best kept; each is a row "
                         f"of the batch (default {r.search}; 1 = one at a time, then retries)")
+    c.add_argument("--search-by", choices=["line", "voice"], default=r.search_by,
+                   help="what a candidate of the search is: a whole bar of every voice (line), or one voice's "
+                        f"bar, each voice chosen in turn over those above it (voice) (default {r.search_by})")
     c.add_argument("--bars", type=int, default=None, help="the piece's length in bars (default: the model decides)")
     c.add_argument("--key", default=None, help="an ABC key: D, Bb, F#m, Dmin, 'Eb dorian' (default: the model's)")
     c.add_argument("--meter", default=None, help="3/4, 6/8, C, C| ... (default: the model's)")
@@ -280,6 +283,7 @@ def cmd_compose(args) -> int:
                              seed=args.seed, variations=args.variations, max_patches=args.max_patches,
                              max_seconds=args.max_seconds, bar_retries=args.bar_retries,
                              header_retries=args.header_retries, critic=args.critic == "on", search=args.search,
+                             search_by=args.search_by,
                              controls=Controls(args.bars, args.key, args.meter, args.tempo))
     for flag, value in (("--rewrite-from", args.rewrite_from), ("--rewrite", args.rewrite)):
         if value is not None and not args.from_score:

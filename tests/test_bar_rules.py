@@ -252,3 +252,47 @@ def test_the_critic_passes_almost_every_real_chorale_bar_and_catches_parallel_fi
     assert passed / judged > 0.93 and cadences / len(chorales) > 0.8
     fifths = ["[V:1]c2 d2 e2 f2|", "[V:2]F,2 G,2 A,2 B,2|"]  # C/F, D/G, E/A, F/Bb: fifths every step
     assert not Critic({}, Fraction(2), Fraction(8)).judge([s.split("]", 1)[1] for s in fifths], None)[0]
+
+
+def test_a_last_bar_ends_together_and_is_ready_for_its_cadence_as_bach_s_mostly_are(training):
+    """The ending rule's readers (harmony.ends_together, cadence_ready) on real last bars, and on
+    the ragged and unready endings the model writes."""
+    from engine.symbolic.harmony import cadence_ready, ends_together, tonic_class
+    from engine.symbolic.postprocess import header_field
+
+    chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
+                and "@t" not in p["id"]][:60]
+    together = ready = 0
+    for p in chorales:
+        meta, body = split_tunebody(p["text"])
+        key = header_field(meta, "K")
+        last = list(line_segments(R_MARKER.sub("", body[-1])).values())
+        together += ends_together(last)
+        ready += cadence_ready(last[:-1], key_alterations(key), tonic_class(key))
+    assert together / len(chorales) > 0.75 and ready / len(chorales) > 0.65  # 50 and 44 of 60
+    assert ends_together(["!fermata!D6|]", "!fermata!A,6|]", "!fermata!F,6|]", "!fermata!D,,6|]"])
+    assert not ends_together(["!fermata!A6 x2|]", "E6 x2|]", "c8|]", "A,,8|]"])  # the upper voices stop early
+    assert cadence_ready(["!fermata!A6|]", "!fermata!A,6|]", "!fermata!F,6|]"], {"B": -1}, 5)  # F major: A A F
+    assert not cadence_ready(["!fermata!G6|]", "!fermata!A,6|]"], {"B": -1}, 5)  # G is no note of F's triad
+    assert cadence_ready(["A2 c2|]", "F2 A,2|]"], {}, 9) and cadence_ready(["A2 ^c2|]"], {}, 9)  # A minor, A major
+
+
+def test_few_real_chorale_bars_are_thin_and_a_bare_fifth_is(training):
+    """Critic.review's `thin` (a search ranks such a bar last): three voices or more sounding a full
+    chord on fewer than half the beats. Bach: about 2% of his chorale bars."""
+    chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
+                and "@t" not in p["id"]][:60]
+    thin = judged = 0
+    for p in chorales:
+        meta, body = split_tunebody(p["text"])
+        critic = Critic(key_alterations(re.search(r"^K:(.*)$", "".join(meta), re.M).group(1)), Fraction(2), Fraction(8))
+        for line in body:
+            segments = list(line_segments(R_MARKER.sub("", line)).values())
+            thin, judged = thin + critic.review(segments, None)[1], judged + 1
+    assert thin / judged < 0.05
+    bare = ["C2 C2 C2 C2|", "G,2 G,2 G,2 G,2|", "C,2 C,2 C,2 C,2|"]  # root and fifth: no third on any beat
+    full = ["E2 E2 E2 E2|", "G,2 G,2 G,2 G,2|", "C,2 C,2 C,2 C,2|"]
+    critic = Critic({}, Fraction(2), Fraction(8))
+    assert critic.review(bare, None)[1] and not critic.review(full, None)[1]
+    assert critic.review(full, None)[2] < critic.review(bare, None)[2]  # the full chord grades better
+    assert not critic.review(bare[:2], None)[1]  # two voices cannot sound a full chord: never thin

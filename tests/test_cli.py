@@ -217,6 +217,12 @@ def test_harmonise_a_melody_on_the_command_line(tmp_path):
     assert r.returncode == 2 and "the melody sets the piece's key: leave it empty" in r.stderr
 
 
+def test_a_search_by_other_than_voice_or_line_is_refused_before_the_model_loads():
+    r = cli("compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",
+            "--search-by", "bar")
+    assert r.returncode == 2 and "--search-by: invalid choice: 'bar' (choose from" in r.stderr
+
+
 def test_reference_mode_writes_what_the_fast_path_writes_under_greedy_decoding(checkpoint, tmp_path):
     """--mode reference (NotaGen's own algorithm, no scheduler) through the service's model slot."""
     args = ["compose", "--period", "Baroque", "--composer", "Bach, Johann Sebastian", "--instrumentation", "Choral",

@@ -115,6 +115,81 @@ def test_a_search_out_of_range_is_refused_before_any_work(value):
         api.ComposeRequest(BACH.period, BACH.composer, BACH.instrumentation, search=value)
 
 
+def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn():
+    """Each voice's bar is a round of its own: the better first voice is kept, the second voice's
+    candidates are written over it, and the whole line is judged at its end."""
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1, search=2, search_by="voice"), 128, 16, "cpu")
+    state.in_tunebody = True
+    _feed(state, FIRST)
+    search.begin(state)
+    start = state.text
+    piece, candidate = state.search.members
+    events = _feed(piece, "[r:1/1][V:1]d2 [cB2 A2")  # a chord left open: a form fault
+    assert search.settle(piece) is None and not search.waiting(candidate)
+    _feed(candidate, "[r:1/1][V:1]d2 c2 B2 A2")
+    assert search.waiting(piece) and search.waiting(candidate)  # both ended the voice's bar, not the line
+    events.append(search.settle(piece))
+    assert piece.text == start + "[r:1/1][V:1]d2 c2 B2 A2" and piece.cache_from == candidate.uid
+    assert piece.bars == 1 and not piece.at_line_start() and search.at_voice_start(piece)
+    search.begin(piece)  # the second voice's round, forked from the kept first voice
+    piece2, candidate2 = piece.search.members
+    assert candidate2.text == piece.text and candidate2.cache_from == candidate.uid
+    assert piece2 is piece
+    events += _feed(piece, "|[V:2]G,,2 D,2 G,2 D,2|\n")
+    _feed(candidate2, "|[V:2]G,,2 D,2|\n")  # 4 eighths against 8: misaligned
+    assert search.settle(piece) is None  # the piece's own bar won and the line kept the rules: as shown
+    assert piece.text == start + GOOD and piece.bars == 2 and piece.at_line_start() and piece.voice_at is None
+    assert _replay(start, events) == piece.text  # listeners saw the first voice replaced, then the second
+
+
+def test_a_voice_whose_every_candidate_breaks_a_rule_is_written_again_not_the_line():
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=4, search=2, search_by="voice"), 128, 16, "cpu")
+    state.in_tunebody = True
+    _feed(state, FIRST)
+    search.begin(state)
+    start = state.text
+    piece, candidate = state.search.members
+    events = _feed(piece, "[r:1/1][V:1]d2 c2 B2 A2")
+    events.append(search.settle(piece))  # the piece's first voice is kept (the candidate has not finished)
+    _feed(candidate, "[r:1/1][V:1]d2 B2 A2 G2")
+    events.append(search.settle(piece))
+    kept = piece.text
+    for tries in range(1, search.VOICE_RETRIES + 1):  # bounded: each round of the second voice fails
+        search.begin(piece)
+        members = piece.search.members
+        for m in members:
+            events += [e for e in _feed(m, "|[V:2]G,,2 D,2|\n") if m is piece]  # 4 eighths against 8
+        events.append(search.settle(piece))
+        assert piece.text == kept and piece.voice_tries == tries and piece.retries == 0  # only the voice went
+        assert search.at_voice_start(piece)
+    search.begin(piece)
+    for m in piece.search.members:
+        events += [e for e in _feed(m, "|[V:2]G,,2 D,2|\n") if m is piece]
+    events.append(search.settle(piece))  # out of voice retries: the line rule takes the whole line back
+    assert piece.text == start and piece.retries == 1 and piece.voice_tries == 0 and piece.at_line_start()
+    assert _replay(start, [e for e in events if e is not None]) == piece.text
+
+
+def test_a_last_line_by_its_marker_is_ranked_as_an_ending_without_a_length_asked():
+    state = _searching()
+    piece = state.search.members[0]
+    closed = GOOD.replace("[r:1/1]", "[r:1/0]").replace("|[V:2]", "|][V:2]").replace("|\n", "|]\n")
+    assert search.last_line(piece, closed) and not search.last_line(piece, GOOD)
+    assert search.rank(piece, closed, 1) < search.rank(piece, closed.replace("|]", "|"), 0)
+    # a line so far: its last voice's closing barline begins the next patch, so it is not missing yet
+    from engine.symbolic import retries
+    so_far = "[r:1/0][V:1]d2 c2 B2 A2"
+    assert retries.ending_faults(piece, so_far, piece.line_start, partial=True) == 0
+    assert retries.ending_faults(piece, so_far + "|[V:2]G,,2 D,2 G,2 D,2", piece.line_start, partial=True) == 1
+
+
+def test_a_search_by_anything_but_line_or_voice_is_refused_before_any_work():
+    with pytest.raises(SettingsError, match="search_by must be one of line, voice"):
+        PieceRequest(BACH, search_by="bar")
+    with pytest.raises(SettingsError, match="search by must be one of line, voice"):
+        api.ComposeRequest(BACH.period, BACH.composer, BACH.instrumentation, search_by=None)
+
+
 BUNDLED = api.bundled_model()
 needs_model = pytest.mark.skipif(BUNDLED is None, reason="no bundled model in assets/models")
 GERMAN = Prompt("Folk", "Traditional, German", "Melody")
@@ -151,6 +226,21 @@ def test_forked_caches_write_what_the_reference_algorithm_writes(lm):
     swaps = [e for e in fast_events[0] if e.retract and e.text]  # a candidate's line replaced the piece's
     assert swaps, "no round chose a candidate over the piece's own line: the test exercises nothing"
     assert _replay("".join(GERMAN.lines()), fast_events[0]) == fast[0].text
+
+
+@needs_model
+def test_a_search_by_voice_writes_what_the_reference_algorithm_writes(lm):
+    """Rounds that begin inside a line fork and adopt cache rows there: the reference algorithm,
+    reading the whole context anew, must write the same chorale."""
+    requests = lambda: [PieceRequest(BACH, seed=2, max_patches=120, bar_retries=2, search=3, search_by="voice",
+                                     bar_rules=frozenset({"full", "metre"}), controls=Controls(bars=3, meter="4/4"))]
+    fast_events, fast = _run(lm.model, requests())
+    ref_events, ref = _run(lm.model, requests(), ReferenceBackend)
+    assert fast[0].text == ref[0].text
+    assert [(e.text, e.retract) for e in fast_events[0]] == [(e.text, e.retract) for e in ref_events[0]]
+    inside = [e for e in fast_events[0] if e.retract and e.text.startswith("|[V:")]  # a later voice's bar
+    assert inside, "no round inside a line chose a candidate's voice: the test exercises nothing"
+    assert _replay("".join(BACH.lines()), fast_events[0]) == fast[0].text
 
 
 @needs_model

@@ -179,6 +179,9 @@ class BarHarmony:
     def no_chord_share(self) -> float:
         return sum(f == "none" for f in self.fits) / len(self.fits) if self.fits else 0.0
 
+    def full_share(self) -> float:
+        return sum(f == "full" for f in self.fits) / len(self.fits) if self.fits else 0.0
+
 
 def bar_harmony(segments: list[str], key: dict[str, int], beat: Fraction, bar: Fraction) -> BarHarmony:
     """Each voice's bar text (in voice order) -> what sounds on each beat. Inline keys apply."""
@@ -216,6 +219,25 @@ def final_cadence(last: list[str], before: list[str], key: dict[str, int]) -> bo
     return triad and len(sounding) >= 2 and approach is not None and (approach - root) % 12 in (5, 7)
 
 
+def ends_together(segments: list[str]) -> bool:
+    """Every voice of a last bar (each voice's text) sounds its last note to the bar's end, all
+    together: no voice stops early or pads the bar with a rest (`x2`, the ragged ending a musician
+    hears as a voice dropping out)."""
+    voices = [read_bar(t, {}) for t in segments]
+    ends = [max((e.onset + e.length for e in v if e.pitches), default=None) for v in voices]
+    ended = [max((e.onset + e.length for e in v), default=Fraction(0)) for v in voices]
+    return bool(voices) and None not in ends and len(set(ends)) == 1 and ends[0] == max(ended)
+
+
+def cadence_ready(segments: list[str], key: dict[str, int], tonic: int) -> bool:
+    """The upper voices of a last bar written so far (each voice's text) end on notes of the tonic's
+    major or minor triad: a bass can still close it with a V-I or IV-I (final_cadence)."""
+    voices = [read_bar(t, key) for t in segments]
+    last = {p % 12 for v in voices for e in v[-1:] for p in e.pitches}
+    return all(v and v[-1].pitches for v in voices) and any(
+        last <= {tonic, (tonic + third) % 12, (tonic + 7) % 12} for third in (3, 4))
+
+
 @dataclass(frozen=True)
 class Critic:
     """The musical critic's verdict on a bar of several voices (bar rule "harmony"): a bar whose
@@ -226,22 +248,27 @@ class Critic:
     key: dict
     beat: Fraction
     bar: Fraction
+    tonic: int | None = None  # the key's tonic (pitch class), which a last bar's chord is ready to close on
     MAX_NO_CHORD = 0.5
+    MIN_FULL = 0.5
 
     def judge(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, list[tuple[int, ...]] | None]:
         """-> (the bar passes, what sounds at its end: the next bar's `before`)."""
         h, clashes = self._read(segments, before)
         return h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0, (h.moments[-1] if h.moments else before)
 
-    def grade(self, segments: list[str], before: list[tuple[int, ...]] | None) -> float:
-        """A graded verdict to choose among bars that pass or fail alike (engine.symbolic.search),
-        lower is better: each parallel fifth or octave counts 1, then the shares of beats off any
-        chord and of voice pairs crossing, less the share of beats sounding a full chord."""
+    def review(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, bool, float]:
+        """What a search ranks candidate bars by (engine.symbolic.search), from one reading: (the bar
+        passes `judge`; it is thin: three voices or more sound a full chord on fewer than MIN_FULL of
+        its beats, as 2% of Bach's chorale bars do; a graded verdict, lower is better: each parallel
+        fifth or octave counts 1, then the shares of beats off any chord and of voice pairs crossing,
+        less the share of beats sounding a full chord)."""
         h, clashes = self._read(segments, before)
         pairs = [crossings(m) for m in h.moments]
         crossed = sum(b for _, b in pairs) / max(1, sum(n for n, _ in pairs))
-        full = sum(f == "full" for f in h.fits) / len(h.fits) if h.fits else 0.0
-        return clashes + h.no_chord_share() + crossed - full
+        passes = h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0
+        thin = len(segments) >= 3 and h.full_share() < self.MIN_FULL
+        return passes, thin, clashes + h.no_chord_share() + crossed - h.full_share()
 
     def _read(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[BarHarmony, int]:
         h = bar_harmony(segments, self.key, self.beat, self.bar)
@@ -277,3 +304,4 @@ def crossings(now: list[tuple[int, ...]]) -> tuple[int, int]:
                 pairs += 1
                 bad += lows[i] < lows[j]
     return pairs, bad
+

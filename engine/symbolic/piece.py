@@ -22,7 +22,7 @@ from engine.symbolic.postprocess import Metre
 from engine.symbolic.retries import KEEP, TakeBack, Verdict, take_back_ending, take_back_header, take_back_line
 from engine.symbolic.sampling import SamplingSettings
 from engine.symbolic import search
-from engine.symbolic.search import MAX_CANDIDATES
+from engine.symbolic.search import MAX_CANDIDATES, SEARCH_BY
 from engine.stops import FINISHED, StopReason
 
 MAX_CHARS = 102_400  # NotaGen's own limit on a piece's text
@@ -64,6 +64,9 @@ class PieceRequest:
     # Candidates written at once for each tune-body line whose bar rules are checked (bar_retries),
     # the best kept (engine.symbolic.search); each is a row of the batch. 1: one at a time.
     search: int = 1
+    # What a round of the search writes: "line", each candidate a whole line; "voice", each voice's
+    # bar of a line in turn, the best kept before the next voice is written (engine.symbolic.search).
+    search_by: str = "line"
     # The piece ends once it has this many tune-body lines (the prefix's counted): a passage written
     # inside a piece (engine.symbolic.passage), whose bars after it are kept. None: it ends at eos.
     end_lines: int | None = None
@@ -91,6 +94,8 @@ class PieceRequest:
         if isinstance(self.search, bool) or not isinstance(self.search, int) or not 1 <= self.search <= MAX_CANDIDATES:
             raise SettingsError(f"search must be a whole number of candidates from 1 (off) to {MAX_CANDIDATES}, "
                                 f"got {self.search!r}")
+        if self.search_by not in SEARCH_BY:
+            raise SettingsError(f"search_by must be one of {', '.join(SEARCH_BY)}, got {self.search_by!r}")
         if self.end_lines is not None and (isinstance(self.end_lines, bool) or not isinstance(self.end_lines, int)
                                            or not 1 <= self.end_lines <= 100_000):
             raise SettingsError(f"end_lines must be a whole number of lines from 1, got {self.end_lines!r}")
@@ -192,9 +197,11 @@ class PieceState:
         self.header_tries = 0  # headers taken back so far
         # Where the header begins (just after the prompt lines), when the header is the model's,
         # and whether it is being checked (until the tune body begins with a header that passes).
-        self.header_start = self._mark() if not req.prefix and not self.tail else None
+        self.header_start = self.mark() if not req.prefix and not self.tail else None
         self.header_open = self.header_start is not None
         self.search = None  # search.LineSearch: the candidates of the line being written
+        self.voice_at = None  # (epoch, text length) where a search by voice settled a voice's bar
+        self.voice_tries = 0  # rounds of the current voice's bar written again (search.VOICE_RETRIES)
         self.candidate_of: PieceState | None = None  # on a candidate: the piece it writes a line for
         self.cache_from: int | None = None  # a uid whose cache row this row takes over (FastBackend.retain)
         if len(self.context) >= patch_length:
@@ -330,8 +337,7 @@ class PieceState:
         if self.search is not None and len(self.context) >= self.patch_length:
             search.abandon(self)  # the context is re-encoded: the line is judged alone
         if self.candidate_of is not None or self.search is not None:
-            if text.endswith("\n") or len(self.context) >= self.patch_length:
-                search.line_ended(self)  # the round judges the line (search.settle)
+            search.written(self, text, full)  # at the round's end, the round judges it (search.settle)
             return event
         back = KEEP
         if text.endswith("\n"):
@@ -359,16 +365,17 @@ class PieceState:
 
     def mark_line(self) -> None:
         """Remembers the start of the next line, when it falls on a patch boundary."""
-        self.retries, self.best_attempt = 0, None
+        self.retries, self.best_attempt, self.voice_at, self.voice_tries = 0, None, None, 0
         self.rewriting_end = False  # set by the ending rule for the line it takes back (retries.take_back_ending)
         self.last_line, self.line_start = self.line_start, None
         if not self.tail and (not self.text or self.text.endswith("\n")):
-            self.line_start = self._mark()
+            self.line_start = self.mark()
 
-    def _mark(self) -> Mark:
+    def mark(self) -> Mark:
         return Mark(len(self.text), len(self.context), self.patches, self.bars, self.in_tunebody, self.epoch, self.metre)
 
     def return_to(self, mark: Mark) -> None:
+        self.voice_at = None
         self.patches, self.bars, self.in_tunebody = mark.patches, mark.bars, mark.in_tunebody
         self.text, self.context, self.tail = self.text[:mark.text], self.context[:mark.context], []
         self.metre = mark.metre

@@ -17,9 +17,10 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from engine.symbolic.labels import fits_label
-from engine.symbolic.harmony import Critic, beat_length, ends_on, final_cadence, key_alterations, tonic_class
+from engine.symbolic.harmony import (Critic, beat_length, cadence_ready, ends_on, ends_together, final_cadence,
+                                     key_alterations, tonic_class)
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, Metre, bar_well_formed, closes_section, count_voices,
+from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, SECTION_END, Metre, bar_well_formed, closes_section, count_voices,
                                          header_field, header_unit, line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
@@ -118,9 +119,9 @@ def take_back_line(s: "PieceState") -> TakeBack:
         s.metre = Metre(metre_bar(meta), unit=header_unit(meta))
         s.declared = count_voices(meta)
         beat = beat_length(header_field(meta, "M"), header_field(meta, "L"))
-        s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar) \
-            if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
         tonic = tonic_class(header_field(meta, "K"))
+        s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar, tonic) \
+            if beat and s.metre.bar and "harmony" in s.req.bar_rules else None
         s.home = (key_alterations(header_field(meta, "K")), tonic) \
             if s.declared <= 1 and tonic is not None and s.req.bar_rules else None
     after = s.metre.after(line)
@@ -156,13 +157,14 @@ VOICE_FIELD = re.compile(r"\[V:\s*([^\]\s]+)")
 FAULT_WEIGHTS = {"form": 8, "full": 4, "ending": 4, "metre": 2, "harmony": 1}
 
 
-def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: bool) -> int:
-    """The weighted rules a line breaks (0: it keeps them all)."""
+def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: bool, partial: bool = False) -> int:
+    """The weighted rules a line breaks (0: it keeps them all); `partial`: the line so far (a search
+    by voice), whose voices still to come are not missing."""
     segments = line_segments(line)
     rules = s.req.bar_rules
     broken = [not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())
                    and one_bar(line)) and "form",
-              "full" in rules and len(segments) < s.declared and "full",
+              "full" in rules and not partial and len(segments) < s.declared and "full",
               "metre" in rules and after is None and "metre",
               not harmonious and "harmony"]
     return sum(FAULT_WEIGHTS[b] for b in broken if b)
@@ -203,24 +205,36 @@ def ends_well(s: "PieceState", line: str, mark) -> bool:
     return not ending_faults(s, line, mark)
 
 
-def ending_faults(s: "PieceState", line: str, mark) -> int:
+def ending_faults(s: "PieceState", line: str, mark, partial: bool = False) -> int:
     """What a last line fails of the ending rule (0: it ends well): it closes every voice with a
     final barline (unless the prompt's real pieces mostly end "open"), holds every voice for "full"
-    prompts, ends every voice together (each written once), and cadences (retries.cadences: V-I for "harmony" prompts, the tonic for a tune)."""
+    prompts, ends every voice together (each written once, its last note sounding to the end), and
+    cadences (retries.cadences: V-I for "harmony" prompts, the tonic for a tune). `partial`: the line
+    so far (a search by voice), judged on its voices: the missing ones wait for the whole line, and
+    the cadence asks only that the voices so far end on the tonic's triad (harmony.cadence_ready)."""
     rules = s.req.bar_rules
-    return sum((not ("open" in rules or closes_section(line)),
-                "full" in rules and len(line_segments(line)) < s.declared,
-                not (line_aligned(line) and one_bar(line)),  # every voice ends together, each once
-                not cadences(s, line, mark)))
+    segments = list(line_segments(line).values())
+    together = line_aligned(line) and one_bar(line) and (len(segments) < 2 or ends_together(segments))
+    # a voice's closing barline begins the next voice's patch (NotaGen cuts a line before each
+    # barline): in a line so far, the last voice written has not closed yet
+    closed = closes_section(line) if not partial else all(SECTION_END.search(t) for t in segments[:-1])
+    return sum((not ("open" in rules or closed),
+                "full" in rules and not partial and len(segments) < s.declared,
+                not together,
+                not cadences(s, line, mark, partial)))
 
 
-def cadences(s: "PieceState", line: str, mark) -> bool:
-    """For "harmony" prompts, the last bar closes with a V-I or IV-I cadence (harmony.final_cadence);
-    a tune of one voice (of a prompt with bar rules) ends on its key's tonic. Both in the first half
-    of the ending's retries: the second half only asks that it closes every voice."""
+def cadences(s: "PieceState", line: str, mark, partial: bool = False) -> bool:
+    """For "harmony" prompts, the last bar closes with a V-I or IV-I cadence (harmony.final_cadence;
+    `partial`, its voices so far end on the tonic's triad); a tune of one voice (of a prompt with bar
+    rules) ends on its key's tonic. Both in the first half of the ending's retries: the second half
+    only asks that it closes every voice."""
     if s.ending_tries >= s.req.bar_retries // 2:
         return True
     segments = list(line_segments(line).values())
+    if partial:
+        return s.critic is None or s.critic.tonic is None or not segments or \
+            cadence_ready(segments, s.critic.key, s.critic.tonic)
     if s.home is not None and len(segments) == 1:
         key, tonic = s.home
         return ends_on([b for b in BARLINE.split(segments[0]) if b and not BARLINE.fullmatch(b)], key, tonic) is not False

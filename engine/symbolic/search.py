@@ -13,7 +13,14 @@ piece takes the winner's text, context and cache row, and the usual line rule (r
 judges it: kept, written again (a new round of K) or, when the retries have run out, replaced by the
 best line of all rounds.
 
-Bounds: a member whose line runs past twice the first finished member's patches (plus SLACK), that
+Searching by voice (PieceRequest.search_by "voice"), a round ends at the end of a voice's bar
+instead: NotaGen's format writes a line voice by voice ([V:1]...|[V:2]...|), so the best first voice
+is kept, the second voice's K candidates are written over it, and so on; the partial line is
+ranked by the same rules (the voices still to come are not missing) and the critic's grade of the
+voices so far, which lets a lower voice complete the chords the voices above it began and the bass
+of a last line make the cadence. The line rule judges the line when its last voice's round settles.
+
+Bounds: a member whose line (voice's bar) runs past twice the first finished member's patches (plus SLACK), that
 would overflow the context, or that ends the piece is dropped from the round; a piece ending (eos),
 re-encoding its context, or stopping drops its candidates. The candidates count against the
 scheduler's rows (PieceRequest.search rows a piece).
@@ -21,28 +28,36 @@ scheduler's rows (PieceRequest.search rows a piece).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from engine.symbolic.config import EOS_ID
 from engine.symbolic.postprocess import line_segments
 from engine.symbolic.retries import FAULT_WEIGHTS, Verdict, ending_faults, line_faults, take_back_line
 
 if TYPE_CHECKING:
-    from engine.symbolic.piece import PatchEvent, PieceState
+    from engine.symbolic.piece import Mark, PatchEvent, PieceState
 
 MAX_CANDIDATES = 16  # K at most (each is a row of the batch)
+LAST_MARKER = re.compile(r"\[r:\d+/0\]")  # the marker of a line with none after it
+SEARCH_BY = ("line", "voice")  # what a round writes: a whole line, or one voice's bar of it
+VOICE_RETRIES = 3  # rounds of one voice's bar written again while its best candidate breaks a rule
 SLACK = 2  # patches a member may write beyond twice the first finished member's line
 ROOM = 32  # patches of context a fork leaves free (a member that would overflow it is dropped)
 
 
 @dataclass
 class LineSearch:
-    """One round of candidates for the line a piece is writing."""
+    """One round of candidates for the line a piece is writing (or, searching by voice, for the
+    next voice's bar of it)."""
     members: list["PieceState"]  # the piece first, then its candidates
+    start: "Mark | None" = None  # where the piece stood when the round began
+    by_voice: bool = False  # the round ends at the end of a voice's bar, not of the line
     done: dict[int, str] = field(default_factory=dict)  # uid -> "line" (finished) or "dropped"
-    limit: int | None = None  # patches a member's line may take (set when the first finishes)
+    limit: int | None = None  # patches a member's round may take (set when the first finishes)
 
     def settled(self) -> bool:
         return len(self.done) == len(self.members)
@@ -67,11 +82,20 @@ def begin(s: "PieceState") -> None:
     """At the start of a tune-body line whose bar rules are checked, forks the piece's candidates."""
     k = s.req.search
     if (k <= 1 or s.search is not None or s.candidate_of is not None or s.stop_reason is not None
-            or not s.in_tunebody or s.metre is None or not s.req.bar_retries or not s.at_line_start()
+            or not s.in_tunebody or s.metre is None or not s.req.bar_retries
+            or not (s.at_line_start() or at_voice_start(s))
             or s.tail or _ending(s) or len(s.context) + min(ROOM, s.patch_length // 4) >= s.patch_length):
         return
     seeds = torch.randint(0, 2**62, (k - 1,), generator=s.generator).tolist()
-    s.search = LineSearch([s] + [_fork(s, seed) for seed in seeds])
+    s.search = LineSearch([s] + [_fork(s, seed) for seed in seeds], s.mark(),
+                          by_voice=s.req.search_by == "voice" and s.declared > 1)
+
+
+def at_voice_start(s: "PieceState") -> bool:
+    """Searching by voice: the text ends where the round of the voice before ended, inside a line."""
+    mark = s.line_start
+    return (s.req.search_by == "voice" and s.declared > 1 and mark is not None and mark.epoch == s.epoch
+            and s.voice_at == (s.epoch, len(s.text)))
 
 
 def _ending(s: "PieceState") -> bool:
@@ -94,17 +118,22 @@ def _fork(s: "PieceState", seed: int) -> "PieceState":
     return c
 
 
-def line_ended(m: "PieceState") -> None:
-    """Called by a member whose line just ended (or that cannot go on): its search holds it until
-    the round settles."""
+def written(m: "PieceState", text: str, ids: list[int]) -> None:
+    """Called by a member after each patch: a member whose line just ended (or that cannot go on),
+    or, searching by voice, whose voice's bar ended, is held by its search until the round settles.
+    NotaGen cuts a line before each barline and closes each piece with eos ([r:0/3][V:1]abc,
+    |[V:2]def, ...): a patch closed before its end is a voice's bar ended. (One that fills its 16
+    characters exactly runs on into the next voice's bar, which ends the member's round instead.)"""
     search = _search_of(m)
     if search is None:
         return
-    start = search.members[0].line_start
-    fits = len(m.context) < m.patch_length and m.text.endswith("\n")
+    line = text.endswith("\n") or len(m.context) >= m.patch_length
+    if not (line or search.by_voice and EOS_ID in ids):
+        return
+    fits = len(m.context) < m.patch_length and (m.text.endswith("\n") or not line)
     search.done[m.uid] = "line" if fits else "dropped"
     if fits and search.limit is None:
-        search.limit = 2 * (m.patches - start.patches) + SLACK
+        search.limit = 2 * (m.patches - search.start.patches) + SLACK
 
 
 def drop(m: "PieceState") -> None:
@@ -129,7 +158,7 @@ def enforce_limit(m: "PieceState") -> None:
     """A member whose line has run past the round's limit is dropped (the others have finished)."""
     search = _search_of(m)
     if search is not None and search.limit is not None and m.uid not in search.done:
-        if m.patches - search.members[0].line_start.patches > search.limit:
+        if m.patches - search.start.patches > search.limit:
             search.done[m.uid] = "dropped"
 
 
@@ -139,53 +168,70 @@ def _search_of(m: "PieceState") -> LineSearch | None:
 
 
 def settle(s: "PieceState") -> "PatchEvent | None":
-    """When every member of the piece's round has finished: the piece takes the best line and the
-    line rule judges it (kept, written again, or the best of all rounds restored). -> the event that
-    tells the piece's listeners what replaced the line they saw, or None when it stays as shown."""
+    """When every member of the piece's round has finished: the piece takes the best line (or
+    voice's bar, searching by voice: the line goes on from it) and, at a line's end, the line rule
+    judges it (kept, written again, or the best of all rounds restored). -> the event that tells the
+    piece's listeners what replaced the text they saw, or None when it stays as shown."""
     from engine.symbolic.piece import PatchEvent
 
     search = s.search
     if search is None or not search.settled():
         return None
     s.search = None
-    start = s.line_start
-    shown = len(s.text) - start.text  # the piece's own line, as reported while written
+    line_start = s.line_start.text
+    seen = len(s.text)  # the piece's own text, as reported while written
     finished = [m for m in search.members if search.done[m.uid] == "line"]
-    best = min(finished, key=lambda m: rank(s, m.text[start.text:], finished.index(m))) if finished else None
-    if best is None:  # no member finished a line (cannot happen: the limit follows a finished one)
-        s.return_to(start)
-        return PatchEvent(s.index, "", s.patches, s.chars, s.bars, s.elapsed, [], retract=shown)
+    ranks = {m.uid: rank(s, m.text[line_start:], i) for i, m in enumerate(finished)}
+    best = min(finished, key=lambda m: ranks[m.uid]) if finished else None
+    if best is None:  # no member finished (cannot happen: the limit follows a finished one)
+        s.return_to(s.line_start)
+        return PatchEvent(s.index, "", s.patches, s.chars, s.bars, s.elapsed, [], retract=seen - line_start)
+    if search.by_voice and ranks[best.uid][0] and s.voice_tries < VOICE_RETRIES:
+        # every candidate of this voice's bar breaks a rule: the voice is written again, not the line
+        s.voice_tries += 1
+        s.return_to(search.start)
+        s.voice_at = (s.epoch, len(s.text)) if not s.at_line_start() else None
+        return PatchEvent(s.index, "", s.patches, s.chars, s.bars, s.elapsed, [], retract=seen - search.start.text)
+    s.voice_tries = 0
     if best is not s:
         s.text, s.context, s.tail = best.text, best.context, []
         s.patches, s.bars = best.patches, best.bars
         s.cache_from = best.uid  # its row takes the winner's cached keys and values
-    back = take_back_line(s)
-    if back.verdict in (Verdict.KEEP, Verdict.RESTORE):
-        s.mark_line()
-    now = s.text[start.text:]
-    if best is s and back.verdict is Verdict.KEEP:
+    keep, verdict = search.start.text, Verdict.KEEP  # the text before the round was reported and stays
+    if not s.text.endswith("\n"):  # a voice's bar: the next voice's round begins here
+        s.voice_at = (s.epoch, len(s.text))
+    else:
+        verdict = take_back_line(s).verdict
+        if verdict in (Verdict.KEEP, Verdict.RESTORE):
+            s.mark_line()
+        if verdict is not Verdict.KEEP:  # the line was taken back or replaced as a whole
+            keep = line_start
+    if best is s and verdict is Verdict.KEEP:
         return None
     ids = list(s.context[-1]) if s.context else []
-    return PatchEvent(s.index, now, s.patches, s.chars, s.bars, s.elapsed, ids, retract=shown)
+    return PatchEvent(s.index, s.text[keep:], s.patches, s.chars, s.bars, s.elapsed, ids, retract=seen - keep)
 
 
 def rank(s: "PieceState", line: str, order: int) -> tuple:
-    """A member's line, lower is better: the weighted rules it breaks (as a last line, also the ending
-    rule: it closes every voice and cadences), the critic's grade, its order."""
+    """A member's line (so far, searching by voice), lower is better: the weighted rules it breaks
+    (as a last line, also the ending rule: it closes every voice and cadences), the critic's grade
+    (over the voices written so far), its order."""
     segments = list(line_segments(line).values())
     critic = s.critic if len(segments) > 1 else None
-    harmonious, grade = True, 0.0
-    if critic is not None:
-        harmonious = critic.judge(segments, s.sounding)[0]
-        grade = critic.grade(segments, s.sounding)
-    faults = line_faults(s, line, s.metre.after(line), harmonious)
-    if last_line(s):
-        faults += FAULT_WEIGHTS["ending"] * ending_faults(s, line, s.line_start)
+    partial = not line.endswith("\n")
+    harmonious, thin, grade = critic.review(segments, s.sounding) if critic is not None else (True, False, 0.0)
+    faults = line_faults(s, line, s.metre.after(line), harmonious, partial)
+    if last_line(s, line):  # the cadence comes first (ranking thin last bars last halved the cadences)
+        faults += FAULT_WEIGHTS["ending"] * ending_faults(s, line, s.line_start, partial)
+    else:  # a thin bar is chosen last, and a voice's round written again for it; the line rule never takes it back
+        faults += FAULT_WEIGHTS["harmony"] * thin
     return faults, grade, order
 
 
-def last_line(s: "PieceState") -> bool:
-    """The line being written is the piece's last: the ending rule took it back, or it is the last
-    of a length in bars."""
+def last_line(s: "PieceState", line: str = "") -> bool:
+    """The line being written is the piece's last: the ending rule took it back, it is the last of a
+    length in bars, or (with no length asked) its [r:i/0] marker says no line comes after it."""
     bars = s.req.controls.bars
-    return s.rewriting_end or (bars is not None and s.lines_before + s.line_start.bars == bars - 1)
+    if bars is not None:
+        return s.rewriting_end or s.lines_before + s.line_start.bars == bars - 1
+    return s.rewriting_end or LAST_MARKER.match(line) is not None
