@@ -19,8 +19,8 @@ SHORT = "[r:1/1][V:1]GABc d2 B2|[V:2]G,,2 D,2|\n"  # the voices disagree: 8 eigh
 GOOD = "[r:1/1][V:1]d2 c2 B2 A2|[V:2]G,,2 D,2 G,2 D,2|\n"
 
 
-def _searching(k=2, retries=1):
-    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=retries, search=k), 128, 16, "cpu")
+def _searching(k=2, retries=1, by="line"):
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=retries, search=k, search_by=by), 128, 16, "cpu")
     state.in_tunebody = True
     _feed(state, FIRST)  # the first line sets the metre; the search begins with the second
     search.begin(state)
@@ -118,10 +118,7 @@ def test_a_search_out_of_range_is_refused_before_any_work(value):
 def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn():
     """Each voice's bar is a round of its own: the better first voice is kept, the second voice's
     candidates are written over it, and the whole line is judged at its end."""
-    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1, search=2, search_by="voice"), 128, 16, "cpu")
-    state.in_tunebody = True
-    _feed(state, FIRST)
-    search.begin(state)
+    state = _searching(by="voice")
     start = state.text
     piece, candidate = state.search.members
     events = _feed(piece, "[r:1/1][V:1]d2 [cB2 A2")  # a chord left open: a form fault
@@ -143,10 +140,7 @@ def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn():
 
 
 def test_a_voice_whose_every_candidate_breaks_a_rule_is_written_again_not_the_line():
-    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=4, search=2, search_by="voice"), 128, 16, "cpu")
-    state.in_tunebody = True
-    _feed(state, FIRST)
-    search.begin(state)
+    state = _searching(retries=4, by="voice")
     start = state.text
     piece, candidate = state.search.members
     events = _feed(piece, "[r:1/1][V:1]d2 c2 B2 A2")
