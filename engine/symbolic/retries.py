@@ -20,8 +20,8 @@ from engine.symbolic.labels import fits_label
 from engine.symbolic.harmony import (Critic, beat_length, cadence_ready, ends_on, ends_together, final_cadence,
                                      key_alterations, tonic_class)
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, SECTION_END, Metre, bar_well_formed, closes_section, count_voices,
-                                         header_field, header_unit, line_aligned, line_segments, metre_bar)
+from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, SECTION_END, Metre, bar_well_formed, closes_section,
+                                         count_voices, header_field, header_unit, line_aligned, line_segments, metre_bar)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
     from engine.symbolic.piece import PieceState
