@@ -388,6 +388,8 @@ def test_a_bar_that_leaves_an_annotation_or_chord_open_is_written_again():
     assert bar_well_formed('{g}A2 "C"c2 [CEG]2 !p!d2|') and bar_well_formed("(A2 B2|")  # slurs may cross bars
     assert not bar_well_formed('"_e} d2 c2|') and not bar_well_formed("[CE G2|") and not bar_well_formed("A2] B|")
     assert bar_well_formed("[CEG]2 c6|]") and bar_well_formed("[|c8|]")  # barlines, not chords
+    assert bar_well_formed("^^F2 __B2 =c4|") and not bar_well_formed("E,^^^F, G,2|") and not bar_well_formed("___B8|")
+    assert bar_well_formed("\"_quei ___\"A8|")  # a lyric's underscores are no accidental
     broken = '[r:0/1][V:1]"_e} d2 c2 d2 B2|[V:2]G,,2 D,2 G,2 B,,2|\n'
     state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1), 128, 16, "cpu")
     start = state.text

@@ -103,13 +103,17 @@ def count_voices(metadata: list[str]) -> int:
 
 def bar_well_formed(text: str) -> bool:
     """Chords [..], grace notes {..} and quoted annotations ".." open and close inside one bar of
-    one voice (slurs may cross bars, so parentheses are not checked)."""
+    one voice (slurs may cross bars, so parentheses are not checked), and no accidental is more than
+    double (the model can write ^^^F, which no reader takes as written: MusicXML made it ^^F)."""
     if text.count('"') % 2:
         return False
     depth = {"[": 0, "{": 0}
     closer = {"]": "[", "}": "{"}
     # annotations and decorations may hold anything; |] and [| are barlines, not chord brackets
-    for c in re.sub(r'"[^"]*"|![^!]*!|\|\]|\[\|', "", text):
+    music = re.sub(r'"[^"]*"|![^!]*!|\|\]|\[\|', "", text)
+    if re.search(r"\^{3}|_{3}", music):
+        return False
+    for c in music:
         if c in depth:
             depth[c] += 1
         elif c in closer:
