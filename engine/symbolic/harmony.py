@@ -255,7 +255,7 @@ class Critic:
     def judge(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, list[tuple[int, ...]] | None]:
         """-> (the bar passes, what sounds at its end: the next bar's `before`)."""
         h, clashes = self._read(segments, before)
-        return h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0, (h.moments[-1] if h.moments else before)
+        return self._passes(h, clashes), (h.moments[-1] if h.moments else before)
 
     def review(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, bool, float]:
         """What a search ranks candidate bars by (engine.symbolic.search), from one reading: (the bar
@@ -266,9 +266,11 @@ class Critic:
         h, clashes = self._read(segments, before)
         pairs = [crossings(m) for m in h.moments]
         crossed = sum(b for _, b in pairs) / max(1, sum(n for n, _ in pairs))
-        passes = h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0
         thin = len(segments) >= 3 and h.full_share() < self.MIN_FULL
-        return passes, thin, clashes + h.no_chord_share() + crossed - h.full_share()
+        return self._passes(h, clashes), thin, clashes + h.no_chord_share() + crossed - h.full_share()
+
+    def _passes(self, h: BarHarmony, clashes: int) -> bool:
+        return h.no_chord_share() <= self.MAX_NO_CHORD and clashes == 0
 
     def _read(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[BarHarmony, int]:
         h = bar_harmony(segments, self.key, self.beat, self.bar)
@@ -304,4 +306,3 @@ def crossings(now: list[tuple[int, ...]]) -> tuple[int, int]:
                 pairs += 1
                 bad += lows[i] < lows[j]
     return pairs, bad
-
