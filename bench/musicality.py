@@ -139,7 +139,7 @@ MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False, search=1),
 
 
 def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024,
-            batch: int = 10) -> dict:
+            batch: int = 10, modes: list[str] | None = None) -> dict:
     """For Bach chorales and German folk melodies: `real` pieces of the training data and `n`
     generated ones per mode (`batch` at a time), measured the same way; seconds per generated piece."""
     from engine import api
@@ -150,6 +150,8 @@ def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, m
         pieces = [p for p in train if tuple(p["labels"]) == label and "@t" not in p["id"]][:real]
         row = {"real": summarise(kind, [measure(to_abc(p["text"]).abc) for p in pieces])}
         for mode, settings in MODES.items():
+            if modes is not None and mode not in modes:
+                continue
             t0, comps = time.monotonic(), []
             for start in range(0, n, batch):
                 request = api.ComposeRequest(*label, seed=seed + start, variations=min(batch, n - start),

@@ -75,13 +75,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="(--musical) generated pieces per mode")
     ap.add_argument("--batch", type=int, default=10,
                     help="(--musical) pieces written together; 1: one at a time, as a composer waits for one")
+    ap.add_argument("--modes", default=",".join(musicality.MODES),
+                    help=f"(--musical) the columns, comma-separated, from {', '.join(musicality.MODES)}")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(musicality.MODES):
+        ap.error(f"--modes: choose from {', '.join(musicality.MODES)}, got {args.modes!r}")
 
     lm = api.load(args.model)
     train = [p for p in read_split(args.data, "train") if "@t" not in p["id"]]
     if args.musical:
         result = musicality.compare(lm, train, n=args.n, seed=args.seed, max_patches=args.max_patches,
-                                    batch=args.batch)
+                                    batch=args.batch, modes=modes)
         musicality.print_table(result)
         print(json.dumps({"bench": "notagen_quality_musical", "model": lm.name, "batch": args.batch, **result}))
         return

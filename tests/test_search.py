@@ -154,14 +154,45 @@ def test_a_voice_whose_every_candidate_breaks_a_rule_is_written_again_not_the_li
         for m in members:
             events += [e for e in _feed(m, "|[V:2]G,,2 D,2|\n") if m is piece]  # 4 eighths against 8
         events.append(search.settle(piece))
-        assert piece.text == kept and piece.voice_tries == tries and piece.retries == 0  # only the voice went
+        # only the voice went, and it spent one of the line's retries
+        assert piece.text == kept and piece.voice_tries == tries and piece.retries == tries
         assert search.at_voice_start(piece)
     search.begin(piece)
     for m in piece.search.members:
         events += [e for e in _feed(m, "|[V:2]G,,2 D,2|\n") if m is piece]
     events.append(search.settle(piece))  # out of voice retries: the line rule takes the whole line back
-    assert piece.text == start and piece.retries == 1 and piece.voice_tries == 0 and piece.at_line_start()
+    assert piece.text == start and piece.retries == 4 and piece.voice_tries == 0 and piece.at_line_start()
     assert _replay(start, [e for e in events if e is not None]) == piece.text
+
+
+def _fail_second_voice(piece, first="[r:1/1][V:1]d2 c2 B2 A2"):
+    """The piece's first voice is kept, then every candidate of its second voice is 4 eighths short."""
+    _feed(piece, first)
+    search.settle(piece)
+    _feed(piece.search.members[1], first.replace("c2", "B2"))
+    search.settle(piece)
+    search.begin(piece)
+    for m in piece.search.members:
+        _feed(m, "|[V:2]G,,2 D,2|\n")
+    search.settle(piece)
+
+
+def test_a_voice_written_again_spends_the_line_retries_except_in_the_last_line():
+    """One budget for a bar: with one retry, a voice is written again once, then the line rule keeps
+    the best attempt; a last line's voices are written again without spending it (the ending rule
+    bounds that line)."""
+    piece = _searching(retries=1, by="voice").search.members[0]
+    _fail_second_voice(piece)
+    assert piece.voice_tries == 1 and piece.retries == 1 and search.at_voice_start(piece)
+    search.begin(piece)
+    for m in piece.search.members:
+        _feed(m, "|[V:2]G,,2 D,2|\n")
+    search.settle(piece)  # no retry left: no voice retry, and the line rule keeps the line it has
+    assert piece.voice_tries == 0 and piece.retries == 0 and piece.at_line_start()  # the next line's budget
+    assert piece.text.endswith("|[V:2]G,,2 D,2|\n")
+    last = _searching(retries=1, by="voice").search.members[0]
+    _fail_second_voice(last, "[r:1/0][V:1]d2 c2 B2 A2")
+    assert last.voice_tries == 1 and last.retries == 0
 
 
 def test_a_last_line_by_its_marker_is_ranked_as_an_ending_without_a_length_asked():

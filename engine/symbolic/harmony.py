@@ -10,6 +10,7 @@ note sounds on as written).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -190,7 +191,10 @@ def bar_harmony(segments: list[str], key: dict[str, int], beat: Fraction, bar: F
         k = INLINE_KEY.search(text)
         voices.append(read_bar(text, key_alterations(k.group(1)) if k else key))
     beats, fits = [], []
-    n = int(bar / beat) if beat and bar else 0
+    # the beats the bar holds: a pickup (or a bar split at a fermata) has fewer than the metre's,
+    # and the ones it lacks are no silent beats of the piece
+    length = max((e.onset + e.length for v in voices for e in v), default=Fraction(0))
+    n = min(int(bar / beat), math.ceil(length / beat)) if beat and bar else 0
     for i in range(min(n, 64)):  # bounded: at most 64 beats a bar
         t = beat * i
         now = [sounding(v, t) for v in voices]

@@ -186,9 +186,16 @@ def settle(s: "PieceState") -> "PatchEvent | None":
     if best is None:  # no member finished (cannot happen: the limit follows a finished one)
         s.return_to(s.line_start)
         return PatchEvent(s.index, "", s.patches, s.chars, s.bars, s.elapsed, [], retract=seen - line_start)
-    if search.by_voice and ranks[best.uid][0] and s.voice_tries < VOICE_RETRIES:
-        # every candidate of this voice's bar breaks a rule: the voice is written again, not the line
+    ending = last_line(s, best.text[line_start:])
+    if search.by_voice and ranks[best.uid][0] and s.voice_tries < VOICE_RETRIES and (
+            ending or s.retries < s.req.bar_retries):
+        # every candidate of this voice's bar breaks a rule: the voice is written again, not the line.
+        # That spends one of the line's bar retries: a bar has one budget however it is written again
+        # (when each line retry had its own voice retries, a bar the model could not fill cost 17 lines x
+        # 4 voices x 4 rounds: 52 s for one chorale). A last line's do not: the ending rule bounds its
+        # attempts, and its voices' rounds are where its cadence is found.
         s.voice_tries += 1
+        s.retries += not ending
         s.return_to(search.start)
         s.voice_at = (s.epoch, len(s.text)) if not s.at_line_start() else None
         return PatchEvent(s.index, "", s.patches, s.chars, s.bars, s.elapsed, [], retract=seen - search.start.text)
