@@ -289,7 +289,7 @@ def test_a_last_bar_ends_together_and_is_ready_for_its_cadence_as_bach_s_mostly_
 
 def test_few_real_chorale_bars_are_thin_and_a_bare_fifth_is(training):
     """Critic.review's `thin` (a search ranks such a bar last): three voices or more sounding a full
-    chord on fewer than half the beats. Bach: about 2% of his chorale bars."""
+    chord on fewer than MIN_FULL (three quarters) of the beats. Bach: about 10% of his chorale bars."""
     chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
                 and "@t" not in p["id"]][:60]
     thin = judged = 0
@@ -299,7 +299,7 @@ def test_few_real_chorale_bars_are_thin_and_a_bare_fifth_is(training):
         for line in body:
             segments = list(line_segments(R_MARKER.sub("", line)).values())
             thin, judged = thin + critic.review(segments, None)[1], judged + 1
-    assert thin / judged < 0.05
+    assert thin / judged < 0.12
     bare = ["C2 C2 C2 C2|", "G,2 G,2 G,2 G,2|", "C,2 C,2 C,2 C,2|"]  # root and fifth: no third on any beat
     full = ["E2 E2 E2 E2|", "G,2 G,2 G,2 G,2|", "C,2 C,2 C,2 C,2|"]
     critic = Critic({}, Fraction(2), Fraction(8))

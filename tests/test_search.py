@@ -195,6 +195,42 @@ def test_a_voice_written_again_spends_the_line_retries_except_in_the_last_line()
     assert last.voice_tries == 1 and last.retries == 0
 
 
+def test_a_voice_skipped_in_a_line_so_far_is_missing_before_the_line_ends():
+    """Searching by voice, a candidate that skips a voice (writes V:2 where V:1 comes first) misses a
+    voice at once: the line's end is too late to find it (the best attempt kept when the retries run
+    out had a whole-bar rest)."""
+    from engine.symbolic import retries
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1, search=2, search_by="voice",
+                                       bar_rules=frozenset({"full", "metre"})), 128, 16, "cpu")
+    state.in_tunebody = True
+    _feed(state, FIRST)
+    assert state.voices == ("1", "2")
+    full = retries.FAULT_WEIGHTS["full"]
+    fits = state.metre  # the bar fills the metre: only the voices are judged
+    assert retries.line_faults(state, "[r:1/1][V:1]d2 c2 B2 A2", fits, True, partial=True) == 0
+    assert retries.line_faults(state, "[r:1/1][V:2]G,,2 D,2 G,2 D,2", fits, True, partial=True) == full
+    assert retries.line_faults(state, GOOD.replace("[V:1]d2 c2 B2 A2|", ""), fits, True) == full
+
+
+def test_the_bar_before_the_last_prefers_a_bass_ending_on_v_or_iv():
+    """The model mostly ends on one tonic chord, so its cadence's V or IV is the bar before's last
+    bass note: among that bar's candidates, one whose bass ends there ranks better (a grade, not a
+    fault: nothing is written again for it)."""
+    from engine.symbolic.harmony import bass_prepares
+    assert bass_prepares(["B2 A2|", "G,2 D,2|"], {"F": 1}, 7) and bass_prepares(["C,4|"], {}, 7)  # V, IV of G
+    assert not bass_prepares(["B2 A2|", "D,2 G,2|"], {"F": 1}, 7) and not bass_prepares(["z4|"], {}, 7)
+    state = PieceState(0, PieceRequest(BACH, prefix=HEADER, bar_retries=1, search=2, search_by="voice",
+                                       bar_rules=frozenset({"harmony", "metre"})), 128, 16, "cpu")
+    state.in_tunebody = True
+    _feed(state, FIRST)
+    for bass, lost in (("G,,2 D,2 G,2 D,2", 0.0), ("G,,2 D,2 G,2 C,2", 0.0), ("G,,2 D,2 B,,2 G,,2", search.PREPARE)):
+        line = f"[r:1/1][V:1]d2 c2 B2 A2|[V:2]{bass}|\n"  # the bass ends on D (V), C (IV), G (I)
+        later = line.replace("[r:1/1]", "[r:1/2]")  # the same bar with two after it
+        assert search.next_to_last(state, line) and not search.next_to_last(state, later)
+        ranked, plain = search.rank(state, line, 0), search.rank(state, later, 0)
+        assert ranked[0] == plain[0] and ranked[1] - plain[1] == pytest.approx(lost)
+
+
 def test_a_last_line_by_its_marker_is_ranked_as_an_ending_without_a_length_asked():
     state = _searching()
     piece = state.search.members[0]

@@ -233,6 +233,14 @@ def ends_together(segments: list[str]) -> bool:
     return bool(voices) and None not in ends and len(set(ends)) == 1 and ends[0] == max(ended)
 
 
+def bass_prepares(segments: list[str], key: dict[str, int], tonic: int) -> bool:
+    """The bass of a bar before the last (its last voice's text) ends a fifth or a fourth above the
+    tonic: a last bar that is one tonic chord, as this model mostly writes it, then closes a V-I or
+    IV-I (final_cadence reads the approach from the bar before)."""
+    bass = [min(e.pitches) for e in read_bar(segments[-1], key) if e.pitches] if segments else []
+    return bool(bass) and (bass[-1] - tonic) % 12 in (5, 7)
+
+
 def cadence_ready(segments: list[str], key: dict[str, int], tonic: int) -> bool:
     """The upper voices of a last bar written so far (each voice's text) end on notes of the tonic's
     major or minor triad: a bass can still close it with a V-I or IV-I (final_cadence)."""
@@ -254,7 +262,7 @@ class Critic:
     bar: Fraction
     tonic: int | None = None  # the key's tonic (pitch class), which a last bar's chord is ready to close on
     MAX_NO_CHORD = 0.5
-    MIN_FULL = 0.5
+    MIN_FULL = 0.75  # a bar of four beats is thin with two full chords or fewer (10% of Bach's bars)
 
     def judge(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, list[tuple[int, ...]] | None]:
         """-> (the bar passes, what sounds at its end: the next bar's `before`)."""
@@ -264,7 +272,7 @@ class Critic:
     def review(self, segments: list[str], before: list[tuple[int, ...]] | None) -> tuple[bool, bool, float]:
         """What a search ranks candidate bars by (engine.symbolic.search), from one reading: (the bar
         passes `judge`; it is thin: three voices or more sound a full chord on fewer than MIN_FULL of
-        its beats, as 2% of Bach's chorale bars do; a graded verdict, lower is better: each parallel
+        its beats, as 10% of Bach's chorale bars do; a graded verdict, lower is better: each parallel
         fifth or octave counts 1, then the shares of beats off any chord and of voice pairs crossing,
         less the share of beats sounding a full chord)."""
         h, clashes = self._read(segments, before)

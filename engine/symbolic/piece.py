@@ -188,6 +188,7 @@ class PieceState:
         self.last_line: Mark | None = None  # where the line before it began (the ending rule returns there)
         self.metre: Metre | None = None  # the tune body's place in its metre (set by the first line's rules)
         self.declared = 0  # voices the header declares (set with the metre)
+        self.voices: tuple[str, ...] = ()  # their ids, in the header's order (set with the metre)
         self.critic = None  # harmony.Critic for "harmony" prompts (set with the metre)
         self.home = None  # (key, tonic) a one-voice tune ends on (retries.cadences; set with the metre)
         self.sounding = None  # what the last kept bar's voices sound at its end (the critic's "before")

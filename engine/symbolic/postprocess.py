@@ -98,7 +98,12 @@ def line_segments(line: str) -> dict[str, str]:
 
 def count_voices(metadata: list[str]) -> int:
     """Voices a header declares (V: lines); a header with none is one voice."""
-    return len([ln for ln in metadata if ln.startswith("V:")]) or 1
+    return len(voice_ids(metadata)) or 1
+
+
+def voice_ids(metadata: list[str]) -> list[str]:
+    """The ids of the voices a header declares (V:1 treble ... -> "1"), in its order."""
+    return [ln[2:].split()[0] for ln in metadata if ln.startswith("V:") and ln[2:].split()]
 
 
 def bar_well_formed(text: str) -> bool:

@@ -21,7 +21,8 @@ from engine.symbolic.harmony import (Critic, beat_length, cadence_ready, ends_on
                                      key_alterations, tonic_class)
 from engine.symbolic.patches import split_tunebody
 from engine.symbolic.postprocess import (BARLINE, CLOSERS, OPENERS, SECTION_END, Metre, bar_well_formed, closes_section,
-                                         count_voices, header_field, header_unit, line_aligned, line_segments, metre_bar)
+                                         count_voices, header_field, header_unit, line_aligned, line_segments, metre_bar,
+                                         voice_ids)
 
 if TYPE_CHECKING:  # the state calls these rules; the rules only read and rewind it
     from engine.symbolic.piece import PieceState
@@ -117,7 +118,7 @@ def take_back_line(s: "PieceState") -> TakeBack:
     if s.metre is None:  # the first line: the header is complete
         meta = split_tunebody(s.text)[0]
         s.metre = Metre(metre_bar(meta), unit=header_unit(meta))
-        s.declared = count_voices(meta)
+        s.declared, s.voices = count_voices(meta), tuple(voice_ids(meta))
         beat = beat_length(header_field(meta, "M"), header_field(meta, "L"))
         tonic = tonic_class(header_field(meta, "K"))
         s.critic = Critic(key_alterations(header_field(meta, "K") or "C"), beat, s.metre.bar, tonic) \
@@ -162,9 +163,15 @@ def line_faults(s: "PieceState", line: str, after: Metre | None, harmonious: boo
     by voice), whose voices still to come are not missing."""
     segments = line_segments(line)
     rules = s.req.bar_rules
+    # a line so far misses a voice when one was skipped: its voices are not the header's first ones
+    # (the prompts whose pieces keep every voice keep them in the header's order: Bach's chorales all do)
+    if partial:
+        missing = bool(s.voices) and list(segments) != list(s.voices[:len(segments)])
+    else:
+        missing = len(segments) < s.declared
     broken = [not (line_aligned(line) and all(bar_well_formed(t) for t in segments.values())
                    and one_bar(line)) and "form",
-              "full" in rules and not partial and len(segments) < s.declared and "full",
+              "full" in rules and missing and "full",
               "metre" in rules and after is None and "metre",
               not harmonious and "harmony"]
     return sum(FAULT_WEIGHTS[b] for b in broken if b)

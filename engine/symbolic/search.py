@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.symbolic.config import EOS_ID
+from engine.symbolic.harmony import bass_prepares
 from engine.symbolic.postprocess import line_segments
 from engine.symbolic.retries import FAULT_WEIGHTS, Verdict, ending_faults, line_faults, take_back_line
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 MAX_CANDIDATES = 16  # K at most (each is a row of the batch)
 LAST_MARKER = re.compile(r"\[r:\d+/0\]")  # the marker of a line with none after it
+NEXT_TO_LAST_MARKER = re.compile(r"\[r:\d+/1\]")  # ... with one after it
+PREPARE = 0.5  # the grade a bar before the last loses when its bass prepares no V-I or IV-I
 SEARCH_BY = ("line", "voice")  # what a round writes: a whole line, or one voice's bar of it
 VOICE_RETRIES = 3  # rounds of one voice's bar written again while its best candidate breaks a rule
 SLACK = 2  # patches a member may write beyond twice the first finished member's line
@@ -232,7 +235,19 @@ def rank(s: "PieceState", line: str, order: int) -> tuple:
         faults += FAULT_WEIGHTS["ending"] * ending_faults(s, line, s.line_start, partial)
     else:  # a thin bar is chosen last, and a voice's round written again for it; the line rule never takes it back
         faults += FAULT_WEIGHTS["harmony"] * thin
+        if critic is not None and critic.tonic is not None and len(segments) == s.declared and next_to_last(s, line):
+            # among the bar's good basses, one that ends on V or IV: the last bar can then close on one chord
+            grade += PREPARE * (not bass_prepares(segments, critic.key, critic.tonic))
     return faults, grade, order
+
+
+def next_to_last(s: "PieceState", line: str) -> bool:
+    """The line being written is the one before the piece's last (by its length in bars, or its
+    [r:i/1] marker)."""
+    bars = s.req.controls.bars
+    if bars is not None:
+        return not s.rewriting_end and s.lines_before + s.line_start.bars == bars - 2
+    return not s.rewriting_end and NEXT_TO_LAST_MARKER.match(line) is not None
 
 
 def last_line(s: "PieceState", line: str = "") -> bool:
