@@ -98,7 +98,7 @@ def line_segments(line: str) -> dict[str, str]:
 
 def count_voices(metadata: list[str]) -> int:
     """Voices a header declares (V: lines); a header with none is one voice."""
-    return len(voice_ids(metadata)) or 1
+    return len([ln for ln in metadata if ln.startswith("V:")]) or 1
 
 
 def voice_ids(metadata: list[str]) -> list[str]:

@@ -18,7 +18,9 @@ instead: NotaGen's format writes a line voice by voice ([V:1]...|[V:2]...|), so 
 is kept, the second voice's K candidates are written over it, and so on; the partial line is
 ranked by the same rules (the voices still to come are not missing) and the critic's grade of the
 voices so far, which lets a lower voice complete the chords the voices above it began and the bass
-of a last line make the cadence. The line rule judges the line when its last voice's round settles.
+of a last line make the cadence. A voice whose every candidate breaks a rule is written again
+(VOICE_RETRIES), spending the line's bar retries (but in the last line). The line rule judges the
+line when its last voice's round settles.
 
 Bounds: a member whose line (voice's bar) runs past twice the first finished member's patches (plus SLACK), that
 would overflow the context, or that ends the piece is dropped from the round; a piece ending (eos),
