@@ -211,8 +211,8 @@ def final_cadence(last: list[str], before: list[str], key: dict[str, int]) -> bo
     position, its bass reached from a fifth above (V-I) or a fourth above (IV-I), in that bar or
     from the bar before."""
     voices = [read_bar(t, key) for t in last]
-    bass = [min(e.pitches) for e in voices[-1] if e.pitches] if voices else []
-    earlier = [min(e.pitches) for e in read_bar(before[-1], key) if e.pitches] if before else []
+    bass = _lowest(voices[-1]) if voices else []
+    earlier = _lowest(read_bar(before[-1], key)) if before else []
     if not bass:
         return False
     root, end = bass[-1], max(e.onset for e in voices[-1] if e.pitches)
@@ -237,8 +237,13 @@ def bass_prepares(segments: list[str], key: dict[str, int], tonic: int) -> bool:
     """The bass of a bar before the last (its last voice's text) ends a fifth or a fourth above the
     tonic: a last bar that is one tonic chord, as this model mostly writes it, then closes a V-I or
     IV-I (final_cadence reads the approach from the bar before)."""
-    bass = [min(e.pitches) for e in read_bar(segments[-1], key) if e.pitches] if segments else []
+    bass = _lowest(read_bar(segments[-1], key)) if segments else []
     return bool(bass) and (bass[-1] - tonic) % 12 in (5, 7)
+
+
+def _lowest(events: list[Event]) -> list[int]:
+    """A voice's bass line: the lowest pitch of each note or chord, rests left out."""
+    return [min(e.pitches) for e in events if e.pitches]
 
 
 def cadence_ready(segments: list[str], key: dict[str, int], tonic: int) -> bool:

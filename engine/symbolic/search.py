@@ -246,10 +246,12 @@ def rank(s: "PieceState", line: str, order: int) -> tuple:
 def next_to_last(s: "PieceState", line: str) -> bool:
     """The line being written is the one before the piece's last (by its length in bars, or its
     [r:i/1] marker)."""
+    if s.rewriting_end:
+        return False
     bars = s.req.controls.bars
     if bars is not None:
-        return not s.rewriting_end and s.lines_before + s.line_start.bars == bars - 2
-    return not s.rewriting_end and NEXT_TO_LAST_MARKER.match(line) is not None
+        return s.lines_before + s.line_start.bars == bars - 2
+    return NEXT_TO_LAST_MARKER.match(line) is not None
 
 
 def last_line(s: "PieceState", line: str = "") -> bool:
