@@ -13,7 +13,7 @@ from pathlib import Path
 from engine import quiet
 from engine.errors import CadenzaError
 from engine.symbolic.patches import split_tunebody
-from engine.symbolic.postprocess import line_segments, split_right_barline
+from engine.symbolic.postprocess import line_segments, settled_barlines, split_right_barline
 
 DROPPED_FIELDS = ["X:", "T:", "C:", "W:", "w:", "Z:", "N:", "S:", "H:", "A:", "O:", "B:", "D:", "F:", "G:", "R:", "%%MIDI"]
 REST_ONLY = re.compile(r"^\s*(?:[zx][\d/]*\s*)+$")
@@ -92,9 +92,11 @@ def interleave(abc: str) -> list[str]:
     lines = "".join(lines).replace("\r", "")
     lines = [ln + "\n" for ln in EMPTY_BAR.sub("|", lines).splitlines() if ln.strip()]
     try:
-        return rotate_abc(lines)
+        rotated = rotate_abc(lines)
     except (IndexError, KeyError, ValueError) as e:
         raise CadenzaError(f"could not interleave the voices: the parts do not have the same bars ({e})") from e
+    at = next((i for i, ln in enumerate(rotated) if ln.startswith("[V:")), len(rotated))
+    return rotated[:at] + settled_barlines(rotated[at:])
 
 
 def reduce_rests(line: str) -> str:

@@ -22,6 +22,12 @@ BARLINE = re.compile(r"(\|\|:|:\|\||\[\|:|:\|\]|\|\]:|:\[\||\|:|::|:\||\[\||\|\|
 OPENERS, CLOSERS = "({[", ")}]"
 SECTION_END = re.compile(r"(:\||\|\]|\|\||::)\s*$")  # a bar that closes a section (or the piece) may be short
 INLINE_KEY = re.compile(r"\[K:([^\]]*)\]")
+# a model's slips (`:::|`, `::|`): music21 reads `:::|` as `::` and an empty bar, xml2abc writes that back
+# as `:::`, and each trip through them reads it anew
+COLON_RUNS = ((re.compile(r":+\|:+"), "::"), (re.compile(r":{2,}\|"), ":|"), (re.compile(r"\|:{2,}"), "|:"),
+              (re.compile(r":{3,}"), "::"))
+OPENING_END = re.compile(r"(:\|:|::|\|\|:|\|:)(?=\[V:|\s*$)")
+CLOSED = {":|:": ":|", "::": ":|", "||:": "||", "|:": "|"}  # a repeat opened after the last bar: nothing to repeat
 
 
 @dataclass
@@ -61,6 +67,23 @@ def split_right_barline(bartext: str) -> tuple[str, str]:
         return bartext, ""
     right = "".join(parts[-2:])
     return bartext[: len(bartext) - len(right)], right
+
+
+def settled_barlines(body: list[str]) -> list[str]:
+    """Tune-body lines whose barlines read the same after any number of round trips through MusicXML:
+    runs of colons are `:|`, `|:` or `::`, and the last line's barlines open no repeat (`::` -> `:|`,
+    `|:` -> `|`).
+    A rewrite keeps the bars around its passage through such a trip, and `:::|` came back as `:::`,
+    then `::`, then `:|`: a kept bar that changed."""
+    out = []
+    for i, line in enumerate(body):
+        text = line
+        for run, settled in COLON_RUNS:
+            text = run.sub(settled, text)
+        if i == len(body) - 1:
+            text = OPENING_END.sub(lambda m: CLOSED[m.group(1)], text)
+        out.append(text)
+    return out
 
 
 def voice_groups(metadata: list[str]) -> tuple[list[str], set[str]]:
@@ -399,7 +422,7 @@ def to_abc(text: str) -> AbcResult:
         warnings.append("the model wrote no key (K:); C major assumed")
     if not body:
         warnings.append("the piece has no complete bar")
-    body, rekeyed = normalise_inline_keys(body)
+    body, rekeyed = normalise_inline_keys(settled_barlines(body))
     if rekeyed:
         warnings.append(f"{rekeyed} bar(s) changed key in some voices only: the header's key kept there")
     alignment = check_alignment(body, metre_bar(header), header_unit(header))
