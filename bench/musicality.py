@@ -135,8 +135,8 @@ MODES = {"plain": dict(bar_retries=0, header_retries=0, critic=False, search=1),
          "retries": dict(critic=False, search=1),  # bar and header retries with the bar rules, no critic
          "critic": dict(critic=True, search=1),  # one candidate a bar, written again while it breaks a rule
          "search": dict(critic=True, search=4, search_by="line"),  # four candidates of each line, the best kept
-         "voice4": dict(critic=True, search=4, search_by="voice"),  # ... of each voice's bar in turn
-         "voice": dict(critic=True, search=8, search_by="voice")}  # eight of each voice's bar: the defaults
+         "voice8": dict(critic=True, search=8, search_by="voice"),  # ... of the bass's bar, four of each above
+         "voice": dict(critic=True, search=16, search_by="voice")}  # 16 of the bass's bar, 8 above: the defaults
 
 
 def compare(lm, train: list[dict], n: int = 20, real: int = 40, seed: int = 0, max_patches: int = 1024,

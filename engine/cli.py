@@ -101,7 +101,8 @@ def _add_compose(sub) -> None:
                         "parallel fifths or octaves, where the prompt's real music does not (default on)")
     c.add_argument("--search", type=int, default=r.search,
                    help=f"candidates written at once for each bar the rules check, the best kept; each is a row "
-                        f"of the batch (default {r.search}; 1 = one at a time, then retries)")
+                        f"of the batch; searching by voice, the voices above the lowest write half as many "
+                        f"(default {r.search}; 1 = one at a time, then retries)")
     c.add_argument("--search-by", choices=["line", "voice"], default=r.search_by,
                    help="what a candidate of the search is: a whole bar of every voice (line), or one voice's "
                         f"bar, each voice chosen in turn over those above it (voice) (default {r.search_by})")

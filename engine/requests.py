@@ -63,10 +63,11 @@ class ComposeRequest:
     header_retries: int = 64  # times a header with an unusual number of voices for the prompt is written again
     critic: bool = True  # the musical critic judges bars of several voices (False: only the bar rules)
     # candidates written at once for each bar the rules check, the best kept (1: one at a time, then
-    # retries). 4 was measured better and faster than one at a time, and 8 better again (more full
-    # chords, as fast: fewer rounds written again) on a model this small, whose step costs about the
-    # same for 4 rows as for 8 (bench.notagen_quality --musical)
-    search: int = 8
+    # retries); the rows of the batch a piece holds. Searching by voice, the voices above a line's
+    # lowest write half as many (engine.symbolic.search.round_size). 4 was measured better and faster
+    # than one at a time, 8 better again, and 16 (8 of each upper voice) better again, as fast: fewer
+    # rounds written again, on a model this small (bench.notagen_quality --musical)
+    search: int = 16
     # what a round of the search writes: "voice", each voice's bar of a line in turn, the best kept
     # before the next voice is written over it (measured: more full chords and cadences than "line",
     # each candidate a whole line; bench.notagen_quality --musical)

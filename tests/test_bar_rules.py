@@ -306,3 +306,25 @@ def test_few_real_chorale_bars_are_thin_and_a_bare_fifth_is(training):
     assert critic.review(bare, None)[1] and not critic.review(full, None)[1]
     assert critic.review(full, None)[2] < critic.review(bare, None)[2]  # the full chord grades better
     assert not critic.review(bare[:2], None)[1]  # two voices cannot sound a full chord: never thin
+
+
+def test_an_alto_a_third_or_sixth_below_the_soprano_grades_better_as_in_bach(training):
+    """Critic.review's grade, two voices written: the share of beats the alto sounds a third or a
+    sixth below the soprano counts for it (Critic.THIRDS), so the tenor and bass find a chord to
+    complete. Bach's soprano and alto do so on about half their beats."""
+    soprano = "c2 e2 g2 c'2|"
+    thirds, unisons = "A2 c2 e2 e2|", "c2 e2 g2 c'2|"  # a minor third, major third, minor third, minor sixth
+    critic = Critic({}, Fraction(2), Fraction(8))
+    h = bar_harmony([soprano, thirds], {}, Fraction(2), Fraction(8))
+    assert h.thirds_share() == 1.0 and bar_harmony([soprano, unisons], {}, Fraction(2), Fraction(8)).thirds_share() == 0.0
+    assert critic.review([soprano, thirds], None)[2] < critic.review([soprano, unisons], None)[2]
+    chorales = [p for p in training if p["labels"] == ["Baroque", "Bach, Johann Sebastian", "Choral"]
+                and "@t" not in p["id"]][:60]
+    shares = []
+    for p in chorales:
+        meta, body = split_tunebody(p["text"])
+        key = key_alterations(re.search(r"^K:(.*)$", "".join(meta), re.M).group(1))
+        for line in body:
+            segments = list(line_segments(R_MARKER.sub("", line)).values())[:2]
+            shares.append(bar_harmony(segments, key, Fraction(2), Fraction(8)).thirds_share())
+    assert 0.35 < sum(shares) / len(shares) < 0.65

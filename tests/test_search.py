@@ -27,6 +27,28 @@ def _searching(k=2, retries=1, by="line"):
     return state
 
 
+@pytest.fixture
+def every_voice_k(monkeypatch):
+    """Every voice's round writes K candidates (by default the voices above the lowest write half):
+    the rounds' mechanics with two members each."""
+    monkeypatch.setattr(search, "UPPER", 1)
+
+
+def test_the_voices_above_the_lowest_write_half_the_candidates():
+    """search.round_size: a line's lowest voice (and a whole line, or a one-voice piece's) K, the
+    voices above it K / UPPER; begin forks as many."""
+    state = _searching(k=8, by="voice")  # two voices declared: the first is above the lowest
+    assert len(state.search.members) == 8 // search.UPPER
+    piece = state.search.members[0]
+    _feed(piece, "[r:1/1][V:1]d2 c2 B2 A2")
+    for m in piece.search.members[1:]:
+        _feed(m, "[r:1/1][V:1]d2 c2 B2 A2")
+    search.settle(piece)
+    search.begin(piece)  # the second voice, the lowest
+    assert len(piece.search.members) == 8
+    assert len(_searching(k=8, by="line").search.members) == 8  # a line's round
+
+
 def test_the_line_that_keeps_the_rules_wins_and_its_cache_row_is_taken():
     state = _searching()
     assert state.search is not None and len(search.rows([state])) == 2
@@ -115,7 +137,7 @@ def test_a_search_out_of_range_is_refused_before_any_work(value):
         api.ComposeRequest(BACH.period, BACH.composer, BACH.instrumentation, search=value)
 
 
-def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn():
+def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn(every_voice_k):
     """Each voice's bar is a round of its own: the better first voice is kept, the second voice's
     candidates are written over it, and the whole line is judged at its end."""
     state = _searching(by="voice")
@@ -139,7 +161,7 @@ def test_searching_by_voice_keeps_the_best_bar_of_each_voice_in_turn():
     assert _replay(start, events) == piece.text  # listeners saw the first voice replaced, then the second
 
 
-def test_a_voice_whose_every_candidate_breaks_a_rule_is_written_again_not_the_line():
+def test_a_voice_whose_every_candidate_breaks_a_rule_is_written_again_not_the_line(every_voice_k):
     state = _searching(retries=4, by="voice")
     start = state.text
     piece, candidate = state.search.members
@@ -177,7 +199,7 @@ def _fail_second_voice(piece, first="[r:1/1][V:1]d2 c2 B2 A2"):
     search.settle(piece)
 
 
-def test_a_voice_written_again_spends_the_line_retries_except_in_the_last_line():
+def test_a_voice_written_again_spends_the_line_retries_except_in_the_last_line(every_voice_k):
     """One budget for a bar: with one retry, a voice is written again once, then the line rule keeps
     the best attempt; a last line's voices are written again without spending it (the ending rule
     bounds that line)."""
@@ -293,7 +315,7 @@ def test_forked_caches_write_what_the_reference_algorithm_writes(lm):
 def test_a_search_by_voice_writes_what_the_reference_algorithm_writes(lm):
     """Rounds that begin inside a line fork and adopt cache rows there: the reference algorithm,
     reading the whole context anew, must write the same chorale."""
-    requests = lambda: [PieceRequest(BACH, seed=2, max_patches=120, bar_retries=2, search=3, search_by="voice",
+    requests = lambda: [PieceRequest(BACH, seed=2, max_patches=120, bar_retries=2, search=6, search_by="voice",
                                      bar_rules=frozenset({"full", "metre"}), controls=Controls(bars=3, meter="4/4"))]
     fast_events, fast = _run(lm.model, requests())
     ref_events, ref = _run(lm.model, requests(), ReferenceBackend)

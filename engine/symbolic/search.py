@@ -49,6 +49,7 @@ LAST_MARKER = re.compile(r"\[r:\d+/0\]")  # the marker of a line with none after
 NEXT_TO_LAST_MARKER = re.compile(r"\[r:\d+/1\]")  # ... with one after it
 PREPARE = 0.5  # the grade a bar before the last loses when its bass prepares no V-I or IV-I
 SEARCH_BY = ("line", "voice")  # what a round writes: a whole line, or one voice's bar of it
+UPPER = 2  # searching by voice, the voices above a line's lowest write K / UPPER candidates each
 VOICE_RETRIES = 3  # rounds of one voice's bar written again while its best candidate breaks a rule
 SLACK = 2  # patches a member may write beyond twice the first finished member's line
 ROOM = 32  # patches of context a fork leaves free (a member that would overflow it is dropped)
@@ -85,7 +86,7 @@ def width(k: int) -> int:
 
 def begin(s: "PieceState") -> None:
     """At the start of a tune-body line whose bar rules are checked, forks the piece's candidates."""
-    k = s.req.search
+    k = round_size(s)
     if (k <= 1 or s.search is not None or s.candidate_of is not None or s.stop_reason is not None
             or not s.in_tunebody or s.metre is None or not s.req.bar_retries
             or not (s.at_line_start() or at_voice_start(s))
@@ -94,6 +95,19 @@ def begin(s: "PieceState") -> None:
     seeds = torch.randint(0, 2**62, (k - 1,), generator=s.generator).tolist()
     s.search = LineSearch([s] + [_fork(s, seed) for seed in seeds], s.mark(),
                           by_voice=s.req.search_by == "voice" and s.declared > 1)
+
+
+def round_size(s: "PieceState") -> int:
+    """Candidates of the round beginning: K (the request's search) for a whole line or a line's lowest
+    voice; K / UPPER for each voice above it. The lowest voice completes the chords the voices above
+    it began, and in the last line closes the cadence: there more candidates pay (measured on 20
+    chorales: 8 of every voice's bar, full-chord beats 0.735 and cadences 80%; 16 of the bass's,
+    0.754 and 100%, as fast; 4 above a bass of 8, 0.66)."""
+    k = s.req.search
+    if s.req.search_by != "voice" or s.declared <= 1 or s.line_start is None:
+        return k
+    written = len(line_segments(s.text[s.line_start.text:]))  # voices of the line written so far
+    return k if written >= s.declared - 1 else max(1, k // UPPER)
 
 
 def at_voice_start(s: "PieceState") -> bool:
