@@ -10,7 +10,7 @@ object with keys `serial` and `batched`, each a list of rows.
 Targets (2-core CPU): 16 users arriving together: batched p95 <= 0.4x serial p95, throughput
 >= 2.5x serial; 0 failures and 0 leaks everywhere.
 
-    python -m bench.studio_load [--users 1,4,16,32] [--patches 96] [--max-batch 16] [--tiny]
+    python -m bench.studio_load [--users 1,4,16,32] [--patches 96] [--max-batch 32] [--tiny]
 """
 from __future__ import annotations
 
@@ -128,6 +128,9 @@ def written(studio) -> int:
     return total
 
 
+SAMPLING_PIECES = 8  # written together, then each alone
+
+
 def sampling_match(tiny_folder: Path | None, pieces: int, patches: int) -> dict:
     """Under sampling, how often a piece written in the batch equals the piece written alone
     (same seed; fp32 on this CPU): batched rows round differently, and a sample drawn near a
@@ -137,7 +140,8 @@ def sampling_match(tiny_folder: Path | None, pieces: int, patches: int) -> dict:
 
     lm = api.load(str(tiny_folder) if tiny_folder else None)
     request = lambda i: api.ComposeRequest(*PROMPT, seed=500 + i, max_patches=patches)  # noqa: E731
-    scheduler = Scheduler(lm.model, max_batch=pieces)
+    # every piece in the batch at once: a piece holds a row per candidate of its search
+    scheduler = Scheduler(lm.model, max_batch=pieces * request(0).search, max_wait_s=600)
     try:
         streams = [api.compose_stream(lm, request(i), scheduler=scheduler) for i in range(pieces)]
         # start every request before reading any, so that they share the batch
@@ -156,7 +160,7 @@ def main() -> None:
     ap.add_argument("--users", default="1,4,16,32")
     ap.add_argument("--arrivals", default="together,poisson")
     ap.add_argument("--patches", type=int, default=96, help="patches per piece at most")
-    ap.add_argument("--max-batch", type=int, default=16, help="rows of the batched server")
+    ap.add_argument("--max-batch", type=int, default=32, help="rows of the batched server (the studio's default)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (plumbing) instead of the bundled one")
     args = ap.parse_args()
     counts = [int(x) for x in args.users.split(",")]
@@ -182,7 +186,7 @@ def main() -> None:
                 demo.close()
             result[name] = rows
     result["sampling_match"] = sampling_match(tiny_model(Path(tempfile.mkdtemp())) if args.tiny else None,
-                                              args.max_batch, args.patches)
+                                              SAMPLING_PIECES, args.patches)
     print(f"sampling: {result['sampling_match']['same_text']} of {result['sampling_match']['pieces']} pieces written "
           "in the batch equal the piece written alone", flush=True)
     at16 = {k: next((r for r in result[k] if r["users"] == 16 and r["arrival"] == "together"), None)

@@ -16,6 +16,7 @@ from engine.api import DECODE_MODES, MODELS_DIR, resolve_decode
 from engine.errors import SettingsError
 from engine.files import hf_cache
 from engine.placement import PLACEMENTS
+from engine.symbolic.search import MAX_CANDIDATES
 
 
 def _count_or_none(text: str) -> int | None:
@@ -113,9 +114,14 @@ class ServerSettings:
     concurrency: int = setting(1, "compose requests handed to the model at once (raised to at least max batch + "
                                "queue size: the model batches them)", parse=int)
     # rows written together per model copy (continuous batching: engine.symbolic.scheduler); a piece
-    # takes as many rows as its search writes candidates of a bar (4 by default)
+    # takes as many rows as its search writes candidates of a bar (16 by default)
     max_batch: int = setting(32, "rows written together per model copy, every user's pieces in one batch; a piece "
                              "takes one row per candidate of its search", parse=int)
+    # a search's candidates are rows: 16 (the engine's default) holds two chorales in a batch of 32;
+    # lower, more composers write at once, at a cost to the music (the model card has the figures)
+    max_search: int = setting(MAX_CANDIDATES, "candidates of a bar one piece's search writes at most (the rows it "
+                              "holds): lower it to batch more composers at once, at a cost to the music",
+                              parse=int)
     max_wait_s: float = setting(120.0, "seconds a piece may wait for a row in the batch before 'server busy'",
                                 parse=float, flag="--max-wait", env="CADENZA_MAX_WAIT")
     # Rows shared between sessions (engine.symbolic.scheduler.Sharing): rows go to the session holding
@@ -192,6 +198,8 @@ class ServerSettings:
         if not 1 <= self.max_batch <= 1024 or not 1 <= self.max_wait_s <= 3600:
             raise SettingsError(f"max batch must be from 1 to 1024 and max wait from 1 to 3600 s, got "
                                 f"{self.max_batch} and {self.max_wait_s:g}")
+        if not 1 <= self.max_search <= MAX_CANDIDATES:
+            raise SettingsError(f"max search must be from 1 (no search) to {MAX_CANDIDATES} candidates, got {self.max_search}")
         resolve_decode(self.decode, torch.device("cpu"))  # raises with the choices
         gpus = self.replica_gpus
         if (not 1 <= self.replicas <= 256 or not 0 < self.replica_cpus <= 256

@@ -63,6 +63,8 @@ def test_a_server_holds_a_request_to_its_own_limits():
     with pytest.raises(CadenzaError, match="variations must be from 1 to 2 on this server, got 3"):
         r.within(4096, 2, 600)
     assert r.within(4096, 8, 600).max_seconds == 600 and r.within(4096, 8, 9000).max_seconds == 5000
+    # a search wider than the server's rows (--max-batch, --max-search) is lowered to them, not refused
+    assert r.search == 16 and r.within(4096, 8, 600, max_rows=4).search == 4 and r.within(4096, 8, 600).search == 16
 
 
 @pytest.mark.parametrize("prompt,settings,melody,score,message", [

@@ -28,7 +28,7 @@ def as_text(f, value) -> str:
 # a value other than the default for every setting, as typed, and as read
 OTHER = {"host": "0.0.0.0", "port": "8123", "auth": "ann:secret", "share": "1", "outputs": "/tmp/o", "model": "m.pth",
          "device": "cpu", "devices": "0,1", "placement": "split", "max_memory": "0=20GiB", "decode": "eager",
-         "audio_model": "a/b", "melody_model": "c/d", "concurrency": "3", "max_batch": "8", "max_wait_s": "30",
+         "audio_model": "a/b", "melody_model": "c/d", "concurrency": "3", "max_batch": "8", "max_search": "4", "max_wait_s": "30",
          "session_rows": "4", "session_waiting": "0", "queue_size": "5", "max_patches": "512", "max_variations": "2",
          "max_seconds": "60", "max_audio_seconds": "30", "max_upload_mb": "5", "max_score_chars": "5000",
          "formats": "abc,pdf", "models_dirs": "/m1:/m2", "allow_downloads": "x/y,z/w", "session_quota_mb": "10",
@@ -77,6 +77,8 @@ def test_a_value_that_cannot_be_read_says_where_it_came_from_and_what_was_expect
         from_args(["--port", "0"], environ={})
     with pytest.raises(SystemExit):  # argparse names the choices
         from_args(["--decode", "fastest"], environ={})
+    with pytest.raises(SettingsError, match="max search must be from 1 .no search. to 16 candidates, got 17"):
+        from_args(["--max-search", "17"], environ={})
 
 
 def test_the_help_and_the_readme_name_every_flag_and_variable():

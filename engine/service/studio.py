@@ -364,7 +364,7 @@ class Studio:
         others (api.harmonise_request)."""
         c = self.config
         session = self.store.session(key)
-        request = request.within(c.max_patches, c.max_variations, c.max_seconds, c.max_batch).seeded()
+        request = request.within(c.max_patches, c.max_variations, c.max_seconds, min(c.max_batch, c.max_search)).seeded()
         slot = self.model(model)
         slot.get()
         if harmonise_abc is not None and (continue_abc or rewrite_from is not None):
