@@ -15,10 +15,11 @@ best line of all rounds.
 
 Searching by voice (PieceRequest.search_by "voice"), a round ends at the end of a voice's bar
 instead: NotaGen's format writes a line voice by voice ([V:1]...|[V:2]...|), so the best first voice
-is kept, the second voice's K candidates are written over it, and so on; the partial line is
+is kept, the second voice's candidates are written over it, and so on; the partial line is
 ranked by the same rules (the voices still to come are not missing) and the critic's grade of the
 voices so far, which lets a lower voice complete the chords the voices above it began and the bass
-of a last line make the cadence. A voice whose every candidate breaks a rule is written again
+of a last line make the cadence; so the lowest voice's round writes K candidates and each round
+above it K / UPPER (`round_size`). A voice whose every candidate breaks a rule is written again
 (VOICE_RETRIES), spending the line's bar retries (but in the last line). The line rule judges the
 line when its last voice's round settles.
 
