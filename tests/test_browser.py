@@ -323,7 +323,7 @@ def generate(driver, studio, bars: str = "4", seed: str = "", variations: int | 
     return records(studio)[before:]
 
 
-PLAY = """
+FIND_AUDIO = """
 function find(root) {
   for (const el of root.querySelectorAll('*')) {
     if (el.tagName === 'AUDIO' && el.src) return el;
@@ -333,14 +333,14 @@ function find(root) {
 }
 const a = find(document.querySelector('#score-player'));
 if (!a || a.readyState < 3 || !(a.duration > 0)) return false;  // loaded, as a listener finds it
-a.muted = true; a.currentTime = 0; a.play(); return true;
 """
+PLAY = FIND_AUDIO + "a.muted = true; a.currentTime = 0; a.play(); return true;"
 # the notes the cursor is on; a player stopped before its music began (Gradio's waveform player can
 # load its file again once drawn, which stops a play() just made) is pressed again, as a listener would
-CURSOR = PLAY.replace("a.muted = true; a.currentTime = 0; a.play(); return true;", """
+CURSOR = FIND_AUDIO + """
 const n = window.cadenzaScore.state().highlighted;
 if (!n && a.paused && a.currentTime === 0) { a.muted = true; a.play(); }
-return n;""")
+return n;"""
 
 
 def test_variations_are_shown_side_by_side_playable_and_one_click_opens_one(page):

@@ -46,8 +46,7 @@ if TYPE_CHECKING:
     from engine.symbolic.piece import Mark, PatchEvent, PieceState
 
 MAX_CANDIDATES = 16  # K at most (each is a row of the batch)
-LAST_MARKER = re.compile(r"\[r:\d+/0\]")  # the marker of a line with none after it
-NEXT_TO_LAST_MARKER = re.compile(r"\[r:\d+/1\]")  # ... with one after it
+MARKER = re.compile(r"\[r:\d+/(\d+)\]")  # a line's [r:i/j] marker: j lines come after it
 PREPARE = 0.5  # the grade a bar before the last loses when its bass prepares no V-I or IV-I
 SEARCH_BY = ("line", "voice")  # what a round writes: a whole line, or one voice's bar of it
 UPPER = 2  # searching by voice, the voices above a line's lowest write K / UPPER candidates each
@@ -259,20 +258,21 @@ def rank(s: "PieceState", line: str, order: int) -> tuple:
 
 
 def next_to_last(s: "PieceState", line: str) -> bool:
-    """The line being written is the one before the piece's last (by its length in bars, or its
-    [r:i/1] marker)."""
-    if s.rewriting_end:
-        return False
-    bars = s.req.controls.bars
-    if bars is not None:
-        return s.lines_before + s.line_start.bars == bars - 2
-    return NEXT_TO_LAST_MARKER.match(line) is not None
+    """The line being written is the one before the piece's last."""
+    return not s.rewriting_end and lines_after(s, line) == 1
 
 
 def last_line(s: "PieceState", line: str = "") -> bool:
-    """The line being written is the piece's last: the ending rule took it back, it is the last of a
-    length in bars, or (with no length asked) its [r:i/0] marker says no line comes after it."""
+    """The line being written is the piece's last: the ending rule took it back, or no line comes
+    after it (lines_after)."""
+    return s.rewriting_end or lines_after(s, line) == 0
+
+
+def lines_after(s: "PieceState", line: str) -> int | None:
+    """Lines the piece has after the one being written: by its length in bars, or (with no length
+    asked) by the line's [r:i/j] marker; None before the marker is written."""
     bars = s.req.controls.bars
     if bars is not None:
-        return s.rewriting_end or s.lines_before + s.line_start.bars == bars - 1
-    return s.rewriting_end or LAST_MARKER.match(line) is not None
+        return bars - 1 - (s.lines_before + s.line_start.bars)
+    m = MARKER.match(line)
+    return int(m.group(1)) if m else None
